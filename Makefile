@@ -1,0 +1,66 @@
+# microbatch — every target a user or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help setup check lint format typecheck test unit integration up down demo run prometheus clean
+
+help: ## List every target with what it does
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	@$(PYTHON) -m venv $(TOOLS)
+	@$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	@$(UV) sync --frozen --python $(PYTHON) --quiet
+	@touch $@
+
+setup: $(VENV)/.synced ## Create .venv from the lock file (uv) and check the machine for Java, Maven, PostgreSQL
+	@$(PY) -m devstack preflight
+
+check: lint typecheck ## Static gates: ruff lint + format check, mypy --strict
+lint: $(VENV)/.synced ## ruff lint and format check
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+format: $(VENV)/.synced ## Apply ruff's formatting and safe fixes
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+typecheck: $(VENV)/.synced ## mypy --strict on consumer, pipeline, devstack and tests
+	@$(VENV)/bin/mypy consumer pipeline devstack tests
+
+test: setup check ## Everything on a fresh machine: set-up, static gates, unit and integration tests (real Kafka + PostgreSQL)
+	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -m "not chaos_full and not bench_full" tests
+
+unit: $(VENV)/.synced ## Unit tests only (no services, seconds)
+	@$(PY) -m pytest tests/unit
+
+integration: setup ## Integration tests only (starts real Kafka and PostgreSQL)
+	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests/integration
+
+up: setup ## Start local Kafka + PostgreSQL in the background; writes .devstack/env
+	@$(PY) -m devstack up
+
+down: ## Stop what `make up` started and delete its data
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; else rm -rf .devstack; fi
+
+prometheus: ## Install Prometheus from Debian's packages (needed by the observability tests)
+	@command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
+
+run: up ## Run the long-lived consumer against the local services (Ctrl-C to stop)
+	@set -a; . .devstack/env; set +a; $(VENV)/bin/microbatch init-db && exec $(VENV)/bin/microbatch run
+
+clean: down ## Remove the venv, tool caches and test caches (keeps the Maven/Kafka jar cache)
+	@rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+
+demo: setup ## Run the main job end to end on local services and verify the totals (≈1-2 min)
+	@$(PY) -m devstack.demo

@@ -1,0 +1,223 @@
+"""Every setting of the consumer, from (highest first) the environment, a TOML config file, defaults.
+
+Each field's env var is `MICROBATCH_<NAME>`; the two connection settings also accept the plain
+`KAFKA_BOOTSTRAP_SERVERS` and `DATABASE_URL`. The README's configuration reference is generated from
+this model (`microbatch settings-doc`), so the description of a field is its documentation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+ENV_PREFIX = "MICROBATCH_"
+# Environment variables with our prefix that are not settings of the consumer.
+KNOWN_NON_SETTINGS = frozenset({"MICROBATCH_FAILPOINTS", "MICROBATCH_CACHE", "MICROBATCH_NO_DOCKER"})
+
+
+def _env(name: str, *plain: str) -> AliasChoices:
+    """Accept `MICROBATCH_<NAME>`, the plain aliases, and the field name itself (config files)."""
+    return AliasChoices(ENV_PREFIX + name.upper(), *plain, name)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; str() names each key, value and reason (never a secret)."""
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Immutable once loaded."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, populate_by_name=True, case_sensitive=False)
+
+    # -- connections ---------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=_env("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka brokers to bootstrap from (host:port, comma-separated).",
+    )
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/microbatch"),
+        validation_alias=_env("database_url", "DATABASE_URL"),
+        description="libpq URL or key=value DSN of the PostgreSQL database. Never logged.",
+    )
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict,
+        validation_alias=_env("kafka_config"),
+        description=(
+            "Extra librdkafka settings for the consumer and producers (JSON object in the env var), "
+            "e.g. security.protocol, sasl.*, ssl.*. Passed through unchanged; settings that would "
+            "break delivery guarantees are refused."
+        ),
+    )
+
+    # -- the pipeline --------------------------------------------------------------------------
+    pipeline: str = Field(
+        "invoices",
+        validation_alias=_env("pipeline"),
+        description="Pipeline definition: a TOML file path or a built-in name (invoices, pageviews).",
+    )
+    group_id: str | None = Field(
+        None,
+        validation_alias=_env("group_id"),
+        description="Consumer group; default: the pipeline's `group`.",
+    )
+    offsets_table: str = Field(
+        "microbatch_offsets",
+        validation_alias=_env("offsets_table"),
+        description="Table (in the pipeline's schema) holding the stored Kafka positions.",
+    )
+
+    # -- windows -------------------------------------------------------------------------------
+    max_records: int = Field(
+        5000, ge=1, le=1_000_000, validation_alias=_env("max_records"),
+        description="A window closes when it holds this many messages.",
+    )  # fmt: skip
+    max_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, validation_alias=_env("max_bytes"),
+        description="A window closes when its message keys and values reach this many bytes.",
+    )  # fmt: skip
+    max_wait_ms: int = Field(
+        500, ge=1, le=3_600_000, validation_alias=_env("max_wait_ms"),
+        description="A window closes this long after its first message arrived.",
+    )  # fmt: skip
+    consume_batch: int = Field(
+        1000, ge=1, le=100_000, validation_alias=_env("consume_batch"),
+        description="Messages asked of librdkafka per consume() call.",
+    )  # fmt: skip
+    max_message_bytes: int = Field(
+        1024 * 1024, ge=1, validation_alias=_env("max_message_bytes"),
+        description="Larger message values are dead-lettered as too_large without being parsed.",
+    )  # fmt: skip
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", validation_alias=_env("auto_offset_reset"),
+        description="Where a partition with no stored and no committed position starts.",
+    )  # fmt: skip
+
+    # -- database session ----------------------------------------------------------------------
+    statement_timeout_ms: int = Field(
+        120_000, ge=0, validation_alias=_env("statement_timeout_ms"),
+        description="PostgreSQL statement_timeout for the writer's session (0 = none).",
+    )  # fmt: skip
+    lock_timeout_ms: int = Field(
+        30_000, ge=0, validation_alias=_env("lock_timeout_ms"),
+        description="PostgreSQL lock_timeout: a flush waiting longer for a row lock is retried.",
+    )  # fmt: skip
+    idle_in_transaction_timeout_ms: int = Field(
+        60_000, ge=0, validation_alias=_env("idle_in_transaction_timeout_ms"),
+        description="PostgreSQL ends a transaction of a frozen consumer after this long, freeing its locks.",
+    )  # fmt: skip
+    max_savepoints: int = Field(
+        64, ge=2, le=10_000, validation_alias=_env("max_savepoints"),
+        description="Savepoints one flush transaction may use to isolate rejected rows.",
+    )  # fmt: skip
+    max_bisect_transactions: int = Field(
+        8, ge=1, validation_alias=_env("max_bisect_transactions"),
+        description="Transactions one flush may use for bisection before writing one message per transaction.",
+    )  # fmt: skip
+
+    # -- retries and shutdown ------------------------------------------------------------------
+    retry_initial_ms: int = Field(
+        200, ge=1, validation_alias=_env("retry_initial_ms"),
+        description="First delay before retrying a flush after a transient failure.",
+    )  # fmt: skip
+    retry_max_ms: int = Field(
+        10_000, ge=1, validation_alias=_env("retry_max_ms"),
+        description="Longest delay between retries (exponential backoff with full jitter up to this).",
+    )  # fmt: skip
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, validation_alias=_env("shutdown_timeout_s"),
+        description="On SIGTERM/SIGINT: time allowed to flush what is buffered, commit and leave the group.",
+    )  # fmt: skip
+
+    # -- logs ----------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env("log_level"), description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        validation_alias=_env("log_format"),
+        description="Log line format: text or one JSON object per line.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the config file (passed as init values), which beats defaults.
+        return env_settings, init_settings, file_secret_settings
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the environment, then `config_file` (TOML, same keys), then defaults.
+
+    `overrides` (from command-line flags) win over everything. Raises ConfigError with one line per
+    problem, naming the key and the reason; secret values are never echoed.
+    """
+    unknown = sorted(
+        key for key in os.environ
+        if key.startswith(ENV_PREFIX) and key not in KNOWN_NON_SETTINGS and key.lower() not in _field_env_names()
+    )  # fmt: skip
+    if unknown:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {key}: unknown setting" for key in unknown))
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**values)
+        if overrides:
+            settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    except SettingsError as exc:
+        # Raised when an env var of a structured setting is not valid JSON.
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1) if found else "(unknown)"
+        raise ConfigError(
+            f"invalid configuration:\n  {name} (env {ENV_PREFIX}{name.upper()}): not valid JSON for this setting"
+        ) from None
+    return settings
+
+
+def _field_env_names() -> set[str]:
+    return {(ENV_PREFIX + name).lower() for name in Settings.model_fields}
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: the setting, its env var, what is wrong. Never the rejected value."""
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        key = str(error["loc"][0]) if error["loc"] else "(config)"
+        name = key.removeprefix(ENV_PREFIX).lower()
+        message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"  {name} (env {ENV_PREFIX}{name.upper()}): {message}")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The buffering window: records per partition until a size, byte or time limit closes it. Pure.
+
+Time comes from an injected clock (seconds, monotonic), so tests never sleep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pipeline.records import PartitionId, Record
+
+Clock = Callable[[], float]
+
+
+class Trigger(StrEnum):
+    """Why a window closed (the `trigger` label of the flush metrics)."""
+
+    RECORDS = "records"
+    BYTES = "bytes"
+    TIME = "time"
+    REVOKE = "revoke"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """When a window closes: whichever of the three limits is reached first."""
+
+    max_records: int = 5000
+    max_bytes: int = 8 * 1024 * 1024
+    max_wait_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_records < 1 or self.max_bytes < 1 or self.max_wait_s <= 0:
+            raise ValueError("window limits must be positive")
+
+
+class Window:
+    """Buffers records per partition, in arrival (= offset) order, and says when to close."""
+
+    def __init__(self, policy: WindowPolicy, clock: Clock) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._partitions: dict[PartitionId, list[Record]] = {}
+        self._records = 0
+        self._bytes = 0
+        self._opened_at: float | None = None
+
+    def __len__(self) -> int:
+        return self._records
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def room(self) -> int:
+        """How many more records fit before the record limit closes the window (at least 1)."""
+        return max(1, self.policy.max_records - self._records)
+
+    def add(self, record: Record) -> None:
+        """Append one record; the time limit starts counting at the first record of a window."""
+        if self._opened_at is None:
+            self._opened_at = self._clock()
+        self._partitions.setdefault(record.partition_id, []).append(record)
+        self._records += 1
+        self._bytes += record.size
+
+    def ready(self) -> Trigger | None:
+        """The limit that closed the window, or None while it stays open (empty: never ready)."""
+        if self._records == 0:
+            return None
+        if self._records >= self.policy.max_records:
+            return Trigger.RECORDS
+        if self._bytes >= self.policy.max_bytes:
+            return Trigger.BYTES
+        if self.time_left() == 0.0:
+            return Trigger.TIME
+        return None
+
+    def time_left(self) -> float | None:
+        """Seconds until the time limit closes the window; None while it is empty."""
+        if self._opened_at is None:
+            return None
+        return max(0.0, self._opened_at + self.policy.max_wait_s - self._clock())
+
+    def take(self) -> list[Record]:
+        """Close the window: its records ordered by (topic, partition, offset); start a new one."""
+        records = [record for pid in sorted(self._partitions) for record in self._partitions[pid]]
+        self._partitions.clear()
+        self._records = self._bytes = 0
+        self._opened_at = None
+        return records
+
+    def drop(self, partitions: Iterable[PartitionId]) -> int:
+        """Forget the records of `partitions` (revoked or lost); returns how many were dropped."""
+        dropped = 0
+        for pid in partitions:
+            records = self._partitions.pop(pid, [])
+            dropped += len(records)
+            self._records -= len(records)
+            self._bytes -= sum(record.size for record in records)
+        if self._records == 0:
+            self._opened_at = None
+        return dropped
+
+    def partitions(self) -> set[PartitionId]:
+        return set(self._partitions)

@@ -1,0 +1,211 @@
+"""Seeded invoice line-item events, with bad records and producer duplicates, plus expected totals. Pure.
+
+The totals are what the database must hold once every message is consumed: they are computed
+from exactly the bytes produced, with the same decimal arithmetic PostgreSQL uses.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+OFFSETS = (
+    UTC,
+    timezone(timedelta(hours=2)),
+    timezone(timedelta(hours=-5)),
+    timezone(timedelta(hours=9)),
+)
+
+# Bad messages the decoder must reject, with the reason it gives.
+BAD_KINDS: tuple[tuple[str, str], ...] = (
+    ("truncated_json", "invalid_json"),
+    ("nan", "invalid_json"),
+    ("not_an_object", "invalid_event"),
+    ("quantity_as_string", "invalid_event"),
+    ("missing_item", "invalid_event"),
+    ("zero_quantity", "invalid_event"),
+    ("nul_in_user", "invalid_event"),
+    ("price_too_precise", "invalid_event"),
+    ("bad_timestamp", "invalid_event"),
+    ("empty", "empty"),
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message to produce; `event_id` is None for bad ones."""
+
+    key: bytes
+    value: bytes
+    good: bool
+    kind: str
+    event_id: str | None = None
+    item_id: str | None = None
+    quantity: int | None = None
+    unit_price: str | None = None
+    ts: str | None = None
+
+
+@dataclass
+class WorkloadOptions:
+    count: int
+    seed: int = 1
+    bad_ratio: float = 0.0
+    duplicate_ratio: float = 0.0
+    items: int = 1000
+    days: int = 30
+
+
+@dataclass
+class ExpectedTotals:
+    """What the tables must contain after all messages are consumed."""
+
+    messages: int = 0
+    good: int = 0
+    duplicates: int = 0
+    bad_by_reason: Counter[str] = field(default_factory=Counter)
+    inventory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    daily: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def bad(self) -> int:
+        return sum(self.bad_by_reason.values())
+
+    def add_good(self, item: str, quantity: int, price: Decimal, moment: datetime) -> None:
+        self.good += 1
+        inv = self.inventory.setdefault(item, {"quantity": 0, "last_event_at": moment})
+        inv["quantity"] += quantity
+        inv["last_event_at"] = max(inv["last_event_at"], moment)
+        day = moment.astimezone(UTC).date().isoformat()
+        row = self.daily.setdefault((item, day), {"units": 0, "revenue": Decimal(0), "lines": 0})
+        row["units"] += quantity
+        row["revenue"] += quantity * price
+        row["lines"] += 1
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "messages": self.messages,
+                "good": self.good,
+                "duplicates": self.duplicates,
+                "bad": self.bad,
+                "bad_by_reason": dict(sorted(self.bad_by_reason.items())),
+                "transactions": self.good,
+                "inventory": {
+                    item: {
+                        "quantity": v["quantity"],
+                        "last_event_at": v["last_event_at"].astimezone(UTC).isoformat(),
+                    }
+                    for item, v in sorted(self.inventory.items())
+                },
+                "item_sales_daily": {
+                    f"{item}|{day}": {
+                        "units": v["units"],
+                        "revenue": str(v["revenue"]),
+                        "lines": v["lines"],
+                    }
+                    for (item, day), v in sorted(self.daily.items())
+                },
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+
+
+class InvoiceWorkload:
+    """Generates messages in a reproducible order for a seed."""
+
+    def __init__(self, options: WorkloadOptions) -> None:
+        self.options = options
+        self.rng = random.Random(options.seed)  # noqa: S311 - reproducible test data, not secrets
+        self.totals = ExpectedTotals()
+        self._sent_good: list[Message] = []
+
+    def messages(self) -> Iterator[Message]:
+        """`options.count` messages in total (good, bad and duplicates), updating `totals` as it goes."""
+        opts, rng = self.options, self.rng
+        for n in range(opts.count):
+            roll = rng.random()
+            if roll < opts.bad_ratio:
+                message = self._bad(n)
+                self.totals.bad_by_reason[dict(BAD_KINDS)[message.kind]] += 1
+            elif roll < opts.bad_ratio + opts.duplicate_ratio and self._sent_good:
+                message = rng.choice(self._sent_good)
+                self.totals.duplicates += 1
+            else:
+                message, event = self._good(n)
+                price = Decimal(message.unit_price or "0")
+                self.totals.add_good(event["item_id"], event["quantity"], price, datetime.fromisoformat(event["ts"]))
+                if len(self._sent_good) < 10_000:
+                    self._sent_good.append(message)
+            self.totals.messages += 1
+            yield message
+
+    def _event(self, n: int) -> dict[str, Any]:
+        rng, opts = self.rng, self.options
+        quantity = rng.randint(1, 20) if rng.random() < 0.9 else -rng.randint(1, 5)
+        price = round(rng.uniform(0.5, 999.99), rng.choice((0, 1, 2, 2, 2, 4)))
+        moment = EPOCH + timedelta(seconds=rng.uniform(0, opts.days * 86400))
+        moment = moment.astimezone(rng.choice(OFFSETS)).replace(microsecond=(moment.microsecond // 1000) * 1000)
+        return {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "invoice_id": f"inv-{self.options.seed}-{n // 5}",
+            "user_id": f"user-{rng.randrange(10_000)}",
+            "item_id": f"item-{rng.randrange(opts.items):05d}",
+            "quantity": quantity,
+            "unit_price": price,
+            "ts": moment.isoformat(timespec="milliseconds"),
+            "channel": rng.choice(("web", "store", "app")),  # unknown fields are ignored
+        }
+
+    def _good(self, n: int) -> tuple[Message, dict[str, Any]]:
+        event = self._event(n)
+        value = orjson.dumps(event)
+        message = Message(
+            key=event["invoice_id"].encode(),
+            value=value,
+            good=True,
+            kind="good",
+            event_id=event["event_id"],
+            item_id=event["item_id"],
+            quantity=event["quantity"],
+            unit_price=repr(event["unit_price"])
+            if isinstance(event["unit_price"], float)
+            else str(event["unit_price"]),
+            ts=event["ts"],
+        )
+        return message, event
+
+    def _bad(self, n: int) -> Message:
+        kind, _ = self.rng.choice(BAD_KINDS)
+        event = self._event(n)
+        value: bytes
+        if kind == "truncated_json":
+            value = orjson.dumps(event)[:-7]
+        elif kind == "nan":
+            value = orjson.dumps(event).replace(b'"quantity":', b'"quantity":NaN,"q":', 1)
+        elif kind == "not_an_object":
+            value = orjson.dumps([event])
+        elif kind == "quantity_as_string":
+            value = orjson.dumps({**event, "quantity": str(event["quantity"])})
+        elif kind == "missing_item":
+            value = orjson.dumps({k: v for k, v in event.items() if k != "item_id"})
+        elif kind == "zero_quantity":
+            value = orjson.dumps({**event, "quantity": 0})
+        elif kind == "nul_in_user":
+            value = orjson.dumps({**event, "user_id": "user\u0000x"})
+        elif kind == "price_too_precise":
+            value = orjson.dumps({**event, "unit_price": 1.234567})
+        elif kind == "bad_timestamp":
+            value = orjson.dumps({**event, "ts": "2026-13-45 25:61"})
+        else:
+            value = b""
+        return Message(key=event["invoice_id"].encode(), value=value, good=False, kind=kind)

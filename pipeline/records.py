@@ -1,0 +1,92 @@
+"""The plain data that crosses the consumer/pipeline boundary.
+
+A batch is a list of `Record`s (no Kafka types) ordered by partition then offset, plus the positions
+it covers; the write returns which records were rejected and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+PartitionId = tuple[str, int]
+"""(topic, partition)."""
+
+Header = tuple[str, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka message as the pipeline sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+    timestamp_ms: int | None = None
+
+    @property
+    def partition_id(self) -> PartitionId:
+        return (self.topic, self.partition)
+
+    @property
+    def size(self) -> int:
+        """Bytes this record holds in a window: key plus value."""
+        return len(self.value or b"") + len(self.key or b"")
+
+
+class RejectReason(StrEnum):
+    """Why a record was not written (the `dlq.reason` header)."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_EVENT = "invalid_event"
+    TOO_LARGE = "too_large"
+    EMPTY = "empty"
+    DB_REJECTED = "db_rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that will never be written, with the reason and a message free of row values."""
+
+    record: Record
+    reason: RejectReason
+    message: str
+    error_class: str
+    sqlstate: str | None = None
+
+
+def next_positions(records: Iterable[Record]) -> dict[PartitionId, int]:
+    """The position after each partition's last record: what the offsets table advances to."""
+    positions: dict[PartitionId, int] = {}
+    for record in records:
+        pid = record.partition_id
+        if record.offset + 1 > positions.get(pid, -1):
+            positions[pid] = record.offset + 1
+    return positions
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A closed window handed to the pipeline.
+
+    `records` are ordered by (topic, partition, offset). `expected` holds, for every partition in
+    the batch, the position stored in PostgreSQL before this batch (None: no stored row yet); the
+    write moves each one to `positions[pid]` with a compare-and-set.
+    """
+
+    records: Sequence[Record]
+    expected: dict[PartitionId, int | None]
+    positions: dict[PartitionId, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", next_positions(self.records))
+        missing = set(self.positions) - set(self.expected)
+        if missing:
+            raise ValueError(f"no expected position for {sorted(missing)}")
+
+    def __len__(self) -> int:
+        return len(self.records)

@@ -1,0 +1,69 @@
+"""Load a pipeline definition from TOML, with errors that name the key and the reason."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipeline.spec import PipelineSpec
+
+DEFAULT_PIPELINE = "invoices"
+
+
+class PipelineFileError(Exception):
+    """The pipeline file is missing, is not TOML, or breaks a rule; str() lists every problem."""
+
+
+def builtin_dir() -> Path:
+    """Where the shipped pipelines live: `pipelines/` in a checkout, packaged copy in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "pipelines", here / "_builtin_pipelines"):
+        if candidate.is_dir():
+            return candidate
+    raise PipelineFileError("the built-in pipelines directory is missing from this installation")
+
+
+def load_pipeline(source: str | Path | None = None) -> PipelineSpec:
+    """Load `source` (a file path, or the name of a built-in pipeline such as 'invoices').
+
+    None loads the default pipeline. Raises PipelineFileError with one line per problem.
+    """
+    path = _resolve(source)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineFileError(f"pipeline file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineFileError(f"{path}: not valid TOML: {exc}") from None
+    return parse_pipeline(data, origin=str(path))
+
+
+def parse_pipeline(data: dict[str, object], origin: str = "<pipeline>") -> PipelineSpec:
+    """Validate already-parsed TOML data."""
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise PipelineFileError(f"{origin}: invalid pipeline\n" + format_errors(exc)) from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    """One line per problem: `key.path: reason`."""
+    lines = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {location or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def _resolve(source: str | Path | None) -> Path:
+    if source is None:
+        source = DEFAULT_PIPELINE
+    path = Path(source)
+    if path.suffix == "" and not path.exists() and "/" not in str(source):
+        return builtin_dir() / f"{source}.toml"
+    return path

@@ -1,0 +1,277 @@
+"""Write a decoded batch to PostgreSQL: one transaction per flush, bisection when rows are rejected.
+
+The order inside a transaction is the correctness argument; the steps are numbered here and in
+`BatchWriter._transaction`:
+
+  1. compare-and-set the positions of every partition still to be written (offsets table);
+  2. COPY the rows into the session's temp staging table;
+  3+4. one statement inserts the new rows into the raw table and upserts the summaries from what
+     was new, under a SAVEPOINT so that a bad-data failure can be isolated;
+  5. rejected records go to the reject sink, which returns only once they are durably stored
+     (the dead-letter topic acknowledged them), before any position moves past them;
+  6. COMMIT.
+
+A bad-data error (SQLSTATE class 22/23, 54000) splits the failing range in halves, each under its
+own SAVEPOINT, down to single rows: the leaves are the per-message writes. Savepoints per
+transaction are capped (`max_savepoints`, PostgreSQL caches 64 subtransactions per backend): past
+the cap the resolved prefix is committed and the rest continues in a new transaction; after
+`max_transactions` of those, the remaining rows are written one message per transaction.
+Transient and systemic errors are not handled here: the transaction rolls back and they surface
+as `WriteError` for the caller to retry or halt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from pipeline.bisect import Node, RangeStack
+from pipeline.database import Database
+from pipeline.decode import DecodedBatch
+from pipeline.errors import FailureClass, classify, redacted_message
+from pipeline.offsets import OffsetsTable
+from pipeline.records import Batch, PartitionId, Rejection, RejectReason
+from pipeline.sqlplan import WritePlan
+
+
+class RejectSink(Protocol):
+    """Where rejected records go (the dead-letter topic)."""
+
+    def deliver(self, rejections: Sequence[Rejection]) -> None:
+        """Block until every rejection is durably stored; raise RejectSinkError if any is not.
+
+        Called inside the open transaction, before COMMIT. It may be called again with the same
+        records if that transaction then fails: duplicates are allowed, losses are not.
+        """
+
+
+class RejectSinkError(Exception):
+    """The reject sink could not store every rejection; the transaction was rolled back."""
+
+
+class WriteError(Exception):
+    """A write failed and was rolled back; `failure` says whether to retry or halt."""
+
+    def __init__(self, failure: FailureClass, sqlstate: str | None, message: str) -> None:
+        self.failure = failure
+        self.sqlstate = sqlstate
+        super().__init__(message)
+
+
+@dataclass
+class FlushResult:
+    """What a successful `write` did."""
+
+    positions: dict[PartitionId, int] = field(default_factory=dict)
+    inserted: int = 0
+    duplicates: int = 0
+    summary_rows: dict[str, int] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+    statements: int = 0
+    savepoints: int = 0
+    transactions: int = 0
+
+    @property
+    def isolated(self) -> bool:
+        """True when bisection ran (the bulk statement failed on bad data at least once)."""
+        return self.statements > self.transactions
+
+
+class _CopyFailed(Exception):
+    """Internal: the bulk COPY hit bad data; roll back and copy inside each bisection node."""
+
+
+@dataclass
+class _Run:
+    """Progress of one `write` across its transactions."""
+
+    batch: Batch
+    decoded: DecodedBatch
+    stored: dict[PartitionId, int | None]
+    stack: RangeStack
+    result: FlushResult = field(default_factory=FlushResult)
+    db_rejections: dict[int, Rejection] = field(default_factory=dict)  # row index → rejection
+    committed_records: int = 0  # records before this index are committed (written or rejected)
+    copy_per_node: bool = False
+
+    def record_boundary(self) -> int:
+        """Records before the returned index are resolved, given the rows resolved so far."""
+        resolved_rows = self.stack.resolved
+        if resolved_rows < len(self.decoded.rows):
+            return self.decoded.row_records[resolved_rows]
+        return len(self.batch.records)
+
+    def positions_at(self, boundary: int, partitions: set[PartitionId]) -> dict[PartitionId, int]:
+        """Where each of `partitions` stands once the records before `boundary` are resolved."""
+        positions = {pid: self.batch.positions[pid] for pid in partitions}
+        seen: set[PartitionId] = set()
+        for record in self.batch.records[boundary:]:
+            pid = record.partition_id
+            if pid not in seen:
+                seen.add(pid)
+                positions[pid] = record.offset
+        return positions
+
+    def rejections_between(self, start: int, stop: int) -> list[Rejection]:
+        """Decode and database rejections of records in [start, stop), in record order."""
+        found = [
+            (index, rejection)
+            for index, rejection in zip(self.decoded.rejected_records, self.decoded.rejections, strict=True)
+            if start <= index < stop
+        ]
+        for row, rejection in self.db_rejections.items():
+            index = self.decoded.row_records[row]
+            if start <= index < stop:
+                found.append((index, rejection))
+        found.sort(key=lambda item: item[0])
+        return [rejection for _, rejection in found]
+
+
+class BatchWriter:
+    """Writes the batches of one pipeline through one `Database` (one thread)."""
+
+    def __init__(
+        self,
+        database: Database,
+        plan: WritePlan,
+        offsets: OffsetsTable,
+        *,
+        max_savepoints: int = 64,
+        max_transactions: int = 8,
+    ) -> None:
+        if max_savepoints < 2:
+            raise ValueError("max_savepoints must be at least 2")
+        self.database = database
+        self.plan = plan
+        self.offsets = offsets
+        self.max_savepoints = max_savepoints
+        self.max_transactions = max_transactions
+
+    def write(
+        self,
+        batch: Batch,
+        decoded: DecodedBatch,
+        sink: RejectSink,
+        on_commit: Callable[[dict[PartitionId, int]], None] | None = None,
+    ) -> FlushResult:
+        """Write `batch` (decoded as `decoded`) and move its positions, in one or more commits.
+
+        `on_commit` receives the stored positions after every COMMIT (a flush that isolates many
+        bad rows commits more than once). Raises PositionConflict (nothing of the current
+        transaction was written), RejectSinkError, or WriteError (classified). In every case the
+        open transaction was rolled back, and earlier commits were reported through `on_commit`.
+        """
+        run = _Run(batch, decoded, dict(batch.expected), RangeStack(len(decoded.rows)))
+        try:
+            while run.committed_records < len(batch.records):
+                per_message = run.result.transactions >= self.max_transactions
+                try:
+                    committed = self._transaction(run, sink, per_message=per_message)
+                except _CopyFailed:
+                    run.copy_per_node = True
+                    continue
+                if on_commit is not None:
+                    on_commit(committed)
+        except (psycopg.Error, OSError) as exc:
+            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
+                self.database.discard()
+            sqlstate = getattr(exc, "sqlstate", None)
+            raise WriteError(classify(exc), sqlstate, redacted_message(exc)) from exc
+        run.result.positions = {pid: pos for pid, pos in run.stored.items() if pos is not None}
+        return run.result
+
+    def _transaction(self, run: _Run, sink: RejectSink, *, per_message: bool) -> dict[PartitionId, int]:
+        """One transaction resolving as much of the batch as its savepoint budget allows."""
+        conn = self.database.connection()
+        start = run.committed_records
+        partitions = {record.partition_id for record in run.batch.records[start:]}
+        rows = run.decoded.rows
+        first_row = run.stack.resolved
+        limit = min(len(rows), first_row + 1) if per_message else len(rows)
+        run.result.transactions += 1
+        with conn.transaction():
+            # 1. compare-and-set: this transaction owns these partitions' ranges, or nobody writes.
+            targets = {pid: run.batch.positions[pid] for pid in partitions}
+            self.offsets.advance(conn, {pid: run.stored.get(pid) for pid in partitions}, targets)
+            if first_row < limit:
+                if not run.copy_per_node:
+                    # 2. COPY once for the whole transaction; the statements select ranges of it.
+                    self._copy_bulk(conn, rows, first_row, limit)
+                # 3+4. the insert-and-upsert statement, bisected on bad data.
+                self._bisect(conn, run, limit, budget=1 if per_message else self.max_savepoints)
+            boundary = run.record_boundary()
+            committed = run.positions_at(boundary, partitions)
+            if committed != targets:
+                # The budget ran out: commit the resolved prefix only (we hold these rows' locks).
+                self.offsets.move(conn, committed)
+            # 5. rejected records are durably stored before the positions move past them.
+            fresh = run.rejections_between(start, boundary)
+            if fresh:
+                sink.deliver(fresh)
+            # 6. COMMIT when the block ends.
+        run.result.rejections.extend(fresh)
+        run.stored.update(committed)
+        run.committed_records = boundary
+        return committed
+
+    def _copy_bulk(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int) -> None:
+        try:
+            self._copy(conn, rows, lo, hi)
+        except psycopg.Error as exc:
+            if classify(exc) is not FailureClass.BAD_DATA:
+                raise
+            raise _CopyFailed from exc
+
+    def _copy(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int) -> None:
+        with conn.cursor().copy(self.plan.copy_staging) as copy:
+            write_row = copy.write_row
+            for index in range(lo, hi):
+                write_row(rows[index])
+
+    def _bisect(self, conn: psycopg.Connection[Any], run: _Run, limit: int, budget: int) -> None:
+        """Resolve ranges left to right until `limit` rows are resolved or the budget is spent."""
+        stack = run.stack
+        while budget > 0 and (node := stack.next(limit)) is not None:
+            budget -= 1
+            run.result.savepoints += 1
+            try:
+                with conn.transaction():  # SAVEPOINT … RELEASE, or ROLLBACK TO on error
+                    self._statement(conn, run, node)
+            except psycopg.Error as exc:
+                if classify(exc) is not FailureClass.BAD_DATA or conn.broken:
+                    raise
+                if node.size == 1:
+                    run.db_rejections[node.lo] = self._rejection(run, node, exc)
+                    stack.reject(node)
+                else:
+                    stack.fail(node)
+            else:
+                stack.succeed(node)
+
+    def _statement(self, conn: psycopg.Connection[Any], run: _Run, node: Node) -> None:
+        if run.copy_per_node:
+            self._copy(conn, run.decoded.rows, node.lo, node.hi)
+        counts = conn.execute(self.plan.flush, {"lo": node.lo, "hi": node.hi}).fetchone()
+        result = run.result
+        result.statements += 1
+        if counts is None:  # pragma: no cover - the statement always returns one row
+            return
+        inserted = int(counts[0])
+        result.inserted += inserted
+        result.duplicates += node.size - inserted
+        for summary, count in zip(self.plan.spec.summaries, counts[1:], strict=True):
+            result.summary_rows[summary.table] = result.summary_rows.get(summary.table, 0) + int(count)
+
+    @staticmethod
+    def _rejection(run: _Run, node: Node, exc: psycopg.Error) -> Rejection:
+        record = run.batch.records[run.decoded.row_records[node.lo]]
+        return Rejection(
+            record,
+            RejectReason.DB_REJECTED,
+            redacted_message(exc),
+            type(exc).__name__,
+            exc.sqlstate,
+        )

@@ -1,0 +1,101 @@
+"""Fixtures for integration tests: real services per session, fresh database and topics per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pipeline.spec_loader import builtin_dir
+from tests.support.consumer_process import ConsumerProcess
+from tests.support.services import KafkaService, PostgresService, kafka_service, postgres_service
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaService]:
+    with kafka_service() as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresService]:
+    with postgres_service() as service:
+        yield service
+
+
+def _with_database(url: str, name: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+
+
+@pytest.fixture
+def database_url(postgres: PostgresService) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = _with_database(postgres.url, name)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short suffix that makes topic and group names unique to one test."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def invoice_pipeline(tmp_path: Path, unique: str) -> Path:
+    """The built-in invoice pipeline with this test's own topic, group and dead-letter topic."""
+    text = (builtin_dir() / "invoices.toml").read_text()
+    text = text.replace('topics = ["invoice-lines"]', f'topics = ["invoices-{unique}"]')
+    text = text.replace('group = "microbatch-invoices"', f'group = "group-{unique}"')
+    text = text.replace('dead_letter_topic = "invoice-lines.dlq"', f'dead_letter_topic = "invoices-{unique}.dlq"')
+    path = tmp_path / "invoices.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def service_env(kafka: KafkaService, database_url: str) -> dict[str, str]:
+    """Environment for `microbatch` subprocesses pointing at this test's services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROBATCH_")}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
+        DATABASE_URL=database_url,
+        MICROBATCH_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def consumer_factory(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
+    """Start `microbatch run` subprocesses; every one still running at the end is killed."""
+    started: list[ConsumerProcess] = []
+
+    def start(env: dict[str, str], pipeline: Path, *extra: str) -> ConsumerProcess:
+        log = tmp_path / f"consumer-{len(started)}.log"
+        process = ConsumerProcess(env, ["run", "--pipeline", str(pipeline), *extra], log).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -1,0 +1,212 @@
+"""The micro-batcher end to end: real Kafka, real PostgreSQL, `microbatch run` as a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from devstack.verify import compare_totals, high_watermarks, load_expected, stored_positions
+from tests.support.consumer_process import MICROBATCH, ConsumerProcess, run_cli
+from tests.support.services import KafkaService, wait_until
+
+PARTITIONS = 4
+
+
+def _prepare(env: dict[str, str], pipeline: Path) -> None:
+    result = run_cli(env, "init-db", "--pipeline", str(pipeline))
+    assert result.returncode == 0, result.stderr
+
+
+def _produce(env: dict[str, str], pipeline: Path, expected: Path, count: int, *extra: str) -> None:
+    result = run_cli(
+        env, "produce", "--pipeline", str(pipeline), "--count", str(count), "--partitions", str(PARTITIONS),
+        "--expected", str(expected), *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def _rows(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM transactions").fetchone()
+    return int(row[0]) if row else 0
+
+
+def assert_totals_exact(database_url: str, expected: dict[str, Any]) -> None:
+    failed = [check for check in compare_totals(database_url, expected) if not check.ok]
+    assert failed == []
+
+
+def _rows_reach(database_url: str, count: int) -> Callable[[], bool]:
+    return lambda: _rows(database_url) >= count
+
+
+def _caught_up(kafka: KafkaService, database_url: str, unique: str) -> Callable[[], bool]:
+    topic, group = f"invoices-{unique}", f"group-{unique}"
+
+    def check() -> bool:
+        return stored_positions(database_url, group) == high_watermarks(kafka.bootstrap, topic, PARTITIONS)
+
+    return check
+
+
+def test_50k_events_over_4_partitions_match_the_expected_totals(
+    kafka: KafkaService,
+    database_url: str,
+    service_env: dict[str, str],
+    invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess],
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    _prepare(service_env, invoice_pipeline)
+    expected_file = tmp_path / "expected.json"
+    _produce(
+        service_env,
+        invoice_pipeline,
+        expected_file,
+        50_000,
+        "--duplicate-ratio",
+        "0.01",
+        "--seed",
+        "7",
+    )
+    expected = load_expected(expected_file)
+    assert expected["duplicates"] > 300, "the workload must contain producer duplicates"
+
+    started = time.monotonic()
+    consumer = consumer_factory(service_env, invoice_pipeline)
+    wait_until(
+        _caught_up(kafka, database_url, unique),
+        timeout=180,
+        what="all positions to reach the high watermarks",
+    )
+    print(f"drained 50,000 events in {time.monotonic() - started:.1f} s (including start-up)")
+    assert consumer.terminate() == 0, consumer.output()
+    assert_totals_exact(database_url, expected)
+    assert _rows(database_url) == expected["good"] == 50_000 - expected["duplicates"]
+
+
+def test_sigkill_twice_mid_stream_loses_and_doubles_nothing(
+    kafka: KafkaService,
+    database_url: str,
+    service_env: dict[str, str],
+    invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess],
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    _prepare(service_env, invoice_pipeline)
+    expected_file = tmp_path / "expected.json"
+    # A producer running at a fixed rate while the consumer is killed twice.
+    producer = subprocess.Popen(
+        [str(MICROBATCH), "produce", "--pipeline", str(invoice_pipeline), "--count", "50000", "--rate", "8000",
+         "--partitions", str(PARTITIONS), "--duplicate-ratio", "0.01", "--seed", "11",
+         "--expected", str(expected_file)],
+        env=service_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        consumer = consumer_factory(service_env, invoice_pipeline)
+        for threshold in (8_000, 25_000):
+            wait_until(_rows_reach(database_url, threshold), timeout=120, what=f"{threshold} rows")
+            consumer.kill()
+            consumer = consumer_factory(service_env, invoice_pipeline)
+        _, stderr = producer.communicate(timeout=180)
+        assert producer.returncode == 0, stderr
+    finally:
+        producer.kill()
+    wait_until(
+        _caught_up(kafka, database_url, unique),
+        timeout=180,
+        what="all positions to reach the high watermarks",
+    )
+    assert consumer.terminate() == 0, consumer.output()
+    expected = load_expected(expected_file)
+    assert_totals_exact(database_url, expected)
+    assert stored_positions(database_url, f"group-{unique}") == high_watermarks(
+        kafka.bootstrap, f"invoices-{unique}", PARTITIONS
+    )
+
+
+def test_a_lone_message_is_flushed_within_max_wait_plus_one_second(
+    kafka: KafkaService,
+    database_url: str,
+    service_env: dict[str, str],
+    invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess],
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    _prepare(service_env, invoice_pipeline)
+    _produce(service_env, invoice_pipeline, tmp_path / "first.json", 1, "--seed", "3")
+    consumer = consumer_factory(service_env, invoice_pipeline)
+    wait_until(lambda: _rows(database_url) == 1, timeout=60, what="the first message")
+
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True, "acks": "all"})
+    event = {
+        "event_id": "5b0f3a52-4a8e-4a44-9d53-0c1e4f9a7a10", "invoice_id": "inv-lone", "user_id": "u-1",
+        "item_id": "item-lone", "quantity": 3, "unit_price": 2.5, "ts": "2026-02-03T04:05:06+00:00",
+    }  # fmt: skip
+    producer.produce(f"invoices-{unique}", value=orjson.dumps(event), key=b"inv-lone")
+    assert producer.flush(10) == 0
+    acked_at = time.monotonic()
+    took = wait_until(lambda: _rows(database_url) == 2, timeout=10, what="the lone message", interval=0.02)
+    latency = time.monotonic() - acked_at
+    print(f"lone message visible {latency:.3f} s after its ack (max_wait 0.5 s); poll took {took:.3f} s")
+    assert latency <= 0.5 + 1.0
+    assert consumer.terminate() == 0
+
+
+def test_two_consumers_share_the_partitions_and_totals_stay_exact(
+    kafka: KafkaService,
+    database_url: str,
+    service_env: dict[str, str],
+    invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess],
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    _prepare(service_env, invoice_pipeline)
+    expected_file = tmp_path / "expected.json"
+    _produce(service_env, invoice_pipeline, tmp_path / "warmup.json", 1, "--seed", "5")
+    first = consumer_factory(service_env, invoice_pipeline)
+    second = consumer_factory(service_env, invoice_pipeline)
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+
+    def members() -> list[int]:
+        group = admin.describe_consumer_groups([f"group-{unique}"])[f"group-{unique}"].result(timeout=10)
+        return sorted(len(m.assignment.topic_partitions) for m in group.members)
+
+    wait_until(lambda: members() == [2, 2], timeout=90, what="both consumers to own two partitions each")
+    _produce(
+        service_env,
+        invoice_pipeline,
+        expected_file,
+        20_000,
+        "--duplicate-ratio",
+        "0.01",
+        "--seed",
+        "9",
+    )
+    wait_until(
+        _caught_up(kafka, database_url, unique),
+        timeout=180,
+        what="all positions to reach the high watermarks",
+    )
+    assert members() == [2, 2]
+    assert first.terminate() == 0
+    assert second.terminate() == 0
+    expected = load_expected(expected_file)
+    # The warm-up event (seed 5) is one more good row in the same tables.
+    warmup = load_expected(tmp_path / "warmup.json")
+    assert _rows(database_url) == expected["good"] + warmup["good"]
+    for name in ("first", "second"):
+        log = (first if name == "first" else second).output()
+        assert "assigned invoices-" in log, f"the {name} consumer never got partitions"

@@ -1,0 +1,94 @@
+"""Bisection planning: left-to-right resolution, inference that saves attempts, and its cost."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.bisect import RangeStack
+
+
+def run(n: int, bad: set[int], limit: int | None = None, budget: int = 10**9) -> tuple[list[int], int, int]:
+    """Simulate the writer: returns (rejected rows, attempts, resolved prefix)."""
+    stack = RangeStack(n)
+    rejected, attempts = [], 0
+    while budget > 0 and (node := stack.next(limit if limit is not None else n)) is not None:
+        budget -= 1
+        attempts += 1
+        if bad & set(range(node.lo, node.hi)):
+            if node.size == 1:
+                rejected.append(node.lo)
+                stack.reject(node)
+            else:
+                stack.fail(node)
+        else:
+            stack.succeed(node)
+    return rejected, attempts, stack.resolved
+
+
+def test_clean_batch_is_one_attempt() -> None:
+    assert run(10_000, set()) == ([], 1, 10_000)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 4_999, 5_000, 9_998, 9_999])
+def test_one_bad_row_costs_logarithmic_attempts(bad: int) -> None:
+    rejected, attempts, resolved = run(10_000, {bad})
+    assert rejected == [bad]
+    assert resolved == 10_000
+    assert attempts <= 2 * math.ceil(math.log2(10_000)) + 1
+
+
+def test_many_bad_rows_are_all_found_and_nothing_else() -> None:
+    bad = {3, 4, 100, 777, 778, 779, 9_000}
+    rejected, _, resolved = run(10_000, bad)
+    assert rejected == sorted(bad)
+    assert resolved == 10_000
+
+
+def test_every_row_bad_rejects_every_row() -> None:
+    rejected, _, _ = run(37, set(range(37)))
+    assert rejected == list(range(37))
+
+
+def test_budget_stops_at_a_resolved_prefix() -> None:
+    rejected, attempts, resolved = run(1024, {5, 900}, budget=16)
+    assert attempts == 16
+    assert rejected == [5]
+    assert resolved == 64  # [0, 64) is done: 5 rejected, the rest written
+
+
+def test_a_budget_below_the_depth_resolves_nothing_but_keeps_what_it_learned() -> None:
+    stack = RangeStack(1024)
+    for _ in range(3):
+        node = stack.next(1024)
+        assert node is not None
+        stack.fail(node)
+    assert stack.resolved == 0
+    node = stack.next(1024)
+    assert node is not None and (node.lo, node.hi) == (0, 128)
+
+
+def test_limit_splits_ranges_so_single_rows_can_go_one_by_one() -> None:
+    stack = RangeStack(10)
+    node = stack.next(1)
+    assert node is not None and (node.lo, node.hi) == (0, 1)
+    stack.succeed(node)
+    assert stack.resolved == 1
+    assert stack.next(1) is None
+
+
+def test_only_the_leftmost_range_can_be_resolved() -> None:
+    stack = RangeStack(4)
+    node = stack.next(4)
+    assert node is not None
+    stack.fail(node)
+    right_half = stack.next(4)
+    assert right_half is not None
+    with pytest.raises(ValueError, match="single row"):
+        stack.reject(right_half)
+
+
+def test_empty_batch_is_resolved() -> None:
+    stack = RangeStack(0)
+    assert stack.resolved == 0 and stack.next(0) is None

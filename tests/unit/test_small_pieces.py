@@ -1,0 +1,95 @@
+"""Assignment bookkeeping, backoff, secret masking and the workload's expected totals."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import orjson
+
+from consumer.assignment import Assignment
+from consumer.backoff import Backoff
+from consumer.logs import JsonFormatter, MaskingFormatter, mask_secrets
+from consumer.workload import BAD_KINDS, InvoiceWorkload, WorkloadOptions
+from pipeline.decode import Decoder
+from pipeline.records import Batch, Record, next_positions
+from pipeline.spec_loader import load_pipeline
+
+
+def rec(offset: int, partition: int = 0) -> Record:
+    return Record("t", partition, offset, None, b"{}")
+
+
+def test_assignment_drops_stale_and_unknown_records() -> None:
+    owned = Assignment()
+    owned.assign(("t", 0), 10)
+    owned.assign(("t", 1), None, known=False)
+    assert not owned.accepts(rec(9))  # before the stored position
+    assert owned.accepts(rec(10))
+    assert not owned.accepts(rec(10))  # a re-delivered copy
+    assert owned.accepts(rec(12))  # gaps are allowed (compaction, transaction markers)
+    assert not owned.accepts(rec(0, partition=1))  # position unknown yet
+    assert not owned.accepts(rec(0, partition=7))  # not ours
+    assert owned.unknown() == [("t", 1)]
+    owned.sought(("t", 1), 5, floor=5)
+    assert owned.accepts(rec(5, partition=1)) and owned.unknown() == []
+
+
+def test_assignment_tracks_commits_and_release() -> None:
+    owned = Assignment()
+    owned.assign(("t", 0), None)
+    owned.committed({("t", 0): 42, ("t", 9): 1})
+    assert owned.expected([("t", 0), ("t", 9)]) == {("t", 0): 42, ("t", 9): None}
+    assert owned.release([("t", 0), ("t", 3)]) == [("t", 0)]
+    assert len(owned) == 0
+
+
+def test_backoff_grows_jittered_and_bounded() -> None:
+    backoff = Backoff(0.2, 5.0, uniform=lambda low, high: high)
+    delays = [backoff.next_delay() for _ in range(8)]
+    assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+    backoff.reset()
+    assert backoff.next_delay() == 0.2
+    low = Backoff(0.2, 5.0, uniform=lambda low, high: low)
+    assert all(low.next_delay() == 0.1 for _ in range(5))
+
+
+def test_secrets_are_masked() -> None:
+    assert mask_secrets("postgresql://user:hunter2@db:5432/x") == "postgresql://user:***@db:5432/x"
+    assert mask_secrets("password=hunter2 host=db") == "password=*** host=db"
+    assert mask_secrets("sasl.password: abc token=xyz") == "sasl.password: *** token=***"
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "dsn %s", ("postgresql://u:pw@h/d",), None)
+    assert "pw@" not in MaskingFormatter("%(message)s").format(record)
+    assert "pw@" not in JsonFormatter().format(record)
+    assert orjson.loads(JsonFormatter().format(record))["level"] == "INFO"
+
+
+def test_workload_is_reproducible_and_its_totals_match_what_the_decoder_accepts() -> None:
+    options = WorkloadOptions(count=3000, seed=42, bad_ratio=0.05, duplicate_ratio=0.02, items=50)
+    first = InvoiceWorkload(options)
+    messages = list(first.messages())
+    again = [m.value for m in InvoiceWorkload(options).messages()]
+    assert [m.value for m in messages] == again
+    totals = first.totals
+    assert totals.messages == 3000 and totals.duplicates > 0 and totals.bad > 0
+    assert totals.good + totals.duplicates + totals.bad == 3000
+
+    decoder = Decoder(load_pipeline())
+    out = decoder.decode([Record("t", 0, i, m.key, m.value) for i, m in enumerate(messages)])
+    assert len(out.rows) == totals.good + totals.duplicates
+    reasons: dict[str, int] = {}
+    for rejection in out.rejections:
+        reasons[rejection.reason.value] = reasons.get(rejection.reason.value, 0) + 1
+    assert reasons == dict(totals.bad_by_reason)
+    assert {kind for kind, _ in BAD_KINDS} >= {m.kind for m in messages if not m.good}
+    # The revenue the database will compute from the decoded rows equals the expected totals.
+    unique = {row[1]: row for row in out.rows}
+    revenue = sum((row[5] * row[6] for row in unique.values()), Decimal(0))
+    assert revenue == sum((v["revenue"] for v in totals.daily.values()), Decimal(0))
+
+
+def test_batch_positions_are_one_past_the_last_offset() -> None:
+    records = [rec(3), rec(4), rec(7, 1)]
+    assert next_positions(records) == {("t", 0): 5, ("t", 1): 8}
+    batch = Batch(records, {("t", 0): 3, ("t", 1): None})
+    assert batch.positions == {("t", 0): 5, ("t", 1): 8}
