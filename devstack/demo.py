@@ -123,7 +123,7 @@ def _drain(env: dict[str, str], bootstrap: str, database_url: str, work: Path, t
 
 
 def _summary(database_url: str, expected: dict[str, object], seconds: float, produced: int) -> int:
-    checks = compare_totals(database_url, expected)  # type: ignore[arg-type]
+    checks = compare_totals(database_url, expected)
     with psycopg.connect(database_url) as conn:
         counts = {
             table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
