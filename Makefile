@@ -39,7 +39,7 @@ typecheck: $(VENV)/.synced ## mypy --strict on consumer, pipeline, devstack and 
 	@$(VENV)/bin/mypy consumer pipeline devstack tests
 
 test: setup check ## Everything on a fresh machine: set-up, static gates, unit and integration tests (real Kafka + PostgreSQL)
-	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -m "not chaos_full and not bench_full" tests
+	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests
 
 unit: $(VENV)/.synced ## Unit tests only (no services, seconds)
 	@$(PY) -m pytest tests/unit

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import logging
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, libversion, version
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
-from consumer.deadletter import HaltOnReject
-from consumer.kafka_config import consumer_config
+from consumer import __version__
+from consumer.breaker import BreakerPolicy, DeadLetterBreaker
+from consumer.deadletter import DeadLetterProducer, GuardedSink, HaltOnReject
+from consumer.kafka_config import consumer_config, producer_config
+from consumer.metrics import Metrics
 from consumer.runner import LoopOptions, Runner
 from consumer.settings import Settings
+from consumer.telemetry import Telemetry
 from consumer.window import WindowPolicy
 from pipeline.database import SessionSettings, describe_target
 from pipeline.errors import FailureClass
@@ -97,7 +102,50 @@ def _security(settings: Settings) -> dict[str, str]:
     return {k: v for k, v in settings.kafka_config.items() if k.startswith(("security.", "sasl.", "ssl."))}
 
 
-def build_runner(settings: Settings, pipeline: Pipeline, sink: RejectSink | None = None) -> Runner:
+def ensure_dead_letter_topic(admin: AdminClient, topic: str, timeout: float = 30.0) -> None:
+    """Create the dead-letter topic (broker defaults) unless it exists; StartupError if impossible."""
+    if topic in admin.list_topics(timeout=timeout).topics:
+        return
+    future = admin.create_topics([NewTopic(topic, num_partitions=-1, replication_factor=-1)])[topic]
+    try:
+        future.result(timeout=timeout)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise StartupError(
+                f"cannot create the dead-letter topic {topic} ({exc.args[0].str()}): create it, or grant "
+                "the consumer CREATE on it"
+            ) from None
+    log.info("created dead-letter topic %s", topic)
+
+
+def build_sink(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> RejectSink:
+    """The dead-letter producer behind the circuit breaker, or HaltOnReject without a topic."""
+    topic = pipeline.spec.dead_letter_topic
+    breaker = DeadLetterBreaker(
+        BreakerPolicy(
+            max_ratio=settings.breaker_max_ratio,
+            window=settings.breaker_window,
+            min_records=settings.breaker_min_records,
+            max_consecutive=settings.breaker_max_consecutive,
+        )
+    )
+    if topic is None:
+        return GuardedSink(HaltOnReject(), breaker)
+    producer_settings = producer_config(settings, "dead-letters")
+    producer_settings["logger"] = logging.getLogger("librdkafka")  # type: ignore[assignment]
+    producer = DeadLetterProducer(
+        Producer(producer_settings),
+        topic,
+        pipeline.group,
+        timeout_s=settings.dead_letter_timeout_s,
+        on_delivered=lambda rejection: metrics.dead_letters.labels(rejection.reason.value).inc(),
+    )
+    return GuardedSink(producer, breaker)
+
+
+def build_runner(
+    settings: Settings, pipeline: Pipeline, telemetry: Telemetry, sink: RejectSink | None = None
+) -> Runner:
     """The run loop over a real Kafka consumer for `pipeline`."""
     config = consumer_config(settings, pipeline.group)
     config["logger"] = logging.getLogger("librdkafka")  # type: ignore[assignment]
@@ -110,5 +158,14 @@ def build_runner(settings: Settings, pipeline: Pipeline, sink: RejectSink | None
         shutdown_timeout_s=settings.shutdown_timeout_s,
         retry_initial_s=settings.retry_initial_ms / 1000,
         retry_max_s=settings.retry_max_ms / 1000,
+        halted_retry_s=settings.halted_retry_s,
+        exit_on_halt=settings.exit_on_halt,
     )
-    return Runner(kafka, pipeline, sink or HaltOnReject(), options)
+    metrics = telemetry.metrics
+    metrics.tables([pipeline.spec.raw.table, *(s.table for s in pipeline.spec.summaries)])
+    metrics.topics(pipeline.spec.topics)
+    metrics.build_info.info(
+        {"version": __version__, "librdkafka": libversion()[0], "confluent_kafka": version()[0],
+         "psycopg": pipeline.driver_version(), "pipeline": pipeline.spec.name}
+    )  # fmt: skip
+    return Runner(kafka, pipeline, sink or build_sink(settings, pipeline, metrics), options, telemetry=telemetry)

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -17,11 +18,16 @@ from consumer.app import (
     check_database,
     check_kafka,
     database_error,
+    ensure_dead_letter_topic,
 )
-from consumer.kafka_config import producer_config
+from consumer.health import Health, HealthServer
+from consumer.kafka_config import consumer_config, producer_config
 from consumer.logs import setup_logging
+from consumer.metrics import REASONS, Metrics
 from consumer.produce import ProduceError, produce_workload
+from consumer.replay import ReplayError, ReplayFilter, replay
 from consumer.settings import ConfigError, Settings, load_settings
+from consumer.telemetry import Telemetry
 from consumer.workload import WorkloadOptions
 from pipeline.spec_loader import PipelineFileError, load_pipeline
 from pipeline.writer import WriteError
@@ -40,8 +46,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
     pipeline = build_pipeline(settings)
     check_database(settings, pipeline)
-    check_kafka(settings)
-    runner = build_runner(settings, pipeline)
+    admin = check_kafka(settings)
+    if pipeline.spec.dead_letter_topic:
+        ensure_dead_letter_topic(admin, pipeline.spec.dead_letter_topic)
+    telemetry = Telemetry(Metrics(), Health(stall_after_s=settings.health_stall_s))
+    try:
+        server = HealthServer(telemetry.health, telemetry.metrics.registry, host=settings.metrics_host,
+                              port=settings.metrics_port).start()  # fmt: skip
+    except OSError as exc:
+        raise StartupError(
+            f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror}): "
+            "choose another MICROBATCH_METRICS_PORT"
+        ) from None
+    runner = build_runner(settings, pipeline, telemetry)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("received %s: finishing the current window, then leaving", signal.Signals(signum).name)
@@ -54,9 +71,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         ",".join(pipeline.spec.topics), pipeline.group, pipeline.spec.raw.table,
         settings.max_records, settings.max_bytes, settings.max_wait_ms,
     )  # fmt: skip
+    log.info("serving /metrics, /healthz and /readyz on port %d", server.port)
     try:
         return runner.run()
     finally:
+        server.stop()
         pipeline.close()
 
 
@@ -106,6 +125,43 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    """Re-drive dead letters to their source topic (or --to), after the cause was fixed."""
+    settings = _settings(args)
+    setup_logging(settings.log_level, settings.log_format)
+    spec = load_pipeline(settings.pipeline)
+    dlq_topic = args.topic or spec.dead_letter_topic
+    if not dlq_topic:
+        raise StartupError(f"pipeline {spec.name!r} has no dead_letter_topic; pass --topic")
+    check_kafka(settings)
+    selection = ReplayFilter(
+        reasons=frozenset(args.reason) if args.reason else None, since=args.since, until=args.until
+    )
+    try:
+        summary = replay(
+            consumer_config(settings, "unused"), producer_config(settings, "dlq-replay"), dlq_topic, selection,
+            to_topic=args.to, dry_run=args.dry_run,
+        )  # fmt: skip
+    except ReplayError as exc:
+        raise StartupError(str(exc)) from None
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"scanned {summary.scanned} dead letters in {dlq_topic}; {summary.matched} matched; "
+          f"{verb} {summary.matched if args.dry_run else summary.replayed}")  # fmt: skip
+    for reason, count in sorted(summary.by_reason.items()):
+        print(f"  reason {reason}: {count}")
+    for target, count in sorted(summary.by_target.items()):
+        print(f"  to {target}: {count}")
+    return 0
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -148,6 +204,17 @@ def parser() -> argparse.ArgumentParser:
     produce.add_argument("--expected", type=Path, help="write the expected totals (JSON) here")
     produce.add_argument("--pipeline", help="pipeline whose topic to use (default: invoices)")
     produce.set_defaults(handler=cmd_produce)
+
+    dlq = commands.add_parser("dlq", help="dead-letter topic tools").add_subparsers(dest="dlq_command", required=True)
+    replay_cmd = dlq.add_parser("replay", help="re-drive dead letters to their source topic")
+    replay_cmd.add_argument("--reason", action="append", choices=list(REASONS), help="only this reason (repeatable)")
+    replay_cmd.add_argument("--since", type=_timestamp, help="only dead letters that failed at or after this time")
+    replay_cmd.add_argument("--until", type=_timestamp, help="only dead letters that failed before this time")
+    replay_cmd.add_argument("--to", help="produce to this topic instead of each message's original topic")
+    replay_cmd.add_argument("--topic", help="dead-letter topic (default: the pipeline's)")
+    replay_cmd.add_argument("--dry-run", action="store_true", help="count what would be replayed, produce nothing")
+    replay_cmd.add_argument("--pipeline", help="pipeline whose dead-letter topic to read (default: invoices)")
+    replay_cmd.set_defaults(handler=cmd_dlq_replay)
     return root
 
 

@@ -3,8 +3,15 @@
 Everything that talks to the Kafka consumer (consume, pause, resume, seek, commit) happens on this
 thread; rebalance callbacks run inside `consume()`, so they see the loop between two steps, never
 in the middle of a flush. The loop is a readable sequence; policy lives in small pure pieces:
-`Window` (when to flush), `Assignment` (what we own, from where), `Backoff` (when to retry), and
-the pipeline (what a flush does).
+`Window` (when to flush), `Assignment` (what we own, from where), `Backoff` (when to retry),
+`DeadLetterBreaker` (behind the sink), and the pipeline (what a flush does).
+
+Failures of a flush, by class:
+  transient (database down, deadlock, dead-letter topic unavailable) → pause every partition, keep
+      polling (group membership holds), retry the same records with backoff;
+  systemic (schema, privileges, unknown) or breaker open → the same, plus "halted": not ready, an
+      alert metric, one clear log line; retried slowly, or exit if `exit_on_halt`;
+  a stale position (compare-and-set refused) → re-read the stored position, seek there, go on.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -26,6 +33,9 @@ from confluent_kafka import (
 
 from consumer.assignment import Assignment
 from consumer.backoff import Backoff
+from consumer.messages import to_record
+from consumer.outcomes import BreakerOpen, HaltingReject
+from consumer.telemetry import Telemetry
 from consumer.window import Trigger, Window, WindowPolicy
 from pipeline.errors import FailureClass
 from pipeline.offsets import PositionConflict
@@ -37,13 +47,11 @@ log = logging.getLogger("microbatch.runner")
 
 EXIT_OK = 0
 EXIT_UNCLEAN = 1
-EXIT_HALTED = 2
+EXIT_HALTED = 3
 POLL_INTERVAL_S = 0.1
 SEEK_RETRY_INTERVAL_S = 1.0
-
-
-class HaltingReject(RejectSinkError):
-    """The sink refuses to let a rejected record pass: stop the consumer (no dead-letter topic)."""
+HOUSEKEEPING_INTERVAL_S = 2.0
+IDLE_PING_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -57,44 +65,8 @@ class LoopOptions:
     shutdown_timeout_s: float = 30.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
-    systemic_retry_max_s: float = 30.0
-
-
-@dataclass
-class LoopState:
-    """What an observer (metrics, health) may read; written only by the loop thread."""
-
-    flushes: int = 0
-    written: int = 0
-    rejected: int = 0
-    last_flush_at: float | None = None
-    paused: bool = False
-    halted: str | None = None
-    retrying: str | None = None
-    rebalances: dict[str, int] = field(default_factory=lambda: {"assign": 0, "revoke": 0, "lost": 0})
-    fenced: int = 0
-
-
-def to_record(message: Message) -> Record:
-    """A Kafka message as plain data (the pipeline never sees confluent_kafka types)."""
-    kind, stamp = message.timestamp()
-    headers = message.headers()
-    return Record(
-        topic=message.topic() or "",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        key=message.key(),
-        value=message.value(),
-        headers=_headers(headers) if headers else (),
-        timestamp_ms=stamp if kind != 0 else None,
-    )
-
-
-def _headers(headers: object) -> tuple[tuple[str, bytes | None], ...]:
-    """Kafka headers as (name, bytes) pairs; librdkafka may hand out a list of pairs."""
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    assert isinstance(pairs, Iterable)  # noqa: S101 - the binding returns a list or dict
-    return tuple((str(name), value.encode() if isinstance(value, str) else value) for name, value in pairs)
+    halted_retry_s: float = 15.0
+    exit_on_halt: bool = False
 
 
 class Runner:
@@ -108,22 +80,28 @@ class Runner:
         options: LoopOptions,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_flush: Callable[[Trigger, FlushResult, int], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.kafka = kafka
         self.pipeline = pipeline
         self.sink = sink
         self.options = options
         self.clock = clock
-        self.on_flush = on_flush
+        self.telemetry = telemetry or Telemetry()
         self.window = Window(options.policy, clock)
         self.assignment = Assignment()
-        self.state = LoopState()
-        self._inflight: list[Record] | None = None  # a closed window not yet written
+        self.flushes = 0
+        self.written = 0
+        self._inflight: list[Record] | None = None  # a closed window not yet (fully) written
         self._trigger = Trigger.RECORDS
         self._retry_at: float | None = None
         self._backoff = Backoff(options.retry_initial_s, options.retry_max_s)
+        self._paused = False
+        self._halted: str | None = None  # a systemic failure, or the breaker
+        self._retrying: str | None = None
         self._next_seek_at = 0.0
+        self._next_housekeeping = 0.0
+        self._last_db_contact = clock()
         self._stopping = False
         self._closing = False
         self._exit: int | None = None
@@ -137,10 +115,7 @@ class Runner:
     def run(self) -> int:
         """Consume until stopped; returns EXIT_OK when everything buffered was written."""
         self.kafka.subscribe(
-            list(self.options.topics),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+            list(self.options.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         try:
             while not self._stopping and self._exit is None:
@@ -151,19 +126,18 @@ class Runner:
             self.kafka.close()
 
     def step(self) -> None:
-        """One turn: fix unknown positions, consume, buffer, flush when a window closes or a retry is due."""
+        """One turn: seek unknown positions, consume, buffer, flush when a window closes or a retry is due."""
+        self.telemetry.beat()
         self._seek_unknown()
         wanted = min(self.options.consume_batch, self.window.room) if self._retry_at is None else 1
-        messages = self.kafka.consume(wanted, self._poll_timeout())
-        self._buffer(messages)
+        self._buffer(self.kafka.consume(wanted, self._poll_timeout()))
         if self._retry_at is not None:
             if self.clock() >= self._retry_at:
                 self._flush()
-            return
-        trigger = self.window.ready()
-        if trigger is not None:
+        elif (trigger := self.window.ready()) is not None:
             self._close_window(trigger)
             self._flush()
+        self._housekeeping()
 
     # -- buffering -------------------------------------------------------------------------------
 
@@ -176,6 +150,7 @@ class Runner:
 
     def _buffer(self, messages: Iterable[Message]) -> None:
         accepts, add = self.assignment.accepts, self.window.add
+        accepted: list[Record] = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -186,6 +161,8 @@ class Runner:
             record = to_record(message)
             if accepts(record):
                 add(record)
+                accepted.append(record)
+        self.telemetry.consumed(accepted)
 
     def _close_window(self, trigger: Trigger) -> None:
         records = self.window.take()
@@ -197,65 +174,71 @@ class Runner:
     # -- flushing --------------------------------------------------------------------------------
 
     def _flush(self, *, retry: bool = True) -> bool:
-        """Write the closed window; True when it is all written. On failure, schedule a retry."""
+        """Write the closed window; True when all of it is written. On failure, schedule a retry."""
         records = self._unwritten(self._inflight or [])
-        if self._retry_at is not None:
-            if not self._refresh_positions(records):
-                return False
-            records = self._unwritten(records)
+        if self._retry_at is not None and records and not self._refresh_positions(records):
+            return False
+        records = self._unwritten(records)
         while records:
             started = self.clock()
             batch = Batch(records, self.assignment.expected({r.partition_id for r in records}))
             try:
                 result = self.pipeline.write(batch, self.sink, on_commit=self._committed)
             except PositionConflict as conflict:
-                self.state.fenced += 1
-                log.warning(
-                    "fenced: stored position moved for %s; re-reading and seeking",
-                    conflict.partitions,
-                )
+                self.telemetry.fenced()
+                log.warning("fenced: stored position moved for %s; re-reading and seeking", conflict.partitions)
                 self._forget_positions(conflict.partitions)
                 records = self._unwritten(records)
                 continue
             except HaltingReject as halt:
                 log.error("%s", halt)
+                self._fail(records, "systemic", None, started, retrying=False)
                 self._exit = EXIT_HALTED
-                self._inflight = records
+                return False
+            except BreakerOpen as breaker:
+                self._fail(records, "dead_letter", None, started, retrying=retry)
+                self._schedule_retry(FailureClass.SYSTEMIC, f"dead-letter circuit breaker open: {breaker}", retry)
                 return False
             except RejectSinkError as error:
-                self._inflight = self._unwritten(records)
-                self._schedule_retry(FailureClass.TRANSIENT, f"dead-letter topic unavailable: {error}", retry)
+                self._fail(records, "dead_letter", None, started, retrying=retry)
+                self._schedule_retry(FailureClass.TRANSIENT, str(error), retry)
                 return False
             except WriteError as error:
-                self._inflight = self._unwritten(records)
+                self._fail(records, error.failure.value, error.sqlstate, started, retrying=retry)
                 reason = f"{error} (SQLSTATE {error.sqlstate})" if error.sqlstate else str(error)
                 self._schedule_retry(error.failure, reason, retry)
                 return False
-            self._flushed(result, len(records), started)
+            self._flushed(result, records, started)
             records = []
         self._inflight = None
         self._recovered()
         return True
 
+    def _fail(
+        self, records: list[Record], failure: str, sqlstate: str | None, started: float, *, retrying: bool
+    ) -> None:
+        self._inflight = self._unwritten(records)
+        self.telemetry.flush_failed(
+            self._trigger.value, failure, sqlstate, retrying=retrying, seconds=self.clock() - started
+        )
+
     def _unwritten(self, records: Sequence[Record]) -> list[Record]:
         """Records still to write: owned, position known, not behind the stored position."""
+        unknown = set(self.assignment.unknown())
         kept = []
         for record in records:
             pid = record.partition_id
-            if pid not in self.assignment or pid in self._unknown:
+            if pid not in self.assignment or pid in unknown:
                 continue
             stored = self.assignment.stored(pid)
             if stored is None or record.offset >= stored:
                 kept.append(record)
         return kept
 
-    @property
-    def _unknown(self) -> set[PartitionId]:
-        return set(self.assignment.unknown())
-
     def _committed(self, positions: dict[PartitionId, int]) -> None:
         """After every COMMIT: remember the positions and tell Kafka (advisory, for lag tools)."""
         self.assignment.committed(positions)
+        self._last_db_contact = self.clock()
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
         if offsets:
             try:
@@ -263,23 +246,20 @@ class Runner:
             except KafkaException as exc:
                 log.debug("advisory kafka commit failed: %s", exc)
 
-    def _flushed(self, result: FlushResult, records: int, started: float) -> None:
-        state = self.state
-        state.flushes += 1
-        state.written += result.inserted
-        state.rejected += len(result.rejections)
-        state.last_flush_at = self.clock()
+    def _flushed(self, result: FlushResult, records: list[Record], started: float) -> None:
+        seconds = self.clock() - started
+        self.flushes += 1
+        self.written += result.inserted
+        self.telemetry.flushed(self._trigger.value, result, records, seconds, self.pipeline.spec.raw.table)
         if result.isolated:
             log.info(
                 "isolated %d rejected row(s) among %d records with %d statements, %d savepoints, %d transaction(s)",
-                len(result.rejections), records, result.statements, result.savepoints, result.transactions,
+                sum(1 for r in result.rejections if r.sqlstate), len(records), result.statements, result.savepoints,
+                result.transactions,
             )  # fmt: skip
-        if self.on_flush is not None:
-            self.on_flush(self._trigger, result, records)
         log.debug(
-            "flushed %d records (%s): %d new, %d duplicates, %d rejected in %.3f s",
-            records, self._trigger.value, result.inserted, result.duplicates, len(result.rejections),
-            self.clock() - started,
+            "flushed %d records (%s) in %.3f s: %d new, %d duplicates, %d rejected",
+            len(records), self._trigger.value, seconds, result.inserted, result.duplicates, len(result.rejections),
         )  # fmt: skip
 
     # -- retries, pause and resume ------------------------------------------------------------------
@@ -290,55 +270,57 @@ class Runner:
         self._pause_all()
         if failure is FailureClass.TRANSIENT:
             delay = self._backoff.next_delay()
-            if self.state.retrying != reason or self._backoff.attempts in (1, 10, 100):
-                log.warning(
-                    "flush failed (transient): %s; partitions paused, retrying in %.1f s",
-                    reason,
-                    delay,
-                )
-            self.state.retrying = reason
+            if self._retrying != reason or self._backoff.attempts in (10, 100, 1000):
+                log.warning("flush failed (transient): %s; partitions paused, retry %d in %.1f s",
+                            reason, self._backoff.attempts, delay)  # fmt: skip
+            self._retrying = reason
         else:
-            delay = min(self.options.systemic_retry_max_s, max(self._backoff.next_delay(), 1.0))
-            if self.state.halted != reason:
-                log.error(
-                    "halted: %s; nothing is written until this is fixed (retrying every few seconds)",
-                    reason,
-                )
-            self.state.halted = reason
+            delay = self.options.halted_retry_s
+            if self._halted != reason:
+                log.error("halted: %s. Nothing is written until this is fixed; retrying every %.0f s.", reason, delay)
+            self._halted = reason
+            if self.options.exit_on_halt:
+                self._exit = EXIT_HALTED
         self._retry_at = self.clock() + delay
+        self._report_state()
 
     def _refresh_positions(self, records: Sequence[Record]) -> bool:
         """Before a retry: re-read stored positions (a COMMIT may have landed before the error)."""
-        pids = {r.partition_id for r in records}
         try:
-            stored = self.pipeline.stored_positions(pids)
+            stored = self.pipeline.stored_positions({r.partition_id for r in records})
         except WriteError as error:
-            self._schedule_retry(error.failure, f"{error}", retry=True)
+            self._schedule_retry(error.failure, str(error), retry=True)
             return False
         self.assignment.committed(stored)
         return True
 
     def _recovered(self) -> None:
-        if self._retry_at is None and not self.state.paused:
+        if self._retry_at is None and not self._paused:
             return
-        if self.state.halted or self.state.retrying:
+        if self._halted or self._retrying:
             log.info("flush succeeded again; resuming all partitions")
         self._retry_at = None
         self._backoff.reset()
-        self.state.halted = self.state.retrying = None
+        self._halted = self._retrying = None
         self._resume_all()
+        self._report_state()
+
+    def _report_state(self) -> None:
+        breaker = self._halted if self._halted and self._halted.startswith("dead-letter circuit breaker") else None
+        self.telemetry.state(paused=self._paused, halted=None if breaker else self._halted, breaker=breaker)
 
     def _pause_all(self) -> None:
-        if not self.state.paused:
-            self.state.paused = True
+        if not self._paused:
+            self._paused = True
             self._pause(self.assignment.partitions())
 
     def _resume_all(self) -> None:
-        self.state.paused = False
-        known = [pid for pid in self.assignment.partitions() if pid not in self._unknown]
+        self._paused = False
+        unknown = set(self.assignment.unknown())
+        known = [TopicPartition(t, p) for t, p in self.assignment.partitions() if (t, p) not in unknown]
         if known:
             try:
-                self.kafka.resume([TopicPartition(t, p) for t, p in known])
+                self.kafka.resume(known)
             except KafkaException as exc:
                 log.warning("resume failed: %s", exc)
 
@@ -354,11 +336,11 @@ class Runner:
 
     def _forget_positions(self, pids: Iterable[PartitionId]) -> None:
         """Our copy of these positions is wrong: drop their records, pause, re-read and seek."""
-        pids = [pid for pid in pids if pid in self.assignment]
-        self.window.drop(pids)
-        for pid in pids:
+        owned = [pid for pid in pids if pid in self.assignment]
+        self.window.drop(owned)
+        for pid in owned:
             self.assignment.assign(pid, None, known=False)
-        self._pause(pids)
+        self._pause(owned)
         self._next_seek_at = 0.0
         self._seek_unknown()
 
@@ -371,11 +353,8 @@ class Runner:
         try:
             stored = self.pipeline.stored_positions(pids)
         except WriteError as error:
-            log.warning(
-                "cannot read stored positions yet (%s); %d partition(s) stay paused",
-                error,
-                len(pids),
-            )
+            self.telemetry.database(ok=False)
+            log.warning("cannot read stored positions yet (%s); %d partition(s) stay paused", error, len(pids))
             return
         for pid in pids:
             position = stored.get(pid)
@@ -387,14 +366,9 @@ class Runner:
                 continue
             self.window.drop([pid])
             self.assignment.sought(pid, position, floor=target if target >= 0 else None)
-            if not self.state.paused:
+            if not self._paused:
                 self.kafka.resume([TopicPartition(pid[0], pid[1])])
-            log.info(
-                "partition %s[%d] positioned at %s",
-                pid[0],
-                pid[1],
-                target if target >= 0 else "the reset policy",
-            )
+            log.info("partition %s[%d] positioned at %s", pid[0], pid[1], target if target >= 0 else "the reset policy")
 
     def _start_offset(self, pid: PartitionId) -> int:
         """Where a partition without a stored row starts: Kafka's committed offset, else the reset policy."""
@@ -406,21 +380,40 @@ class Runner:
             log.debug("committed offset of %s unavailable: %s", pid, exc)
         return OFFSET_BEGINNING if self.options.auto_offset_reset == "earliest" else OFFSET_END
 
+    def _housekeeping(self) -> None:
+        """Every few seconds: gauges (buffer, lag) and, when idle, a database reachability check."""
+        now = self.clock()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+        inflight = self._inflight or []
+        self.telemetry.buffered(len(self.window) + len(inflight), self.window.bytes + sum(r.size for r in inflight))
+        owned = self.assignment.partitions()
+        high = {}
+        for topic, partition in owned:
+            try:
+                _, high[(topic, partition)] = self.kafka.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:
+                continue
+        self.telemetry.lag({pid: self.assignment.stored(pid) for pid in owned}, high)
+        if self._retry_at is None and now - self._last_db_contact > IDLE_PING_INTERVAL_S:
+            self._last_db_contact = now
+            self.telemetry.database(ok=self.pipeline.ping())
+
     # -- rebalance callbacks (run inside consume(); must never raise) -----------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
-            self.state.rebalances["assign"] += 1
             pids = [(tp.topic, tp.partition) for tp in partitions]
             try:
                 stored, known = self.pipeline.stored_positions(pids), True
+                self.telemetry.database(ok=True)
             except WriteError as error:
-                log.warning(
-                    "assigned %d partition(s) while the database is unreachable (%s): paused",
-                    len(pids),
-                    error,
-                )
+                log.warning("assigned %d partition(s) while the database is unreachable (%s): paused", len(pids), error)
                 stored, known = {}, False
+                self.telemetry.database(ok=False)
             assigned = []
             for pid in pids:
                 position = stored.get(pid)
@@ -428,47 +421,49 @@ class Runner:
                 offset = position if known and position is not None else OFFSET_STORED
                 assigned.append(TopicPartition(pid[0], pid[1], offset))
             consumer.incremental_assign(assigned)
-            if self.state.paused or not known:
+            if assigned and (self._paused or not known):
                 consumer.pause(assigned)
-            log.info("assigned %s", _describe(pids, stored))
+            self.telemetry.rebalance("assign", len(self.assignment))
+            if pids:
+                log.info("assigned %s", _describe(pids, stored))
         except Exception:
             log.exception("on_assign failed; partitions will be re-read from PostgreSQL")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
-            self.state.rebalances["revoke"] += 1
             pids = [(tp.topic, tp.partition) for tp in partitions]
             revoked = set(pids)
             if not self._closing and self._retry_at is None and self.window.partitions() & revoked:
-                # Flush what we have while we still own it (one attempt, no retry inside a rebalance).
+                # Flush what we have while we still own it (one attempt: no retries inside a rebalance).
                 self._close_window(Trigger.REVOKE)
                 self._flush(retry=False)
-            self._drop(revoked)
-            self.assignment.release(pids)
-            log.info("revoked %s", _describe(pids, {}))
+            self._release(revoked)
+            self.telemetry.rebalance("revoke", len(self.assignment))
+            if pids:
+                log.info("revoked %s", _describe(pids, {}))
         except Exception:
             log.exception("on_revoke failed; the partitions' buffers were dropped")
-            self._drop({(tp.topic, tp.partition) for tp in partitions})
+            self._release({(tp.topic, tp.partition) for tp in partitions})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
-            self.state.rebalances["lost"] += 1
             pids = {(tp.topic, tp.partition) for tp in partitions}
-            self._drop(pids)
-            self.assignment.release(pids)
-            log.warning(
-                "lost %s (session expired): buffers dropped, nothing committed",
-                _describe(sorted(pids), {}),
-            )
+            self._release(pids)
+            self.telemetry.rebalance("lost", len(self.assignment))
+            log.warning("lost %s (session expired): buffers dropped, nothing committed", _describe(sorted(pids), {}))
         except Exception:
             log.exception("on_lost failed")
 
-    def _drop(self, pids: set[PartitionId]) -> None:
+    def _release(self, pids: set[PartitionId]) -> None:
+        """Forget partitions we no longer own: their buffered records and positions."""
         self.window.drop(pids)
         if self._inflight:
             self._inflight = [r for r in self._inflight if r.partition_id not in pids] or None
-        if not self._inflight and self._retry_at is not None and self.state.halted is None:
-            self._retry_at = None  # nothing left to retry: the next flush resumes
+        self.assignment.release(pids)
+        self.telemetry.released(pids)
+        if not self._inflight and self._retry_at is not None and self._halted is None:
+            self._retry_at = None  # nothing left to retry
+            self._recovered()
 
     # -- shutdown ----------------------------------------------------------------------------------
 
@@ -489,7 +484,7 @@ class Runner:
             log.error("shutdown deadline passed with %d records unwritten; they will be re-read on restart",
                       len(self._inflight))  # fmt: skip
             return EXIT_UNCLEAN
-        log.info("shut down cleanly: %d flushes, %d rows written", self.state.flushes, self.state.written)
+        log.info("shut down cleanly: %d flushes, %d rows written", self.flushes, self.written)
         return EXIT_OK
 
 

@@ -135,6 +135,50 @@ class Settings(BaseSettings):
         10_000, ge=1, validation_alias=_env("retry_max_ms"),
         description="Longest delay between retries (exponential backoff with full jitter up to this).",
     )  # fmt: skip
+    halted_retry_s: float = Field(
+        15.0, gt=0, validation_alias=_env("halted_retry_s"),
+        description="While halted (systemic failure or breaker open): seconds between attempts to resume.",
+    )  # fmt: skip
+    exit_on_halt: bool = Field(
+        False, validation_alias=_env("exit_on_halt"),
+        description="Exit with code 3 instead of waiting when halted (let an orchestrator restart or page).",
+    )  # fmt: skip
+
+    # -- dead letters --------------------------------------------------------------------------
+    dead_letter_timeout_s: float = Field(
+        30.0, gt=0, validation_alias=_env("dead_letter_timeout_s"),
+        description="Time allowed for the dead-letter topic to acknowledge a flush's rejected messages.",
+    )  # fmt: skip
+    breaker_max_ratio: float = Field(
+        0.5, gt=0, le=1, validation_alias=_env("breaker_max_ratio"),
+        description="The breaker opens when more than this share of the last breaker_window messages is rejected.",
+    )  # fmt: skip
+    breaker_window: int = Field(
+        10_000, ge=1, validation_alias=_env("breaker_window"),
+        description="Messages over which the breaker measures the rejected share.",
+    )  # fmt: skip
+    breaker_min_records: int = Field(
+        100, ge=1, validation_alias=_env("breaker_min_records"),
+        description="The ratio rule applies only once this many messages were seen.",
+    )  # fmt: skip
+    breaker_max_consecutive: int = Field(
+        1000, ge=1, validation_alias=_env("breaker_max_consecutive"),
+        description="The breaker opens when this many messages in a row are rejected.",
+    )  # fmt: skip
+
+    # -- observability -------------------------------------------------------------------------
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, validation_alias=_env("metrics_port"),
+        description="Port of the HTTP server for /metrics, /healthz and /readyz (0: pick a free port).",
+    )  # fmt: skip
+    metrics_host: str = Field(
+        "0.0.0.0", validation_alias=_env("metrics_host"),  # noqa: S104 - scraped from other hosts
+        description="Address the HTTP server binds to.",
+    )  # fmt: skip
+    health_stall_s: float = Field(
+        120.0, gt=0, validation_alias=_env("health_stall_s"),
+        description="/healthz fails when the run loop has not turned for this long.",
+    )  # fmt: skip
     shutdown_timeout_s: float = Field(
         30.0, gt=0, validation_alias=_env("shutdown_timeout_s"),
         description="On SIGTERM/SIGINT: time allowed to flush what is buffered, commit and leave the group.",

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from confluent_kafka.admin import AdminClient
@@ -27,9 +29,17 @@ from rich.table import Table
 
 from devstack import DevstackError
 from devstack.__main__ import STATE_DIR, up
-from devstack.verify import compare_totals, high_watermarks, load_expected, stored_positions
+from devstack.verify import (
+    Check,
+    compare_totals,
+    dead_letters_by_reason,
+    high_watermarks,
+    load_expected,
+    stored_positions,
+)
 
 TOPIC, GROUP, PARTITIONS, DATABASE = "invoice-lines", "microbatch-invoices", 4, "demo"
+DEAD_LETTERS = "invoice-lines.dlq"
 BIN = Path(sys.executable).parent
 console = Console()
 
@@ -47,13 +57,14 @@ def _fresh_database(url: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
 
 
-def _fresh_topic(bootstrap: str) -> None:
+def _fresh_topics(bootstrap: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    if TOPIC in admin.list_topics(timeout=10).topics:
-        admin.delete_topics([TOPIC])[TOPIC].result(timeout=30)
-        deadline = time.monotonic() + 30
-        while TOPIC in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
-            time.sleep(0.2)
+    for topic in (TOPIC, DEAD_LETTERS):
+        if topic in admin.list_topics(timeout=10).topics:
+            admin.delete_topics([topic])[topic].result(timeout=30)
+            deadline = time.monotonic() + 30
+            while topic in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
+                time.sleep(0.2)
 
 
 def _run(env: dict[str, str], *args: str) -> None:
@@ -72,27 +83,29 @@ def main(argv: list[str] | None = None) -> int:
         _step("starting local Kafka and PostgreSQL (reused when already up)")
         services = up(STATE_DIR, with_prometheus=False)
         database_url = _fresh_database(services["DATABASE_URL"])
-        _fresh_topic(services["KAFKA_BOOTSTRAP_SERVERS"])
+        _fresh_topics(services["KAFKA_BOOTSTRAP_SERVERS"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROBATCH_")}
-        env.update(KAFKA_BOOTSTRAP_SERVERS=services["KAFKA_BOOTSTRAP_SERVERS"], DATABASE_URL=database_url)
+        env.update(KAFKA_BOOTSTRAP_SERVERS=services["KAFKA_BOOTSTRAP_SERVERS"], DATABASE_URL=database_url,
+                   MICROBATCH_METRICS_PORT="0")  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)
         expected_file = work / "expected.json"
 
         _step("creating the schema: microbatch init-db")
         _run(env, "init-db")
-        _step(f"producing {args.count:,} invoice events (0.5% producer duplicates) to {TOPIC}")
-        _run(env, "produce", "--count", str(args.count), "--partitions", str(PARTITIONS),
+        _step(f"producing {args.count:,} invoice events (0.5% invalid, 0.5% producer duplicates) to {TOPIC}")
+        _run(env, "produce", "--count", str(args.count), "--partitions", str(PARTITIONS), "--bad-ratio", "0.005",
              "--duplicate-ratio", "0.005", "--seed", "2026", "--expected", str(expected_file))  # fmt: skip
         expected = load_expected(expected_file)
-        seconds = _drain(env, services["KAFKA_BOOTSTRAP_SERVERS"], database_url, work, args.timeout)
-        return _summary(database_url, expected, seconds, args.count)
+        seconds, port = _drain(env, services["KAFKA_BOOTSTRAP_SERVERS"], database_url, work, args.timeout)
+        dead = dead_letters_by_reason(services["KAFKA_BOOTSTRAP_SERVERS"], DEAD_LETTERS)
+        return _summary(database_url, expected, dead, seconds, args.count, port=port)
     except (DevstackError, psycopg.Error, OSError) as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
         return 1
 
 
-def _drain(env: dict[str, str], bootstrap: str, database_url: str, work: Path, timeout: float) -> float:
-    """Run the consumer until caught up; return the seconds from its start to the last position."""
+def _drain(env: dict[str, str], bootstrap: str, database_url: str, work: Path, timeout: float) -> tuple[float, int]:
+    """Run the consumer until caught up; return (seconds from its start to the last position, metrics port)."""
     targets = high_watermarks(bootstrap, TOPIC, PARTITIONS)
     total = sum(targets.values())
     _step(f"running `microbatch run` until all {total:,} messages are consumed (log: {work / 'consumer.log'})")
@@ -119,11 +132,16 @@ def _drain(env: dict[str, str], bootstrap: str, database_url: str, work: Path, t
         if consumer.poll() is None:
             consumer.send_signal(signal.SIGTERM)
             consumer.wait(timeout=60)
-    return seconds
+    found = re.search(r"on port (\d+)", (work / "consumer.log").read_text())
+    return seconds, int(found.group(1)) if found else 0
 
 
-def _summary(database_url: str, expected: dict[str, object], seconds: float, produced: int) -> int:
+def _summary(
+    database_url: str, expected: dict[str, Any], dead: dict[str, int], seconds: float, produced: int, *, port: int
+) -> int:
     checks = compare_totals(database_url, expected)
+    want_dead = expected["bad_by_reason"]
+    checks.append(Check("dead letters by reason", dead == want_dead, f"{dead} (expected {want_dead})"))
     with psycopg.connect(database_url) as conn:
         counts = {
             table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
@@ -138,6 +156,10 @@ def _summary(database_url: str, expected: dict[str, object], seconds: float, pro
     console.print(table)
     ok = all(check.ok for check in checks)
     console.print("[bold green]all summaries verified[/]" if ok else "[bold red]verification FAILED[/]")
+    console.print(
+        f"the consumer served /metrics, /healthz and /readyz on http://127.0.0.1:{port} while it ran; "
+        "`make run` keeps one running (port 9108)"
+    )
     console.print("services are still up: `make down` stops them; `.devstack/env` has their addresses")
     return 0 if ok else 1
 

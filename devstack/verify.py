@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,42 @@ def stored_positions(database_url: str, group: str, table: str = "microbatch_off
     except psycopg.errors.UndefinedTable:
         return {}
     return {(str(t), int(p)): int(o) for t, p, o in rows}
+
+
+def dead_letters_by_reason(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[str, int]:
+    """Count the messages of a dead-letter topic by their `dlq.reason` header (empty if no topic)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "microbatch-dlq-probe", "enable.auto.commit": False}
+    )
+    counts: dict[str, int] = {}
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return counts
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if message.error() is not None or partition not in ends or offset >= ends[partition]:
+                    continue
+                if offset + 1 >= ends[partition]:
+                    del ends[partition]
+                reason = _header(message.headers(), "dlq.reason")
+                counts[reason] = counts.get(reason, 0) + 1
+    finally:
+        consumer.close()
+    return counts
+
+
+def _header(headers: object, name: str) -> str:
+    pairs = headers.items() if isinstance(headers, dict) else headers or []
+    for key, value in pairs:  # type: ignore[attr-defined]
+        if key == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return "?"

@@ -81,6 +81,15 @@ class Pipeline:
         """Create missing tables, verify the rest; never alters or drops."""
         return self._guard(lambda conn: init_db(conn, self.plan))
 
+    @staticmethod
+    def driver_version() -> str:
+        """psycopg's version and implementation (binary, c or python)."""
+        return f"{psycopg.__version__} ({psycopg.pq.__impl__})"
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query now."""
+        return self.database.ping()
+
     def close(self) -> None:
         self.database.discard()
 

@@ -33,18 +33,20 @@ from pipeline.database import Database
 from pipeline.decode import DecodedBatch
 from pipeline.errors import FailureClass, classify, redacted_message
 from pipeline.offsets import OffsetsTable
-from pipeline.records import Batch, PartitionId, Rejection, RejectReason
+from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
 from pipeline.sqlplan import WritePlan
 
 
 class RejectSink(Protocol):
     """Where rejected records go (the dead-letter topic)."""
 
-    def deliver(self, rejections: Sequence[Rejection]) -> None:
+    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
         """Block until every rejection is durably stored; raise RejectSinkError if any is not.
 
-        Called inside the open transaction, before COMMIT. It may be called again with the same
-        records if that transaction then fails: duplicates are allowed, losses are not.
+        Called once per transaction, inside it, before COMMIT, with the records that transaction
+        resolves (written or rejected, in order) so a circuit breaker can see the ratio; called
+        with no rejections too. It may be called again with the same records if the transaction
+        then fails: duplicates are allowed, losses are not. Raising rolls the transaction back.
         """
 
 
@@ -209,8 +211,7 @@ class BatchWriter:
                 self.offsets.move(conn, committed)
             # 5. rejected records are durably stored before the positions move past them.
             fresh = run.rejections_between(start, boundary)
-            if fresh:
-                sink.deliver(fresh)
+            sink.deliver(fresh, run.batch.records[start:boundary])
             # 6. COMMIT when the block ends.
         run.result.rejections.extend(fresh)
         run.stored.update(committed)

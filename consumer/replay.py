@@ -1,0 +1,143 @@
+"""`microbatch dlq replay`: re-drive dead letters to their source topic once the cause is fixed.
+
+Reads the dead-letter topic from the beginning up to the high watermarks taken at the start (so the
+run is bounded even while new dead letters arrive), keeps the messages that match the filters,
+and produces each one with its original key, value and headers (our `dlq.*` headers removed) plus
+`dlq.replayed_from = <dlq topic>/<partition>/<offset>`. Nothing is committed to the dead-letter
+topic's consumer group: a replay can be repeated; the pipeline's dedupe key makes a repeated good
+event harmless, and one that is still bad is dead-lettered again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from consumer.deadletter import DLQ_PREFIX, header_dict
+from consumer.messages import normalize_headers
+
+
+class ReplayError(Exception):
+    """The replay could not complete; str() says what went wrong (no stack trace for users)."""
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    """Which dead letters to replay; None means no restriction."""
+
+    reasons: frozenset[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, headers: dict[str, str]) -> bool:
+        if self.reasons is not None and headers.get("dlq.reason") not in self.reasons:
+            return False
+        if self.since is None and self.until is None:
+            return True
+        try:
+            failed_at = datetime.fromisoformat(headers.get("dlq.failed_at", ""))
+        except ValueError:
+            return False
+        return (self.since is None or failed_at >= self.since) and (self.until is None or failed_at < self.until)
+
+
+@dataclass
+class ReplaySummary:
+    scanned: int = 0
+    matched: int = 0
+    replayed: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    by_target: Counter[str] = field(default_factory=Counter)
+
+
+def replay_headers(message: Message, dlq_topic: str) -> list[tuple[str, str | bytes | None]]:
+    """The original headers without ours, plus where this message was replayed from."""
+    kept: list[tuple[str, str | bytes | None]] = [
+        (name, value) for name, value in normalize_headers(message.headers()) if not name.startswith(DLQ_PREFIX)
+    ]
+    kept.append(("dlq.replayed_from", f"{dlq_topic}/{message.partition()}/{message.offset()}".encode()))
+    return kept
+
+
+def _ends(reader: Consumer, topic: str) -> dict[int, int]:
+    """High watermark of every non-empty partition of `topic`, taken now."""
+    metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise ReplayError(f"dead-letter topic {topic} does not exist")
+    ends = {}
+    for partition in metadata.partitions:
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if high > low:
+            ends[partition] = high
+    return ends
+
+
+def _read_until(reader: Consumer, topic: str, ends: dict[int, int], timeout_s: float) -> Iterator[Message]:
+    """Every message of `topic` below `ends`, from the beginning; bounded by `timeout_s`."""
+    pending = dict(ends)
+    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        if time.monotonic() > deadline:
+            raise ReplayError(f"dead-letter topic not read to its end within {timeout_s:.0f} s")
+        for message in reader.consume(500, 1.0):
+            partition, offset = message.partition() or 0, message.offset() or 0
+            if message.error() is not None or partition not in pending or offset >= pending[partition]:
+                continue
+            if offset + 1 >= pending[partition]:
+                del pending[partition]
+            yield message
+
+
+def replay(
+    consumer_config: dict[str, str | int | bool],
+    producer_config: dict[str, str | int | bool],
+    dlq_topic: str,
+    selection: ReplayFilter,
+    *,
+    to_topic: str | None = None,
+    dry_run: bool = False,
+    timeout_s: float = 300.0,
+) -> ReplaySummary:
+    """Replay matching dead letters; returns what was scanned, matched and (unless dry_run) replayed."""
+    config = {**consumer_config, "group.id": f"microbatch-dlq-replay-{uuid.uuid4().hex[:8]}",
+              "enable.auto.commit": False, "enable.partition.eof": False}  # fmt: skip
+    reader = Consumer(config)
+    producer = None if dry_run else Producer(producer_config)
+    summary = ReplaySummary()
+    failures: list[str] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failures.append(err.str())
+
+    try:
+        for message in _read_until(reader, dlq_topic, _ends(reader, dlq_topic), timeout_s):
+            summary.scanned += 1
+            headers = header_dict(normalize_headers(message.headers()))
+            target = to_topic or headers.get("dlq.original.topic")
+            if not selection.matches(headers) or not target:
+                continue
+            summary.matched += 1
+            summary.by_reason[headers.get("dlq.reason", "unknown")] += 1
+            summary.by_target[target] += 1
+            if producer is not None:
+                headers_out = replay_headers(message, dlq_topic)
+                producer.produce(target, key=message.key(), value=message.value(), headers=headers_out,
+                                 on_delivery=delivered)  # fmt: skip
+                producer.poll(0)
+        if producer is not None:
+            remaining = producer.flush(60)
+            if failures or remaining:
+                first = failures[0] if failures else "timed out"
+                raise ReplayError(f"{len(failures) + remaining} replayed message(s) not acknowledged: {first}")
+            summary.replayed = summary.matched
+    finally:
+        reader.close()
+    return summary

@@ -1,0 +1,90 @@
+"""What the run loop reports, in domain terms, translated to metrics and health. Loop thread only."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from consumer.health import Health
+from consumer.metrics import Metrics
+from pipeline.records import PartitionId, Record
+from pipeline.writer import FlushResult
+
+
+class Telemetry:
+    """Owns the Metrics and the Health the HTTP server exposes."""
+
+    def __init__(self, metrics: Metrics | None = None, health: Health | None = None) -> None:
+        self.metrics = metrics or Metrics(process_metrics=False)
+        self.health = health or Health()
+
+    def consumed(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        counts: Counter[str] = Counter()
+        sizes: Counter[str] = Counter()
+        for record in records:
+            counts[record.topic] += 1
+            sizes[record.topic] += record.size
+        for topic, count in counts.items():
+            self.metrics.messages_consumed.labels(topic).inc(count)
+            self.metrics.bytes_consumed.labels(topic).inc(sizes[topic])
+
+    def flushed(
+        self, trigger: str, result: FlushResult, records: Sequence[Record], seconds: float, raw_table: str
+    ) -> None:
+        m = self.metrics
+        m.flushes.labels(trigger, "fallback" if result.isolated else "ok").inc()
+        m.flush_duration.observe(seconds)
+        m.batch_records.observe(len(records))
+        m.batch_bytes.observe(sum(record.size for record in records))
+        m.rows_written.labels(raw_table).inc(result.inserted)
+        for table, rows in result.summary_rows.items():
+            m.rows_written.labels(table).inc(rows)
+        m.duplicates.inc(result.duplicates)
+        m.last_flush.set(time.time())
+        self.health.database_ok = True
+
+    def flush_failed(self, trigger: str, failure: str, sqlstate: str | None, *, retrying: bool, seconds: float) -> None:
+        m = self.metrics
+        m.flushes.labels(trigger, "retry" if retrying else "failed").inc()
+        m.flush_duration.observe(seconds)
+        m.retries.labels(failure, sqlstate[:2] if sqlstate else "none").inc()
+        if failure != "dead_letter":
+            self.health.database_ok = failure != "transient"
+
+    def fenced(self) -> None:
+        self.metrics.fenced_writes.inc()
+
+    def rebalance(self, kind: str, owned: int) -> None:
+        self.metrics.rebalances.labels(kind).inc()
+        self.metrics.assigned_partitions.set(owned)
+        if kind == "assign":
+            self.health.joined = True
+
+    def released(self, partitions: Iterable[PartitionId]) -> None:
+        for topic, partition in partitions:
+            self.metrics.forget_partition(topic, partition)
+
+    def state(self, *, paused: bool, halted: str | None, breaker: str | None) -> None:
+        self.metrics.paused.set(1 if paused else 0)
+        self.metrics.halted.set(1 if halted else 0)
+        self.metrics.breaker_open.set(1 if breaker else 0)
+        self.health.halted, self.health.breaker = halted, breaker
+
+    def buffered(self, records: int, size: int) -> None:
+        self.metrics.buffered_records.set(records)
+        self.metrics.buffered_bytes.set(size)
+
+    def lag(self, stored: Mapping[PartitionId, int | None], high: Mapping[PartitionId, int]) -> None:
+        for pid, watermark in high.items():
+            position = stored.get(pid)
+            if position is not None and watermark >= 0:
+                self.metrics.lag.labels(pid[0], str(pid[1])).set(max(0, watermark - position))
+
+    def database(self, ok: bool) -> None:
+        self.health.database_ok = ok
+
+    def beat(self) -> None:
+        self.health.beat()

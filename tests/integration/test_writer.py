@@ -1,0 +1,146 @@
+"""The one-transaction writer against real PostgreSQL, without Kafka: every path of `BatchWriter.write`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import orjson
+import psycopg
+import pytest
+
+from consumer.workload import InvoiceWorkload, WorkloadOptions
+from pipeline.offsets import PositionConflict
+from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
+from pipeline.service import Pipeline
+from pipeline.spec_loader import load_pipeline
+
+TOPIC = "invoice-lines"
+
+
+class Collecting:
+    """A reject sink that keeps what it is given (as the dead-letter producer would send it)."""
+
+    def __init__(self) -> None:
+        self.delivered: list[Rejection] = []
+        self.calls = 0
+
+    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+        self.calls += 1
+        self.delivered.extend(rejections)
+
+
+@pytest.fixture
+def pipeline(database_url: str) -> Iterator[Pipeline]:
+    p = Pipeline(load_pipeline(), database_url, max_savepoints=64, max_transactions=8)
+    created, mismatches = p.init_tables()
+    assert mismatches == [] and "transactions" in created
+    yield p
+    p.close()
+
+
+def records(count: int, seed: int, partition: int = 0, start: int = 0) -> list[Record]:
+    workload = InvoiceWorkload(WorkloadOptions(count=count, seed=seed, items=20))
+    return [Record(TOPIC, partition, start + n, m.key, m.value) for n, m in enumerate(workload.messages())]
+
+
+def count(url: str, sql: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_duplicates_in_a_batch_and_across_batches_are_written_and_counted_once(
+    pipeline: Pipeline, database_url: str
+) -> None:
+    first = records(100, seed=1)
+    replayed = [Record(TOPIC, 0, 100 + n, r.key, r.value) for n, r in enumerate(first[:10])]  # same events again
+    sink = Collecting()
+    result = pipeline.write(Batch(first + replayed, {(TOPIC, 0): None}), sink)
+    assert (result.inserted, result.duplicates) == (100, 10)
+    assert result.positions == {(TOPIC, 0): 110}
+    again = [Record(TOPIC, 0, 110 + n, r.key, r.value) for n, r in enumerate(first[:50])]
+    result = pipeline.write(Batch(again, {(TOPIC, 0): 110}), sink)
+    assert (result.inserted, result.duplicates) == (0, 50)
+    assert count(database_url, "SELECT count(*) FROM transactions") == 100
+    expected_quantity = sum(orjson.loads(r.value or b"")["quantity"] for r in first)
+    assert count(database_url, "SELECT sum(quantity) FROM inventory") == expected_quantity
+    assert count(database_url, "SELECT sum(lines) FROM item_sales_daily") == 100
+    assert sink.delivered == []
+
+
+def test_a_stale_expected_position_writes_nothing(pipeline: Pipeline, database_url: str) -> None:
+    pipeline.write(Batch(records(10, seed=2), {(TOPIC, 0): None}), Collecting())
+    with pytest.raises(PositionConflict) as conflict:
+        pipeline.write(Batch(records(10, seed=3, start=10), {(TOPIC, 0): 5}), Collecting())
+    assert conflict.value.partitions == [(TOPIC, 0)]
+    assert count(database_url, "SELECT count(*) FROM transactions") == 10
+    assert pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 10}
+
+
+def test_savepoint_cap_commits_prefixes_then_falls_back_to_one_message_per_transaction(database_url: str) -> None:
+    small = Pipeline(load_pipeline(), database_url, max_savepoints=4, max_transactions=3)
+    small.init_tables()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE transactions ADD CONSTRAINT q CHECK (quantity <> 7)")
+    batch = records(300, seed=4, partition=0) + records(200, seed=5, partition=1)
+    bad = [r for r in batch if orjson.loads(r.value or b"")["quantity"] == 7]
+    assert len(bad) >= 8, "the seed must give several rejected rows"
+    commits: list[dict[PartitionId, int]] = []
+    sink = Collecting()
+    result = small.write(Batch(batch, {(TOPIC, 0): None, (TOPIC, 1): None}), sink, on_commit=commits.append)
+    small.close()
+    assert sorted((r.record.partition, r.record.offset) for r in sink.delivered) == sorted(
+        (r.partition, r.offset) for r in bad
+    )
+    assert {r.sqlstate for r in sink.delivered} == {"23514"}
+    assert result.transactions > 3, "past the cap, the flush continued in more transactions"
+    assert len(commits) == result.transactions
+    merged: dict[PartitionId, int] = {}
+    for commit in commits:
+        for pid, position in commit.items():
+            assert position >= merged.get(pid, 0), "positions only move forward"
+            merged[pid] = position
+    assert merged == {(TOPIC, 0): 300, (TOPIC, 1): 200}
+    assert result.positions == merged
+    assert count(database_url, "SELECT count(*) FROM transactions") == len(batch) - len(bad)
+    assert count(database_url, "SELECT sum(lines) FROM item_sales_daily") == len(batch) - len(bad)
+
+
+def test_a_row_the_database_cannot_even_copy_is_isolated_at_copy_time(pipeline: Pipeline, database_url: str) -> None:
+    batch = records(20, seed=6)
+    decoded = pipeline.decode(batch)
+    # A value no validator would let through: text in an integer column breaks the COPY itself.
+    row = list(decoded.rows[13])
+    row[5] = "not an integer"
+    decoded.rows[13] = tuple(row)
+    sink = Collecting()
+    result = pipeline.write(Batch(batch, {(TOPIC, 0): None}), sink, decoded=decoded)
+    assert [(r.reason, r.sqlstate, r.record.offset) for r in sink.delivered] == [
+        (RejectReason.DB_REJECTED, "22P02", 13)
+    ]
+    assert "not an integer" not in sink.delivered[0].message, "row values never reach the dead-letter headers"
+    assert result.inserted == 19
+    assert pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 20}
+
+
+def test_a_batch_of_only_invalid_messages_still_moves_the_position(pipeline: Pipeline, database_url: str) -> None:
+    batch = [Record(TOPIC, 2, n, None, b"{broken") for n in range(5)]
+    sink = Collecting()
+    result = pipeline.write(Batch(batch, {(TOPIC, 2): None}), sink)
+    assert len(sink.delivered) == 5 and result.inserted == 0
+    assert pipeline.stored_positions([(TOPIC, 2)]) == {(TOPIC, 2): 5}
+
+
+def test_a_refusing_sink_rolls_everything_back(pipeline: Pipeline, database_url: str) -> None:
+    from pipeline.writer import RejectSinkError
+
+    class Refusing:
+        def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+            if rejections:
+                raise RejectSinkError("dead-letter topic down")
+
+    batch = [*records(10, seed=7), Record(TOPIC, 0, 10, None, b"")]
+    with pytest.raises(RejectSinkError):
+        pipeline.write(Batch(batch, {(TOPIC, 0): None}), Refusing())
+    assert count(database_url, "SELECT count(*) FROM transactions") == 0
+    assert pipeline.stored_positions([(TOPIC, 0)]) == {}

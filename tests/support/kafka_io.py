@@ -1,0 +1,115 @@
+"""Producing exact messages and reading topics back, for tests that check what went where."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumer.deadletter import header_dict
+from consumer.messages import normalize_headers
+
+
+@dataclass(frozen=True)
+class Sent:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def produce_exact(
+    bootstrap: str,
+    topic: str,
+    messages: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]],
+    *,
+    partition_of: list[int] | None = None,
+) -> list[Sent]:
+    """Produce (key, value, headers) in order; returns where each landed (acknowledged)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    landed: dict[int, Sent] = {}
+    errors: list[str] = []
+    for index, (key, value, headers) in enumerate(messages):
+
+        def report(err: object, msg: object, index: int = index) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                landed[index] = Sent(msg.partition(), msg.offset(), msg.key(), msg.value())  # type: ignore[attr-defined]
+
+        kwargs = {"partition": partition_of[index]} if partition_of is not None else {}
+        producer.produce(topic, key=key, value=value, headers=headers, on_delivery=report, **kwargs)  # type: ignore[arg-type]
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    assert not errors, errors
+    return [landed[i] for i in range(len(messages))]
+
+
+@dataclass(frozen=True)
+class Read:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    raw_headers: tuple[tuple[str, bytes | None], ...]
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Read]:
+    """Every message currently in `topic` (empty when it does not exist)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return []
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        out: list[Read] = []
+        deadline = time.monotonic() + timeout
+        while sum(ends.values()) and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if message.error() is not None:
+                    continue
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if partition in ends and offset < ends[partition]:
+                    raw = normalize_headers(message.headers())
+                    out.append(Read(partition, offset, message.key(), message.value(), header_dict(raw), raw))
+                    if offset + 1 >= ends[partition]:
+                        ends[partition] = 0
+        return out
+    finally:
+        consumer.close()
+
+
+def metrics_port(log_text: str) -> int | None:
+    found = re.search(r"serving /metrics, /healthz and /readyz on port (\d+)", log_text)
+    return int(found.group(1)) if found else None
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Current samples of a consumer's /metrics as {'name{label="v"}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def probe(port: int, path: str) -> int:
+    """HTTP status of /healthz or /readyz."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)

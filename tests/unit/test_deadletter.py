@@ -1,0 +1,99 @@
+"""Dead-letter headers, the circuit breaker and the guarded sink (pure parts)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from consumer.breaker import BreakerPolicy, DeadLetterBreaker
+from consumer.deadletter import GuardedSink, HaltOnReject, dead_letter_headers
+from consumer.outcomes import BreakerOpen, HaltingReject
+from pipeline.records import Record, Rejection, RejectReason
+
+
+def rejection(
+    offset: int = 7, *, sqlstate: str | None = None, headers: tuple[tuple[str, bytes | None], ...] = ()
+) -> Rejection:
+    record = Record("orders", 3, offset, b"k", b"v", headers)
+    reason = RejectReason.DB_REJECTED if sqlstate else RejectReason.INVALID_JSON
+    return Rejection(record, reason, "why it failed", "CheckViolation" if sqlstate else "JSONDecodeError", sqlstate)
+
+
+def test_headers_carry_every_field_and_overwrite_incoming_dlq_headers() -> None:
+    incoming = (("trace", b"abc"), ("dlq.reason", b"spoofed"), ("empty", None))
+    headers = dead_letter_headers(
+        rejection(sqlstate="23514", headers=incoming), "g1", 2, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    )
+    names = [name for name, _ in headers]
+    assert names.count("dlq.reason") == 1
+    values = {name: value for name, value in headers}
+    assert values["trace"] == b"abc" and values["empty"] is None
+    assert values["dlq.original.topic"] == b"orders"
+    assert values["dlq.original.partition"] == b"3"
+    assert values["dlq.original.offset"] == b"7"
+    assert values["dlq.reason"] == b"db_rejected"
+    assert values["dlq.error.class"] == b"CheckViolation"
+    assert values["dlq.error.sqlstate"] == b"23514"
+    assert values["dlq.error.message"] == b"why it failed"
+    assert values["dlq.consumer.group"] == b"g1"
+    assert values["dlq.failed_at"] == b"2026-01-02T03:04:05.000Z"
+    assert values["dlq.attempts"] == b"2"
+
+
+def test_sqlstate_header_only_for_database_rejections() -> None:
+    names = [name for name, _ in dead_letter_headers(rejection(), "g", 1, datetime.now(UTC))]
+    assert "dlq.error.sqlstate" not in names
+
+
+def test_breaker_opens_on_ratio_only_after_enough_records() -> None:
+    breaker = DeadLetterBreaker(BreakerPolicy(max_ratio=0.5, window=100, min_records=10, max_consecutive=1000))
+    assert breaker.check([True] * 9) is None  # too few to judge a ratio
+    breaker.record([False] * 10)
+    assert breaker.check([True] * 10) is None  # exactly 50%
+    reason = breaker.check([True] * 11)
+    assert reason is not None and "rejected" in reason
+
+
+def test_breaker_window_forgets_old_outcomes() -> None:
+    breaker = DeadLetterBreaker(BreakerPolicy(max_ratio=0.5, window=20, min_records=5, max_consecutive=1000))
+    breaker.record([True] * 8 + [False] * 2)
+    assert breaker.check([False] * 5) is not None  # 8 of 15 rejected
+    breaker.record([False] * 20)
+    assert breaker.check([True] * 5) is None  # the bad ones have left the window
+
+
+def test_breaker_opens_on_consecutive_rejections_across_calls() -> None:
+    breaker = DeadLetterBreaker(BreakerPolicy(max_ratio=1.0, window=10_000, min_records=1, max_consecutive=5))
+    breaker.record([False, True, True, True])
+    assert breaker.check([False, True]) is None
+    assert breaker.check([True, True]) is not None
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+        self.calls.append(len(rejections))
+
+
+def test_guarded_sink_refuses_before_delivering_anything() -> None:
+    inner = RecordingSink()
+    sink = GuardedSink(
+        inner, DeadLetterBreaker(BreakerPolicy(max_ratio=0.5, window=100, min_records=2, max_consecutive=100))
+    )
+    bad = [rejection(offset) for offset in range(3)]
+    with pytest.raises(BreakerOpen):
+        sink.deliver(bad, [r.record for r in bad])
+    assert inner.calls == []
+    good = [Record("orders", 3, n, None, b"{}") for n in range(10, 20)]
+    sink.deliver([], good)
+    assert inner.calls == [0]
+
+
+def test_halt_on_reject_names_the_message_and_what_to_do() -> None:
+    with pytest.raises(HaltingReject, match=r"orders\[3\]@7 is invalid .*set dead_letter_topic"):
+        HaltOnReject().deliver([rejection()], [])
+    HaltOnReject().deliver([], [])  # nothing rejected: nothing to refuse

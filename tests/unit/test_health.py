@@ -1,0 +1,82 @@
+"""/metrics, /healthz and /readyz over a real HTTP socket, and the metric names."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from consumer.health import Health, HealthServer
+from consumer.metrics import Metrics
+from consumer.telemetry import Telemetry
+from pipeline.writer import FlushResult
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Telemetry, int]]:
+    telemetry = Telemetry(Metrics(), Health(stall_after_s=60))
+    server = HealthServer(telemetry.health, telemetry.metrics.registry, host="127.0.0.1", port=0).start()
+    yield telemetry, server.port
+    server.stop()
+
+
+def test_readiness_follows_the_loop_state(served: tuple[Telemetry, int]) -> None:
+    telemetry, port = served
+    assert get(port, "/readyz") == (503, "not yet assigned by the consumer group\n")
+    telemetry.rebalance("assign", 4)
+    telemetry.database(ok=True)
+    assert get(port, "/readyz")[0] == 200
+    telemetry.state(paused=True, halted='column "x" does not exist', breaker=None)
+    status, body = get(port, "/readyz")
+    assert status == 503 and "halted" in body
+    telemetry.state(paused=False, halted=None, breaker="90% rejected")
+    assert get(port, "/readyz")[1].startswith("dead-letter circuit breaker open")
+    telemetry.state(paused=False, halted=None, breaker=None)
+    telemetry.database(ok=False)
+    assert get(port, "/readyz") == (503, "database unreachable\n")
+    assert get(port, "/healthz")[0] == 200
+
+
+def test_liveness_fails_when_the_loop_stalls(served: tuple[Telemetry, int]) -> None:
+    telemetry, port = served
+    telemetry.health.heartbeat = time.monotonic() - 61
+    status, body = get(port, "/healthz")
+    assert status == 503 and "has not turned" in body
+    telemetry.beat()
+    assert get(port, "/healthz")[0] == 200
+
+
+def test_metrics_are_exposed_with_prefix_and_preinitialised_labels(served: tuple[Telemetry, int]) -> None:
+    telemetry, port = served
+    telemetry.metrics.tables(["transactions"])
+    telemetry.flushed(
+        "records", FlushResult(inserted=5, duplicates=1, summary_rows={"inventory": 2}), [], 0.01, "transactions"
+    )
+    status, text = get(port, "/metrics")
+    assert status == 200
+    assert 'microbatch_flushes_total{outcome="ok",trigger="records"} 1.0' in text
+    assert 'microbatch_flushes_total{outcome="retry",trigger="shutdown"} 0.0' in text
+    assert 'microbatch_dead_letters_total{reason="db_rejected"} 0.0' in text
+    assert 'microbatch_rows_written_total{table="transactions"} 5.0' in text
+    assert 'microbatch_rows_written_total{table="inventory"} 2.0' in text
+    assert "microbatch_flush_duration_seconds_bucket" in text
+    assert "process_resident_memory_bytes" in text
+    assert get(port, "/nope")[0] == 404
+
+
+def test_every_metric_is_named_in_the_module() -> None:
+    metrics = Metrics(process_metrics=False)
+    names = {metric.name for metric in metrics.registry.collect()}
+    assert all(name.startswith("microbatch_") for name in names), names
+    assert len(names) >= 20
