@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup check lint format typecheck test unit integration up down demo run prometheus clean
+.PHONY: help setup tools check lint format typecheck docs test unit integration up down demo run clean
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,7 +25,7 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	@$(UV) sync --frozen --python $(PYTHON) --quiet
 	@touch $@
 
-setup: $(VENV)/.synced ## Create .venv from the lock file (uv) and check the machine for Java, Maven, PostgreSQL
+setup: $(VENV)/.synced tools ## Create .venv from the lock file (uv), install tools, check for Java, Maven, PostgreSQL
 	@$(PY) -m devstack preflight
 
 check: lint typecheck ## Static gates: ruff lint + format check, mypy --strict
@@ -37,6 +37,9 @@ format: $(VENV)/.synced ## Apply ruff's formatting and safe fixes
 	@$(VENV)/bin/ruff check --fix .
 typecheck: $(VENV)/.synced ## mypy --strict on consumer, pipeline, devstack and tests
 	@$(VENV)/bin/mypy consumer pipeline devstack tests
+
+docs: $(VENV)/.synced ## Regenerate the settings and metrics reference in README.md from the code
+	@$(PY) -m consumer.docs --write README.md
 
 test: setup check ## Everything on a fresh machine: set-up, static gates, unit and integration tests (real Kafka + PostgreSQL)
 	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests
@@ -53,8 +56,17 @@ up: setup ## Start local Kafka + PostgreSQL in the background; writes .devstack/
 down: ## Stop what `make up` started and delete its data
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else rm -rf .devstack; fi
 
-prometheus: ## Install Prometheus from Debian's packages (needed by the observability tests)
-	@command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
+tools: ## Install Prometheus and docker-compose (v1, validates compose files without a daemon) from Debian's packages
+	@missing=""; command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing from Debian's packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "note:$$missing not installed and cannot be (needs root and apt-get): those tests will be skipped"; \
+	  fi; \
+	fi
 
 run: up ## Run the long-lived consumer against the local services (Ctrl-C to stop)
 	@set -a; . .devstack/env; set +a; $(VENV)/bin/microbatch init-db && exec $(VENV)/bin/microbatch run

@@ -35,11 +35,14 @@ class Metrics:
             PlatformCollector(registry=r)
         # counter: messages taken from Kafka into a window, by topic.
         self.messages_consumed = Counter(
-            "microbatch_messages_consumed", "Messages consumed into a window", ["topic"], registry=r
+            "microbatch_messages_consumed", "Messages taken from Kafka into a window", ["topic"], registry=r
         )
         # counter: bytes (key + value) of those messages, by topic.
         self.bytes_consumed = Counter(
-            "microbatch_bytes_consumed", "Bytes (key + value) consumed into a window", ["topic"], registry=r
+            "microbatch_bytes_consumed",
+            "Bytes (key + value) of the messages taken into a window",
+            ["topic"],
+            registry=r,
         )
         # histogram: records per flushed window.
         self.batch_records = Histogram(
@@ -47,70 +50,110 @@ class Metrics:
         )
         # histogram: bytes per flushed window.
         self.batch_bytes = Histogram(
-            "microbatch_batch_bytes", "Bytes per flushed window", buckets=BYTE_BUCKETS, registry=r
+            "microbatch_batch_bytes", "Bytes (keys + values) per flushed window", buckets=BYTE_BUCKETS, registry=r
         )
         # histogram: wall time of one flush attempt (decode + transaction(s) + dead letters).
         self.flush_duration = Histogram(
-            "microbatch_flush_duration_seconds", "Duration of a flush attempt", buckets=FLUSH_BUCKETS, registry=r
+            "microbatch_flush_duration_seconds",
+            "Wall time of one flush attempt: decode, transaction(s), dead letters",
+            buckets=FLUSH_BUCKETS,
+            registry=r,
         )
         # counter: flush attempts by what closed the window and how it ended
         # (ok; fallback = rows were isolated by bisection; retry = failed, will retry; failed = gave up).
         self.flushes = Counter(
-            "microbatch_flushes", "Flush attempts by trigger and outcome", ["trigger", "outcome"], registry=r
+            "microbatch_flushes",
+            "Flush attempts by what closed the window (records, bytes, time, revoke, shutdown) and how it "
+            "ended (ok; fallback: rows isolated by bisection; retry; failed)",
+            ["trigger", "outcome"],
+            registry=r,
         )
         # counter: rows inserted or upserted, by table.
         self.rows_written = Counter(
-            "microbatch_rows_written", "Rows inserted or upserted, by table", ["table"], registry=r
+            "microbatch_rows_written",
+            "Rows inserted (raw table) or upserted (summaries), by table",
+            ["table"],
+            registry=r,
         )
         # counter: valid messages skipped because their dedupe key was already written (replays, producer retries).
         self.duplicates = Counter(
-            "microbatch_duplicates_skipped", "Valid messages already written (dedupe key)", registry=r
+            "microbatch_duplicates_skipped",
+            "Valid messages skipped because their dedupe key was already written (replays, producer retries)",
+            registry=r,
         )
         # counter: messages sent to the dead-letter topic (delivery confirmed), by reason.
         self.dead_letters = Counter(
-            "microbatch_dead_letters", "Messages dead-lettered, by reason", ["reason"], registry=r
+            "microbatch_dead_letters",
+            "Messages sent to the dead-letter topic, delivery confirmed, by reason",
+            ["reason"],
+            registry=r,
         )
         # counter: flush retries, by failure class and SQLSTATE class (two characters, or "none").
         self.retries = Counter(
             "microbatch_retries",
-            "Flush retries by failure and SQLSTATE class",
+            "Failed flush attempts that will be retried, by failure (transient, systemic, dead_letter) and "
+            "SQLSTATE class (2 characters, or none)",
             ["failure", "sqlstate_class"],
             registry=r,
         )
         # gauge: high watermark minus stored position, per partition owned by this consumer.
         self.lag = Gauge(
             "microbatch_consumer_lag",
-            "Messages not yet written, per owned partition",
+            "High watermark minus stored position, per partition this consumer owns",
             ["topic", "partition"],
             registry=r,
         )
         # gauge: 1 while all partitions are paused (retrying a flush).
-        self.paused = Gauge("microbatch_paused", "1 while consumption is paused for a retry", registry=r)
+        self.paused = Gauge(
+            "microbatch_paused", "1 while all partitions are paused because a flush is being retried", registry=r
+        )
         # gauge: 1 while halted by a systemic failure (schema, privileges, unknown error): alert on it.
-        self.halted = Gauge("microbatch_halted", "1 while halted by a systemic failure", registry=r)
+        self.halted = Gauge(
+            "microbatch_halted",
+            "1 while halted by a systemic failure (schema, privileges, unknown error); alert on it",
+            registry=r,
+        )
         # gauge: 1 while the dead-letter circuit breaker is open: alert on it.
         self.breaker_open = Gauge(
-            "microbatch_breaker_open", "1 while the dead-letter circuit breaker is open", registry=r
+            "microbatch_breaker_open",
+            "1 while the dead-letter circuit breaker is open (too much input rejected); alert on it",
+            registry=r,
         )
         # counter: rebalance callbacks by kind (assign, revoke, lost).
-        self.rebalances = Counter("microbatch_rebalances", "Rebalance callbacks by kind", ["kind"], registry=r)
+        self.rebalances = Counter(
+            "microbatch_rebalances", "Rebalance callbacks by kind (assign, revoke, lost)", ["kind"], registry=r
+        )
         # counter: flushes refused by the offsets compare-and-set (another owner already wrote the range).
         self.fenced_writes = Counter(
-            "microbatch_fenced_writes", "Writes refused by the offsets compare-and-set", registry=r
+            "microbatch_fenced_writes",
+            "Flushes refused by the offsets compare-and-set: another owner had already written the range",
+            registry=r,
         )
         # gauge: records and bytes waiting in the open window plus a window being retried.
-        self.buffered_records = Gauge("microbatch_buffered_records", "Records buffered, not yet written", registry=r)
-        self.buffered_bytes = Gauge("microbatch_buffered_bytes", "Bytes buffered, not yet written", registry=r)
+        self.buffered_records = Gauge(
+            "microbatch_buffered_records",
+            "Records buffered (open window plus a window being retried), not yet written",
+            registry=r,
+        )
+        self.buffered_bytes = Gauge(
+            "microbatch_buffered_bytes",
+            "Bytes buffered (open window plus a window being retried), not yet written",
+            registry=r,
+        )
         # gauge: Unix time of the last successful flush (alert when it stops moving while lag grows).
         self.last_flush = Gauge(
             "microbatch_last_flush_timestamp_seconds", "Unix time of the last successful flush", registry=r
         )
         # gauge: partitions currently owned.
         self.assigned_partitions = Gauge(
-            "microbatch_assigned_partitions", "Partitions owned by this consumer", registry=r
+            "microbatch_assigned_partitions", "Partitions currently owned by this consumer", registry=r
         )
         # info: version of microbatch and of the client libraries.
-        self.build_info = Info("microbatch_build", "microbatch and client library versions", registry=r)
+        self.build_info = Info(
+            "microbatch_build",
+            "Versions of microbatch, librdkafka, confluent-kafka, psycopg, and the pipeline name",
+            registry=r,
+        )
         self._initialise()
 
     def _initialise(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -80,6 +81,10 @@ def service_env(kafka: KafkaService, database_url: str) -> dict[str, str]:
         KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
         DATABASE_URL=database_url,
         MICROBATCH_LOG_LEVEL="INFO",
+        # Several consumers may run at once: each picks a free port and logs it.
+        MICROBATCH_METRICS_PORT="0",
+        # A killed consumer's partitions move after the session timeout: keep it short in tests.
+        MICROBATCH_KAFKA_CONFIG=json.dumps({"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}),
         PYTHONUNBUFFERED="1",
     )
     return env

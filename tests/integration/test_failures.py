@@ -73,7 +73,7 @@ def sample(port: int, name: str) -> float:
 
 @pytest.fixture
 def env(service_env: dict[str, str]) -> dict[str, str]:
-    return {**service_env, "MICROBATCH_METRICS_PORT": "0", "MICROBATCH_HALTED_RETRY_S": "1"}
+    return {**service_env, "MICROBATCH_HALTED_RETRY_S": "1"}
 
 
 def test_poison_is_dead_lettered_exactly_with_headers_and_good_rows_are_written(
