@@ -7,6 +7,7 @@ with one actionable line, never a stack trace.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, libversion, version
 from confluent_kafka.admin import AdminClient
@@ -87,7 +88,9 @@ def check_database(settings: Settings, pipeline: Pipeline) -> None:
 
 def check_kafka(settings: Settings, timeout: float = 10.0) -> AdminClient:
     """Raise StartupError unless a broker answers within `timeout` seconds."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, **_security(settings)})
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **_security(settings)}
+    config["logger"] = quiet_logger()
+    admin = AdminClient(config)
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -96,6 +99,15 @@ def check_kafka(settings: Settings, timeout: float = 10.0) -> AdminClient:
             f"({exc.args[0].str()}). Check that the broker is running and KAFKA_BOOTSTRAP_SERVERS is right."
         ) from None
     return admin
+
+
+def quiet_logger() -> logging.Logger:
+    """For probes: librdkafka's connection errors would repeat what our own message says."""
+    logger = logging.getLogger("microbatch.probe")
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
 
 
 def _security(settings: Settings) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -10,6 +11,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+
+from rich.console import Console
+from rich.table import Table
 
 from consumer.app import (
     StartupError,
@@ -21,9 +25,10 @@ from consumer.app import (
     ensure_dead_letter_topic,
 )
 from consumer.health import Health, HealthServer
-from consumer.kafka_config import consumer_config, producer_config
+from consumer.kafka_config import check_passthrough, consumer_config, producer_config
 from consumer.logs import setup_logging
 from consumer.metrics import REASONS, Metrics
+from consumer.operations import check_config, collect_status
 from consumer.produce import ProduceError, produce_workload
 from consumer.replay import ReplayError, ReplayFilter, replay
 from consumer.settings import ConfigError, Settings, load_settings
@@ -37,7 +42,9 @@ log = logging.getLogger("microbatch")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config, pipeline=getattr(args, "pipeline", None))
+    settings = load_settings(args.config, pipeline=getattr(args, "pipeline", None))
+    check_passthrough(settings.kafka_config)  # refuse unsafe Kafka overrides before touching anything
+    return settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -46,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
     pipeline = build_pipeline(settings)
     check_database(settings, pipeline)
-    admin = check_kafka(settings)
+    admin = check_kafka(settings, timeout=settings.startup_timeout_s)
     if pipeline.spec.dead_letter_topic:
         ensure_dead_letter_topic(admin, pipeline.spec.dead_letter_topic)
     telemetry = Telemetry(Metrics(), Health(stall_after_s=settings.health_stall_s))
@@ -133,7 +140,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     dlq_topic = args.topic or spec.dead_letter_topic
     if not dlq_topic:
         raise StartupError(f"pipeline {spec.name!r} has no dead_letter_topic; pass --topic")
-    check_kafka(settings)
+    check_kafka(settings, timeout=settings.startup_timeout_s)
     selection = ReplayFilter(
         reasons=frozenset(args.reason) if args.reason else None, since=args.since, until=args.until
     )
@@ -152,6 +159,50 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     for target, count in sorted(summary.by_target.items()):
         print(f"  to {target}: {count}")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per partition: stored position, Kafka-committed offset, high watermark, lag; dead-letter count."""
+    settings = _settings(args)
+    setup_logging("WARNING", settings.log_format)
+    pipeline = build_pipeline(settings)
+    check_kafka(settings, timeout=settings.startup_timeout_s)
+    try:
+        status = collect_status(settings, pipeline)
+    finally:
+        pipeline.close()
+    if args.json:
+        print(json.dumps(status.as_dict(), indent=2))
+        return 0
+    table = Table(title=f"group {status.group}")
+    for column in ("topic", "partition", "stored position", "kafka committed", "high watermark", "lag"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for p in status.partitions:
+        table.add_row(p.topic, str(p.partition), _or_dash(p.stored_position), _or_dash(p.kafka_committed),
+                      str(p.high_watermark), str(p.lag))  # fmt: skip
+    console = Console()
+    console.print(table)
+    total = sum(p.lag for p in status.partitions)
+    console.print(f"total lag: {total:,} messages")
+    if status.dead_letter_topic:
+        console.print(f"dead-letter topic {status.dead_letter_topic}: {status.dead_letters or 0:,} messages")
+    return 0
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the configuration, the pipeline, and every connection; one line per problem."""
+    setup_logging("ERROR", "text")
+    results = check_config(args.file or args.config, args.pipeline)
+    for result in results:
+        mark = "ok  " if result.ok else "FAIL"
+        print(f"{mark} {result.what}: {result.detail}")
+    failed = [r for r in results if not r.ok]
+    print("configuration OK" if not failed else f"{len(failed)} problem(s) found")
+    return 0 if not failed else EXIT_USAGE
 
 
 def _timestamp(text: str) -> datetime:
@@ -215,6 +266,16 @@ def parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--dry-run", action="store_true", help="count what would be replayed, produce nothing")
     replay_cmd.add_argument("--pipeline", help="pipeline whose dead-letter topic to read (default: invoices)")
     replay_cmd.set_defaults(handler=cmd_dlq_replay)
+
+    status = commands.add_parser("status", help="positions, lag and dead letters per partition")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
+    status.set_defaults(handler=cmd_status)
+
+    check = commands.add_parser("check-config", help="validate configuration and connectivity")
+    check.add_argument("file", nargs="?", type=Path, help="config file (TOML); default: --config or none")
+    check.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
+    check.set_defaults(handler=cmd_check_config)
     return root
 
 

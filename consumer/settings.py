@@ -72,6 +72,10 @@ class Settings(BaseSettings):
         validation_alias=_env("group_id"),
         description="Consumer group; default: the pipeline's `group`.",
     )
+    startup_timeout_s: float = Field(
+        10.0, gt=0, validation_alias=_env("startup_timeout_s"),
+        description="Time allowed at start for the broker to answer before giving up with an error.",
+    )  # fmt: skip
     offsets_table: str = Field(
         "microbatch_offsets",
         validation_alias=_env("offsets_table"),
@@ -252,6 +256,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return settings
 
 
+def _shown_value(name: str, value: object) -> str:
+    """The rejected value, when it is short and cannot be a secret."""
+    secret = name in {"database_url", "kafka_config"} or any(w in name for w in ("password", "secret", "token"))
+    if secret or not isinstance(value, str | int | float | bool) or len(str(value)) > 60:
+        return ""
+    return f" = {value!r}"
+
+
 def _field_env_names() -> set[str]:
     return {(ENV_PREFIX + name).lower() for name in Settings.model_fields}
 
@@ -263,5 +275,6 @@ def format_validation_error(exc: ValidationError) -> str:
         key = str(error["loc"][0]) if error["loc"] else "(config)"
         name = key.removeprefix(ENV_PREFIX).lower()
         message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
-        lines.append(f"  {name} (env {ENV_PREFIX}{name.upper()}): {message}")
+        shown = _shown_value(name, error.get("input"))
+        lines.append(f"  {name} (env {ENV_PREFIX}{name.upper()}){shown}: {message}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -50,7 +51,7 @@ def create_table_sql(plan: WritePlan, shape: TableShape) -> sql.Composed:
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(plan.qualified(shape.name), sql.SQL(", ").join(columns))
 
 
-def init_db(conn: psycopg.Connection[object], plan: WritePlan) -> tuple[list[str], list[Mismatch]]:
+def init_db(conn: psycopg.Connection[Any], plan: WritePlan) -> tuple[list[str], list[Mismatch]]:
     """Create missing tables; verify existing ones. Returns (created table names, mismatches).
 
     Runs in one transaction. Nothing is altered or dropped: a mismatch is reported for a human.
@@ -66,7 +67,7 @@ def init_db(conn: psycopg.Connection[object], plan: WritePlan) -> tuple[list[str
     return created, verify(conn, plan)
 
 
-def verify(conn: psycopg.Connection[object], plan: WritePlan) -> list[Mismatch]:
+def verify(conn: psycopg.Connection[Any], plan: WritePlan) -> list[Mismatch]:
     """Every mismatch between the database and the pipeline's tables (empty: all good)."""
     problems: list[Mismatch] = []
     for shape in shapes(plan):
@@ -83,7 +84,28 @@ def verify(conn: psycopg.Connection[object], plan: WritePlan) -> list[Mismatch]:
         if not _has_unique(conn, plan.schema, shape.name, shape.key):
             keys = ", ".join(shape.key)
             problems.append(Mismatch(shape.name, f"no primary key or unique constraint on ({keys})"))
+        missing = _missing_privileges(conn, plan.schema, shape.name)
+        if missing:
+            problems.append(
+                Mismatch(
+                    shape.name,
+                    f"the consumer's role lacks {', '.join(missing)} (GRANT SELECT, INSERT, UPDATE ON "
+                    f"{plan.schema}.{shape.name} TO <role>)",
+                )
+            )
     return problems
+
+
+def _missing_privileges(conn: psycopg.Connection[Any], schema: str, table: str) -> list[str]:
+    row = conn.execute(
+        "SELECT has_table_privilege(c.oid, 'SELECT'), has_table_privilege(c.oid, 'INSERT'), "
+        "has_table_privilege(c.oid, 'UPDATE') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (schema, table),
+    ).fetchone()
+    if row is None:
+        return []
+    return [name for name, granted in zip(("SELECT", "INSERT", "UPDATE"), row, strict=True) if not granted]
 
 
 def _normal(type_name: str) -> str:
@@ -95,24 +117,24 @@ def _compatible(found: str, wanted: str) -> bool:
     return found == "numeric" and wanted.startswith("numeric")
 
 
-def _existing_tables(conn: psycopg.Connection[object], schema: str) -> set[str]:
+def _existing_tables(conn: psycopg.Connection[Any], schema: str) -> set[str]:
     rows = conn.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
     ).fetchall()
-    return {str(row[0]) for row in rows}  # type: ignore[index]
+    return {str(row[0]) for row in rows}
 
 
-def _columns(conn: psycopg.Connection[object], schema: str, table: str) -> dict[str, str]:
+def _columns(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str, str]:
     rows = conn.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
         (schema, table),
     ).fetchall()
-    return {str(row[0]): str(row[1]) for row in rows}  # type: ignore[index]
+    return {str(row[0]): str(row[1]) for row in rows}
 
 
-def _has_unique(conn: psycopg.Connection[object], schema: str, table: str, key: tuple[str, ...]) -> bool:
+def _has_unique(conn: psycopg.Connection[Any], schema: str, table: str, key: tuple[str, ...]) -> bool:
     rows = conn.execute(
         "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i "
         "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -122,4 +144,4 @@ def _has_unique(conn: psycopg.Connection[object], schema: str, table: str, key: 
         (schema, table),
     ).fetchall()
     wanted = sorted(key)
-    return any(list(row[0]) == wanted for row in rows)  # type: ignore[index]
+    return any(list(row[0]) == wanted for row in rows)
