@@ -95,7 +95,7 @@ def test_producer_is_idempotent_with_acks_all_and_no_consumer_settings(
     [
         (
             {"MICROBATCH_MAX_RECORDS": "0"},
-            "max_records (env MICROBATCH_MAX_RECORDS): Input should be greater than",
+            "max_records (env MICROBATCH_MAX_RECORDS) = '0': Input should be greater than",
         ),
         ({"MICROBATCH_MAX_WAIT_MS": "soon"}, "max_wait_ms"),
         ({"MICROBATCH_AUTO_OFFSET_RESET": "middle"}, "auto_offset_reset"),
