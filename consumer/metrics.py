@@ -81,6 +81,10 @@ class Metrics:
             "Valid messages skipped because their dedupe key was already written (replays, producer retries)",
             registry=r,
         )
+        # counter: messages the pipeline's transform hook chose not to write (returned None).
+        self.skipped = Counter(
+            "microbatch_skipped", "Messages the pipeline's transform hook skipped (returned None)", registry=r
+        )
         # counter: messages sent to the dead-letter topic (delivery confirmed), by reason.
         self.dead_letters = Counter(
             "microbatch_dead_letters",

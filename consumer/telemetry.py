@@ -43,6 +43,7 @@ class Telemetry:
         for table, rows in result.summary_rows.items():
             m.rows_written.labels(table).inc(rows)
         m.duplicates.inc(result.duplicates)
+        m.skipped.inc(result.skipped)
         m.last_flush.set(time.time())
         self.health.database_ok = True
 

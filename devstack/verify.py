@@ -128,3 +128,11 @@ def _header(headers: object, name: str) -> str:
         if key == name:
             return value.decode() if isinstance(value, bytes) else str(value)
     return "?"
+
+
+def caught_up(database_url: str, group: str, bootstrap: str, topic: str, partitions: int) -> bool:
+    """True when every non-empty partition's stored position equals its high watermark."""
+    stored = stored_positions(database_url, group)
+    return all(
+        stored.get(pid, 0) == high for pid, high in high_watermarks(bootstrap, topic, partitions).items() if high > 0
+    )

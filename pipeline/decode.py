@@ -17,6 +17,7 @@ import orjson
 from pipeline.fields import FieldError, compile_converter, compile_getter
 from pipeline.records import Record, Rejection, RejectReason
 from pipeline.spec import PipelineSpec
+from pipeline.transform import Transform
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 VALIDATION = "ValidationError"
@@ -34,6 +35,7 @@ class DecodedBatch:
     row_records: list[int] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     rejected_records: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # records the transform hook chose not to write
 
     def reject(self, index: int, rejection: Rejection) -> None:
         """Record that `records[index]` will not be written, and why."""
@@ -58,8 +60,15 @@ def _kafka_value(attribute: str, record: Record) -> Any:
 class Decoder:
     """Compiled once per pipeline; `decode()` is the per-batch hot path."""
 
-    def __init__(self, spec: PipelineSpec, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        transform: Transform | None = None,
+    ) -> None:
         self.spec = spec
+        self.transform = transform
         self.max_message_bytes = max_message_bytes
         self.field_names = tuple(spec.fields)
         self._fields = tuple(
@@ -76,6 +85,7 @@ class Decoder:
         fields, kafka_attributes = self._fields, self.kafka_attributes
         limit = self.max_message_bytes
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        transform = self.transform
         for index, record in enumerate(records):
             value = record.value
             if not value:
@@ -94,6 +104,20 @@ class Decoder:
                 message = "event is not a JSON object"
                 out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, VALIDATION))
                 continue
+            if transform is not None:
+                try:
+                    event = transform(event)
+                except Exception as exc:
+                    message = f"transform raised {type(exc).__name__}: {str(exc)[:200]}"
+                    out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, type(exc).__name__))
+                    continue
+                if event is None:
+                    out.skipped.append(index)
+                    continue
+                if type(event) is not dict:
+                    message = f"transform returned {type(event).__name__}, not a dict or None"
+                    out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, "TransformError"))
+                    continue
             try:
                 row = [len(rows)]
                 row.extend(convert(get(event)) for get, convert in fields)

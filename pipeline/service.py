@@ -14,7 +14,9 @@ from pipeline.offsets import OffsetsTable
 from pipeline.records import Batch, PartitionId, Record
 from pipeline.schema import Mismatch, init_db, verify
 from pipeline.spec import PipelineSpec
+from pipeline.spec_loader import PipelineFileError
 from pipeline.sqlplan import WritePlan
+from pipeline.transform import TransformError, load_transform
 from pipeline.writer import BatchWriter, FlushResult, RejectSink, WriteError
 
 T = TypeVar("T")
@@ -42,7 +44,13 @@ class Pipeline:
         self.spec = spec
         self.group = group or spec.group
         self.plan = WritePlan(spec, offsets_table)
-        self.decoder = Decoder(spec, max_message_bytes=max_message_bytes)
+        transform = None
+        if spec.transform is not None:
+            try:
+                transform = load_transform(spec.transform, spec.origin)
+            except TransformError as exc:
+                raise PipelineFileError(str(exc)) from None
+        self.decoder = Decoder(spec, max_message_bytes=max_message_bytes, transform=transform)
         self.database = Database(database_url, session, setup=[self.plan.create_staging])
         self.offsets = OffsetsTable(spec.schema_name, offsets_table, self.group)
         self.writer = BatchWriter(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from pipeline.expressions import Expression, parse_expression
 
@@ -193,20 +194,33 @@ class KeyColumn(_Strict):
         return None
 
 
+AggregateFunction = Literal["sum", "count", "min", "max", "last"]
+LAST_SUFFIX = "_at"
+
+
 class Aggregate(_Strict):
-    """One summary column folded over the newly inserted raw rows."""
+    """One summary column folded over the newly inserted raw rows.
+
+    `last` keeps the value of the row with the greatest `by` (a timestamp column); the summary
+    table then also holds `<column>_at`, the `by` value of the row kept. Ties on `by` keep the
+    greater value, so the result does not depend on the order messages were processed in.
+    """
 
     sum: str | None = None
     count: bool = False
     min: str | None = None
     max: str | None = None
+    last: str | None = None
+    by: str | None = None
     type: str | None = None
 
     @model_validator(mode="after")
     def _one_function(self) -> Aggregate:
-        chosen = [self.sum is not None, self.count, self.min is not None, self.max is not None]
+        chosen = [self.sum is not None, self.count, self.min is not None, self.max is not None, self.last is not None]
         if sum(chosen) != 1:
-            raise ValueError("an aggregate takes exactly one of: sum, count, min, max")
+            raise ValueError("an aggregate takes exactly one of: sum, count, min, max, last")
+        if (self.last is not None) != (self.by is not None):
+            raise ValueError("'last' needs 'by' (the timestamp column that orders rows), and only 'last' takes 'by'")
         if self.expression_text is not None:
             parse_expression(self.expression_text)
         if self.type is not None:
@@ -214,16 +228,21 @@ class Aggregate(_Strict):
         return self
 
     @property
-    def function(self) -> Literal["sum", "count", "min", "max"]:
+    def function(self) -> AggregateFunction:
         if self.sum is not None:
             return "sum"
         if self.count:
             return "count"
+        if self.last is not None:
+            return "last"
         return "min" if self.min is not None else "max"
 
     @property
     def expression_text(self) -> str | None:
-        return self.sum if self.sum is not None else self.min if self.min is not None else self.max
+        for text in (self.sum, self.min, self.max, self.last):
+            if text is not None:
+                return text
+        return None
 
     def expression(self) -> Expression | None:
         text = self.expression_text
@@ -256,6 +275,14 @@ class SummaryTable(_Strict):
         clash = set(self.key) & set(self.aggregates)
         if clash:
             raise ValueError(f"summary {self.table!r} uses {sorted(clash)} both as key and as aggregate")
+        companions = {name + LAST_SUFFIX for name, agg in self.aggregates.items() if agg.function == "last"}
+        for companion in companions:
+            check_identifier(companion, "column")
+        clash = companions & (set(self.key) | set(self.aggregates))
+        if clash:
+            raise ValueError(
+                f"summary {self.table!r}: {sorted(clash)} is also the column microbatch adds for a 'last' aggregate"
+            )
         return self
 
 
@@ -283,8 +310,15 @@ class PipelineSpec(_Strict):
     fields: dict[str, FieldSpec]
     raw: RawTable
     summaries: tuple[SummaryTable, ...] = ()
+    transform: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # Directory of the file the spec came from: a `transform` module is looked up there first.
+    _origin: Path | None = PrivateAttr(default=None)
+
+    @property
+    def origin(self) -> Path | None:
+        return self._origin
 
     @model_validator(mode="after")
     def _references(self) -> PipelineSpec:
@@ -333,6 +367,15 @@ class PipelineSpec(_Strict):
             for ref in expression.names if expression else ():
                 if ref not in raw_columns:
                     raise ValueError(f"{where} aggregate {name!r} uses unknown raw column {ref!r}")
+            if agg.last is not None and not (expression and expression.is_bare_name):
+                raise ValueError(f"{where} aggregate {name!r}: 'last' takes a column name, not an expression")
+            if agg.by is not None:
+                if agg.by not in raw_columns:
+                    raise ValueError(f"{where} aggregate {name!r}: 'by' reads unknown raw column {agg.by!r}")
+                if self.column_type(agg.by) != "timestamp with time zone":
+                    raise ValueError(f"{where} aggregate {name!r}: 'by' must be a timestamp column")
+                if not self.column_required(agg.by):
+                    raise ValueError(f"{where} aggregate {name!r}: 'by' column {agg.by!r} may be missing")
 
     def column_type(self, column: str) -> str:
         """The SQL type of a raw-table column."""

@@ -37,7 +37,9 @@ def load_pipeline(source: str | Path | None = None) -> PipelineSpec:
         raise PipelineFileError(f"pipeline file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise PipelineFileError(f"{path}: not valid TOML: {exc}") from None
-    return parse_pipeline(data, origin=str(path))
+    spec = parse_pipeline(data, origin=str(path))
+    spec._origin = path.resolve().parent
+    return spec
 
 
 def parse_pipeline(data: dict[str, object], origin: str = "<pipeline>") -> PipelineSpec:

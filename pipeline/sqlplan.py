@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from pipeline.spec import Aggregate, KeyColumn, PipelineSpec
+from pipeline.spec import LAST_SUFFIX, Aggregate, KeyColumn, PipelineSpec
 
 STAGING_TABLE = "_mb_stage"
 SEQ_COLUMN = "_mb_seq"
@@ -122,6 +122,8 @@ class WritePlan:
                 expression = agg.expression()
                 for name in expression.names if expression else ():
                     needed[name] = None
+                if agg.by is not None:
+                    needed[agg.by] = None
         return tuple(needed)
 
     def _flush_statement(self) -> sql.Composed:
@@ -153,13 +155,11 @@ class WritePlan:
 
     def _upsert(self, table: str, key: dict[str, KeyColumn], aggregates: dict[str, Aggregate]) -> sql.Composed:
         key_names = list(key)
-        agg_names = list(aggregates)
+        folds = [fold for name, agg in aggregates.items() for fold in _folds(name, agg)]
+        agg_names = [fold.column for fold in folds]
         positions = sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(key_names)))
-        selected = [_key_expression(k) for k in key.values()] + [_aggregate_expression(a) for a in aggregates.values()]
-        merges = [
-            sql.SQL("{col} = {merge}").format(col=sql.Identifier(name), merge=_merge_expression(name, agg))
-            for name, agg in aggregates.items()
-        ]
+        selected = [_key_expression(k) for k in key.values()] + [fold.select for fold in folds]
+        merges = [sql.SQL("{} = {}").format(sql.Identifier(fold.column), fold.merge) for fold in folds]
         return sql.SQL(
             "INSERT INTO {table} AS t ({columns}) SELECT {selected} FROM {ins} GROUP BY {positions} "
             "ORDER BY {positions} ON CONFLICT ({key}) DO UPDATE SET {merges} RETURNING 1"
@@ -192,15 +192,13 @@ class WritePlan:
         shapes = []
         for summary in self.spec.summaries:
             columns = [Column(name, self._key_type(key), not_null=True) for name, key in summary.key.items()]
-            columns += [
-                Column(
-                    name,
-                    self._aggregate_type(agg),
-                    not_null=agg.function in {"sum", "count"},
-                    default="0" if agg.function in {"sum", "count"} else None,
+            for name, agg in summary.aggregates.items():
+                additive = agg.function in {"sum", "count"}
+                columns.append(
+                    Column(name, self._aggregate_type(agg), not_null=additive, default="0" if additive else None)
                 )
-                for name, agg in summary.aggregates.items()
-            ]
+                if agg.by is not None:
+                    columns.append(Column(name + LAST_SUFFIX, self.spec.column_type(agg.by), not_null=False))
             shapes.append(TableShape(summary.table, tuple(columns), tuple(summary.key)))
         return shapes
 
@@ -248,19 +246,41 @@ def _key_expression(key: KeyColumn) -> sql.Composable:
     return column
 
 
-def _aggregate_expression(agg: Aggregate) -> sql.Composable:
-    if agg.function == "count":
-        return sql.SQL("count(*)")
-    expression = agg.expression()
-    assert expression is not None  # noqa: S101 - sum/min/max always carry one
-    if agg.function == "sum":
-        return sql.SQL("COALESCE(sum({}), 0)").format(expression.to_sql())
-    return sql.SQL("{}({})").format(sql.SQL(agg.function), expression.to_sql())
+@dataclass(frozen=True)
+class _Fold:
+    """One summary column: how a batch computes it, and how it merges into the stored value."""
+
+    column: str
+    select: sql.Composable
+    merge: sql.Composable
 
 
-def _merge_expression(name: str, agg: Aggregate) -> sql.Composable:
+def _folds(name: str, agg: Aggregate) -> list[_Fold]:
     current, incoming = sql.Identifier("t", name), sql.Identifier("excluded", name)
-    if agg.function in {"sum", "count"}:
-        return sql.SQL("{} + {}").format(current, incoming)
-    function = "LEAST" if agg.function == "min" else "GREATEST"
-    return sql.SQL("{}({}, {})").format(sql.SQL(function), current, incoming)
+    if agg.function == "count":
+        return [_Fold(name, sql.SQL("count(*)"), sql.SQL("{} + {}").format(current, incoming))]
+    expression = agg.expression()
+    assert expression is not None  # noqa: S101 - sum/min/max/last always carry one
+    value = expression.to_sql()
+    if agg.function == "sum":
+        return [
+            _Fold(name, sql.SQL("COALESCE(sum({}), 0)").format(value), sql.SQL("{} + {}").format(current, incoming))
+        ]
+    if agg.function in {"min", "max"}:
+        function = "LEAST" if agg.function == "min" else "GREATEST"
+        merge = sql.SQL("{}({}, {})").format(sql.SQL(function), current, incoming)
+        return [_Fold(name, sql.SQL("{}({})").format(sql.SQL(agg.function), value), merge)]
+    # last: the value of the row with the greatest (by, value), non-null values beating nulls on ties.
+    assert agg.by is not None  # noqa: S101 - validated with the spec
+    by = sql.Identifier(agg.by)
+    at = name + LAST_SUFFIX
+    current_at, incoming_at = sql.Identifier("t", at), sql.Identifier("excluded", at)
+    pick = sql.SQL("(array_agg({v} ORDER BY {by} DESC, {v} DESC NULLS LAST))[1]").format(v=value, by=by)
+    newer = sql.SQL(
+        "CASE WHEN {cat} IS NULL OR {iat} > {cat} OR ({iat} = {cat} AND ({cur} IS NULL OR {inc} > {cur})) "
+        "THEN {inc} ELSE {cur} END"
+    ).format(cat=current_at, iat=incoming_at, cur=current, inc=incoming)
+    return [
+        _Fold(name, pick, newer),
+        _Fold(at, sql.SQL("max({})").format(by), sql.SQL("GREATEST({}, {})").format(current_at, incoming_at)),
+    ]

@@ -72,6 +72,7 @@ class FlushResult:
     duplicates: int = 0
     summary_rows: dict[str, int] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
+    skipped: int = 0
     statements: int = 0
     savepoints: int = 0
     transactions: int = 0
@@ -183,6 +184,7 @@ class BatchWriter:
             sqlstate = getattr(exc, "sqlstate", None)
             raise WriteError(classify(exc), sqlstate, redacted_message(exc)) from exc
         run.result.positions = {pid: pos for pid, pos in run.stored.items() if pos is not None}
+        run.result.skipped = len(decoded.skipped)
         return run.result
 
     def _transaction(self, run: _Run, sink: RejectSink, *, per_message: bool) -> dict[PartitionId, int]:

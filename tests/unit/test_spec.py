@@ -115,13 +115,31 @@ MISTAKES = [
     ),
     ("no topics", "topics", [], "at least 1"),
     ("missing raw table", "raw", DELETE, "raw: Field required"),
+    ("last without by", "summaries.0.aggregates.last_event_at", {"last": "invoice_id"}, "'last' needs 'by'"),
+    (
+        "by on a non-timestamp",
+        "summaries.0.aggregates.seen",
+        {"last": "invoice_id", "by": "item_id"},
+        "'by' must be a timestamp",
+    ),
+    (
+        "last of an expression",
+        "summaries.0.aggregates.seen",
+        {"last": "quantity * 2", "by": "occurred_at"},
+        "takes a column name",
+    ),
+    ("companion column clash", "summaries.0.aggregates.seen_at", {"max": "occurred_at"}, "seen_at"),
+    ("transform not module:function", "transform", "just_a_module", "String should match pattern"),
 ]
 
 
 @pytest.mark.parametrize(("name", "path", "value", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])
 def test_mistakes_are_refused_naming_key_and_reason(name: str, path: str, value: Any, message: str) -> None:
+    data = mutate(path, value)
+    if name == "companion column clash":
+        data["summaries"][0]["aggregates"]["seen"] = {"last": "invoice_id", "by": "occurred_at"}
     with pytest.raises(PipelineFileError) as caught:
-        parse_pipeline(mutate(path, value), origin="test.toml")
+        parse_pipeline(data, origin="test.toml")
     assert message in str(caught.value)
     assert "test.toml" in str(caught.value)
 
@@ -146,3 +164,23 @@ def test_expressions_render_identifiers_quoted() -> None:
 def test_expressions_refuse_anything_but_arithmetic(text: str) -> None:
     with pytest.raises(ValueError, match="expression"):
         parse_expression(text)
+
+
+def test_builtin_pageviews_declares_last_with_its_companion_column() -> None:
+    plan = WritePlan(load_pipeline("pageviews"))
+    (minutely,) = plan.summary_shapes()
+    columns = {c.name: (c.type, c.not_null) for c in minutely.columns}
+    assert columns["minute"] == ("timestamp with time zone", True)
+    assert columns["views"] == ("bigint", True)
+    assert columns["min_load_ms"] == ("integer", False)
+    assert columns["last_referrer"] == ("text", False)
+    assert columns["last_referrer_at"] == ("timestamp with time zone", False)
+    flush = plan.flush.as_string(None)
+    assert 'array_agg("referrer" ORDER BY "viewed_at" DESC, "referrer" DESC NULLS LAST)' in flush
+
+
+def test_dedupe_key_can_be_the_kafka_coordinates() -> None:
+    data = base()
+    data["raw"]["dedupe_key"] = ["kafka_topic", "kafka_partition", "kafka_offset"]
+    spec = parse_pipeline(data)
+    assert WritePlan(spec).raw_shape().key == ("kafka_topic", "kafka_partition", "kafka_offset")
