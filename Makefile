@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup tools check lint format typecheck docs test unit integration up down demo run clean
+.PHONY: help setup tools check lint format typecheck docs test chaos unit integration up down demo run clean
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,8 +41,11 @@ typecheck: $(VENV)/.synced ## mypy --strict on consumer, pipeline, devstack and 
 docs: $(VENV)/.synced ## Regenerate the settings and metrics reference in README.md from the code
 	@$(PY) -m consumer.docs --write README.md
 
-test: setup check ## Everything on a fresh machine: set-up, static gates, unit and integration tests (real Kafka + PostgreSQL)
+test: setup check ## Everything on a fresh machine: set-up, static gates, unit, integration and quick chaos tests
 	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests
+
+chaos: setup ## The full fault-injection suite (≈20 min); writes chaos-report.md and chaos-report.json
+	@MICROBATCH_CHAOS=full MICROBATCH_CHAOS_REPORT_DIR=$(CURDIR) MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests/chaos
 
 unit: $(VENV)/.synced ## Unit tests only (no services, seconds)
 	@$(PY) -m pytest tests/unit

@@ -19,12 +19,15 @@ class PartitionState:
     `stored`: next offset stored in PostgreSQL (None: no row yet). `known`: False while the stored
     position could not be read (database down at assignment): such a partition is paused and its
     records are dropped until it has been sought to the stored position. `floor`: records below it
-    are stale (already buffered, or before the position we sought to) and are dropped.
+    are stale (already buffered, or before the position we sought to) and are dropped. `origin`:
+    where this assignment started; if the database later loses the partition's row (a restore, lost
+    asynchronous commits), reading resumes there rather than at Kafka's advisory offset.
     """
 
     stored: int | None
     known: bool
     floor: int | None
+    origin: int | None = None  # first offset this assignment started from (where to go back to)
 
 
 class Assignment:
@@ -44,7 +47,17 @@ class Assignment:
 
     def assign(self, pid: PartitionId, stored: int | None, *, known: bool = True) -> None:
         """Take ownership; records start at `stored` (or wherever Kafka starts when None)."""
-        self._states[pid] = PartitionState(stored=stored, known=known, floor=stored)
+        self._states[pid] = PartitionState(stored=stored, known=known, floor=stored, origin=stored)
+
+    def forget(self, pid: PartitionId) -> None:
+        """Our copy of the stored position is wrong: unknown until re-read and sought (origin kept)."""
+        state = self._states.get(pid)
+        if state is not None:
+            state.stored, state.known, state.floor = None, False, None
+
+    def origin(self, pid: PartitionId) -> int | None:
+        state = self._states.get(pid)
+        return None if state is None else state.origin
 
     def release(self, pids: Iterable[PartitionId]) -> list[PartitionId]:
         """Give up ownership (revoked or lost); returns the partitions that were owned."""
@@ -61,6 +74,8 @@ class Assignment:
         if state.floor is not None and record.offset < state.floor:
             return False
         state.floor = record.offset + 1
+        if state.origin is None:
+            state.origin = record.offset
         return True
 
     def stored(self, pid: PartitionId) -> int | None:
@@ -83,6 +98,8 @@ class Assignment:
         state = self._states.get(pid)
         if state is not None:
             state.stored, state.known, state.floor = stored, True, floor
+            if state.origin is None or (floor is not None and floor < state.origin):
+                state.origin = floor
 
     def unknown(self) -> list[PartitionId]:
         """Owned partitions whose stored position still has to be read."""

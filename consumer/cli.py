@@ -29,7 +29,7 @@ from consumer.kafka_config import check_passthrough, consumer_config, producer_c
 from consumer.logs import setup_logging
 from consumer.metrics import REASONS, Metrics
 from consumer.operations import check_config, collect_status
-from consumer.produce import ProduceError, produce_workload
+from consumer.produce import Ledger, ProduceError, produce_workload
 from consumer.replay import ReplayError, ReplayFilter, replay
 from consumer.settings import ConfigError, Settings, load_settings
 from consumer.telemetry import Telemetry
@@ -121,10 +121,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
         count=args.count, seed=args.seed, bad_ratio=args.bad_ratio,
         duplicate_ratio=args.duplicate_ratio, items=args.items,
     )  # fmt: skip
-    result = produce_workload(
-        producer_config(settings, "producer"), topic, options,
-        partitions=args.partitions, rate=args.rate, expected=args.expected,
-    )  # fmt: skip
+    with Ledger.open(args.ledger) as ledger:
+        result = produce_workload(
+            producer_config(settings, "producer"), topic, options,
+            partitions=args.partitions, rate=args.rate, expected=args.expected,
+            on_ack=ledger.record if args.ledger else None,
+        )  # fmt: skip
     rate = result.acked / max(result.seconds, 1e-9)
     print(f"produced {result.acked} messages to {topic} in {result.seconds:.1f} s ({rate:,.0f}/s)")
     if args.expected:
@@ -253,6 +255,7 @@ def parser() -> argparse.ArgumentParser:
     produce.add_argument("--items", type=_positive, default=1000, help="distinct item ids")
     produce.add_argument("--topic", help="topic (default: the pipeline's first topic)")
     produce.add_argument("--expected", type=Path, help="write the expected totals (JSON) here")
+    produce.add_argument("--ledger", type=Path, help="append one JSON line per acknowledged message (for the oracle)")
     produce.add_argument("--pipeline", help="pipeline whose topic to use (default: invoices)")
     produce.set_defaults(handler=cmd_produce)
 

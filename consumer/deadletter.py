@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from consumer.breaker import DeadLetterBreaker
 from consumer.outcomes import BreakerOpen, DeadLetterUnavailable, HaltingReject
+from pipeline import failpoints
 from pipeline.records import Header, Record, Rejection
 from pipeline.writer import RejectSink
 
@@ -84,6 +85,7 @@ class DeadLetterProducer:
             self._attempts[coordinates] = attempts
             headers = dead_letter_headers(rejection, self.group, attempts, now)
             self._produce(record, headers, _report(rejection, acked, failures))
+        failpoints.hit("after_dlq_produce")
         deadline = time.monotonic() + self.timeout_s
         while len(acked) + len(failures) < len(rejections) and time.monotonic() < deadline:
             self.producer.poll(0.1)

@@ -7,10 +7,13 @@ run that ends with unacknowledged messages fails loudly instead of writing wrong
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -18,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from consumer.workload import InvoiceWorkload, WorkloadOptions
+from consumer.workload import Message as GeneratedMessage
 
 
 class ProduceError(Exception):
@@ -28,6 +32,37 @@ class ProduceError(Exception):
 class ProduceResult:
     acked: int
     seconds: float
+
+
+class Ledger:
+    """One JSON line per acknowledged message: where it landed and what the generator put in it.
+
+    The fault-injection oracle reads it back: every acknowledged good event must end up written
+    exactly once, every bad one dead-lettered.
+    """
+
+    def __init__(self, out: IO[bytes] | None) -> None:
+        self._out = out
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path | None) -> Iterator[Ledger]:
+        if path is None:
+            yield cls(None)
+            return
+        with path.open("ab") as out:
+            yield cls(out)
+
+    def record(self, message: Message, generated: object) -> None:
+        if self._out is None or not isinstance(generated, GeneratedMessage):
+            return
+        entry = {
+            "topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
+            "good": generated.good, "kind": generated.kind, "event_id": generated.event_id,
+            "item": generated.item_id, "quantity": generated.quantity, "price": generated.unit_price,
+            "ts": generated.ts,
+        }  # fmt: skip
+        self._out.write(orjson.dumps(entry) + b"\n")
 
 
 def ensure_topic(admin: AdminClient, topic: str, partitions: int, *, timeout: float = 30.0) -> int:

@@ -37,6 +37,7 @@ from consumer.messages import to_record
 from consumer.outcomes import BreakerOpen, HaltingReject
 from consumer.telemetry import Telemetry
 from consumer.window import Trigger, Window, WindowPolicy
+from pipeline import failpoints
 from pipeline.errors import FailureClass
 from pipeline.offsets import PositionConflict
 from pipeline.records import Batch, PartitionId, Record
@@ -130,7 +131,10 @@ class Runner:
         self.telemetry.beat()
         self._seek_unknown()
         wanted = min(self.options.consume_batch, self.window.room) if self._retry_at is None else 1
-        self._buffer(self.kafka.consume(wanted, self._poll_timeout()))
+        messages = self.kafka.consume(wanted, self._poll_timeout())
+        if messages:
+            failpoints.hit("after_consume")
+        self._buffer(messages)
         if self._retry_at is not None:
             if self.clock() >= self._retry_at:
                 self._flush()
@@ -162,6 +166,9 @@ class Runner:
             if accepts(record):
                 add(record)
                 accepted.append(record)
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("dropped %s[%d]@%d (not owned, position unknown, or stale)", record.topic,
+                          record.partition, record.offset)  # fmt: skip
         self.telemetry.consumed(accepted)
 
     def _close_window(self, trigger: Trigger) -> None:
@@ -175,10 +182,10 @@ class Runner:
 
     def _flush(self, *, retry: bool = True) -> bool:
         """Write the closed window; True when all of it is written. On failure, schedule a retry."""
-        records = self._unwritten(self._inflight or [])
-        if self._retry_at is not None and records and not self._refresh_positions(records):
+        if self._retry_at is not None and self._inflight and not self._refresh_positions():
             return False
-        records = self._unwritten(records)
+        # Always from self._inflight: forgetting a partition's position removes its records there.
+        records = self._unwritten(self._inflight or [])
         while records:
             started = self.clock()
             batch = Batch(records, self.assignment.expected({r.partition_id for r in records}))
@@ -188,7 +195,7 @@ class Runner:
                 self.telemetry.fenced()
                 log.warning("fenced: stored position moved for %s; re-reading and seeking", conflict.partitions)
                 self._forget_positions(conflict.partitions)
-                records = self._unwritten(records)
+                records = self._unwritten(self._inflight or [])
                 continue
             except HaltingReject as halt:
                 log.error("%s", halt)
@@ -239,6 +246,7 @@ class Runner:
         """After every COMMIT: remember the positions and tell Kafka (advisory, for lag tools)."""
         self.assignment.committed(positions)
         self._last_db_contact = self.clock()
+        failpoints.hit("after_db_commit")
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
         if offsets:
             try:
@@ -284,14 +292,30 @@ class Runner:
         self._retry_at = self.clock() + delay
         self._report_state()
 
-    def _refresh_positions(self, records: Sequence[Record]) -> bool:
-        """Before a retry: re-read stored positions (a COMMIT may have landed before the error)."""
+    def _refresh_positions(self) -> bool:
+        """Before a retry: re-read every stored position we rely on.
+
+        Ahead of ours: a COMMIT landed before the error (its records are dropped, not written twice).
+        Behind ours, or gone: the database lost commits (crash with asynchronous commit, a restore,
+        a failover to a lagging standby); what we had written is gone, so read it again from there.
+        """
+        unknown = set(self.assignment.unknown())
+        owned = [pid for pid in self.assignment.partitions() if pid not in unknown]
         try:
-            stored = self.pipeline.stored_positions({r.partition_id for r in records})
+            stored = self.pipeline.stored_positions(owned)
         except WriteError as error:
             self._schedule_retry(error.failure, str(error), retry=True)
             return False
-        self.assignment.committed(stored)
+        behind = []
+        for pid in owned:
+            believed = self.assignment.stored(pid)
+            if believed is not None and stored.get(pid, -1) < believed:
+                behind.append(pid)
+        self.assignment.committed({pid: pos for pid, pos in stored.items() if pid not in behind})
+        if behind:
+            log.warning("stored positions went backwards for %s (the database lost commits): reading them again",
+                        _describe(behind, stored))  # fmt: skip
+            self._forget_positions(behind)
         return True
 
     def _recovered(self) -> None:
@@ -338,8 +362,10 @@ class Runner:
         """Our copy of these positions is wrong: drop their records, pause, re-read and seek."""
         owned = [pid for pid in pids if pid in self.assignment]
         self.window.drop(owned)
+        if self._inflight:
+            self._inflight = [r for r in self._inflight if r.partition_id not in owned] or None
         for pid in owned:
-            self.assignment.assign(pid, None, known=False)
+            self.assignment.forget(pid)
         self._pause(owned)
         self._next_seek_at = 0.0
         self._seek_unknown()
@@ -358,7 +384,8 @@ class Runner:
             return
         for pid in pids:
             position = stored.get(pid)
-            target = position if position is not None else self._start_offset(pid)
+            origin = self.assignment.origin(pid)
+            target = position if position is not None else origin if origin is not None else self._start_offset(pid)
             try:
                 self.kafka.seek(TopicPartition(pid[0], pid[1], target))
             except KafkaException as exc:
@@ -406,6 +433,7 @@ class Runner:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
+            failpoints.hit("in_assign")
             pids = [(tp.topic, tp.partition) for tp in partitions]
             try:
                 stored, known = self.pipeline.stored_positions(pids), True
@@ -421,8 +449,12 @@ class Runner:
                 offset = position if known and position is not None else OFFSET_STORED
                 assigned.append(TopicPartition(pid[0], pid[1], offset))
             consumer.incremental_assign(assigned)
+            # librdkafka keeps a partition's pause flag across unassign/assign (and a pause racing a
+            # rebalance can stick): state it explicitly for every partition we are given.
             if assigned and (self._paused or not known):
                 consumer.pause(assigned)
+            elif assigned:
+                consumer.resume(assigned)
             self.telemetry.rebalance("assign", len(self.assignment))
             if pids:
                 log.info("assigned %s", _describe(pids, stored))
@@ -431,6 +463,7 @@ class Runner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
+            failpoints.hit("in_revoke")
             pids = [(tp.topic, tp.partition) for tp in partitions]
             revoked = set(pids)
             if not self._closing and self._retry_at is None and self.window.partitions() & revoked:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -37,6 +37,9 @@ BAD_KINDS: tuple[tuple[str, str], ...] = (
     ("price_too_precise", "invalid_event"),
     ("bad_timestamp", "invalid_event"),
     ("empty", "empty"),
+    ("deep_nesting", "invalid_json"),
+    ("huge_integer", "invalid_json"),
+    ("infinity", "invalid_json"),
 )
 
 
@@ -120,6 +123,32 @@ class ExpectedTotals:
         )
 
 
+def _with(event: dict[str, Any], **changes: Any) -> bytes:
+    return orjson.dumps({**event, **changes})
+
+
+def _spliced(event: dict[str, Any], text: bytes) -> bytes:
+    return orjson.dumps(event).replace(b'"quantity":', b'"quantity":' + text + b',"q":', 1)
+
+
+# How each bad kind is made from a good event.
+_BAD_VALUES: dict[str, Callable[[dict[str, Any]], bytes]] = {
+    "truncated_json": lambda e: orjson.dumps(e)[:-7],
+    "nan": lambda e: _spliced(e, b"NaN"),
+    "not_an_object": lambda e: orjson.dumps([e]),
+    "quantity_as_string": lambda e: _with(e, quantity=str(e["quantity"])),
+    "missing_item": lambda e: orjson.dumps({k: v for k, v in e.items() if k != "item_id"}),
+    "zero_quantity": lambda e: _with(e, quantity=0),
+    "nul_in_user": lambda e: _with(e, user_id="user\u0000x"),
+    "price_too_precise": lambda e: _with(e, unit_price=1.234567),
+    "bad_timestamp": lambda e: _with(e, ts="2026-13-45 25:61"),
+    "empty": lambda e: b"",
+    "deep_nesting": lambda e: b"[" * 100_000 + b"]" * 100_000,
+    "huge_integer": lambda e: _spliced(e, b"9" * 10_000),
+    "infinity": lambda e: _spliced(e, b"Infinity"),
+}
+
+
 class InvoiceWorkload:
     """Generates messages in a reproducible order for a seed."""
 
@@ -187,25 +216,4 @@ class InvoiceWorkload:
     def _bad(self, n: int) -> Message:
         kind, _ = self.rng.choice(BAD_KINDS)
         event = self._event(n)
-        value: bytes
-        if kind == "truncated_json":
-            value = orjson.dumps(event)[:-7]
-        elif kind == "nan":
-            value = orjson.dumps(event).replace(b'"quantity":', b'"quantity":NaN,"q":', 1)
-        elif kind == "not_an_object":
-            value = orjson.dumps([event])
-        elif kind == "quantity_as_string":
-            value = orjson.dumps({**event, "quantity": str(event["quantity"])})
-        elif kind == "missing_item":
-            value = orjson.dumps({k: v for k, v in event.items() if k != "item_id"})
-        elif kind == "zero_quantity":
-            value = orjson.dumps({**event, "quantity": 0})
-        elif kind == "nul_in_user":
-            value = orjson.dumps({**event, "user_id": "user\u0000x"})
-        elif kind == "price_too_precise":
-            value = orjson.dumps({**event, "unit_price": 1.234567})
-        elif kind == "bad_timestamp":
-            value = orjson.dumps({**event, "ts": "2026-13-45 25:61"})
-        else:
-            value = b""
-        return Message(key=event["invoice_id"].encode(), value=value, good=False, kind=kind)
+        return Message(key=event["invoice_id"].encode(), value=_BAD_VALUES[kind](event), good=False, kind=kind)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import psycopg
 
+from pipeline import failpoints
 from pipeline.bisect import Node, RangeStack
 from pipeline.database import Database
 from pipeline.decode import DecodedBatch
@@ -214,7 +215,9 @@ class BatchWriter:
             # 5. rejected records are durably stored before the positions move past them.
             fresh = run.rejections_between(start, boundary)
             sink.deliver(fresh, run.batch.records[start:boundary])
+            failpoints.hit("before_commit")
             # 6. COMMIT when the block ends.
+        failpoints.hit("commit_ack_lost")
         run.result.rejections.extend(fresh)
         run.stored.update(committed)
         run.committed_records = boundary
@@ -229,9 +232,13 @@ class BatchWriter:
             raise _CopyFailed from exc
 
     def _copy(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int) -> None:
+        middle = (lo + hi) // 2
         with conn.cursor().copy(self.plan.copy_staging) as copy:
             write_row = copy.write_row
-            for index in range(lo, hi):
+            for index in range(lo, middle):
+                write_row(rows[index])
+            failpoints.hit("mid_copy")
+            for index in range(middle, hi):
                 write_row(rows[index])
 
     def _bisect(self, conn: psycopg.Connection[Any], run: _Run, limit: int, budget: int) -> None:

@@ -12,7 +12,18 @@ import pytest
 
 from tests.support.services import SERVICE_LOG
 
+pytest_plugins = ["tests.support.fixtures"]
 _passed_integration = 0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under integration/ and chaos/ talk to real servers; chaos/ are fault-injection scenarios."""
+    for item in items:
+        path = str(item.path)
+        if "/tests/integration/" in path or "/tests/chaos/" in path:
+            item.add_marker(pytest.mark.integration)
+        if "/tests/chaos/" in path:
+            item.add_marker(pytest.mark.chaos)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

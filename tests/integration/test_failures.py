@@ -7,7 +7,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +26,7 @@ from devstack.postgres_server import PostgresServer
 from devstack.verify import compare_totals, high_watermarks, stored_positions
 from tests.support.consumer_process import ConsumerProcess, run_cli
 from tests.support.kafka_io import metrics_port, probe, produce_exact, read_topic, scrape
-from tests.support.services import KafkaService, start_local_postgres, stop_local_postgres, wait_until
+from tests.support.services import KafkaService, wait_until
 
 PARTITIONS = 4
 
@@ -189,16 +189,6 @@ def test_rows_the_database_rejects_are_isolated_in_log_n_statements(
     written = [m for i, m in enumerate(messages) if i != cursed_index]
     written += [m for n, m in enumerate(more) if n % 500 != 7]
     assert_exact(database_url, totals_of(written))
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, so it can be stopped without disturbing others."""
-    server, workdir = start_local_postgres()
-    try:
-        yield server
-    finally:
-        stop_local_postgres(server, workdir)
 
 
 def test_postgres_outage_longer_than_max_poll_interval_keeps_the_group_and_dead_letters_nothing(

@@ -52,6 +52,14 @@ class ConsumerProcess:
         self.signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after `timeout` seconds."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -1,9 +1,14 @@
-"""Fixtures for integration tests: real services per session, fresh database and topics per test."""
+"""Fixtures for integration and chaos tests: real services per session, fresh database and topics per test.
+
+Registered for the whole suite by tests/conftest.py (`pytest_plugins`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,15 +17,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from devstack.kafka_server import KafkaServer, start_kafka
+from devstack.postgres_server import PostgresServer
 from pipeline.spec_loader import builtin_dir
 from tests.support.consumer_process import ConsumerProcess
-from tests.support.services import KafkaService, PostgresService, kafka_service, postgres_service
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/integration/" in str(item.path):
-            item.add_marker(pytest.mark.integration)
+from tests.support.services import (
+    KafkaService,
+    PostgresService,
+    kafka_service,
+    postgres_service,
+    start_local_postgres,
+    stop_local_postgres,
+)
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +112,29 @@ def consumer_factory(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, so it can be stopped without disturbing others."""
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("needs a PostgreSQL server of its own to stop and restart; DATABASE_URL is given")
+    server, workdir = start_local_postgres()
+    try:
+        yield server
+    finally:
+        stop_local_postgres(server, workdir)
+
+
+@pytest.fixture
+def own_kafka() -> Iterator[KafkaServer]:
+    """A Kafka broker of this test's own, so it can be restarted without disturbing others."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("needs a broker of its own to restart; KAFKA_BOOTSTRAP_SERVERS is given")
+    workdir = Path(tempfile.mkdtemp(prefix="microbatch-own-kafka-", dir="/tmp"))
+    server = start_kafka(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
