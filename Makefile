@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup tools check lint format typecheck docs test chaos unit integration up down demo run clean
+.PHONY: help setup tools check lint format typecheck docs test chaos bench bench-quick unit integration up down demo run clean
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,8 +35,8 @@ lint: $(VENV)/.synced ## ruff lint and format check
 format: $(VENV)/.synced ## Apply ruff's formatting and safe fixes
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
-typecheck: $(VENV)/.synced ## mypy --strict on consumer, pipeline, devstack and tests
-	@$(VENV)/bin/mypy consumer pipeline devstack tests
+typecheck: $(VENV)/.synced ## mypy --strict on consumer, pipeline, devstack, bench and tests
+	@$(VENV)/bin/mypy consumer pipeline devstack bench tests
 
 docs: $(VENV)/.synced ## Regenerate the settings and metrics reference in README.md from the code
 	@$(PY) -m consumer.docs --write README.md
@@ -46,6 +46,12 @@ test: setup check ## Everything on a fresh machine: set-up, static gates, unit, 
 
 chaos: setup ## The full fault-injection suite (≈20 min); writes chaos-report.md and chaos-report.json
 	@MICROBATCH_CHAOS=full MICROBATCH_CHAOS_REPORT_DIR=$(CURDIR) MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests/chaos
+
+bench: setup ## The benchmark of record (≤15 min): bench/results/latest.json, BENCHMARKS.md, bench/results/chart.png
+	@$(PY) -m bench --mode full
+
+bench-quick: setup ## A quick benchmark (≤3 min), same outputs
+	@$(PY) -m bench --mode quick
 
 unit: $(VENV)/.synced ## Unit tests only (no services, seconds)
 	@$(PY) -m pytest tests/unit

@@ -144,6 +144,8 @@ def build_sink(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> Reje
     if topic is None:
         return GuardedSink(HaltOnReject(), breaker)
     producer_settings = producer_config(settings, "dead-letters")
+    # Each flush waits for its dead letters' acknowledgements: do not linger before sending them.
+    producer_settings.setdefault("linger.ms", 1)
     producer_settings["logger"] = logging.getLogger("librdkafka")  # type: ignore[assignment]
     producer = DeadLetterProducer(
         Producer(producer_settings),
@@ -172,6 +174,7 @@ def build_runner(
         retry_max_s=settings.retry_max_ms / 1000,
         halted_retry_s=settings.halted_retry_s,
         exit_on_halt=settings.exit_on_halt,
+        overlap_writes=settings.overlap_writes,
     )
     metrics = telemetry.metrics
     metrics.tables([pipeline.spec.raw.table, *(s.table for s in pipeline.spec.summaries)])

@@ -6,7 +6,7 @@ refreshed on assignment, after every commit, and whenever a write finds it stale
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.records import PartitionId, Record
@@ -62,6 +62,23 @@ class Assignment:
     def release(self, pids: Iterable[PartitionId]) -> list[PartitionId]:
         """Give up ownership (revoked or lost); returns the partitions that were owned."""
         return [pid for pid in pids if self._states.pop(pid, None) is not None]
+
+    def accept(self, records: Sequence[Record]) -> list[Record]:
+        """The records that belong in the window (see `accepts`), for a whole consume() batch at once."""
+        states = self._states
+        accepted = []
+        for record in records:
+            state = states.get((record.topic, record.partition))
+            if state is None or not state.known:
+                continue
+            floor = state.floor
+            if floor is not None and record.offset < floor:
+                continue
+            state.floor = record.offset + 1
+            if state.origin is None:
+                state.origin = record.offset
+            accepted.append(record)
+        return accepted
 
     def accepts(self, record: Record) -> bool:
         """True when `record` belongs in the window: owned, position known, not stale.

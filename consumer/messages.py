@@ -14,13 +14,13 @@ def to_record(message: Message) -> Record:
     kind, stamp = message.timestamp()
     headers = message.headers()
     return Record(
-        topic=message.topic() or "",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        key=message.key(),
-        value=message.value(),
-        headers=normalize_headers(headers) if headers else (),
-        timestamp_ms=stamp if kind != TIMESTAMP_NOT_AVAILABLE else None,
+        message.topic() or "",
+        message.partition() or 0,
+        message.offset() or 0,
+        message.key(),
+        message.value(),
+        normalize_headers(headers) if headers else (),
+        stamp if kind != TIMESTAMP_NOT_AVAILABLE else None,
     )
 
 

@@ -32,6 +32,7 @@ from confluent_kafka import (
 )
 
 from consumer.assignment import Assignment
+from consumer.background import BackgroundWriter
 from consumer.backoff import Backoff
 from consumer.messages import to_record
 from consumer.outcomes import BreakerOpen, HaltingReject
@@ -68,6 +69,7 @@ class LoopOptions:
     retry_max_s: float = 10.0
     halted_retry_s: float = 15.0
     exit_on_halt: bool = False
+    overlap_writes: bool = True
 
 
 class Runner:
@@ -106,6 +108,7 @@ class Runner:
         self._stopping = False
         self._closing = False
         self._exit: int | None = None
+        self._writer = BackgroundWriter(pipeline, sink)
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -124,11 +127,16 @@ class Runner:
             return self._exit if self._exit is not None else self._shutdown()
         finally:
             self._closing = True
+            self._settle()
             self.kafka.close()
+            self._writer.close()
 
     def step(self) -> None:
         """One turn: seek unknown positions, consume, buffer, flush when a window closes or a retry is due."""
         self.telemetry.beat()
+        if self._writer.finished:
+            self._settle()  # learn promptly how the background write ended (a failure pauses consumption)
+        self._apply_commits()
         self._seek_unknown()
         wanted = min(self.options.consume_batch, self.window.room) if self._retry_at is None else 1
         messages = self.kafka.consume(wanted, self._poll_timeout())
@@ -139,8 +147,11 @@ class Runner:
             if self.clock() >= self._retry_at:
                 self._flush()
         elif (trigger := self.window.ready()) is not None:
-            self._close_window(trigger)
-            self._flush()
+            if self.options.overlap_writes:
+                self._dispatch(trigger)
+            else:
+                self._close_window(trigger)
+                self._flush()
         self._housekeeping()
 
     # -- buffering -------------------------------------------------------------------------------
@@ -152,24 +163,21 @@ class Runner:
         left = self.window.time_left()
         return POLL_INTERVAL_S if left is None else min(POLL_INTERVAL_S, left)
 
-    def _buffer(self, messages: Iterable[Message]) -> None:
-        accepts, add = self.assignment.accepts, self.window.add
-        accepted: list[Record] = []
+    def _buffer(self, messages: Sequence[Message]) -> None:
+        """Turn a consume() batch into records, keep those that belong in the window (whole-batch calls)."""
+        records = []
         for message in messages:
             error = message.error()
-            if error is not None:
-                if error.fatal():
-                    raise KafkaException(error)
+            if error is None:
+                records.append(to_record(message))
+            elif error.fatal():
+                raise KafkaException(error)
+            else:
                 log.warning("kafka: %s", error.str())
-                continue
-            record = to_record(message)
-            if accepts(record):
-                add(record)
-                accepted.append(record)
-            elif log.isEnabledFor(logging.DEBUG):
-                log.debug("dropped %s[%d]@%d (not owned, position unknown, or stale)", record.topic,
-                          record.partition, record.offset)  # fmt: skip
-        self.telemetry.consumed(accepted)
+        accepted = self.assignment.accept(records)
+        if len(accepted) < len(records) and log.isEnabledFor(logging.DEBUG):
+            log.debug("dropped %d record(s): not owned, position unknown, or stale", len(records) - len(accepted))
+        self.telemetry.consumed(accepted, self.window.extend(accepted))
 
     def _close_window(self, trigger: Trigger) -> None:
         records = self.window.take()
@@ -178,10 +186,53 @@ class Runner:
         self._inflight = records
         self._trigger = trigger
 
-    # -- flushing --------------------------------------------------------------------------------
+    # -- flushing in the background (the normal path) ---------------------------------------------
+
+    def _dispatch(self, trigger: Trigger) -> None:
+        """Close the window, decode it while the previous write finishes, then write it in the background."""
+        self._close_window(trigger)
+        records = self._unwritten(self._inflight or [])
+        decoded = self.pipeline.decode(records)  # overlaps with the write in flight
+        if not self._settle():
+            return  # the previous write failed: ours wait behind it in self._inflight, retried in order
+        current = self._unwritten(self._inflight or [])
+        self._inflight = None
+        if not current:
+            return
+        if current != records:  # positions moved while we decoded (rare): decode what is left
+            decoded = self.pipeline.decode(current)
+        batch = Batch(current, self.assignment.expected({r.partition_id for r in current}))
+        self._writer.submit(batch, decoded, trigger)
+
+    def _settle(self) -> bool:
+        """Wait for the background write and apply its outcome. False when it failed (now being retried)."""
+        outcome = self._writer.wait()
+        self._apply_commits()
+        if outcome is None:
+            return True
+        if outcome.error is None and outcome.result is not None:
+            self._flushed(outcome.result, outcome.records, outcome.seconds, outcome.trigger)
+            return True
+        failure = outcome.error.failure.value if isinstance(outcome.error, WriteError) else "transient"
+        sqlstate = outcome.error.sqlstate if isinstance(outcome.error, WriteError) else None
+        self.telemetry.flush_failed(outcome.trigger.value, failure, sqlstate, retrying=True, seconds=outcome.seconds)
+        # Its records go back ahead of anything newer; the synchronous path classifies and retries.
+        self._inflight = sorted(
+            [*outcome.records, *(self._inflight or [])], key=lambda r: (r.topic, r.partition, r.offset)
+        )
+        self._trigger = outcome.trigger
+        self._flush()
+        return not self._inflight and self._retry_at is None and self._exit is None
+
+    def _apply_commits(self) -> None:
+        for positions in self._writer.commits():
+            self._committed(positions)
+
+    # -- flushing on the loop thread (retries, rebalances, shutdown) ----------------------------------
 
     def _flush(self, *, retry: bool = True) -> bool:
         """Write the closed window; True when all of it is written. On failure, schedule a retry."""
+        self._settle()
         if self._retry_at is not None and self._inflight and not self._refresh_positions():
             return False
         # Always from self._inflight: forgetting a partition's position removes its records there.
@@ -215,7 +266,7 @@ class Runner:
                 reason = f"{error} (SQLSTATE {error.sqlstate})" if error.sqlstate else str(error)
                 self._schedule_retry(error.failure, reason, retry)
                 return False
-            self._flushed(result, records, started)
+            self._flushed(result, records, self.clock() - started, self._trigger)
             records = []
         self._inflight = None
         self._recovered()
@@ -254,11 +305,10 @@ class Runner:
             except KafkaException as exc:
                 log.debug("advisory kafka commit failed: %s", exc)
 
-    def _flushed(self, result: FlushResult, records: list[Record], started: float) -> None:
-        seconds = self.clock() - started
+    def _flushed(self, result: FlushResult, records: list[Record], seconds: float, trigger: Trigger) -> None:
         self.flushes += 1
         self.written += result.inserted
-        self.telemetry.flushed(self._trigger.value, result, records, seconds, self.pipeline.spec.raw.table)
+        self.telemetry.flushed(trigger.value, result, records, seconds, self.pipeline.spec.raw.table)
         if result.isolated:
             log.info(
                 "isolated %d rejected row(s) among %d records with %d statements, %d savepoints, %d transaction(s)",
@@ -267,7 +317,7 @@ class Runner:
             )  # fmt: skip
         log.debug(
             "flushed %d records (%s) in %.3f s: %d new, %d duplicates, %d rejected",
-            len(records), self._trigger.value, seconds, result.inserted, result.duplicates, len(result.rejections),
+            len(records), trigger.value, seconds, result.inserted, result.duplicates, len(result.rejections),
         )  # fmt: skip
 
     # -- retries, pause and resume ------------------------------------------------------------------
@@ -375,6 +425,7 @@ class Runner:
         pids = self.assignment.unknown()
         if not pids or self.clock() < self._next_seek_at:
             return
+        self._settle()
         self._next_seek_at = self.clock() + SEEK_RETRY_INTERVAL_S
         try:
             stored = self.pipeline.stored_positions(pids)
@@ -425,7 +476,7 @@ class Runner:
             except KafkaException:
                 continue
         self.telemetry.lag({pid: self.assignment.stored(pid) for pid in owned}, high)
-        if self._retry_at is None and now - self._last_db_contact > IDLE_PING_INTERVAL_S:
+        if self._retry_at is None and not self._writer.busy and now - self._last_db_contact > IDLE_PING_INTERVAL_S:
             self._last_db_contact = now
             self.telemetry.database(ok=self.pipeline.ping())
 
@@ -434,6 +485,7 @@ class Runner:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
             failpoints.hit("in_assign")
+            self._settle()
             pids = [(tp.topic, tp.partition) for tp in partitions]
             try:
                 stored, known = self.pipeline.stored_positions(pids), True
@@ -464,6 +516,7 @@ class Runner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
             failpoints.hit("in_revoke")
+            self._settle()
             pids = [(tp.topic, tp.partition) for tp in partitions]
             revoked = set(pids)
             if not self._closing and self._retry_at is None and self.window.partitions() & revoked:
@@ -480,6 +533,7 @@ class Runner:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
+            self._settle()
             pids = {(tp.topic, tp.partition) for tp in partitions}
             self._release(pids)
             self.telemetry.rebalance("lost", len(self.assignment))
@@ -503,6 +557,7 @@ class Runner:
     def _shutdown(self) -> int:
         """Flush everything buffered within the deadline; EXIT_OK when it all got written."""
         deadline = self.clock() + self.options.shutdown_timeout_s
+        self._settle()
         if len(self.window):
             self._close_window(Trigger.SHUTDOWN)
         while self._inflight and self.clock() < deadline and self._exit is None:

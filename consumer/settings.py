@@ -99,6 +99,10 @@ class Settings(BaseSettings):
         1000, ge=1, le=100_000, validation_alias=_env("consume_batch"),
         description="Messages asked of librdkafka per consume() call.",
     )  # fmt: skip
+    overlap_writes: bool = Field(
+        True, validation_alias=_env("overlap_writes"),
+        description="Write a window in a background thread while the next one is consumed and decoded.",
+    )  # fmt: skip
     max_message_bytes: int = Field(
         1024 * 1024, ge=1, validation_alias=_env("max_message_bytes"),
         description="Larger message values are dead-lettered as too_large without being parsed.",

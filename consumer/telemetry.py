@@ -19,17 +19,23 @@ class Telemetry:
         self.metrics = metrics or Metrics(process_metrics=False)
         self.health = health or Health()
 
-    def consumed(self, records: Sequence[Record]) -> None:
+    def consumed(self, records: Sequence[Record], size: int) -> None:
+        """A consume() batch entered the window: `size` bytes in all."""
         if not records:
+            return
+        topic = records[0].topic
+        if all(record.topic == topic for record in records):  # one topic: no per-record bookkeeping
+            self.metrics.messages_consumed.labels(topic).inc(len(records))
+            self.metrics.bytes_consumed.labels(topic).inc(size)
             return
         counts: Counter[str] = Counter()
         sizes: Counter[str] = Counter()
         for record in records:
             counts[record.topic] += 1
             sizes[record.topic] += record.size
-        for topic, count in counts.items():
-            self.metrics.messages_consumed.labels(topic).inc(count)
-            self.metrics.bytes_consumed.labels(topic).inc(sizes[topic])
+        for name, count in counts.items():
+            self.metrics.messages_consumed.labels(name).inc(count)
+            self.metrics.bytes_consumed.labels(name).inc(sizes[name])
 
     def flushed(
         self, trigger: str, result: FlushResult, records: Sequence[Record], seconds: float, raw_table: str

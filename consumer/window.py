@@ -5,7 +5,7 @@ Time comes from an injected clock (seconds, monotonic), so tests never sleep.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -67,6 +67,22 @@ class Window:
         self._partitions.setdefault(record.partition_id, []).append(record)
         self._records += 1
         self._bytes += record.size
+
+    def extend(self, records: Sequence[Record]) -> int:
+        """Append a consume() batch (in offset order per partition); returns its bytes (keys + values)."""
+        if not records:
+            return 0
+        if self._opened_at is None:
+            self._opened_at = self._clock()
+        partitions = self._partitions
+        size = 0
+        for record in records:
+            partitions.setdefault((record.topic, record.partition), []).append(record)
+            value, key = record.value, record.key
+            size += (len(value) if value else 0) + (len(key) if key else 0)
+        self._records += len(records)
+        self._bytes += size
+        return size
 
     def ready(self) -> Trigger | None:
         """The limit that closed the window, or None while it stays open (empty: never ready)."""

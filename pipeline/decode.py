@@ -7,6 +7,7 @@ should accept. Pure: no I/O.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.fields import FieldError, compile_converter, compile_getter
+from pipeline.fields import FieldError, compile_field
 from pipeline.records import Record, Rejection, RejectReason
 from pipeline.spec import PipelineSpec
 from pipeline.transform import Transform
@@ -71,18 +72,19 @@ class Decoder:
         self.transform = transform
         self.max_message_bytes = max_message_bytes
         self.field_names = tuple(spec.fields)
-        self._fields = tuple(
-            (compile_getter(fs.path or name), compile_converter(name, fs)) for name, fs in spec.fields.items()
-        )
+        self._extracts = tuple(compile_field(name, fs) for name, fs in spec.fields.items())
         self.kafka_attributes = tuple(
             dict.fromkeys(col.kafka for col in spec.raw.columns.values() if col.kafka is not None)
         )
+        # Topic, partition and offset are copied as they are: one C call for all of them.
+        plain = self.kafka_attributes and all(a in {"topic", "partition", "offset"} for a in self.kafka_attributes)
+        self._kafka_plain = operator.attrgetter(*self.kafka_attributes) if plain else None
 
     def decode(self, records: Sequence[Record]) -> DecodedBatch:
         """Decode `records` in order; never raises for bad input (bad input becomes a Rejection)."""
         out = DecodedBatch()
         rows, row_records = out.rows, out.row_records
-        fields, kafka_attributes = self._fields, self.kafka_attributes
+        extracts, kafka_attributes, kafka_plain = self._extracts, self.kafka_attributes, self._kafka_plain
         limit = self.max_message_bytes
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         transform = self.transform
@@ -119,12 +121,14 @@ class Decoder:
                     out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, "TransformError"))
                     continue
             try:
-                row = [len(rows)]
-                row.extend(convert(get(event)) for get, convert in fields)
+                row = [len(rows), *[extract(event) for extract in extracts]]
             except FieldError as exc:
                 out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, str(exc), "FieldError"))
                 continue
-            if kafka_attributes:
+            if kafka_plain is not None:
+                extra = kafka_plain(record)
+                row.extend(extra if len(kafka_attributes) > 1 else (extra,))
+            elif kafka_attributes:
                 row.extend(_kafka_value(attribute, record) for attribute in kafka_attributes)
             rows.append(tuple(row))
             row_records.append(index)

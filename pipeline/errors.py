@@ -51,6 +51,12 @@ _CLASSES: dict[str, FailureClass] = {
 }
 
 
+class RowEncodingError(psycopg.DataError):
+    """A row's value could not be encoded for COPY: bad data (data_exception), isolated like any other."""
+
+    sqlstate = "22000"
+
+
 def classify_sqlstate(sqlstate: str | None) -> FailureClass | None:
     """The class of a SQLSTATE, or None when there is none (the caller decides from the exception)."""
     if not sqlstate:

@@ -8,6 +8,7 @@ SQL unquoted.
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,9 +31,12 @@ class Expression:
     names: tuple[str, ...]
     tree: ast.expr
 
-    def to_sql(self, qualifier: str | None = None) -> sql.Composable:
-        """Render as SQL; names are qualified with `qualifier` (a table alias) when given."""
-        return _render(self.tree, qualifier)
+    def to_sql(
+        self, qualifier: str | None = None, *, name: Callable[[str], sql.Composable] | None = None
+    ) -> sql.Composable:
+        """Render as SQL; names are qualified with `qualifier` (a table alias) when given, or
+        rendered by `name` (e.g. with a cast) when that is given."""
+        return _render(self.tree, qualifier, name)
 
     @property
     def is_bare_name(self) -> bool:
@@ -68,16 +72,19 @@ def _check(node: ast.expr, text: str, names: list[str]) -> None:
         raise ValueError(f"expression {text!r}: only names, numbers, + - * / and parentheses are allowed")
 
 
-def _render(node: ast.expr, qualifier: str | None) -> sql.Composable:
+def _render(node: ast.expr, qualifier: str | None, name: Callable[[str], sql.Composable] | None) -> sql.Composable:
     if isinstance(node, ast.Name):
+        if name is not None:
+            return name(node.id)
         if qualifier is None:
             return sql.Identifier(node.id)
         return sql.Identifier(qualifier, node.id)
     if isinstance(node, ast.Constant):
         return sql.Literal(node.value)
     if isinstance(node, ast.UnaryOp):
-        return sql.SQL("(-{})").format(_render(node.operand, qualifier))
+        return sql.SQL("(-{})").format(_render(node.operand, qualifier, name))
     if isinstance(node, ast.BinOp):
         operator = sql.SQL(_OPERATORS[type(node.op)])
-        return sql.SQL("({} {} {})").format(_render(node.left, qualifier), operator, _render(node.right, qualifier))
+        left, right = _render(node.left, qualifier, name), _render(node.right, qualifier, name)
+        return sql.SQL("({} {} {})").format(left, operator, right)
     raise AssertionError(f"unchecked node {type(node).__name__}")  # parse_expression refused it

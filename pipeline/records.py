@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 PartitionId = tuple[str, int]
 """(topic, partition)."""
@@ -16,9 +17,8 @@ PartitionId = tuple[str, int]
 Header = tuple[str, bytes | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One Kafka message as the pipeline sees it."""
+class Record(NamedTuple):
+    """One Kafka message as the pipeline sees it (a named tuple: built once per message, so it is cheap)."""
 
     topic: str
     partition: int

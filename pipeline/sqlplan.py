@@ -47,6 +47,23 @@ class TableShape:
     key: tuple[str, ...]
 
 
+# Binary COPY type names for each staging column type.
+_BINARY_TYPES = {
+    "integer": "int4",
+    "bigint": "int8",
+    "text": "text",
+    "boolean": "bool",
+    "double precision": "float8",
+    "timestamp with time zone": "timestamptz",
+    "bytea": "bytea",
+}
+
+
+def _staged(sql_type: str) -> str:
+    """The staging type of a field's SQL type: text for the types PostgreSQL should parse."""
+    return "text" if sql_type == "uuid" or sql_type.startswith("numeric") else sql_type
+
+
 def _widen_for_sum(sql_type: str) -> str:
     if sql_type in {"smallint", "integer"}:
         return "bigint"
@@ -69,10 +86,12 @@ class WritePlan:
         )
         self.insert_columns = tuple(name for name, col in spec.raw.columns.items() if not col.ingest_time)
         self.create_staging = self._create_staging()
-        self.copy_staging = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        # Binary COPY: about twice as fast as text for the client, which is the bottleneck.
+        self.copy_staging = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
             sql.Identifier(STAGING_TABLE),
             sql.SQL(", ").join(map(sql.Identifier, self.staging_columns)),
         )
+        self.copy_types = [_BINARY_TYPES[sql_type] for _, sql_type in self._staging_types()]
         self.flush = self._flush_statement()
 
     def qualified(self, table: str) -> sql.Identifier:
@@ -81,9 +100,11 @@ class WritePlan:
     # -- staging ---------------------------------------------------------------------------------
 
     def _staging_types(self) -> list[tuple[str, str]]:
+        """Staging column types. UUIDs and decimals are staged as the validated text and cast in SQL:
+        PostgreSQL parses them (on its own core) instead of Python building objects to dump."""
         spec = self.spec
         types = [(SEQ_COLUMN, "integer")]
-        types += [(name, field.sql_type()) for name, field in spec.fields.items()]
+        types += [(name, _staged(field.sql_type())) for name, field in spec.fields.items()]
         kafka_types = {"topic": "text", "partition": "integer", "offset": "bigint",
                        "timestamp": "timestamp with time zone", "key": "bytea"}  # fmt: skip
         types += [(name, kafka_types[name.removeprefix(KAFKA_PREFIX)]) for name in self.staging_columns
@@ -101,16 +122,24 @@ class WritePlan:
 
     # -- the flush statement ---------------------------------------------------------------------
 
+    def _field_value(self, name: str) -> sql.Composable:
+        """A staged field as its real type (text-staged ones are cast)."""
+        sql_type = self.spec.fields[name].sql_type()
+        if _staged(sql_type) == sql_type:
+            return sql.Identifier(name)
+        return sql.SQL("CAST({} AS {})").format(sql.Identifier(name), sql.SQL(sql_type))
+
     def _source_expression(self, column: str) -> sql.Composable:
         spec = self.spec.raw.columns[column]
         if spec.field is not None:
-            return sql.Identifier(spec.field)
+            return self._field_value(spec.field)
         if spec.kafka is not None:
             return sql.Identifier(KAFKA_PREFIX + spec.kafka)
         if spec.expr is not None:
             from pipeline.expressions import parse_expression  # noqa: PLC0415 - cached parse
 
-            return sql.SQL("({})::{}").format(parse_expression(spec.expr).to_sql(), sql.SQL(spec.type or "numeric"))
+            expression = parse_expression(spec.expr).to_sql(name=self._field_value)
+            return sql.SQL("({})::{}").format(expression, sql.SQL(spec.type or "numeric"))
         raise AssertionError(f"column {column} has no insertable source")
 
     def _returned_columns(self) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from pipeline import failpoints
 from pipeline.bisect import Node, RangeStack
 from pipeline.database import Database
 from pipeline.decode import DecodedBatch
-from pipeline.errors import FailureClass, classify, redacted_message
+from pipeline.errors import FailureClass, RowEncodingError, classify, redacted_message
 from pipeline.offsets import OffsetsTable
 from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
 from pipeline.sqlplan import WritePlan
@@ -234,12 +234,17 @@ class BatchWriter:
     def _copy(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int) -> None:
         middle = (lo + hi) // 2
         with conn.cursor().copy(self.plan.copy_staging) as copy:
+            copy.set_types(self.plan.copy_types)
             write_row = copy.write_row
-            for index in range(lo, middle):
-                write_row(rows[index])
-            failpoints.hit("mid_copy")
-            for index in range(middle, hi):
-                write_row(rows[index])
+            try:
+                for index in range(lo, middle):
+                    write_row(rows[index])
+                failpoints.hit("mid_copy")
+                for index in range(middle, hi):
+                    write_row(rows[index])
+            except (TypeError, ValueError, OverflowError) as exc:
+                # A value the validators let through but the binary encoder refuses: bad data.
+                raise RowEncodingError(f"a value cannot be encoded for the database ({type(exc).__name__})") from exc
 
     def _bisect(self, conn: psycopg.Connection[Any], run: _Run, limit: int, budget: int) -> None:
         """Resolve ranges left to right until `limit` rows are resolved or the budget is spent."""

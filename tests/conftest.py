@@ -7,6 +7,7 @@ passed fails: a green run must prove that real Kafka and PostgreSQL were exercis
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -24,6 +25,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if "/tests/chaos/" in path:
             item.add_marker(pytest.mark.chaos)
+        if "/tests/bench/" in path:
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (CI timeout, a killed make) becomes KeyboardInterrupt so session fixtures still stop
+    # the Kafka and PostgreSQL processes they started.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -90,16 +90,27 @@ def test_t2_outage_longer_than_max_poll_interval_keeps_the_member(
     assert verdict.ok, verdict.details
 
 
+def _said(consumer: ConsumerProcess, text: str) -> Callable[[], bool]:
+    return lambda: text in consumer.output() or not consumer.running()
+
+
 def test_t3_connection_lost_during_commit(stream: Stream) -> None:
-    stream.produce(iterations(quick=4000, full=20000), seed=31, rate=4000, background=True)
-    # The COMMIT succeeds, then the client sees a lost connection: it must not write again.
-    consumer = stream.consumer(MICROBATCH_FAILPOINTS="commit_ack_lost:raise:08006%0.3")
+    rounds = iterations(quick=1, full=20)
+    stream.produce(3000 + rounds * 1500, seed=31, rate=3000, background=True)
+    faults = 0
+    for _ in range(rounds):
+        # The COMMIT succeeds, then the client sees a lost connection: it must not write again.
+        consumer = stream.consumer(MICROBATCH_FAILPOINTS="commit_ack_lost:raise:08006@2")
+        wait_until(_said(consumer, "failpoint commit_ack_lost"), timeout=90, what="the lost COMMIT acknowledgement")
+        stream.wait_progress()
+        faults += "failpoint commit_ack_lost" in consumer.output()
+        assert consumer.terminate() == 0
+    final = stream.consumer()
     recovery = stream.wait_caught_up()
-    assert consumer.terminate() == 0
-    faults = consumer.output().count("failpoint commit_ack_lost")
+    assert final.terminate() == 0
     verdict = stream.verdict()
     REPORT.add("T3 connection lost during COMMIT", faults, verdict, recovery)
-    assert faults >= iterations(quick=1, full=20)
+    assert faults == rounds
     assert verdict.ok, verdict.details
 
 

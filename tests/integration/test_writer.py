@@ -116,8 +116,9 @@ def test_a_row_the_database_cannot_even_copy_is_isolated_at_copy_time(pipeline: 
     sink = Collecting()
     result = pipeline.write(Batch(batch, {(TOPIC, 0): None}), sink, decoded=decoded)
     assert [(r.reason, r.sqlstate, r.record.offset) for r in sink.delivered] == [
-        (RejectReason.DB_REJECTED, "22P02", 13)
+        (RejectReason.DB_REJECTED, "22000", 13)
     ]
+    assert "cannot be encoded" in sink.delivered[0].message
     assert "not an integer" not in sink.delivered[0].message, "row values never reach the dead-letter headers"
     assert result.inserted == 19
     assert pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 20}

@@ -47,9 +47,9 @@ def test_good_event_becomes_a_typed_row_with_sequence_and_kafka_coordinates(
     assert rejection is None
     seq, event_id, invoice, user, item, qty, price, ts, topic, partition, offset = row
     assert seq == 0
-    assert event_id == uuid.UUID(GOOD["event_id"])
+    assert event_id == GOOD["event_id"]  # validated text; PostgreSQL parses it once, in COPY
     assert (invoice, user, item, qty) == ("inv-1", "user-1", "item-1", 3)
-    assert price == Decimal("12.34")
+    assert price == "12.34"
     assert ts == datetime(2026, 3, 4, 3, 6, 7, 123000, tzinfo=UTC)
     assert (topic, partition, offset) == ("invoice-lines", 2, 0)
 
@@ -136,10 +136,24 @@ def test_good_and_bad_interleave_and_rows_map_back_to_records(decoder: Decoder) 
 
 
 def test_integer_prices_and_short_decimals_are_accepted(decoder: Decoder) -> None:
-    for price, want in (
-        (5, Decimal(5)),
-        (0, Decimal(0)),
-        (999_999_999.9999, Decimal("999999999.9999")),
-    ):
+    for price, want in ((5, "5"), (0, "0"), (999_999_999.9999, "999999999.9999"), (0.5, "0.5"), (-0.0, "-0.0")):
         row, rejection = decode_one(decoder, with_(unit_price=price))
-        assert rejection is None and row[6] == want
+        assert rejection is None, (price, rejection)
+        assert row[6] == want
+
+
+def test_fast_and_slow_paths_agree_on_every_decimal_boundary(decoder: Decoder) -> None:
+    for price, ok in ((999_999_999.99, True), (1e9, False), (1e9 - 1e-4, True), (1e-4, True), (1e-5, False),
+                      (12345678901.0, False), (0.0001, True), (1.23451, False)):  # fmt: skip
+        row, rejection = decode_one(decoder, with_(unit_price=price))
+        assert (rejection is None) is ok, (price, rejection)
+        if ok:
+            assert Decimal(row[6]) == Decimal(repr(price))
+
+
+def test_uuids_in_other_spellings_are_accepted_and_normalised(decoder: Decoder) -> None:
+    for spelling in ("0B7F8F0E-3F7A-4A6E-9D3C-1F2E3D4C5B6A", "{0b7f8f0e-3f7a-4a6e-9d3c-1f2e3d4c5b6a}",
+                     "0b7f8f0e3f7a4a6e9d3c1f2e3d4c5b6a"):  # fmt: skip
+        row, rejection = decode_one(decoder, with_(event_id=spelling))
+        assert rejection is None
+        assert str(uuid.UUID(row[1])) == GOOD["event_id"]

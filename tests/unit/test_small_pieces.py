@@ -84,7 +84,7 @@ def test_workload_is_reproducible_and_its_totals_match_what_the_decoder_accepts(
     assert {kind for kind, _ in BAD_KINDS} >= {m.kind for m in messages if not m.good}
     # The revenue the database will compute from the decoded rows equals the expected totals.
     unique = {row[1]: row for row in out.rows}
-    revenue = sum((row[5] * row[6] for row in unique.values()), Decimal(0))
+    revenue = sum((row[5] * Decimal(row[6]) for row in unique.values()), Decimal(0))
     assert revenue == sum((v["revenue"] for v in totals.daily.values()), Decimal(0))
 
 
@@ -93,3 +93,13 @@ def test_batch_positions_are_one_past_the_last_offset() -> None:
     assert next_positions(records) == {("t", 0): 5, ("t", 1): 8}
     batch = Batch(records, {("t", 0): 3, ("t", 1): None})
     assert batch.positions == {("t", 0): 5, ("t", 1): 8}
+
+
+def test_accept_a_batch_matches_accepting_one_by_one() -> None:
+    batch = [rec(9), rec(10), rec(10), rec(12), rec(0, partition=1), rec(5, partition=7)]
+    one_by_one, whole = Assignment(), Assignment()
+    for owned in (one_by_one, whole):
+        owned.assign(("t", 0), 10)
+        owned.assign(("t", 1), None, known=False)
+    assert whole.accept(batch) == [r for r in batch if one_by_one.accepts(r)]
+    assert whole.origin(("t", 0)) == 10

@@ -94,3 +94,12 @@ def test_room_shrinks_to_at_least_one() -> None:
 def test_policy_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="positive"):
         WindowPolicy(max_records=0)
+
+
+def test_extend_adds_a_batch_and_returns_its_bytes() -> None:
+    clock = FakeClock()
+    window = Window(WindowPolicy(max_records=10, max_bytes=10**6, max_wait_s=0.5), clock)
+    assert window.extend([]) == 0 and window.time_left() is None
+    size = window.extend([rec(0, 0, size=3), rec(0, 1, size=4), Record("t", 0, 1, b"kk", None)])
+    assert size == 9 and window.bytes == 9 and len(window) == 3
+    assert [(r.partition, r.offset) for r in window.take()] == [(0, 0), (0, 1), (1, 0)]

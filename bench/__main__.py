@@ -1,0 +1,171 @@
+"""`make bench` / `make bench-quick`: microbatch side by side with the physical ceilings, a naive
+per-message consumer and quixstreams, on this machine, in one run. Writes bench/results/latest.json,
+BENCHMARKS.md and bench/results/chart.png.
+
+Variants are interleaved (every repetition runs each once) and medians are reported; every run is
+checked for correctness against the generator's expected totals. PostgreSQL keeps its defaults
+(fsync and synchronous_commit on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import variants
+from bench.lab import Lab
+from bench.measure import machine
+from bench.report import versions, write_report
+
+console = Console(stderr=True)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    events: int
+    repetitions: int
+    naive_seconds: float
+    quix_events: int
+    steady_seconds: float
+    rss_events: int
+    grid: tuple[int, ...]
+    bad_row_rounds: int
+
+
+MODES = {
+    "full": Mode("full", 1_000_000, 3, 15.0, 200_000, 60.0, 2_000_000, (1000, 20_000), 5),
+    "quick": Mode("quick", 100_000, 3, 5.0, 30_000, 10.0, 0, (1000, 20_000), 3),
+    "smoke": Mode("smoke", 20_000, 1, 2.0, 0, 0.0, 0, (), 1),
+}
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(float(run[key]) for run in runs if key in run))
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run's figures (by events/s), plus every run's rate and the overall correctness."""
+    ok = [run for run in runs if "events_per_s" in run]
+    if not ok:
+        return {"correct": False, "runs": runs}
+    middle = sorted(ok, key=lambda run: run["events_per_s"])[len(ok) // 2]
+    return {
+        **middle,
+        "events_per_s": _median(ok, "events_per_s"),
+        "runs_events_per_s": [r["events_per_s"] for r in ok],
+        "correct": all(run.get("correct", False) for run in runs),
+    }
+
+
+def run(mode: Mode, out: Path, *, with_quix: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    lab = Lab.start(console)
+    try:
+        console.print(f"[bold]microbatch benchmark[/] ({mode.name}): preloading {mode.events:,} events")
+        main = lab.preload("main", mode.events, seed=7)
+        naive_set = lab.preload("naive", min(20_000, mode.events), seed=8)
+        records = variants.memory_records(main, seed=7)
+        quix_python = quix_script = None
+        quix_set = None
+        if with_quix and mode.quix_events:
+            from bench.quix_env import ensure_quix_venv  # noqa: PLC0415 - only when the peer runs
+
+            quix_python = ensure_quix_venv(ROOT)
+            quix_script = ROOT / "bench" / "quix_peer.py"
+            quix_set = lab.preload("quix", mode.quix_events, seed=9)
+        results: dict[str, list[dict[str, Any]]] = {
+            "kafka_ceiling": [],
+            "kafka_ceiling_decode": [],
+            "pg_ceiling": [],
+            "microbatch": [],
+            "naive": [],
+            "quixstreams": [],
+        }
+        for repetition in range(1, mode.repetitions + 1):
+            console.print(f"repetition {repetition}/{mode.repetitions}")
+            steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+                ("kafka_ceiling", lambda: variants.kafka_ceiling(lab, main, decode=False)),
+                ("kafka_ceiling_decode", lambda: variants.kafka_ceiling(lab, main, decode=True)),
+                ("pg_ceiling", lambda: variants.pg_ceiling(lab, main, records)),
+                ("microbatch", lambda: variants.run_microbatch(lab, main, {}, label="defaults")),
+                ("naive", lambda: variants.naive(lab, naive_set, max_seconds=mode.naive_seconds)),
+            ]
+            if quix_python is not None and quix_script is not None and quix_set is not None:
+                steps.append(("quixstreams", lambda: variants.quixstreams(lab, quix_set, quix_python, quix_script)))
+            for name, step in steps:
+                try:
+                    figures = step()
+                except Exception as exc:
+                    figures = {"error": f"{type(exc).__name__}: {exc}"[:800], "correct": False}
+                results[name].append(figures)
+                console.print(f"  {name:22} {figures.get('events_per_s', figures.get('error'))}")
+        report: dict[str, Any] = {
+            "machine": machine(),
+            "versions": versions(lab, quix_python),
+            "settings": {
+                "mode": mode.name,
+                "events": mode.events,
+                "repetitions": mode.repetitions,
+                "postgresql": "fsync=on, synchronous_commit=on, full_page_writes=on (defaults)",
+                "microbatch": "defaults: max_records=5000, max_bytes=8 MiB, max_wait_ms=500",
+                "partitions": 4,
+            },
+            "variants": {name: _summary(runs) for name, runs in results.items() if runs},
+        }
+        grid = {}
+        for max_records in mode.grid:
+            console.print(f"grid: max_records={max_records}")
+            grid[f"max_records={max_records}"] = variants.run_microbatch(
+                lab, main, {"MICROBATCH_MAX_RECORDS": str(max_records)}, label=f"grid{max_records}"
+            )
+        report["grid"] = grid
+        console.print("flush cost with 1 rejected row in 10,000")
+        report["bad_row"] = variants.bad_row_cost(lab, records, rounds=mode.bad_row_rounds)
+        drain_rate = report["variants"]["microbatch"].get("events_per_s", 0)
+        if mode.steady_seconds and drain_rate:
+            report["steady"] = {}
+            for share in (0.5, 0.8):
+                console.print(f"steady at {share:.0%} of the drain rate ({drain_rate * share:,.0f}/s)")
+                report["steady"][f"{share:.0%}"] = variants.steady(lab, drain_rate * share, mode.steady_seconds, {})
+            microbatch = report["variants"]["microbatch"]
+            microbatch["p50_latency_s"] = report["steady"]["50%"]["p50_latency_s"]
+            microbatch["p99_latency_s"] = report["steady"]["50%"]["p99_latency_s"]
+        if mode.rss_events:
+            console.print(f"memory: draining a {mode.rss_events:,}-event backlog")
+            backlog = lab.preload("rss", mode.rss_events, seed=10)
+            report["rss_drain"] = variants.run_microbatch(lab, backlog, {}, label="rss")
+            report["variants"]["microbatch"]["peak_rss_bytes"] = report["rss_drain"]["peak_rss_bytes"]
+        report["seconds"] = round(time.monotonic() - started, 1)
+        write_report(report, out, root=ROOT)
+        return report
+    finally:
+        lab.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results", help="where latest.json and chart.png go"
+    )
+    parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer (no venv needed)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = run(MODES[args.mode], args.out, with_quix=not args.no_quix)
+    ok = all(v.get("correct", False) for v in report["variants"].values())
+    console.print(f"benchmark finished in {report['seconds']:.0f} s; every variant correct: {ok}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

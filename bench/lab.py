@@ -1,0 +1,122 @@
+"""The benchmark's own servers and data: a Kafka broker, a PostgreSQL cluster with its defaults
+(fsync and synchronous_commit on), preloaded topics with their expected totals, fresh databases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka.admin import AdminClient
+from psycopg import sql
+from rich.console import Console
+
+from consumer.produce import ensure_topic, produce_workload
+from consumer.workload import WorkloadOptions
+from devstack.kafka_server import KafkaServer, start_kafka
+from devstack.postgres_server import PostgresServer, start_postgres
+from devstack.verify import high_watermarks
+from pipeline.spec_loader import builtin_dir
+
+PARTITIONS = 4
+
+
+@dataclass
+class Dataset:
+    """A preloaded topic and the totals its events must produce."""
+
+    topic: str
+    count: int
+    expected: dict[str, Any]
+
+
+@dataclass
+class Lab:
+    workdir: Path
+    kafka: KafkaServer
+    postgres: PostgresServer
+    console: Console
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, console: Console) -> Lab:
+        workdir = Path(tempfile.mkdtemp(prefix="microbatch-bench-", dir="/tmp"))
+        workdir.chmod(0o755)
+        kafka = start_kafka(workdir / "kafka")
+        try:
+            postgres = start_postgres(workdir / "postgres", durable=True)
+        except Exception:
+            kafka.stop()
+            raise
+        return cls(workdir, kafka, postgres, console)
+
+    def stop(self) -> None:
+        self.kafka.stop()
+        self.postgres.stop("fast")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap
+
+    @property
+    def postgres_pid(self) -> int:
+        """The postmaster's pid (its children are the backends)."""
+        return int((self.postgres.datadir / "postmaster.pid").read_text().split()[0])
+
+    def high_watermarks(self, topic: str) -> dict[tuple[str, int], int]:
+        return high_watermarks(self.bootstrap, topic, PARTITIONS)
+
+    def fresh_database(self) -> str:
+        """A new empty database; returns its URL."""
+        name = "b_" + uuid.uuid4().hex[:10]
+        with psycopg.connect(self.postgres.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        info = psycopg.conninfo.conninfo_to_dict(self.postgres.url)
+        info["dbname"] = name
+        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+
+    def preload(
+        self, name: str, count: int, *, seed: int, bad_ratio: float = 0.001, duplicate_ratio: float = 0.005
+    ) -> Dataset:
+        """Produce `count` invoice events to a new topic (acknowledged) and keep their expected totals."""
+        topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        ensure_topic(AdminClient({"bootstrap.servers": self.bootstrap}), topic, PARTITIONS)
+        expected_file = self.workdir / f"{topic}.expected.json"
+        options = WorkloadOptions(count=count, seed=seed, bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio)
+        produce_workload(
+            {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all"},
+            topic,
+            options,
+            partitions=PARTITIONS,
+            expected=expected_file,
+            console=self.console,
+        )
+        dataset = Dataset(topic, count, json.loads(expected_file.read_text()))
+        self.datasets[name] = dataset
+        return dataset
+
+    def empty_topic(self, name: str) -> str:
+        topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        ensure_topic(AdminClient({"bootstrap.servers": self.bootstrap}), topic, PARTITIONS)
+        return topic
+
+    def pipeline_file(self, topic: str, group: str, *, with_kafka_timestamp: bool = False) -> Path:
+        """The invoice pipeline reading `topic` as `group` (optionally storing the Kafka timestamp)."""
+        text = (builtin_dir() / "invoices.toml").read_text()
+        text = text.replace('topics = ["invoice-lines"]', f'topics = ["{topic}"]')
+        text = text.replace('group = "microbatch-invoices"', f'group = "{group}"')
+        text = text.replace('dead_letter_topic = "invoice-lines.dlq"', f'dead_letter_topic = "{topic}.dlq"')
+        if with_kafka_timestamp:
+            text = text.replace(
+                "ingested_at = { ingest_time = true }",
+                'kafka_ts = { kafka = "timestamp" }\ningested_at = { ingest_time = true }',
+            )
+        path = self.workdir / f"{group}.toml"
+        path.write_text(text)
+        return path

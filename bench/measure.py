@@ -1,0 +1,132 @@
+"""What the benchmark reads from the machine: CPU time and memory of processes (/proc), WAL volume,
+histogram quantiles from a consumer's /metrics. Linux only."""
+
+from __future__ import annotations
+
+import os
+import platform
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, IndexError):
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its children (PostgreSQL: the postmaster and its backends)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The high-water mark of resident memory (VmHWM) of `pid`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def wal_bytes(database_url: str) -> int:
+    """The current WAL position in bytes: the difference of two readings is the WAL written between them."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass
+class CpuClock:
+    """CPU seconds of the consumer, PostgreSQL and the broker, read together."""
+
+    consumer: float
+    postgres: float
+    broker: float
+
+    @classmethod
+    def read(cls, consumer: int | None, postmaster: int, broker: int) -> CpuClock:
+        return cls(cpu_seconds(consumer) if consumer else 0.0, tree_cpu_seconds(postmaster), cpu_seconds(broker))
+
+    def per_event_us(self, later: CpuClock, events: int) -> dict[str, float]:
+        """CPU microseconds per event spent by each, between this reading and `later`."""
+        scale = 1e6 / max(events, 1)
+        return {
+            "consumer": round((later.consumer - self.consumer) * scale, 2),
+            "postgres": round((later.postgres - self.postgres) * scale, 2),
+            "broker": round((later.broker - self.broker) * scale, 2),
+        }
+
+
+def histogram_quantiles(port: int, name: str, quantiles: tuple[float, ...] = (0.5, 0.99)) -> list[float | None]:
+    """Quantiles of a Prometheus histogram scraped from 127.0.0.1:`port`, as histogram_quantile() computes them."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            buckets = [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return [None for _ in quantiles]
+    total = buckets[-1][1]
+    results: list[float | None] = []
+    for q in quantiles:
+        rank, previous_bound, previous_count = q * total, 0.0, 0.0
+        value = buckets[-2][0] if len(buckets) > 1 else None
+        for bound, count in buckets:
+            if count >= rank:
+                if bound == float("inf"):
+                    value = previous_bound
+                else:
+                    span = count - previous_count
+                    value = previous_bound + (bound - previous_bound) * ((rank - previous_count) / span if span else 0)
+                break
+            previous_bound, previous_count = bound, count
+        results.append(value)
+    return results
+
+
+def machine() -> dict[str, object]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = next(
+        (
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_bytes": memory,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,99 @@
+"""One database write in the background while the run loop consumes and decodes the next window.
+
+The write of window N (COPY, statement, COMMIT: mostly waiting on PostgreSQL, with the GIL released)
+overlaps with consuming and decoding window N+1 on the loop thread. At most one write is in flight,
+and the loop settles it before the next one, so writes stay strictly ordered and window N+1's
+compare-and-set expects exactly the positions window N committed.
+
+The worker thread only calls `Pipeline.write` (and, through it, the reject sink). Everything that
+touches the Kafka consumer or the loop's state stays on the loop thread: the positions committed by
+the worker are handed back through a queue and applied by the loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from consumer.window import Trigger
+from pipeline.decode import DecodedBatch
+from pipeline.records import Batch, PartitionId, Record
+from pipeline.service import Pipeline
+from pipeline.writer import FlushResult, RejectSink
+
+
+@dataclass
+class Outcome:
+    """How a background write ended: `result` on success, `error` (the exception) otherwise."""
+
+    records: list[Record]
+    trigger: Trigger
+    seconds: float
+    result: FlushResult | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _InFlight:
+    records: list[Record]
+    trigger: Trigger
+    future: Future[tuple[FlushResult, float]]
+
+
+class BackgroundWriter:
+    """Runs `pipeline.write` on one worker thread, one batch at a time."""
+
+    def __init__(self, pipeline: Pipeline, sink: RejectSink) -> None:
+        self._pipeline = pipeline
+        self._sink = sink
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microbatch-write")
+        self._commits: queue.SimpleQueue[dict[PartitionId, int]] = queue.SimpleQueue()
+        self._in_flight: _InFlight | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight is not None
+
+    @property
+    def finished(self) -> bool:
+        """True when a write was submitted and has ended (wait() will not block)."""
+        return self._in_flight is not None and self._in_flight.future.done()
+
+    def submit(self, batch: Batch, decoded: DecodedBatch, trigger: Trigger) -> None:
+        """Start writing `batch`; the caller must have settled the previous write (`wait`)."""
+        if self._in_flight is not None:
+            raise RuntimeError("a write is already in flight: wait() for it first")
+        future = self._executor.submit(self._write, batch, decoded)
+        self._in_flight = _InFlight(list(batch.records), trigger, future)
+
+    def _write(self, batch: Batch, decoded: DecodedBatch) -> tuple[FlushResult, float]:
+        started = time.monotonic()
+        result = self._pipeline.write(batch, self._sink, on_commit=self._commits.put, decoded=decoded)
+        return result, time.monotonic() - started
+
+    def wait(self) -> Outcome | None:
+        """Block until the write in flight (if any) ends; its outcome, or None when there was none."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return None
+        started = time.monotonic()
+        try:
+            result, seconds = in_flight.future.result()
+        except Exception as error:
+            return Outcome(in_flight.records, in_flight.trigger, time.monotonic() - started, error=error)
+        return Outcome(in_flight.records, in_flight.trigger, seconds, result=result)
+
+    def commits(self) -> Sequence[dict[PartitionId, int]]:
+        """Positions committed by the worker since the last call, in commit order."""
+        found = []
+        while True:
+            try:
+                found.append(self._commits.get_nowait())
+            except queue.Empty:
+                return found
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
