@@ -1,17 +1,21 @@
-"""The run loop: consume → buffer → flush, on one thread.
+"""The run loop: consume → buffer → flush, with every Kafka call on one thread.
 
 Everything that talks to the Kafka consumer (consume, pause, resume, seek, commit) happens on this
-thread; rebalance callbacks run inside `consume()`, so they see the loop between two steps, never
-in the middle of a flush. The loop is a readable sequence; policy lives in small pure pieces:
-`Window` (when to flush), `Assignment` (what we own, from where), `Backoff` (when to retry),
-`DeadLetterBreaker` (behind the sink), and the pipeline (what a flush does).
+thread; rebalance callbacks run inside `consume()`, so they see the loop between two steps. The one
+other thread is the BackgroundWriter's, which only writes to PostgreSQL (window N is written while
+window N+1 is consumed and decoded); the loop settles each write before the next one and before it
+touches the database itself. The loop is a readable sequence; policy lives in small pieces:
+`Window` (when to flush), `Assignment` (what we own, from where), `FlowControl` (paused, retrying,
+halted), `Positioner` (back to the stored positions), `DeadLetterBreaker` (behind the sink), and the
+pipeline (what a flush does).
 
 Failures of a flush, by class:
   transient (database down, deadlock, dead-letter topic unavailable) → pause every partition, keep
       polling (group membership holds), retry the same records with backoff;
   systemic (schema, privileges, unknown) or breaker open → the same, plus "halted": not ready, an
       alert metric, one clear log line; retried slowly, or exit if `exit_on_halt`;
-  a stale position (compare-and-set refused) → re-read the stored position, seek there, go on.
+  a stale position (compare-and-set refused, or stored positions that went backwards) → re-read the
+      stored position, seek there, go on.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
     OFFSET_STORED,
     Consumer,
     KafkaException,
@@ -33,9 +35,10 @@ from confluent_kafka import (
 
 from consumer.assignment import Assignment
 from consumer.background import BackgroundWriter
-from consumer.backoff import Backoff
+from consumer.flow import FlowControl
 from consumer.messages import to_record
 from consumer.outcomes import BreakerOpen, HaltingReject
+from consumer.positions import Positioner, describe
 from consumer.telemetry import Telemetry
 from consumer.window import Trigger, Window, WindowPolicy
 from pipeline import failpoints
@@ -51,7 +54,6 @@ EXIT_OK = 0
 EXIT_UNCLEAN = 1
 EXIT_HALTED = 3
 POLL_INTERVAL_S = 0.1
-SEEK_RETRY_INTERVAL_S = 1.0
 HOUSEKEEPING_INTERVAL_S = 2.0
 IDLE_PING_INTERVAL_S = 5.0
 
@@ -97,12 +99,14 @@ class Runner:
         self.written = 0
         self._inflight: list[Record] | None = None  # a closed window not yet (fully) written
         self._trigger = Trigger.RECORDS
-        self._retry_at: float | None = None
-        self._backoff = Backoff(options.retry_initial_s, options.retry_max_s)
-        self._paused = False
-        self._halted: str | None = None  # a systemic failure, or the breaker
-        self._retrying: str | None = None
-        self._next_seek_at = 0.0
+        self.flow = FlowControl(
+            kafka, self.assignment, self.telemetry, clock, retry_initial_s=options.retry_initial_s,
+            retry_max_s=options.retry_max_s, halted_retry_s=options.halted_retry_s,
+        )  # fmt: skip
+        self.positions = Positioner(
+            kafka, pipeline, self.assignment, window=self.window, telemetry=self.telemetry, flow=self.flow,
+            clock=clock, auto_offset_reset=options.auto_offset_reset,
+        )  # fmt: skip
         self._next_housekeeping = 0.0
         self._last_db_contact = clock()
         self._stopping = False
@@ -137,14 +141,16 @@ class Runner:
         if self._writer.finished:
             self._settle()  # learn promptly how the background write ended (a failure pauses consumption)
         self._apply_commits()
-        self._seek_unknown()
-        wanted = min(self.options.consume_batch, self.window.room) if self._retry_at is None else 1
+        if self.assignment.unknown():
+            self._settle()
+            self.positions.seek_unknown()
+        wanted = min(self.options.consume_batch, self.window.room) if not self.flow.waiting else 1
         messages = self.kafka.consume(wanted, self._poll_timeout())
         if messages:
             failpoints.hit("after_consume")
         self._buffer(messages)
-        if self._retry_at is not None:
-            if self.clock() >= self._retry_at:
+        if self.flow.waiting:
+            if self.flow.due():
                 self._flush()
         elif (trigger := self.window.ready()) is not None:
             if self.options.overlap_writes:
@@ -157,9 +163,8 @@ class Runner:
     # -- buffering -------------------------------------------------------------------------------
 
     def _poll_timeout(self) -> float:
-        now = self.clock()
-        if self._retry_at is not None:
-            return max(0.0, min(POLL_INTERVAL_S, self._retry_at - now))
+        if self.flow.waiting:
+            return min(POLL_INTERVAL_S, self.flow.seconds_to_retry())
         left = self.window.time_left()
         return POLL_INTERVAL_S if left is None else min(POLL_INTERVAL_S, left)
 
@@ -222,7 +227,7 @@ class Runner:
         )
         self._trigger = outcome.trigger
         self._flush()
-        return not self._inflight and self._retry_at is None and self._exit is None
+        return not self._inflight and not self.flow.waiting and self._exit is None
 
     def _apply_commits(self) -> None:
         for positions in self._writer.commits():
@@ -233,7 +238,7 @@ class Runner:
     def _flush(self, *, retry: bool = True) -> bool:
         """Write the closed window; True when all of it is written. On failure, schedule a retry."""
         self._settle()
-        if self._retry_at is not None and self._inflight and not self._refresh_positions():
+        if self.flow.waiting and self._inflight and not self._refresh_positions():
             return False
         # Always from self._inflight: forgetting a partition's position removes its records there.
         records = self._unwritten(self._inflight or [])
@@ -269,7 +274,7 @@ class Runner:
             self._flushed(result, records, self.clock() - started, self._trigger)
             records = []
         self._inflight = None
-        self._recovered()
+        self.flow.recovered()
         return True
 
     def _fail(
@@ -320,143 +325,32 @@ class Runner:
             len(records), trigger.value, seconds, result.inserted, result.duplicates, len(result.rejections),
         )  # fmt: skip
 
-    # -- retries, pause and resume ------------------------------------------------------------------
+    # -- positions and retries (the state lives in Positioner and FlowControl) --------------------
 
     def _schedule_retry(self, failure: FailureClass, reason: str, retry: bool) -> None:
-        if not retry:
-            return
-        self._pause_all()
-        if failure is FailureClass.TRANSIENT:
-            delay = self._backoff.next_delay()
-            if self._retrying != reason or self._backoff.attempts in (10, 100, 1000):
-                log.warning("flush failed (transient): %s; partitions paused, retry %d in %.1f s",
-                            reason, self._backoff.attempts, delay)  # fmt: skip
-            self._retrying = reason
-        else:
-            delay = self.options.halted_retry_s
-            if self._halted != reason:
-                log.error("halted: %s. Nothing is written until this is fixed; retrying every %.0f s.", reason, delay)
-            self._halted = reason
-            if self.options.exit_on_halt:
+        if retry:
+            self.flow.schedule_retry(failure, reason)
+            if failure is not FailureClass.TRANSIENT and self.options.exit_on_halt:
                 self._exit = EXIT_HALTED
-        self._retry_at = self.clock() + delay
-        self._report_state()
-
-    def _refresh_positions(self) -> bool:
-        """Before a retry: re-read every stored position we rely on.
-
-        Ahead of ours: a COMMIT landed before the error (its records are dropped, not written twice).
-        Behind ours, or gone: the database lost commits (crash with asynchronous commit, a restore,
-        a failover to a lagging standby); what we had written is gone, so read it again from there.
-        """
-        unknown = set(self.assignment.unknown())
-        owned = [pid for pid in self.assignment.partitions() if pid not in unknown]
-        try:
-            stored = self.pipeline.stored_positions(owned)
-        except WriteError as error:
-            self._schedule_retry(error.failure, str(error), retry=True)
-            return False
-        behind = []
-        for pid in owned:
-            believed = self.assignment.stored(pid)
-            if believed is not None and stored.get(pid, -1) < believed:
-                behind.append(pid)
-        self.assignment.committed({pid: pos for pid, pos in stored.items() if pid not in behind})
-        if behind:
-            log.warning("stored positions went backwards for %s (the database lost commits): reading them again",
-                        _describe(behind, stored))  # fmt: skip
-            self._forget_positions(behind)
-        return True
-
-    def _recovered(self) -> None:
-        if self._retry_at is None and not self._paused:
-            return
-        if self._halted or self._retrying:
-            log.info("flush succeeded again; resuming all partitions")
-        self._retry_at = None
-        self._backoff.reset()
-        self._halted = self._retrying = None
-        self._resume_all()
-        self._report_state()
-
-    def _report_state(self) -> None:
-        breaker = self._halted if self._halted and self._halted.startswith("dead-letter circuit breaker") else None
-        self.telemetry.state(paused=self._paused, halted=None if breaker else self._halted, breaker=breaker)
-
-    def _pause_all(self) -> None:
-        if not self._paused:
-            self._paused = True
-            self._pause(self.assignment.partitions())
-
-    def _resume_all(self) -> None:
-        self._paused = False
-        unknown = set(self.assignment.unknown())
-        known = [TopicPartition(t, p) for t, p in self.assignment.partitions() if (t, p) not in unknown]
-        if known:
-            try:
-                self.kafka.resume(known)
-            except KafkaException as exc:
-                log.warning("resume failed: %s", exc)
-
-    def _pause(self, pids: Iterable[PartitionId]) -> None:
-        partitions = [TopicPartition(t, p) for t, p in pids]
-        if partitions:
-            try:
-                self.kafka.pause(partitions)
-            except KafkaException as exc:
-                log.warning("pause failed: %s", exc)
-
-    # -- positions -------------------------------------------------------------------------------
 
     def _forget_positions(self, pids: Iterable[PartitionId]) -> None:
         """Our copy of these positions is wrong: drop their records, pause, re-read and seek."""
-        owned = [pid for pid in pids if pid in self.assignment]
-        self.window.drop(owned)
+        self._settle()
+        owned = self.positions.forget(pids)
         if self._inflight:
             self._inflight = [r for r in self._inflight if r.partition_id not in owned] or None
-        for pid in owned:
-            self.assignment.forget(pid)
-        self._pause(owned)
-        self._next_seek_at = 0.0
-        self._seek_unknown()
+        self.positions.seek_unknown(now=True)
 
-    def _seek_unknown(self) -> None:
-        """Seek partitions whose stored position was unknown (database down at assignment, fenced)."""
-        pids = self.assignment.unknown()
-        if not pids or self.clock() < self._next_seek_at:
-            return
-        self._settle()
-        self._next_seek_at = self.clock() + SEEK_RETRY_INTERVAL_S
+    def _refresh_positions(self) -> bool:
+        """Before a retry: re-read stored positions; re-read the data of any that went backwards."""
         try:
-            stored = self.pipeline.stored_positions(pids)
+            behind = self.positions.behind()
         except WriteError as error:
-            self.telemetry.database(ok=False)
-            log.warning("cannot read stored positions yet (%s); %d partition(s) stay paused", error, len(pids))
-            return
-        for pid in pids:
-            position = stored.get(pid)
-            origin = self.assignment.origin(pid)
-            target = position if position is not None else origin if origin is not None else self._start_offset(pid)
-            try:
-                self.kafka.seek(TopicPartition(pid[0], pid[1], target))
-            except KafkaException as exc:
-                log.debug("seek %s to %s not possible yet: %s", pid, target, exc)
-                continue
-            self.window.drop([pid])
-            self.assignment.sought(pid, position, floor=target if target >= 0 else None)
-            if not self._paused:
-                self.kafka.resume([TopicPartition(pid[0], pid[1])])
-            log.info("partition %s[%d] positioned at %s", pid[0], pid[1], target if target >= 0 else "the reset policy")
-
-    def _start_offset(self, pid: PartitionId) -> int:
-        """Where a partition without a stored row starts: Kafka's committed offset, else the reset policy."""
-        try:
-            committed = self.kafka.committed([TopicPartition(pid[0], pid[1])], timeout=10)
-            if committed and committed[0].offset >= 0:
-                return int(committed[0].offset)
-        except KafkaException as exc:
-            log.debug("committed offset of %s unavailable: %s", pid, exc)
-        return OFFSET_BEGINNING if self.options.auto_offset_reset == "earliest" else OFFSET_END
+            self._schedule_retry(error.failure, str(error), retry=True)
+            return False
+        if behind:
+            self._forget_positions(behind)
+        return True
 
     def _housekeeping(self) -> None:
         """Every few seconds: gauges (buffer, lag) and, when idle, a database reachability check."""
@@ -476,7 +370,7 @@ class Runner:
             except KafkaException:
                 continue
         self.telemetry.lag({pid: self.assignment.stored(pid) for pid in owned}, high)
-        if self._retry_at is None and not self._writer.busy and now - self._last_db_contact > IDLE_PING_INTERVAL_S:
+        if not self.flow.waiting and not self._writer.busy and now - self._last_db_contact > IDLE_PING_INTERVAL_S:
             self._last_db_contact = now
             self.telemetry.database(ok=self.pipeline.ping())
 
@@ -503,13 +397,13 @@ class Runner:
             consumer.incremental_assign(assigned)
             # librdkafka keeps a partition's pause flag across unassign/assign (and a pause racing a
             # rebalance can stick): state it explicitly for every partition we are given.
-            if assigned and (self._paused or not known):
+            if assigned and (self.flow.paused or not known):
                 consumer.pause(assigned)
             elif assigned:
                 consumer.resume(assigned)
             self.telemetry.rebalance("assign", len(self.assignment))
             if pids:
-                log.info("assigned %s", _describe(pids, stored))
+                log.info("assigned %s", describe(pids, stored))
         except Exception:
             log.exception("on_assign failed; partitions will be re-read from PostgreSQL")
 
@@ -519,14 +413,14 @@ class Runner:
             self._settle()
             pids = [(tp.topic, tp.partition) for tp in partitions]
             revoked = set(pids)
-            if not self._closing and self._retry_at is None and self.window.partitions() & revoked:
+            if not self._closing and not self.flow.waiting and self.window.partitions() & revoked:
                 # Flush what we have while we still own it (one attempt: no retries inside a rebalance).
                 self._close_window(Trigger.REVOKE)
                 self._flush(retry=False)
             self._release(revoked)
             self.telemetry.rebalance("revoke", len(self.assignment))
             if pids:
-                log.info("revoked %s", _describe(pids, {}))
+                log.info("revoked %s", describe(pids, {}))
         except Exception:
             log.exception("on_revoke failed; the partitions' buffers were dropped")
             self._release({(tp.topic, tp.partition) for tp in partitions})
@@ -537,7 +431,7 @@ class Runner:
             pids = {(tp.topic, tp.partition) for tp in partitions}
             self._release(pids)
             self.telemetry.rebalance("lost", len(self.assignment))
-            log.warning("lost %s (session expired): buffers dropped, nothing committed", _describe(sorted(pids), {}))
+            log.warning("lost %s (session expired): buffers dropped, nothing committed", describe(sorted(pids), {}))
         except Exception:
             log.exception("on_lost failed")
 
@@ -548,9 +442,8 @@ class Runner:
             self._inflight = [r for r in self._inflight if r.partition_id not in pids] or None
         self.assignment.release(pids)
         self.telemetry.released(pids)
-        if not self._inflight and self._retry_at is not None and self._halted is None:
-            self._retry_at = None  # nothing left to retry
-            self._recovered()
+        if not self._inflight and self.flow.waiting and self.flow.halted is None:
+            self.flow.recovered()  # nothing left to retry
 
     # -- shutdown ----------------------------------------------------------------------------------
 
@@ -561,9 +454,9 @@ class Runner:
         if len(self.window):
             self._close_window(Trigger.SHUTDOWN)
         while self._inflight and self.clock() < deadline and self._exit is None:
-            if self._retry_at is not None and self.clock() < self._retry_at:
+            if self.flow.waiting and not self.flow.due():
                 # Keep polling (group membership) but buffer nothing new: we are leaving.
-                self.kafka.consume(1, min(POLL_INTERVAL_S, max(0.0, self._retry_at - self.clock())))
+                self.kafka.consume(1, min(POLL_INTERVAL_S, self.flow.seconds_to_retry()))
                 continue
             self._flush()
         if self._exit is not None:
@@ -574,8 +467,3 @@ class Runner:
             return EXIT_UNCLEAN
         log.info("shut down cleanly: %d flushes, %d rows written", self.flushes, self.written)
         return EXIT_OK
-
-
-def _describe(pids: Sequence[PartitionId], stored: dict[PartitionId, int]) -> str:
-    parts = [f"{t}[{p}]" + (f"@{stored[(t, p)]}" if (t, p) in stored else "") for t, p in pids]
-    return ", ".join(parts) if parts else "nothing"

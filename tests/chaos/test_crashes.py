@@ -20,7 +20,19 @@ CRASH_POINTS = ["after_consume", "mid_copy", "before_commit", "after_db_commit",
 def keep_fed(stream: Stream, seed: int) -> None:
     """Top the stream up when it is nearly drained, so every iteration has flushes to crash in."""
     if not stream.producing():
-        stream.produce(1500, seed=seed, rate=3000, background=True)
+        stream.produce(3000, seed=seed, rate=3000, background=True)
+
+
+def wait_for_exit(stream: Stream, consumer: ConsumerProcess, seed: int, timeout: float = 120) -> int | None:
+    """The consumer's exit code once it exits, feeding the stream meanwhile; None (and killed) on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = consumer.wait(timeout=2)
+        if code is not None:
+            return code
+        keep_fed(stream, seed)
+    consumer.kill()
+    return None
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -36,10 +48,7 @@ def test_t1_kill_at_a_failpoint(stream: Stream, point: str) -> None:
             MICROBATCH_FAILPOINTS=f"{point}:crash@{rng.randint(1, 3)}",
             MICROBATCH_KAFKA_CONFIG='{"group.instance.id": "chaos-1", "session.timeout.ms": "6000"}',
         )
-        code = consumer.wait(timeout=90)
-        if code is None:
-            consumer.kill()
-        crashes += code == 137
+        crashes += wait_for_exit(stream, consumer, seed=1000 + n) == 137
     final = stream.consumer()
     recovery = stream.wait_caught_up()
     assert final.terminate() == 0
@@ -61,10 +70,7 @@ def test_t1_kill_in_assign_and_in_revoke(stream: Stream) -> None:
             wait_until(_assigned(consumer), timeout=60, what="an assignment")
             stream.wait_progress()
             consumer.signal(signal.SIGTERM)  # leaving the group revokes: the crash lands in on_revoke
-        code = consumer.wait(timeout=90)
-        if code is None:
-            consumer.kill()
-        crashes += code == 137
+        crashes += wait_for_exit(stream, consumer, seed=2000 + n) == 137
     final = stream.consumer()
     recovery = stream.wait_caught_up()
     assert final.terminate() == 0

@@ -1,0 +1,126 @@
+"""Putting partitions back where PostgreSQL says they are.
+
+A partition's position is re-read and sought when the loop's copy of it cannot be trusted: assigned
+while the database was unreachable, fenced by the compare-and-set (someone else wrote the range), or
+found behind after a retry (the database lost commits). Its buffered records are dropped and it is
+paused until the seek succeeds. Loop thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+
+from consumer.assignment import Assignment
+from consumer.flow import FlowControl
+from consumer.telemetry import Telemetry
+from consumer.window import Window
+from pipeline.records import PartitionId
+from pipeline.service import Pipeline
+from pipeline.writer import WriteError
+
+log = logging.getLogger("microbatch.runner")
+SEEK_RETRY_INTERVAL_S = 1.0
+
+
+def describe(pids: Iterable[PartitionId], stored: dict[PartitionId, int]) -> str:
+    parts = [f"{t}[{p}]" + (f"@{stored[(t, p)]}" if (t, p) in stored else "") for t, p in pids]
+    return ", ".join(parts) if parts else "nothing"
+
+
+class Positioner:
+    """Re-reads stored positions and seeks to them."""
+
+    def __init__(
+        self,
+        kafka: Consumer,
+        pipeline: Pipeline,
+        assignment: Assignment,
+        *,
+        window: Window,
+        telemetry: Telemetry,
+        flow: FlowControl,
+        clock: Callable[[], float],
+        auto_offset_reset: str,
+    ) -> None:
+        self._kafka = kafka
+        self._pipeline = pipeline
+        self._assignment = assignment
+        self._window = window
+        self._telemetry = telemetry
+        self._flow = flow
+        self._clock = clock
+        self._auto_offset_reset = auto_offset_reset
+        self._next_seek_at = 0.0
+
+    def forget(self, pids: Iterable[PartitionId]) -> list[PartitionId]:
+        """Distrust these positions: drop their window records, pause them; returns the owned ones.
+
+        The caller drops their in-flight records too, then calls `seek_unknown(now=True)`.
+        """
+        owned = [pid for pid in pids if pid in self._assignment]
+        self._window.drop(owned)
+        for pid in owned:
+            self._assignment.forget(pid)
+        self._flow.pause(owned)
+        return owned
+
+    def seek_unknown(self, *, now: bool = False) -> None:
+        """Seek every partition whose position is unknown to the stored one (at most once a second)."""
+        pids = self._assignment.unknown()
+        if not pids or (not now and self._clock() < self._next_seek_at):
+            return
+        self._next_seek_at = self._clock() + SEEK_RETRY_INTERVAL_S
+        try:
+            stored = self._pipeline.stored_positions(pids)
+        except WriteError as error:
+            self._telemetry.database(ok=False)
+            log.warning("cannot read stored positions yet (%s); %d partition(s) stay paused", error, len(pids))
+            return
+        for pid in pids:
+            position = stored.get(pid)
+            origin = self._assignment.origin(pid)
+            target = position if position is not None else origin if origin is not None else self._start_offset(pid)
+            try:
+                self._kafka.seek(TopicPartition(pid[0], pid[1], target))
+            except KafkaException as exc:
+                log.debug("seek %s to %s not possible yet: %s", pid, target, exc)
+                continue
+            self._window.drop([pid])
+            self._assignment.sought(pid, position, floor=target if target >= 0 else None)
+            if not self._flow.paused:
+                self._kafka.resume([TopicPartition(pid[0], pid[1])])
+            log.info("partition %s[%d] positioned at %s", pid[0], pid[1], target if target >= 0 else "the reset policy")
+
+    def behind(self) -> list[PartitionId]:
+        """Re-read every trusted stored position; adopt those ahead of ours, return those behind or gone.
+
+        Ahead: a COMMIT landed before an error (its records will be dropped, not written twice).
+        Behind or gone: the database lost commits (a crash with asynchronous commit, a restore, a
+        failover to a lagging standby); what we wrote there must be read and written again.
+        Raises WriteError when the database cannot be read.
+        """
+        unknown = set(self._assignment.unknown())
+        owned = [pid for pid in self._assignment.partitions() if pid not in unknown]
+        stored = self._pipeline.stored_positions(owned)
+        behind = [
+            pid for pid in owned
+            if (believed := self._assignment.stored(pid)) is not None and stored.get(pid, -1) < believed
+        ]  # fmt: skip
+        self._assignment.committed({pid: pos for pid, pos in stored.items() if pid not in behind})
+        if behind:
+            log.warning("stored positions went backwards for %s (the database lost commits): reading them again",
+                        describe(behind, stored))  # fmt: skip
+        return behind
+
+    def _start_offset(self, pid: PartitionId) -> int:
+        """Where a partition without a stored row starts: Kafka's committed offset, else the reset policy."""
+        try:
+            committed = self._kafka.committed([TopicPartition(pid[0], pid[1])], timeout=10)
+            if committed and committed[0].offset >= 0:
+                return int(committed[0].offset)
+        except KafkaException as exc:
+            log.debug("committed offset of %s unavailable: %s", pid, exc)
+        return OFFSET_BEGINNING if self._auto_offset_reset == "earliest" else OFFSET_END
