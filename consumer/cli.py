@@ -31,6 +31,7 @@ from consumer.metrics import REASONS, Metrics
 from consumer.operations import check_config, collect_status
 from consumer.produce import Ledger, ProduceError, produce_workload
 from consumer.replay import ReplayError, ReplayFilter, replay
+from consumer.runner import Runner
 from consumer.settings import ConfigError, Settings, load_settings
 from consumer.telemetry import Telemetry
 from consumer.workload import WorkloadOptions
@@ -49,6 +50,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the consumer until SIGTERM/SIGINT."""
+    # Signals first: a SIGTERM during start-up ends the process cleanly instead of killing it.
+    stopping: list[Runner] = []
+    requested = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal requested
+        requested = True
+        log.info("received %s: finishing the current window, then leaving", signal.Signals(signum).name)
+        for runner in stopping:
+            runner.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
     pipeline = build_pipeline(settings)
@@ -66,13 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             "choose another MICROBATCH_METRICS_PORT"
         ) from None
     runner = build_runner(settings, pipeline, telemetry)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: finishing the current window, then leaving", signal.Signals(signum).name)
+    stopping.append(runner)
+    if requested:
         runner.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     log.info(
         "consuming %s as group %s into %s (max_records=%d, max_bytes=%d, max_wait_ms=%d)",
         ",".join(pipeline.spec.topics), pipeline.group, pipeline.spec.raw.table,

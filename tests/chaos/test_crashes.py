@@ -49,7 +49,7 @@ def test_t1_kill_at_a_failpoint(stream: Stream, point: str) -> None:
             MICROBATCH_KAFKA_CONFIG='{"group.instance.id": "chaos-1", "session.timeout.ms": "6000"}',
         )
         crashes += wait_for_exit(stream, consumer, seed=1000 + n) == 137
-    final = stream.consumer()
+    final = stream.settled_consumer()
     recovery = stream.wait_caught_up()
     assert final.terminate() == 0
     verdict = stream.verdict()
@@ -71,7 +71,7 @@ def test_t1_kill_in_assign_and_in_revoke(stream: Stream) -> None:
             stream.wait_progress()
             consumer.signal(signal.SIGTERM)  # leaving the group revokes: the crash lands in on_revoke
         crashes += wait_for_exit(stream, consumer, seed=2000 + n) == 137
-    final = stream.consumer()
+    final = stream.settled_consumer()
     recovery = stream.wait_caught_up()
     assert final.terminate() == 0
     verdict = stream.verdict()
@@ -97,7 +97,7 @@ def test_t1_random_kill_loop_over_one_stream(stream: Stream) -> None:
         # The fault schedule: a random instant shortly after the consumer started writing.
         time.sleep(rng.uniform(0.0, 1.5))
         consumer.kill()
-    final = stream.consumer()
+    final = stream.settled_consumer()
     recovery = stream.wait_caught_up()
     assert final.terminate() == 0
     verdict = stream.verdict()
@@ -122,7 +122,7 @@ def test_t14_sigterm_exits_within_the_deadline(stream: Stream, where: str, failp
     took = time.monotonic() - started
     assert code == 0, consumer.output()[-2000:]
     assert took <= 10 + 5, f"exit took {took:.1f} s (shutdown_timeout_s = 10)"
-    final = stream.consumer()
+    final = stream.settled_consumer()
     recovery = stream.wait_caught_up()
     assert final.terminate() == 0
     verdict = stream.verdict()

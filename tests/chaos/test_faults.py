@@ -96,16 +96,15 @@ def _said(consumer: ConsumerProcess, text: str) -> Callable[[], bool]:
 
 def test_t3_connection_lost_during_commit(stream: Stream) -> None:
     rounds = iterations(quick=1, full=20)
-    stream.produce(3000 + rounds * 1500, seed=31, rate=3000, background=True)
     faults = 0
-    for _ in range(rounds):
+    for n in range(rounds):
+        stream.produce(2500, seed=31 + n, rate=5000, background=True)  # every round has commits to lose
         # The COMMIT succeeds, then the client sees a lost connection: it must not write again.
         consumer = stream.consumer(MICROBATCH_FAILPOINTS="commit_ack_lost:raise:08006@2")
         wait_until(_said(consumer, "failpoint commit_ack_lost"), timeout=90, what="the lost COMMIT acknowledgement")
-        stream.wait_progress()
         faults += "failpoint commit_ack_lost" in consumer.output()
         assert consumer.terminate() == 0
-    final = stream.consumer()
+    final = stream.settled_consumer()
     recovery = stream.wait_caught_up()
     assert final.terminate() == 0
     verdict = stream.verdict()

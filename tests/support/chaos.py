@@ -168,6 +168,13 @@ class Stream:
     def consumer(self, **extra_env: str) -> ConsumerProcess:
         return self.start_consumer({**self.env, **extra_env}, self.pipeline)
 
+    def settled_consumer(self) -> ConsumerProcess:
+        """A consumer that has joined the group (so a SIGTERM reaches its handler, not a half-started process)."""
+        consumer = self.consumer()
+        wait_until(lambda: "assigned " in consumer.output() or not consumer.running(), timeout=90,
+                   what="the consumer to join its group")  # fmt: skip
+        return consumer
+
     def rows(self) -> int:
         try:
             with psycopg.connect(self.database_url) as conn:
@@ -207,4 +214,4 @@ class Stream:
         for process in self.producers:
             if process.poll() is None:
                 process.kill()
-                process.wait(timeout=30)
+            process.communicate(timeout=30)  # reaps it and closes its pipe
