@@ -13,6 +13,9 @@ from typing import Any
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from consumer.deadletter import header_dict
+from consumer.messages import normalize_headers
+
 
 @dataclass(frozen=True)
 class Check:
@@ -91,43 +94,53 @@ def stored_positions(database_url: str, group: str, table: str = "microbatch_off
     return {(str(t), int(p)): int(o) for t, p, o in rows}
 
 
-def dead_letters_by_reason(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[str, int]:
-    """Count the messages of a dead-letter topic by their `dlq.reason` header (empty if no topic)."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "microbatch-dlq-probe", "enable.auto.commit": False}
-    )
-    counts: dict[str, int] = {}
+@dataclass(frozen=True)
+class Read:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    raw_headers: tuple[tuple[str, bytes | None], ...]
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Read]:
+    """Every message currently in `topic` (empty when it does not exist)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
-            return counts
+            return []
         ends = {}
         for partition in metadata.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             if high > low:
                 ends[partition] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        out: list[Read] = []
         deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            for message in consumer.consume(1000, 0.5):
-                partition, offset = message.partition() or 0, message.offset() or 0
-                if message.error() is not None or partition not in ends or offset >= ends[partition]:
+        while sum(ends.values()) and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if message.error() is not None:
                     continue
-                if offset + 1 >= ends[partition]:
-                    del ends[partition]
-                reason = _header(message.headers(), "dlq.reason")
-                counts[reason] = counts.get(reason, 0) + 1
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if partition in ends and offset < ends[partition]:
+                    raw = normalize_headers(message.headers())
+                    out.append(Read(partition, offset, message.key(), message.value(), header_dict(raw), raw))
+                    if offset + 1 >= ends[partition]:
+                        ends[partition] = 0
+        return out
     finally:
         consumer.close()
+
+
+def dead_letters_by_reason(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[str, int]:
+    """Count the messages of a dead-letter topic by their `dlq.reason` header (empty if no topic)."""
+    counts: dict[str, int] = {}
+    for letter in read_topic(bootstrap, topic, timeout=timeout):
+        reason = letter.headers.get("dlq.reason", "?")
+        counts[reason] = counts.get(reason, 0) + 1
     return counts
-
-
-def _header(headers: object, name: str) -> str:
-    pairs = headers.items() if isinstance(headers, dict) else headers or []
-    for key, value in pairs:  # type: ignore[attr-defined]
-        if key == name:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return "?"
 
 
 def caught_up(database_url: str, group: str, bootstrap: str, topic: str, partitions: int) -> bool:

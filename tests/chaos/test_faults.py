@@ -17,11 +17,11 @@ from psycopg import sql
 
 from devstack.kafka_server import KafkaServer
 from devstack.postgres_server import PostgresServer
-from devstack.verify import stored_positions
+from devstack.verify import read_topic, stored_positions
 from tests.chaos.conftest import StreamFactory
 from tests.support.chaos import REPORT, Stream, iterations
 from tests.support.consumer_process import ConsumerProcess
-from tests.support.kafka_io import metrics_port, read_topic, scrape
+from tests.support.kafka_io import metrics_port, scrape
 from tests.support.oracle import Verdict
 from tests.support.services import wait_until
 

@@ -23,9 +23,9 @@ from confluent_kafka.cimpl import NewTopic
 from consumer.produce import ensure_topic
 from consumer.workload import ExpectedTotals, InvoiceWorkload, Message, WorkloadOptions
 from devstack.postgres_server import PostgresServer
-from devstack.verify import compare_totals, high_watermarks, stored_positions
+from devstack.verify import compare_totals, high_watermarks, read_topic, stored_positions
 from tests.support.consumer_process import ConsumerProcess, run_cli
-from tests.support.kafka_io import metrics_port, probe, produce_exact, read_topic, scrape
+from tests.support.kafka_io import metrics_port, probe, produce_exact, scrape
 from tests.support.services import KafkaService, wait_until
 
 PARTITIONS = 4

@@ -10,10 +10,10 @@ import psycopg
 from confluent_kafka.admin import AdminClient
 
 from consumer.produce import ensure_topic
-from devstack.verify import caught_up
+from devstack.verify import caught_up, read_topic
 from pipeline.spec_loader import builtin_dir
 from tests.support.consumer_process import ConsumerProcess, run_cli
-from tests.support.kafka_io import produce_exact, read_topic
+from tests.support.kafka_io import produce_exact
 from tests.support.pageviews import PageViewWorkload
 from tests.support.services import KafkaService, wait_until
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
-
-from consumer.deadletter import header_dict
-from consumer.messages import normalize_headers
 
 
 @dataclass(frozen=True)
@@ -47,46 +43,6 @@ def produce_exact(
     assert producer.flush(60) == 0
     assert not errors, errors
     return [landed[i] for i in range(len(messages))]
-
-
-@dataclass(frozen=True)
-class Read:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, str]
-    raw_headers: tuple[tuple[str, bytes | None], ...]
-
-
-def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Read]:
-    """Every message currently in `topic` (empty when it does not exist)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            return []
-        ends = {}
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            if high > low:
-                ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        out: list[Read] = []
-        deadline = time.monotonic() + timeout
-        while sum(ends.values()) and time.monotonic() < deadline:
-            for message in consumer.consume(500, 0.5):
-                if message.error() is not None:
-                    continue
-                partition, offset = message.partition() or 0, message.offset() or 0
-                if partition in ends and offset < ends[partition]:
-                    raw = normalize_headers(message.headers())
-                    out.append(Read(partition, offset, message.key(), message.value(), header_dict(raw), raw))
-                    if offset + 1 >= ends[partition]:
-                        ends[partition] = 0
-        return out
-    finally:
-        consumer.close()
 
 
 def metrics_port(log_text: str) -> int | None:

@@ -21,8 +21,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from devstack.verify import high_watermarks, stored_positions
-from tests.support.kafka_io import read_topic
+from devstack.verify import high_watermarks, read_topic, stored_positions
 
 Entry = dict[str, Any]
 
