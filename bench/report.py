@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def versions(lab: Lab, quix_python: Path | None) -> dict[str, str]:
         "kafka": lab.kafka.version(),
         "postgresql": str(row[0]) if row else "unknown",
         "librdkafka": confluent_kafka.libversion()[0],
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": metadata.version("confluent-kafka"),
         "psycopg": f"{psycopg.__version__} ({psycopg.pq.__impl__})",
         "orjson": orjson.__version__,
     }

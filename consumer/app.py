@@ -7,9 +7,10 @@ with one actionable line, never a stack trace.
 from __future__ import annotations
 
 import logging
+from importlib import metadata
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, libversion, version
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, libversion
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -180,7 +181,7 @@ def build_runner(
     metrics.tables([pipeline.spec.raw.table, *(s.table for s in pipeline.spec.summaries)])
     metrics.topics(pipeline.spec.topics)
     metrics.build_info.info(
-        {"version": __version__, "librdkafka": libversion()[0], "confluent_kafka": version()[0],
+        {"version": __version__, "librdkafka": libversion()[0], "confluent_kafka": metadata.version("confluent-kafka"),
          "psycopg": pipeline.driver_version(), "pipeline": pipeline.spec.name}
     )  # fmt: skip
     return Runner(kafka, pipeline, sink or build_sink(settings, pipeline, metrics), options, telemetry=telemetry)
