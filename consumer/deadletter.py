@@ -87,8 +87,10 @@ class DeadLetterProducer:
             self._produce(record, headers, _report(rejection, acked, failures))
         failpoints.hit("after_dlq_produce")
         deadline = time.monotonic() + self.timeout_s
-        while len(acked) + len(failures) < len(rejections) and time.monotonic() < deadline:
-            self.producer.poll(0.1)
+        while len(acked) + len(failures) < len(rejections) and (left := deadline - time.monotonic()) > 0:
+            # flush(), unlike poll(), sends at once instead of lingering (linger.ms) first: the
+            # flush's transaction is open meanwhile, and PostgreSQL waits for this.
+            self.producer.flush(min(left, 0.5))
         if failures or len(acked) < len(rejections):
             missing = len(rejections) - len(acked)
             reason = failures[0] if failures else f"no delivery report within {self.timeout_s:.0f} s"

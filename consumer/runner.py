@@ -34,7 +34,7 @@ from confluent_kafka import (
 )
 
 from consumer.assignment import Assignment
-from consumer.background import BackgroundWriter
+from consumer.background import BackgroundWriter, Outcome
 from consumer.flow import FlowControl
 from consumer.messages import to_record
 from consumer.outcomes import BreakerOpen, HaltingReject
@@ -44,7 +44,7 @@ from consumer.window import Trigger, Window, WindowPolicy
 from pipeline import failpoints
 from pipeline.errors import FailureClass
 from pipeline.offsets import PositionConflict
-from pipeline.records import Batch, PartitionId, Record
+from pipeline.records import Batch, PartitionId, Record, partition_spans
 from pipeline.service import Pipeline
 from pipeline.writer import FlushResult, RejectSink, RejectSinkError, WriteError
 
@@ -194,25 +194,48 @@ class Runner:
     # -- flushing in the background (the normal path) ---------------------------------------------
 
     def _dispatch(self, trigger: Trigger) -> None:
-        """Close the window, decode it while the previous write finishes, then write it in the background."""
+        """Close the window and write it in the background, doing all per-record work while the
+        previous write is still in flight: PostgreSQL should wait for nothing but the hand-over."""
         self._close_window(trigger)
         records = self._unwritten(self._inflight or [])
-        decoded = self.pipeline.decode(records)  # overlaps with the write in flight
-        if not self._settle():
-            return  # the previous write failed: ours wait behind it in self._inflight, retried in order
-        current = self._unwritten(self._inflight or [])
-        self._inflight = None
-        if not current:
+        decoded = self.pipeline.prepare(records)  # decode + COPY encoding, overlapping the write in flight
+        spans = partition_spans(records)
+        outcome = self._writer.wait()
+        self._apply_commits()
+        if outcome is not None and (outcome.error is not None or outcome.result is None):
+            self._conclude(outcome)  # failed: ours wait behind it in self._inflight, retried in order
             return
-        if current != records:  # positions moved while we decoded (rare): decode what is left
-            decoded = self.pipeline.decode(current)
-        batch = Batch(current, self.assignment.expected({r.partition_id for r in current}))
-        self._writer.submit(batch, decoded, trigger)
+        if not self._still_unwritten(spans):  # positions moved meanwhile (rare): start over from what is left
+            records = self._unwritten(self._inflight or [])
+            decoded = self.pipeline.prepare(records)
+            spans = partition_spans(records)
+        self._inflight = None
+        if records:
+            expected = self.assignment.expected(spans)
+            positions = {pid: next_position for pid, (_, next_position) in spans.items()}
+            self._writer.submit(Batch(records, expected, positions), decoded, trigger)
+        if outcome is not None:
+            self._conclude(outcome)  # the previous write's accounting, once the next one is on its way
+
+    def _still_unwritten(self, spans: dict[PartitionId, tuple[int, int]]) -> bool:
+        """True when every partition of a window (first offset per partition) is still ours to write."""
+        unknown = set(self.assignment.unknown())
+        for pid, (first, _) in spans.items():
+            if pid not in self.assignment or pid in unknown:
+                return False
+            stored = self.assignment.stored(pid)
+            if stored is not None and first < stored:
+                return False
+        return True
 
     def _settle(self) -> bool:
         """Wait for the background write and apply its outcome. False when it failed (now being retried)."""
         outcome = self._writer.wait()
         self._apply_commits()
+        return self._conclude(outcome)
+
+    def _conclude(self, outcome: Outcome | None) -> bool:
+        """Account for a background write that ended (its commits already applied); on failure, retry."""
         if outcome is None:
             return True
         if outcome.error is None and outcome.result is not None:

@@ -84,6 +84,17 @@ class Database:
             with contextlib.suppress(Exception):
                 conn.close()
 
+    def encoding_cursor(self) -> psycopg.Cursor[Any] | None:
+        """A new cursor on the open connection, only to borrow its adapters; None when none is open.
+
+        Creating it does no I/O, so another thread may call this while the writer thread uses the
+        connection: COPY data is encoded with it (pipeline.copydata) and never sent through it.
+        """
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            return None
+        return conn.cursor()
+
     def ping(self) -> bool:
         """True when a trivial query succeeds (used by readiness checks)."""
         try:

@@ -37,6 +37,7 @@ class DecodedBatch:
     rejections: list[Rejection] = field(default_factory=list)
     rejected_records: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # records the transform hook chose not to write
+    copy_data: bytes | None = None  # all `rows` as binary COPY data, when encoded ahead (pipeline.copydata)
 
     def reject(self, index: int, rejection: Rejection) -> None:
         """Record that `records[index]` will not be written, and why."""

@@ -59,6 +59,19 @@ class Rejection:
     sqlstate: str | None = None
 
 
+def partition_spans(records: Sequence[Record]) -> dict[PartitionId, tuple[int, int]]:
+    """(first offset, position after the last) of each partition, for records ordered by
+    (topic, partition, offset) as a batch's are."""
+    spans: dict[PartitionId, tuple[int, int]] = {}
+    lasts: dict[PartitionId, int] = {}
+    for record in records:
+        pid = (record.topic, record.partition)
+        lasts[pid] = record.offset  # ordered: the last one seen is the greatest
+        if pid not in spans:
+            spans[pid] = (record.offset, 0)
+    return {pid: (first, lasts[pid] + 1) for pid, (first, _) in spans.items()}
+
+
 def next_positions(records: Iterable[Record]) -> dict[PartitionId, int]:
     """The position after each partition's last record: what the offsets table advances to."""
     positions: dict[PartitionId, int] = {}
@@ -80,10 +93,12 @@ class Batch:
 
     records: Sequence[Record]
     expected: dict[PartitionId, int | None]
-    positions: dict[PartitionId, int] = field(init=False)
+    positions: dict[PartitionId, int] = field(default_factory=dict)
+    """Computed from `records` when not given; give it only when already computed from them."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "positions", next_positions(self.records))
+        if not self.positions:
+            object.__setattr__(self, "positions", next_positions(self.records))
         missing = set(self.positions) - set(self.expected)
         if missing:
             raise ValueError(f"no expected position for {sorted(missing)}")

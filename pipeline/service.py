@@ -62,7 +62,14 @@ class Pipeline:
         )
 
     def decode(self, records: Sequence[Record]) -> DecodedBatch:
+        """Decode and validate `records` (pure); see `prepare` for the write-ahead form."""
         return self.decoder.decode(records)
+
+    def prepare(self, records: Sequence[Record]) -> DecodedBatch:
+        """Decode `records` and encode their COPY data ahead of the write (the loop thread's share)."""
+        decoded = self.decoder.decode(records)
+        self.writer.encode(decoded)
+        return decoded
 
     def write(
         self,

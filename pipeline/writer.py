@@ -30,6 +30,7 @@ import psycopg
 
 from pipeline import failpoints
 from pipeline.bisect import Node, RangeStack
+from pipeline.copydata import encode_copy_data
 from pipeline.database import Database
 from pipeline.decode import DecodedBatch
 from pipeline.errors import FailureClass, RowEncodingError, classify, redacted_message
@@ -154,6 +155,16 @@ class BatchWriter:
         self.max_savepoints = max_savepoints
         self.max_transactions = max_transactions
 
+    def encode(self, decoded: DecodedBatch) -> None:
+        """Encode `decoded.rows` as COPY data now, so that the write only sends bytes.
+
+        Meant for the loop thread while the previous write waits on PostgreSQL. Skipped (the write
+        encodes row by row, as always) when no connection is open or a value cannot be encoded.
+        """
+        cursor = self.database.encoding_cursor()
+        if cursor is not None and decoded.rows:
+            decoded.copy_data = encode_copy_data(cursor, self.plan.copy_types, decoded.rows)
+
     def write(
         self,
         batch: Batch,
@@ -204,7 +215,7 @@ class BatchWriter:
             if first_row < limit:
                 if not run.copy_per_node:
                     # 2. COPY once for the whole transaction; the statements select ranges of it.
-                    self._copy_bulk(conn, rows, first_row, limit)
+                    self._copy_bulk(conn, rows, first_row, limit, run.decoded.copy_data)
                 # 3+4. the insert-and-upsert statement, bisected on bad data.
                 self._bisect(conn, run, limit, budget=1 if per_message else self.max_savepoints)
             boundary = run.record_boundary()
@@ -223,15 +234,32 @@ class BatchWriter:
         run.committed_records = boundary
         return committed
 
-    def _copy_bulk(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int) -> None:
+    def _copy_bulk(
+        self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int, encoded: bytes | None
+    ) -> None:
         try:
-            self._copy(conn, rows, lo, hi)
+            self._copy(conn, rows, lo, hi, encoded)
         except psycopg.Error as exc:
             if classify(exc) is not FailureClass.BAD_DATA:
                 raise
             raise _CopyFailed from exc
 
-    def _copy(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int) -> None:
+    def _copy(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: list[tuple[Any, ...]],
+        lo: int,
+        hi: int,
+        encoded: bytes | None = None,
+    ) -> None:
+        """COPY rows [lo, hi) into staging: the bytes encoded ahead when they are exactly those rows."""
+        if encoded is not None and lo == 0 and hi == len(rows):
+            half = len(encoded) // 2
+            with conn.cursor().copy(self.plan.copy_staging) as copy:
+                copy.write(encoded[:half])
+                failpoints.hit("mid_copy")
+                copy.write(encoded[half:])
+            return
         middle = (lo + hi) // 2
         with conn.cursor().copy(self.plan.copy_staging) as copy:
             copy.set_types(self.plan.copy_types)

@@ -124,6 +124,41 @@ def test_a_row_the_database_cannot_even_copy_is_isolated_at_copy_time(pipeline: 
     assert pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 20}
 
 
+def test_copy_data_encoded_ahead_writes_what_row_by_row_encoding_writes(pipeline: Pipeline, database_url: str) -> None:
+    table = "SELECT event_id, invoice_id, user_id, item_id, quantity, unit_price, occurred_at FROM transactions"
+    batch = records(200, seed=8)
+    pipeline.stored_positions([])  # open the connection whose adapters the encoding borrows
+    prepared = pipeline.prepare(batch)
+    assert prepared.copy_data is not None and prepared.copy_data.startswith(b"PGCOPY\n\xff\r\n\0")
+    pipeline.write(Batch(batch, {(TOPIC, 0): None}), Collecting(), decoded=prepared)
+    with psycopg.connect(database_url) as conn:
+        ahead = conn.execute(table + " ORDER BY event_id").fetchall()
+        conn.execute("TRUNCATE transactions, inventory, item_sales_daily, microbatch_offsets")
+    row_by_row = pipeline.decode(batch)
+    assert row_by_row.copy_data is None
+    pipeline.write(Batch(batch, {(TOPIC, 0): None}), Collecting(), decoded=row_by_row)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(table + " ORDER BY event_id").fetchall() == ahead
+    assert len(ahead) == len(prepared.rows)
+
+
+def test_a_value_that_cannot_be_encoded_ahead_is_left_to_the_writer_to_isolate(
+    pipeline: Pipeline, database_url: str
+) -> None:
+    batch = records(20, seed=9)
+    pipeline.stored_positions([])
+    decoded = pipeline.decode(batch)
+    row = list(decoded.rows[4])
+    row[5] = "not an integer"
+    decoded.rows[4] = tuple(row)
+    pipeline.writer.encode(decoded)
+    assert decoded.copy_data is None, "nothing is decided while encoding ahead"
+    sink = Collecting()
+    result = pipeline.write(Batch(batch, {(TOPIC, 0): None}), sink, decoded=decoded)
+    assert [(r.reason, r.record.offset) for r in sink.delivered] == [(RejectReason.DB_REJECTED, 4)]
+    assert result.inserted == 19
+
+
 def test_a_batch_of_only_invalid_messages_still_moves_the_position(pipeline: Pipeline, database_url: str) -> None:
     batch = [Record(TOPIC, 2, n, None, b"{broken") for n in range(5)]
     sink = Collecting()

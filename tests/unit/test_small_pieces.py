@@ -12,7 +12,7 @@ from consumer.backoff import Backoff
 from consumer.logs import JsonFormatter, MaskingFormatter, mask_secrets
 from consumer.workload import BAD_KINDS, InvoiceWorkload, WorkloadOptions
 from pipeline.decode import Decoder
-from pipeline.records import Batch, Record, next_positions
+from pipeline.records import Batch, Record, next_positions, partition_spans
 from pipeline.spec_loader import load_pipeline
 
 
@@ -93,6 +93,14 @@ def test_batch_positions_are_one_past_the_last_offset() -> None:
     assert next_positions(records) == {("t", 0): 5, ("t", 1): 8}
     batch = Batch(records, {("t", 0): 3, ("t", 1): None})
     assert batch.positions == {("t", 0): 5, ("t", 1): 8}
+
+
+def test_partition_spans_give_first_offsets_and_the_same_positions() -> None:
+    records = [rec(3), rec(4), rec(9), rec(7, 1), rec(0, 2), rec(1, 2)]
+    spans = partition_spans(records)
+    assert spans == {("t", 0): (3, 10), ("t", 1): (7, 8), ("t", 2): (0, 2)}
+    assert {pid: end for pid, (_, end) in spans.items()} == next_positions(records)
+    assert partition_spans([]) == {}
 
 
 def test_accept_a_batch_matches_accepting_one_by_one() -> None:
