@@ -257,7 +257,28 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(
             f"invalid configuration:\n  {name} (env {ENV_PREFIX}{name.upper()}): not valid JSON for this setting"
         ) from None
+    problems = inconsistencies(settings)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
     return settings
+
+
+def inconsistencies(settings: Settings) -> list[str]:
+    """Settings that are each valid but contradict one another, one sentence each."""
+    problems = []
+    idle_ms, dead_letter_ms = settings.idle_in_transaction_timeout_ms, settings.dead_letter_timeout_s * 1000
+    if idle_ms and idle_ms <= dead_letter_ms:
+        # A flush waits for the dead-letter acknowledgements inside its open transaction.
+        problems.append(
+            f"idle_in_transaction_timeout_ms ({idle_ms}) must exceed dead_letter_timeout_s "
+            f"({settings.dead_letter_timeout_s:g} s): a flush waits for the dead-letter topic inside its "
+            "transaction, and PostgreSQL would end that transaction first"
+        )
+    if settings.retry_initial_ms > settings.retry_max_ms:
+        problems.append(
+            f"retry_initial_ms ({settings.retry_initial_ms}) must not exceed retry_max_ms ({settings.retry_max_ms})"
+        )
+    return problems
 
 
 def _shown_value(name: str, value: object) -> str:

@@ -104,6 +104,7 @@ CHAOS_ENV = {
     "MICROBATCH_RETRY_MAX_MS": "2000",
     "MICROBATCH_LOCK_TIMEOUT_MS": "3000",
     "MICROBATCH_IDLE_IN_TRANSACTION_TIMEOUT_MS": "5000",
+    "MICROBATCH_DEAD_LETTER_TIMEOUT_S": "4",  # below the idle-in-transaction timeout, as the settings demand
 }
 
 

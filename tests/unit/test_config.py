@@ -111,6 +111,19 @@ def test_mistakes_name_the_setting(monkeypatch: pytest.MonkeyPatch, env: dict[st
     assert message in str(caught.value)
 
 
+def test_settings_that_contradict_each_other_are_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICROBATCH_IDLE_IN_TRANSACTION_TIMEOUT_MS", "10000")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "idle_in_transaction_timeout_ms (10000) must exceed dead_letter_timeout_s (30 s)" in str(caught.value)
+    monkeypatch.setenv("MICROBATCH_DEAD_LETTER_TIMEOUT_S", "5")
+    assert load_settings().idle_in_transaction_timeout_ms == 10000
+    monkeypatch.setenv("MICROBATCH_IDLE_IN_TRANSACTION_TIMEOUT_MS", "0")  # 0: no timeout, nothing to contradict
+    assert load_settings().idle_in_transaction_timeout_ms == 0
+    with pytest.raises(ConfigError, match=r"retry_initial_ms \(5000\) must not exceed retry_max_ms \(1000\)"):
+        load_settings(retry_initial_ms=5000, retry_max_ms=1000)
+
+
 def test_config_file_mistakes(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
