@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     )  # fmt: skip
     idle_in_transaction_timeout_ms: int = Field(
         60_000, ge=0, validation_alias=_env("idle_in_transaction_timeout_ms"),
-        description="PostgreSQL ends a transaction of a frozen consumer after this long, freeing its locks.",
+        description="PostgreSQL ends a transaction of a frozen consumer after this long, freeing its locks "
+        "(0 = never; otherwise above dead_letter_timeout_s).",
     )  # fmt: skip
     max_savepoints: int = Field(
         64, ge=2, le=10_000, validation_alias=_env("max_savepoints"),
