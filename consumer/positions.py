@@ -9,7 +9,7 @@ paused until the seek succeeds. Loop thread only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
@@ -117,10 +117,29 @@ class Positioner:
 
     def _start_offset(self, pid: PartitionId) -> int:
         """Where a partition without a stored row starts: Kafka's committed offset, else the reset policy."""
-        try:
-            committed = self._kafka.committed([TopicPartition(pid[0], pid[1])], timeout=10)
-            if committed and committed[0].offset >= 0:
-                return int(committed[0].offset)
-        except KafkaException as exc:
-            log.debug("committed offset of %s unavailable: %s", pid, exc)
+        committed = self.announce_kafka_starts([pid])
+        if pid in committed:
+            return committed[pid]
         return OFFSET_BEGINNING if self._auto_offset_reset == "earliest" else OFFSET_END
+
+    def announce_kafka_starts(self, pids: Sequence[PartitionId]) -> dict[PartitionId, int]:
+        """Kafka's committed offsets of `pids` (partitions with no stored row), each announced loudly.
+
+        Starting there is right when a group moves to microbatch; after an emptied or restored offsets
+        table it skips what the database lost, so an operator must be able to see it happened.
+        """
+        if not pids:
+            return {}
+        try:
+            found = self._kafka.committed([TopicPartition(topic, partition) for topic, partition in pids], timeout=10)
+        except KafkaException as exc:
+            log.debug("committed offsets of %s unavailable: %s", list(pids), exc)
+            return {}
+        committed = {(tp.topic, tp.partition): int(tp.offset) for tp in found if tp.error is None and tp.offset >= 0}
+        for (topic, partition), offset in sorted(committed.items()):
+            log.warning(
+                "%s[%d] has no stored position in PostgreSQL: starting at the group's Kafka-committed offset %d; "
+                "earlier events are not read again (if the offsets table was emptied or restored, reset the "
+                "group's Kafka offsets to re-read them)", topic, partition, offset,
+            )  # fmt: skip
+        return committed

@@ -418,6 +418,8 @@ class Runner:
                 offset = position if known and position is not None else OFFSET_STORED
                 assigned.append(TopicPartition(pid[0], pid[1], offset))
             consumer.incremental_assign(assigned)
+            if known:
+                self.positions.announce_kafka_starts([pid for pid in pids if stored.get(pid) is None])
             # librdkafka keeps a partition's pause flag across unassign/assign (and a pause racing a
             # rebalance can stick): state it explicitly for every partition we are given.
             if assigned and (self.flow.paused or not known):

@@ -210,3 +210,33 @@ def test_two_consumers_share_the_partitions_and_totals_stay_exact(
     for name in ("first", "second"):
         log = (first if name == "first" else second).output()
         assert "assigned invoices-" in log, f"the {name} consumer never got partitions"
+
+
+def test_a_group_without_stored_positions_starts_at_its_kafka_commits_and_says_so(
+    kafka: KafkaService,
+    database_url: str,
+    service_env: dict[str, str],
+    invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess],
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    """A group moving to microbatch: Kafka's committed offsets are the start, with a loud warning."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic, group, skipped = f"invoices-{unique}", f"group-{unique}", 100
+    _prepare(service_env, invoice_pipeline)
+    _produce(service_env, invoice_pipeline, tmp_path / "expected.json", 2000,
+             "--bad-ratio", "0", "--duplicate-ratio", "0")  # fmt: skip
+    committer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        committer.commit(offsets=[TopicPartition(topic, p, skipped) for p in range(PARTITIONS)], asynchronous=False)
+    finally:
+        committer.close()
+    consumer = consumer_factory(service_env, invoice_pipeline)
+    wait_until(_caught_up(kafka, database_url, unique), timeout=90, what="positions at the high watermarks")
+    assert _rows(database_url) == 2000 - PARTITIONS * skipped
+    assert consumer.terminate() == 0
+    warned = [line for line in consumer.output().splitlines() if "has no stored position in PostgreSQL" in line]
+    assert len(warned) == PARTITIONS
+    assert f"Kafka-committed offset {skipped}" in warned[0]
