@@ -28,7 +28,7 @@ from confluent_kafka import Consumer
 from bench.lab import Dataset, Lab
 from bench.measure import CpuClock, histogram_quantiles, peak_rss_bytes, wal_bytes
 from consumer.workload import InvoiceWorkload, WorkloadOptions
-from devstack.verify import compare_totals, stored_positions
+from devstack.verify import compare_totals
 from pipeline.decode import Decoder
 from pipeline.records import Batch, Record
 from pipeline.service import Pipeline
@@ -279,9 +279,10 @@ def run_microbatch(
         clock_before = CpuClock.read(process.pid, lab.postgres_pid, lab.kafka.pid)
         started_at = _log_time(log_path.read_text()) or time.time()
         total = sum(lab.high_watermarks(dataset.topic).values())
-        while sum(stored_positions(url, group).values()) < total:
-            _alive(process, log_path, deadline)
-            time.sleep(0.02)
+        with PositionWatch(url, group) as positions:
+            while positions.total() < total:
+                _alive(process, log_path, deadline)
+                time.sleep(0.02)
         finished_at = time.time()
         clock_after = CpuClock.read(process.pid, lab.postgres_pid, lab.kafka.pid)
         rss = peak_rss_bytes(process.pid)
@@ -331,6 +332,31 @@ def _init_db(pipeline_file: Path, env: dict[str, str]) -> None:
         raise RuntimeError(f"init-db failed: {result.stderr[-500:]}")
 
 
+class PositionWatch:
+    """Sums a group's stored positions through ONE open connection.
+
+    The drain loop polls every 20 ms; a new connection per poll would fork a PostgreSQL backend
+    50 times a second on the two cores being measured.
+    """
+
+    def __init__(self, url: str, group: str) -> None:
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._group = group
+
+    def __enter__(self) -> PositionWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.close()
+
+    def total(self) -> int:
+        """Sum of next_offset over the group's partitions (0 before the first flush)."""
+        row = self._conn.execute(
+            "SELECT COALESCE(sum(next_offset), 0) FROM microbatch_offsets WHERE consumer_group = %s", (self._group,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
 def _alive(process: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
     if process.poll() is not None:
         raise RuntimeError(f"microbatch exited early ({process.returncode}): {log.read_text()[-1500:]}")
@@ -377,15 +403,16 @@ def steady(lab: Lab, rate: float, seconds: float, env_extra: dict[str, str], *, 
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        while producer.poll() is None:
-            lag = sum(lab.high_watermarks(topic).values()) - sum(stored_positions(url, group).values())
-            max_lag = max(max_lag, lag)
-            time.sleep(0.5)
-        total = sum(lab.high_watermarks(topic).values())
-        deadline = time.monotonic() + 60
-        while sum(stored_positions(url, group).values()) < total:
-            _alive(consumer, log_path, deadline)
-            time.sleep(0.05)
+        with PositionWatch(url, group) as positions:
+            while producer.poll() is None:
+                lag = sum(lab.high_watermarks(topic).values()) - positions.total()
+                max_lag = max(max_lag, lag)
+                time.sleep(0.5)
+            total = sum(lab.high_watermarks(topic).values())
+            deadline = time.monotonic() + 60
+            while positions.total() < total:
+                _alive(consumer, log_path, deadline)
+                time.sleep(0.05)
     finally:
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(timeout=60)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,6 +66,7 @@ class BackgroundWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microbatch-write")
         self._commits: queue.SimpleQueue[dict[PartitionId, int]] = queue.SimpleQueue()
         self._in_flight: _InFlight | None = None
+        self._handed_over = threading.Event()
 
     @property
     def busy(self) -> bool:
@@ -79,13 +81,30 @@ class BackgroundWriter:
         """Start writing `batch`; the caller must have settled the previous write (`wait`)."""
         if self._in_flight is not None:
             raise RuntimeError("a write is already in flight: wait() for it first")
+        self._handed_over.clear()
         future = self._executor.submit(self._write, batch, decoded)
         self._in_flight = _InFlight(list(batch.records), trigger, future)
 
     def _write(self, batch: Batch, decoded: DecodedBatch) -> tuple[FlushResult, float]:
         started = time.monotonic()
-        result = self._pipeline.write(batch, self._sink, on_commit=self._commits.put, decoded=decoded)
+        try:
+            result = self._pipeline.write(
+                batch, self._sink, on_commit=self._commits.put, decoded=decoded, on_statement=self._handed_over.set
+            )
+        finally:
+            self._handed_over.set()
         return result, time.monotonic() - started
+
+    def wait_for_handover(self, timeout_s: float) -> None:
+        """Block until the write in flight has sent its rows and its statement (or ended), at most `timeout_s`.
+
+        The loop thread calls this before decoding the next window. Until then the writer makes a
+        few short round trips (BEGIN and compare-and-set, COPY), and each reply is only handled
+        once the writer gets the GIL back: a busy loop thread would make PostgreSQL wait. The
+        statement that follows keeps PostgreSQL busy for most of the write; decoding overlaps it.
+        """
+        if self._in_flight is not None:
+            self._handed_over.wait(timeout_s)
 
     def wait(self) -> Outcome | None:
         """Block until the write in flight (if any) ends; its outcome, or None when there was none."""

@@ -9,7 +9,7 @@ transaction rolls back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import psycopg
@@ -85,35 +85,55 @@ class OffsetsTable:
         Must run inside the flush transaction, first, so the row locks order concurrent writers.
         Raises PositionConflict naming the partitions that did not match; the caller rolls back.
         """
+        self.send_advance(conn, expected, positions)()
+
+    def send_advance(
+        self,
+        conn: psycopg.Connection[Any],
+        expected: Mapping[PartitionId, int | None],
+        positions: Mapping[PartitionId, int],
+    ) -> Callable[[], None]:
+        """`advance` in two halves: send the statements now, and return the check that raises PositionConflict.
+
+        In pipeline mode the statements are only queued; call the check once the pipeline has
+        synced. That lets the writer send BEGIN and the compare-and-set in one round trip.
+        """
         updates = sorted(pid for pid in positions if expected.get(pid) is not None)
         inserts = sorted(pid for pid in positions if expected.get(pid) is None)
-        applied: set[PartitionId] = set()
+        cursors: list[psycopg.Cursor[Any]] = []
         if updates:
-            rows = conn.execute(
-                self._update,
-                (
-                    [t for t, _ in updates],
-                    [p for _, p in updates],
-                    [expected[pid] for pid in updates],
-                    [positions[pid] for pid in updates],
-                    self.group,
-                ),
-            ).fetchall()
-            applied.update((str(row[0]), int(row[1])) for row in rows)
+            cursors.append(
+                conn.execute(
+                    self._update,
+                    (
+                        [t for t, _ in updates],
+                        [p for _, p in updates],
+                        [expected[pid] for pid in updates],
+                        [positions[pid] for pid in updates],
+                        self.group,
+                    ),
+                )
+            )
         if inserts:
-            rows = conn.execute(
-                self._insert,
-                (
-                    self.group,
-                    [t for t, _ in inserts],
-                    [p for _, p in inserts],
-                    [positions[pid] for pid in inserts],
-                ),
-            ).fetchall()
-            applied.update((str(row[0]), int(row[1])) for row in rows)
-        missed = set(positions) - applied
-        if missed:
-            raise PositionConflict(missed)
+            cursors.append(
+                conn.execute(
+                    self._insert,
+                    (
+                        self.group,
+                        [t for t, _ in inserts],
+                        [p for _, p in inserts],
+                        [positions[pid] for pid in inserts],
+                    ),
+                )
+            )
+
+        def check() -> None:
+            applied = {(str(row[0]), int(row[1])) for cursor in cursors for row in cursor.fetchall()}
+            missed = set(positions) - applied
+            if missed:
+                raise PositionConflict(missed)
+
+        return check
 
     def move(self, conn: psycopg.Connection[Any], positions: Mapping[PartitionId, int]) -> None:
         """Set positions of rows this transaction already compare-and-set (and so holds locked)."""

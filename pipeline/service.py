@@ -77,9 +77,10 @@ class Pipeline:
         sink: RejectSink,
         on_commit: Callable[[dict[PartitionId, int]], None] | None = None,
         decoded: DecodedBatch | None = None,
+        on_statement: Callable[[], None] | None = None,
     ) -> FlushResult:
         """Decode (unless given) and write `batch`; see BatchWriter.write for the contract."""
-        return self.writer.write(batch, decoded or self.decode(batch.records), sink, on_commit)
+        return self.writer.write(batch, decoded or self.decode(batch.records), sink, on_commit, on_statement)
 
     def stored_positions(self, partitions: Iterable[PartitionId]) -> dict[PartitionId, int]:
         """Stored positions (absent: no row). Raises WriteError when the database fails."""

@@ -3,16 +3,19 @@
 The order inside a transaction is the correctness argument; the steps are numbered here and in
 `BatchWriter._transaction`:
 
-  1. compare-and-set the positions of every partition still to be written (offsets table);
+  1. compare-and-set the positions of every partition still to be written (offsets table),
+     sent in one round trip with the BEGIN (pipeline mode);
   2. COPY the rows into the session's temp staging table;
   3+4. one statement inserts the new rows into the raw table and upserts the summaries from what
-     was new, under a SAVEPOINT so that a bad-data failure can be isolated;
+     was new;
   5. rejected records go to the reject sink, which returns only once they are durably stored
      (the dead-letter topic acknowledged them), before any position moves past them;
   6. COMMIT.
 
-A bad-data error (SQLSTATE class 22/23, 54000) splits the failing range in halves, each under its
-own SAVEPOINT, down to single rows: the leaves are the per-message writes. Savepoints per
+The first statement of a write runs without a SAVEPOINT: clean batches are the common case, and
+the SAVEPOINT and its RELEASE are two more round trips. If it fails on bad data (SQLSTATE class
+22/23, 54000) the transaction rolls back and the next one bisects: the failing range is split in
+halves, each under its own SAVEPOINT, down to single rows: the leaves are the per-message writes. Savepoints per
 transaction are capped (`max_savepoints`, PostgreSQL caches 64 subtransactions per backend): past
 the cap the resolved prefix is committed and the rest continues in a new transaction; after
 `max_transactions` of those, the remaining rows are written one message per transaction.
@@ -22,7 +25,8 @@ as `WriteError` for the caller to retry or halt.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +41,9 @@ from pipeline.errors import FailureClass, RowEncodingError, classify, redacted_m
 from pipeline.offsets import OffsetsTable
 from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
 from pipeline.sqlplan import WritePlan
+
+# Pipeline mode needs libpq 14 or later (the binary wheel bundles a newer one).
+_PIPELINE_SUPPORTED = psycopg.Pipeline.is_supported()
 
 
 class RejectSink(Protocol):
@@ -78,15 +85,15 @@ class FlushResult:
     statements: int = 0
     savepoints: int = 0
     transactions: int = 0
-
-    @property
-    def isolated(self) -> bool:
-        """True when bisection ran (the bulk statement failed on bad data at least once)."""
-        return self.statements > self.transactions
+    isolated: bool = False  # bisection ran: the bulk write failed on bad data at least once
 
 
 class _CopyFailed(Exception):
     """Internal: the bulk COPY hit bad data; roll back and copy inside each bisection node."""
+
+
+class _BulkFailed(Exception):
+    """Internal: the first statement (no SAVEPOINT) hit bad data; roll back and bisect in a new transaction."""
 
 
 @dataclass
@@ -101,6 +108,7 @@ class _Run:
     db_rejections: dict[int, Rejection] = field(default_factory=dict)  # row index → rejection
     committed_records: int = 0  # records before this index are committed (written or rejected)
     copy_per_node: bool = False
+    on_statement: Callable[[], None] | None = None  # called once, before the first insert-and-upsert
 
     def record_boundary(self) -> int:
         """Records before the returned index are resolved, given the rows resolved so far."""
@@ -171,22 +179,29 @@ class BatchWriter:
         decoded: DecodedBatch,
         sink: RejectSink,
         on_commit: Callable[[dict[PartitionId, int]], None] | None = None,
+        on_statement: Callable[[], None] | None = None,
     ) -> FlushResult:
         """Write `batch` (decoded as `decoded`) and move its positions, in one or more commits.
 
         `on_commit` receives the stored positions after every COMMIT (a flush that isolates many
-        bad rows commits more than once). Raises PositionConflict (nothing of the current
-        transaction was written), RejectSinkError, or WriteError (classified). In every case the
-        open transaction was rolled back, and earlier commits were reported through `on_commit`.
+        bad rows commits more than once). `on_statement` is called once, just before the first
+        insert-and-upsert statement is sent: from then on the write mostly waits for PostgreSQL.
+
+        Raises PositionConflict (nothing of the current transaction was written), RejectSinkError,
+        or WriteError (classified). In every case the open transaction was rolled back, and earlier
+        commits were reported through `on_commit`.
         """
-        run = _Run(batch, decoded, dict(batch.expected), RangeStack(len(decoded.rows)))
+        run = _Run(batch, decoded, dict(batch.expected), RangeStack(len(decoded.rows)), on_statement=on_statement)
         try:
             while run.committed_records < len(batch.records):
                 per_message = run.result.transactions >= self.max_transactions
                 try:
                     committed = self._transaction(run, sink, per_message=per_message)
                 except _CopyFailed:
-                    run.copy_per_node = True
+                    run.result.isolated = run.copy_per_node = True
+                    continue
+                except _BulkFailed:
+                    run.result.isolated = True
                     continue
                 if on_commit is not None:
                     on_commit(committed)
@@ -207,11 +222,9 @@ class BatchWriter:
         rows = run.decoded.rows
         first_row = run.stack.resolved
         limit = min(len(rows), first_row + 1) if per_message else len(rows)
-        run.result.transactions += 1
-        with conn.transaction():
-            # 1. compare-and-set: this transaction owns these partitions' ranges, or nobody writes.
-            targets = {pid: run.batch.positions[pid] for pid in partitions}
-            self.offsets.advance(conn, {pid: run.stored.get(pid) for pid in partitions}, targets)
+        # 1. compare-and-set: this transaction owns these partitions' ranges, or nobody writes.
+        targets = {pid: run.batch.positions[pid] for pid in partitions}
+        with self._begin(conn, {pid: run.stored.get(pid) for pid in partitions}, targets):
             if first_row < limit:
                 if not run.copy_per_node:
                     # 2. COPY once for the whole transaction; the statements select ranges of it.
@@ -229,10 +242,36 @@ class BatchWriter:
             failpoints.hit("before_commit")
             # 6. COMMIT when the block ends.
         failpoints.hit("commit_ack_lost")
+        run.result.transactions += 1  # committed ones only
         run.result.rejections.extend(fresh)
         run.stored.update(committed)
         run.committed_records = boundary
         return committed
+
+    @contextmanager
+    def _begin(
+        self,
+        conn: psycopg.Connection[Any],
+        expected: dict[PartitionId, int | None],
+        targets: dict[PartitionId, int],
+    ) -> Iterator[None]:
+        """A transaction block whose BEGIN and compare-and-set travel in one round trip (pipeline mode).
+
+        Leaving the pipeline syncs it; the check then raises PositionConflict, which rolls the
+        transaction back like any error inside the block. `psycopg.Transaction` is entered directly:
+        `conn.transaction()` would keep the connection in pipeline mode for the whole block, where
+        COPY is not allowed.
+        """
+        with ExitStack() as transaction:
+            if _PIPELINE_SUPPORTED:
+                with conn.pipeline():
+                    transaction.enter_context(psycopg.Transaction(conn))
+                    check = self.offsets.send_advance(conn, expected, targets)
+            else:  # libpq older than 14: two round trips
+                transaction.enter_context(psycopg.Transaction(conn))
+                check = self.offsets.send_advance(conn, expected, targets)
+            check()
+            yield
 
     def _copy_bulk(
         self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int, encoded: bytes | None
@@ -277,6 +316,9 @@ class BatchWriter:
     def _bisect(self, conn: psycopg.Connection[Any], run: _Run, limit: int, budget: int) -> None:
         """Resolve ranges left to right until `limit` rows are resolved or the budget is spent."""
         stack = run.stack
+        if not run.result.isolated and not run.copy_per_node and budget > 1:
+            self._bulk_statement(conn, run, limit)
+            return
         while budget > 0 and (node := stack.next(limit)) is not None:
             budget -= 1
             run.result.savepoints += 1
@@ -284,19 +326,45 @@ class BatchWriter:
                 with conn.transaction():  # SAVEPOINT … RELEASE, or ROLLBACK TO on error
                     self._statement(conn, run, node)
             except psycopg.Error as exc:
-                if classify(exc) is not FailureClass.BAD_DATA or conn.broken:
-                    raise
-                if node.size == 1:
-                    run.db_rejections[node.lo] = self._rejection(run, node, exc)
-                    stack.reject(node)
-                else:
-                    stack.fail(node)
+                self._failed(conn, run, node, exc)
             else:
                 stack.succeed(node)
+
+    def _bulk_statement(self, conn: psycopg.Connection[Any], run: _Run, limit: int) -> None:
+        """Every row in one statement, without a SAVEPOINT; bad data raises _BulkFailed.
+
+        Only before any bad data was seen in this write: the stack then holds one range from the
+        transaction's first row. On failure the range is split (or, one row, rejected) before the
+        whole transaction rolls back, so the next transaction starts bisecting.
+        """
+        stack = run.stack
+        node = stack.next(limit)
+        if node is None:  # pragma: no cover - called only with rows left to write
+            return
+        try:
+            self._statement(conn, run, node)
+        except psycopg.Error as exc:
+            self._failed(conn, run, node, exc)
+            raise _BulkFailed from exc
+        stack.succeed(node)
+
+    def _failed(self, conn: psycopg.Connection[Any], run: _Run, node: Node, exc: psycopg.Error) -> None:
+        """A statement over `node` failed: split it, or reject its one row; re-raise what is not bad data."""
+        if classify(exc) is not FailureClass.BAD_DATA or conn.broken:
+            raise exc
+        if node.size == 1:
+            run.db_rejections[node.lo] = self._rejection(run, node, exc)
+            run.stack.reject(node)
+        else:
+            run.stack.fail(node)
 
     def _statement(self, conn: psycopg.Connection[Any], run: _Run, node: Node) -> None:
         if run.copy_per_node:
             self._copy(conn, run.decoded.rows, node.lo, node.hi)
+        notify = run.on_statement
+        if notify is not None:
+            run.on_statement = None
+            notify()
         counts = conn.execute(self.plan.flush, {"lo": node.lo, "hi": node.hi}).fetchone()
         result = run.result
         result.statements += 1

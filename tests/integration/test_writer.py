@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 import orjson
 import psycopg
 import pytest
 
+from consumer.background import BackgroundWriter
+from consumer.window import Trigger
 from consumer.workload import InvoiceWorkload, WorkloadOptions
 from pipeline.offsets import PositionConflict
 from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
@@ -180,3 +183,71 @@ def test_a_refusing_sink_rolls_everything_back(pipeline: Pipeline, database_url:
         pipeline.write(Batch(batch, {(TOPIC, 0): None}), Refusing())
     assert count(database_url, "SELECT count(*) FROM transactions") == 0
     assert pipeline.stored_positions([(TOPIC, 0)]) == {}
+
+
+def test_a_clean_batch_takes_no_savepoint_and_one_bad_row_is_bisected_in_a_second_transaction(
+    pipeline: Pipeline, database_url: str
+) -> None:
+    clean = records(200, seed=11)
+    statements: list[int] = []
+    result = pipeline.write(Batch(clean, {(TOPIC, 0): None}), Collecting(), on_statement=lambda: statements.append(1))
+    assert (result.savepoints, result.statements, result.transactions, result.isolated) == (0, 1, 1, False)
+    assert statements == [1], "on_statement is called once, before the statement"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # NOT VALID: the clean batch's rows stay; only new rows are checked.
+        conn.execute("ALTER TABLE transactions ADD CONSTRAINT q CHECK (quantity <> 7) NOT VALID")
+    batch = records(300, seed=12, start=200)
+    bad = [r.offset for r in batch if orjson.loads(r.value or b"")["quantity"] == 7]
+    assert len(bad) >= 2, "the seed must give rejected rows"
+    sink = Collecting()
+    statements.clear()
+    commits: list[dict[PartitionId, int]] = []
+    result = pipeline.write(
+        Batch(batch, {(TOPIC, 0): 200}), sink, on_commit=commits.append, on_statement=lambda: statements.append(1)
+    )
+    assert result.isolated and result.savepoints > 0
+    assert result.transactions == len(commits), "the failed first attempt rolled back and is not counted"
+    assert statements == [1], "on_statement is called once per write, bisection or not"
+    assert sorted(r.record.offset for r in sink.delivered) == bad
+    assert {r.sqlstate for r in sink.delivered} == {"23514"}
+    assert pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 500}
+    assert count(database_url, "SELECT count(*) FROM transactions") == 500 - len(bad)
+    assert count(database_url, "SELECT sum(lines) FROM item_sales_daily") == 500 - len(bad)
+
+
+def test_a_single_bad_message_is_rejected_after_its_first_attempt_rolls_back(
+    pipeline: Pipeline, database_url: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE transactions ADD CONSTRAINT q CHECK (quantity <> 7)")
+    lone = next(r for r in records(100, seed=13) if orjson.loads(r.value or b"")["quantity"] == 7)
+    lone = Record(TOPIC, 2, 41, lone.key, lone.value)
+    sink = Collecting()
+    result = pipeline.write(Batch([lone], {(TOPIC, 2): None}), sink)
+    assert [(r.record.offset, r.sqlstate) for r in sink.delivered] == [(41, "23514")]
+    assert (result.inserted, result.transactions, result.isolated) == (0, 1, True)
+    assert pipeline.stored_positions([(TOPIC, 2)]) == {(TOPIC, 2): 42}
+    assert count(database_url, "SELECT count(*) FROM transactions") == 0
+
+
+def test_the_background_writer_signals_the_hand_over_before_the_statement_ends(
+    pipeline: Pipeline, database_url: str
+) -> None:
+    first = records(50, seed=14)
+    pipeline.write(Batch(first, {(TOPIC, 0): None}), Collecting())
+    writer = BackgroundWriter(pipeline, Collecting())
+    with psycopg.connect(database_url) as blocker:
+        # Hold every summary row: the statement of the next write is sent, then waits for these locks.
+        blocker.execute("SELECT * FROM inventory FOR UPDATE").fetchall()
+        second = records(50, seed=15, start=50)
+        writer.submit(Batch(second, {(TOPIC, 0): 50}), pipeline.decode(second), Trigger.RECORDS)
+        started = time.monotonic()
+        writer.wait_for_handover(10.0)
+        assert time.monotonic() - started < 10.0, "the hand-over was signalled, not timed out"
+        assert not writer.finished, "the statement is still waiting for the locks"
+        blocker.rollback()
+    outcome = writer.wait()
+    writer.close()
+    assert outcome is not None and outcome.error is None and outcome.result is not None
+    assert outcome.result.inserted == 50
+    assert pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 100}
