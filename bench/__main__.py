@@ -59,12 +59,15 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return {"correct": False, "runs": runs}
     middle = sorted(ok, key=lambda run: run["events_per_s"])[len(ok) // 2]
-    return {
+    summary = {
         **middle,
         "events_per_s": _median(ok, "events_per_s"),
         "runs_events_per_s": [r["events_per_s"] for r in ok],
         "correct": all(run.get("correct", False) for run in runs),
     }
+    if errors := [run["error"] for run in runs if "error" in run]:
+        summary["errors"] = errors  # a failed repetition says why, in latest.json
+    return summary
 
 
 def run(mode: Mode, out: Path, *, with_quix: bool) -> dict[str, Any]:

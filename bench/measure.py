@@ -15,13 +15,17 @@ from prometheus_client.parser import text_string_to_metric_families
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of `pid` (0 when it is gone)."""
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU seconds of `pid` (0 when it is gone); with `reaped_children`, plus those of
+    its children that exited and were waited for (cutime, cstime)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):  # gone, or exiting (ProcessLookupError) while being read
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICKS
 
 
 def children(pid: int) -> list[int]:
@@ -31,7 +35,7 @@ def children(pid: int) -> list[int]:
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, IndexError):
+            except (OSError, IndexError):  # a backend that exited meanwhile
                 continue
             if int(stat[1]) == pid:
                 found.append(int(entry.name))
@@ -39,8 +43,12 @@ def children(pid: int) -> list[int]:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of `pid` and its children (PostgreSQL: the postmaster and its backends)."""
-    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+    """CPU seconds of `pid` and its children, live or exited (PostgreSQL: the postmaster and its backends).
+
+    A backend whose connection closed before the second reading still counts: the postmaster
+    reaped it, which adds its CPU time to the postmaster's cutime and cstime.
+    """
+    return cpu_seconds(pid, reaped_children=True) + sum(cpu_seconds(child) for child in children(pid))
 
 
 def peak_rss_bytes(pid: int) -> int:

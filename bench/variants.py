@@ -230,9 +230,9 @@ def naive(lab: Lab, dataset: Dataset, *, max_seconds: float) -> Figures:
             seen += 1
             if time.monotonic() - started > max_seconds:
                 break
-    seconds = time.monotonic() - started
-    own = time.process_time() - own_before
-    clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
+        seconds = time.monotonic() - started
+        own = time.process_time() - own_before
+        clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)  # while its backend still runs
     consumer.close()
     cpu = clock_before.per_event_us(clock_after, seen)
     cpu["consumer"] = round(own * 1e6 / max(seen, 1), 2)
