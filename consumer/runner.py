@@ -57,7 +57,9 @@ POLL_INTERVAL_S = 0.1
 HOUSEKEEPING_INTERVAL_S = 2.0
 IDLE_PING_INTERVAL_S = 5.0
 # After submitting a write, the loop waits (at most this long) until the writer has sent its rows and
-# statement before it decodes more: 4 more events/s in 100 (see BackgroundWriter.wait_for_handover).
+# statement before it decodes more (see BackgroundWriter.wait_for_handover). Measured per 5,000-event
+# flush: BEGIN + compare-and-set 2.2 → 0.9 ms, COPY 8.7 → 5.6 ms; the statement, which decoding now
+# overlaps, about 2 ms slower.
 HANDOVER_WAIT_S = 0.1
 
 
