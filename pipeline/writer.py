@@ -15,10 +15,11 @@ The order inside a transaction is the correctness argument; the steps are number
 The first statement of a write runs without a SAVEPOINT: clean batches are the common case, and
 the SAVEPOINT and its RELEASE are two more round trips. If it fails on bad data (SQLSTATE class
 22/23, 54000) the transaction rolls back and the next one bisects: the failing range is split in
-halves, each under its own SAVEPOINT, down to single rows: the leaves are the per-message writes. Savepoints per
-transaction are capped (`max_savepoints`, PostgreSQL caches 64 subtransactions per backend): past
-the cap the resolved prefix is committed and the rest continues in a new transaction; after
-`max_transactions` of those, the remaining rows are written one message per transaction.
+halves, each under its own SAVEPOINT, down to single rows: the leaves are the per-message writes.
+Savepoints per transaction are capped (`max_savepoints`, PostgreSQL caches 64 subtransactions per
+backend): past the cap the resolved prefix is committed and the rest continues in a new
+transaction; after `max_transactions` of those, the remaining rows are written one message per
+transaction.
 Transient and systemic errors are not handled here: the transaction rolls back and they surface
 as `WriteError` for the caller to retry or halt.
 """
@@ -26,7 +27,7 @@ as `WriteError` for the caller to retry or halt.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -262,12 +263,10 @@ class BatchWriter:
         `conn.transaction()` would keep the connection in pipeline mode for the whole block, where
         COPY is not allowed.
         """
+        # libpq older than 14 has no pipeline mode: then the two travel in two round trips.
+        batched = conn.pipeline() if _PIPELINE_SUPPORTED else nullcontext()
         with ExitStack() as transaction:
-            if _PIPELINE_SUPPORTED:
-                with conn.pipeline():
-                    transaction.enter_context(psycopg.Transaction(conn))
-                    check = self.offsets.send_advance(conn, expected, targets)
-            else:  # libpq older than 14: two round trips
+            with batched:
                 transaction.enter_context(psycopg.Transaction(conn))
                 check = self.offsets.send_advance(conn, expected, targets)
             check()
