@@ -5,6 +5,9 @@ BENCHMARKS.md and bench/results/chart.png.
 Variants are interleaved (every repetition runs each once) and medians are reported; every run is
 checked for correctness against the generator's expected totals. PostgreSQL keeps its defaults
 (fsync and synchronous_commit on).
+
+`--export DIR` (the smoke test's) also writes what each dataset's broker acknowledged and what each
+table-writing variant left in its tables, for a check made outside the harness (bench/export.py).
 """
 
 from __future__ import annotations
@@ -70,14 +73,21 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def run(mode: Mode, out: Path, *, with_quix: bool) -> dict[str, Any]:
+def _export_dir(export: Path | None, name: str, repetition: int = 1) -> Path | None:
+    """DIR/<variant> (DIR/<variant>-<n> for repetitions after the first), or None without --export."""
+    if export is None:
+        return None
+    return export / (name if repetition == 1 else f"{name}-{repetition}")
+
+
+def run(mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None) -> dict[str, Any]:
     started = time.monotonic()
-    lab = Lab.start(console)
+    lab = Lab.start(console, export=export)
     try:
         console.print(f"[bold]microbatch benchmark[/] ({mode.name}): preloading {mode.events:,} events")
         main = lab.preload("main", mode.events, seed=7)
         naive_set = lab.preload("naive", min(20_000, mode.events), seed=8)
-        records = variants.memory_records(main, seed=7)
+        records = variants.memory_records(main)
         quix_python = quix_script = None
         quix_set = None
         if with_quix and mode.quix_events:
@@ -96,18 +106,19 @@ def run(mode: Mode, out: Path, *, with_quix: bool) -> dict[str, Any]:
         }
         for repetition in range(1, mode.repetitions + 1):
             console.print(f"repetition {repetition}/{mode.repetitions}")
-            steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-                ("kafka_ceiling", lambda: variants.kafka_ceiling(lab, main, decode=False)),
-                ("kafka_ceiling_decode", lambda: variants.kafka_ceiling(lab, main, decode=True)),
-                ("pg_ceiling", lambda: variants.pg_ceiling(lab, main, records)),
-                ("microbatch", lambda: variants.run_microbatch(lab, main, {}, label="defaults")),
-                ("naive", lambda: variants.naive(lab, naive_set, max_seconds=mode.naive_seconds)),
+            # Each step gets its export directory (None without --export); only table writers use it.
+            steps: list[tuple[str, Callable[[Path | None], dict[str, Any]]]] = [
+                ("kafka_ceiling", lambda _: variants.kafka_ceiling(lab, main, decode=False)),
+                ("kafka_ceiling_decode", lambda _: variants.kafka_ceiling(lab, main, decode=True)),
+                ("pg_ceiling", lambda where: variants.pg_ceiling(lab, main, records, export=where)),
+                ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
+                ("naive", lambda where: variants.naive(lab, naive_set, max_seconds=mode.naive_seconds, export=where)),
             ]
             if quix_python is not None and quix_script is not None and quix_set is not None:
-                steps.append(("quixstreams", lambda: variants.quixstreams(lab, quix_set, quix_python, quix_script)))
+                steps.append(("quixstreams", lambda _: variants.quixstreams(lab, quix_set, quix_python, quix_script)))
             for name, step in steps:
                 try:
-                    figures = step()
+                    figures = step(_export_dir(export, name, repetition))
                 except Exception as exc:
                     figures = {"error": f"{type(exc).__name__}: {exc}"[:800], "correct": False}
                 results[name].append(figures)
@@ -129,7 +140,11 @@ def run(mode: Mode, out: Path, *, with_quix: bool) -> dict[str, Any]:
         for max_records in mode.grid:
             console.print(f"grid: max_records={max_records}")
             grid[f"max_records={max_records}"] = variants.run_microbatch(
-                lab, main, {"MICROBATCH_MAX_RECORDS": str(max_records)}, label=f"grid{max_records}"
+                lab,
+                main,
+                {"MICROBATCH_MAX_RECORDS": str(max_records)},
+                label=f"grid{max_records}",
+                export=_export_dir(export, f"grid-max_records={max_records}"),
             )
         report["grid"] = grid
         console.print("flush cost with 1 rejected row in 10,000")
@@ -162,9 +177,18 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=ROOT / "bench" / "results", help="where latest.json and chart.png go"
     )
     parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer (no venv needed)")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write the datasets' ledgers and each table-writing variant's final tables there (CSV)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = run(MODES[args.mode], args.out, with_quix=not args.no_quix)
+    if args.export is not None:
+        args.export.mkdir(parents=True, exist_ok=True)
+    report = run(MODES[args.mode], args.out, with_quix=not args.no_quix, export=args.export)
     ok = all(v.get("correct", False) for v in report["variants"].values())
     console.print(f"benchmark finished in {report['seconds']:.0f} s; every variant correct: {ok}")
     return 0 if ok else 1

@@ -16,7 +16,8 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from rich.console import Console
 
-from consumer.produce import ensure_topic, produce_workload
+from bench.export import ledger_path
+from consumer.produce import Ledger, ensure_topic, produce_workload
 from consumer.workload import WorkloadOptions
 from devstack.kafka_server import KafkaServer, start_kafka
 from devstack.postgres_server import PostgresServer, start_postgres
@@ -28,10 +29,12 @@ PARTITIONS = 4
 
 @dataclass
 class Dataset:
-    """A preloaded topic and the totals its events must produce."""
+    """A preloaded topic, the generator options that made it, and the totals its events must produce."""
 
+    name: str
     topic: str
     count: int
+    options: WorkloadOptions
     expected: dict[str, Any]
 
 
@@ -42,9 +45,10 @@ class Lab:
     postgres: PostgresServer
     console: Console
     datasets: dict[str, Dataset] = field(default_factory=dict)
+    export: Path | None = None  # --export DIR: ledgers of the preloaded datasets go there
 
     @classmethod
-    def start(cls, console: Console) -> Lab:
+    def start(cls, console: Console, *, export: Path | None = None) -> Lab:
         workdir = Path(tempfile.mkdtemp(prefix="microbatch-bench-", dir="/tmp"))
         workdir.chmod(0o755)
         kafka = start_kafka(workdir / "kafka")
@@ -53,7 +57,7 @@ class Lab:
         except Exception:
             kafka.stop()
             raise
-        return cls(workdir, kafka, postgres, console)
+        return cls(workdir, kafka, postgres, console, export=export)
 
     def stop(self) -> None:
         self.kafka.stop()
@@ -84,20 +88,27 @@ class Lab:
     def preload(
         self, name: str, count: int, *, seed: int, bad_ratio: float = 0.001, duplicate_ratio: float = 0.005
     ) -> Dataset:
-        """Produce `count` invoice events to a new topic (acknowledged) and keep their expected totals."""
+        """Produce `count` invoice events to a new topic (acknowledged) and keep their expected totals;
+        with `export`, also a ledger of every acknowledged message (DIR/<name>.ledger.jsonl)."""
         topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
         ensure_topic(AdminClient({"bootstrap.servers": self.bootstrap}), topic, PARTITIONS)
         expected_file = self.workdir / f"{topic}.expected.json"
         options = WorkloadOptions(count=count, seed=seed, bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio)
-        produce_workload(
-            {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all"},
-            topic,
-            options,
-            partitions=PARTITIONS,
-            expected=expected_file,
-            console=self.console,
-        )
-        dataset = Dataset(topic, count, json.loads(expected_file.read_text()))
+        ledger_file = None
+        if self.export is not None:
+            ledger_file = ledger_path(self.export, name)
+            ledger_file.unlink(missing_ok=True)  # the ledger appends: a rerun into the same DIR starts afresh
+        with Ledger.open(ledger_file) as ledger:
+            produce_workload(
+                {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all"},
+                topic,
+                options,
+                partitions=PARTITIONS,
+                expected=expected_file,
+                on_ack=ledger.record if ledger_file is not None else None,
+                console=self.console,
+            )
+        dataset = Dataset(name, topic, count, options, json.loads(expected_file.read_text()))
         self.datasets[name] = dataset
         return dataset
 

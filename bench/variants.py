@@ -25,9 +25,10 @@ import orjson
 import psycopg
 from confluent_kafka import Consumer
 
-from bench.lab import Dataset, Lab
+from bench.export import export_tables, write_records
+from bench.lab import PARTITIONS, Dataset, Lab
 from bench.measure import CpuClock, histogram_quantiles, peak_rss_bytes, wal_bytes
-from consumer.workload import InvoiceWorkload, WorkloadOptions
+from consumer.workload import InvoiceWorkload
 from devstack.verify import compare_totals
 from pipeline.decode import Decoder
 from pipeline.records import Batch, Record
@@ -98,15 +99,21 @@ def kafka_ceiling(lab: Lab, dataset: Dataset, *, decode: bool) -> Figures:
     }
 
 
-def memory_records(dataset: Dataset, seed: int) -> list[Record]:
-    """The dataset's events regenerated in memory (same seed, same bytes), as Kafka records."""
-    workload = InvoiceWorkload(WorkloadOptions(count=dataset.count, seed=seed, bad_ratio=0.001, duplicate_ratio=0.005))
-    return [Record(dataset.topic, n % 4, n // 4, m.key, m.value) for n, m in enumerate(workload.messages())]
+def memory_records(dataset: Dataset) -> list[Record]:
+    """The dataset's events regenerated in memory (its own generator options: same bytes), as Kafka
+    records with coordinates of their own (message n at partition n mod 4, offset n div 4)."""
+    messages = InvoiceWorkload(dataset.options).messages()
+    return [Record(dataset.topic, n % PARTITIONS, n // PARTITIONS, m.key, m.value) for n, m in enumerate(messages)]
 
 
-def pg_ceiling(lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000) -> Figures:
+def pg_ceiling(
+    lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000, *, export: Path | None = None
+) -> Figures:
     """microbatch's whole write path (CAS, COPY, insert-returning, upserts, COMMIT) from rows decoded and
-    encoded in memory beforehand: the database's limit, with no client work in the timed loop."""
+    encoded in memory beforehand: the database's limit, with no client work in the timed loop.
+
+    `records` must be `memory_records(dataset)`. With `export`, the tables and the records written
+    (their coordinates are not Kafka's) go there once the run is measured."""
     url = lab.fresh_database()
     pipeline = Pipeline(load_pipeline(), url, group="ceiling")
     pipeline.init_tables()
@@ -133,6 +140,9 @@ def pg_ceiling(lab: Lab, dataset: Dataset, records: list[Record], batch_size: in
     cpu = clock_before.per_event_us(clock_after, len(records))
     cpu["consumer"] = round(own * 1e6 / len(records), 2)
     correct = all(check.ok for check in compare_totals(url, dataset.expected))
+    if export is not None:
+        write_records(records, export / "records.jsonl")
+        export_tables(url, export, dataset.name)
     return {
         "events": len(records),
         "seconds": round(seconds, 3),
@@ -180,9 +190,10 @@ def bad_row_cost(lab: Lab, records: list[Record], rounds: int = 5) -> Figures:
     }
 
 
-def naive(lab: Lab, dataset: Dataset, *, max_seconds: float) -> Figures:
+def naive(lab: Lab, dataset: Dataset, *, max_seconds: float, export: Path | None = None) -> Figures:
     """One message at a time: decode, INSERT … ON CONFLICT DO NOTHING RETURNING, two upserts, COMMIT,
-    then a synchronous Kafka commit. Correct, and as slow as the round trips make it."""
+    then a synchronous Kafka commit. Correct, and as slow as the round trips make it. With `export`,
+    its tables go there once the run is measured."""
     url = lab.fresh_database()
     setup = Pipeline(load_pipeline(), url)
     setup.init_tables()
@@ -239,6 +250,8 @@ def naive(lab: Lab, dataset: Dataset, *, max_seconds: float) -> Figures:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*), (SELECT sum(lines) FROM item_sales_daily) FROM transactions").fetchone()
     rows, lines = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+    if export is not None:
+        export_tables(url, export, dataset.name)
     return {
         "events": seen,
         "seconds": round(seconds, 3),
@@ -257,9 +270,16 @@ def _log_time(log: str) -> float | None:
 
 
 def run_microbatch(
-    lab: Lab, dataset: Dataset, env_extra: dict[str, str], *, label: str, timeout: float = 900
+    lab: Lab,
+    dataset: Dataset,
+    env_extra: dict[str, str],
+    *,
+    label: str,
+    timeout: float = 900,
+    export: Path | None = None,
 ) -> Figures:
-    """Drain `dataset` with a real `microbatch run`: events/s from its first poll to its last commit."""
+    """Drain `dataset` with a real `microbatch run`: events/s from its first poll to its last commit.
+    With `export`, its tables go there once the process has stopped."""
     url = lab.fresh_database()
     group = f"mb-{label}-{uuid.uuid4().hex[:6]}"
     pipeline_file = lab.pipeline_file(dataset.topic, group)
@@ -293,13 +313,16 @@ def run_microbatch(
         process.wait(timeout=60)
     seconds = finished_at - started_at
     checks = compare_totals(url, dataset.expected)
+    wal_per_event = round((wal_bytes(url) - wal_before) / dataset.count, 1)
+    if export is not None:
+        export_tables(url, export, dataset.name)
     return {
         "events": dataset.count,
         "seconds": round(seconds, 3),
         "events_per_s": round(dataset.count / seconds),
         "cpu_us_per_event": clock_before.per_event_us(clock_after, dataset.count),
         "peak_rss_bytes": rss,
-        "wal_bytes_per_event": round((wal_bytes(url) - wal_before) / dataset.count, 1),
+        "wal_bytes_per_event": wal_per_event,
         "flush_p50_s": p50,
         "flush_p99_s": p99,
         "correct": all(check.ok for check in checks),

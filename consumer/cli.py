@@ -35,6 +35,7 @@ from consumer.runner import Runner
 from consumer.settings import ConfigError, Settings, load_settings
 from consumer.telemetry import Telemetry
 from consumer.workload import WorkloadOptions
+from pipeline.service import Pipeline
 from pipeline.spec_loader import PipelineFileError, load_pipeline
 from pipeline.writer import WriteError
 
@@ -66,6 +67,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
     pipeline = build_pipeline(settings)
+    try:
+        return _serve(settings, pipeline, stopping, requested=lambda: requested)
+    finally:
+        pipeline.close()  # also when start-up fails: no connection is left to the garbage collector
+
+
+def _serve(settings: Settings, pipeline: Pipeline, stopping: list[Runner], requested: Callable[[], bool]) -> int:
+    """Check the services, serve health and metrics, and run the loop until it is stopped."""
     check_database(settings, pipeline)
     admin = check_kafka(settings, timeout=settings.startup_timeout_s)
     if pipeline.spec.dead_letter_topic:
@@ -81,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ) from None
     runner = build_runner(settings, pipeline, telemetry)
     stopping.append(runner)
-    if requested:
+    if requested():
         runner.stop()
     log.info(
         "consuming %s as group %s into %s (max_records=%d, max_bytes=%d, max_wait_ms=%d)",
@@ -93,7 +102,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return runner.run()
     finally:
         server.stop()
-        pipeline.close()
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
@@ -188,11 +196,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"group {status.group}")
     for column in ("topic", "partition", "stored position", "kafka committed", "high watermark", "lag"):
-        table.add_column(column, justify="left" if column == "topic" else "right")
+        table.add_column(column, justify="left" if column == "topic" else "right", no_wrap=True)
     for p in status.partitions:
         table.add_row(p.topic, str(p.partition), _or_dash(p.stored_position), _or_dash(p.kafka_committed),
                       str(p.high_watermark), str(p.lag))  # fmt: skip
-    console = Console()
+    # Never shorten a topic name to fit 80 columns when the output goes to a pipe or a log: it is
+    # read by grep as much as by people.
+    console = Console() if sys.stdout.isatty() else Console(width=1000)
     console.print(table)
     total = sum(p.lag for p in status.partitions)
     console.print(f"total lag: {total:,} messages")

@@ -6,6 +6,7 @@ run that ends with unacknowledged messages fails loudly instead of writing wrong
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,15 +55,20 @@ class Ledger:
             yield cls(out)
 
     def record(self, message: Message, generated: object) -> None:
+        """One line: the coordinates, the generator's label, and the exact bytes (base64) acknowledged."""
         if self._out is None or not isinstance(generated, GeneratedMessage):
             return
         entry = {
             "topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
             "good": generated.good, "kind": generated.kind, "event_id": generated.event_id,
-            "item": generated.item_id, "quantity": generated.quantity, "price": generated.unit_price,
-            "ts": generated.ts,
+            "key": _b64(generated.key), "value": _b64(generated.value),
+            "headers": [[name, _b64(value)] for name, value in generated.headers],
         }  # fmt: skip
         self._out.write(orjson.dumps(entry) + b"\n")
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
 
 
 def ensure_topic(admin: AdminClient, topic: str, partitions: int, *, timeout: float = 30.0) -> int:
@@ -139,7 +145,7 @@ def produce_workload(
             while True:
                 try:
                     producer.produce(
-                        topic, value=generated.value, key=generated.key,
+                        topic, value=generated.value, key=generated.key, headers=list(generated.headers),
                         on_delivery=_bind(report, generated),
                     )  # fmt: skip
                     break

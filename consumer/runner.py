@@ -102,6 +102,7 @@ class Runner:
         self.assignment = Assignment()
         self.flushes = 0
         self.written = 0
+        self.duplicates = 0  # producer duplicates skipped (the dedupe key was already written)
         self._inflight: list[Record] | None = None  # a closed window not yet (fully) written
         self._trigger = Trigger.RECORDS
         self.flow = FlowControl(
@@ -342,6 +343,7 @@ class Runner:
     def _flushed(self, result: FlushResult, records: list[Record], seconds: float, trigger: Trigger) -> None:
         self.flushes += 1
         self.written += result.inserted
+        self.duplicates += result.duplicates
         self.telemetry.flushed(trigger.value, result, records, seconds, self.pipeline.spec.raw.table)
         if result.isolated:
             log.info(
@@ -496,5 +498,6 @@ class Runner:
             log.error("shutdown deadline passed with %d records unwritten; they will be re-read on restart",
                       len(self._inflight))  # fmt: skip
             return EXIT_UNCLEAN
-        log.info("shut down cleanly: %d flushes, %d rows written", self.flushes, self.written)
+        log.info("shut down cleanly: %d flushes, %d rows written, %d duplicates skipped", self.flushes, self.written,
+                 self.duplicates)  # fmt: skip
         return EXIT_OK

@@ -10,7 +10,7 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -51,6 +51,7 @@ class Message:
     value: bytes
     good: bool
     kind: str
+    headers: tuple[tuple[str, bytes], ...] = ()
     event_id: str | None = None
     item_id: str | None = None
     quantity: int | None = None
@@ -155,6 +156,8 @@ class InvoiceWorkload:
     def __init__(self, options: WorkloadOptions) -> None:
         self.options = options
         self.rng = random.Random(options.seed)  # noqa: S311 - reproducible test data, not secrets
+        # Headers come from a second generator, so that the events of a seed stay what they were.
+        self._header_rng = random.Random(options.seed + 1_000_003)  # noqa: S311 - test data
         self.totals = ExpectedTotals()
         self._sent_good: list[Message] = []
 
@@ -176,7 +179,18 @@ class InvoiceWorkload:
                 if len(self._sent_good) < 10_000:
                     self._sent_good.append(message)
             self.totals.messages += 1
-            yield message
+            yield self._with_headers(message)
+
+    def _with_headers(self, message: Message) -> Message:
+        """Some messages carry headers (a trace id; rarely a forged `dlq.reason` that a dead letter
+        must overwrite): the dead-letter topic must keep the original ones byte for byte."""
+        roll = self._header_rng.random()
+        if roll < 0.5:
+            return message
+        headers: tuple[tuple[str, bytes], ...] = (("trace-id", self._header_rng.randbytes(8)),)
+        if roll > 0.99:
+            headers += (("dlq.reason", b"forged"), ("source", b"\xff\x00binary"))
+        return replace(message, headers=headers)
 
     def _event(self, n: int) -> dict[str, Any]:
         rng, opts = self.rng, self.options

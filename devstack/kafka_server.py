@@ -208,8 +208,8 @@ def start_kafka(workdir: Path, *, port: int | None = None, timeout: float = STAR
             f"{lib}/*",
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            _cluster_id(),
+            # One argument with `=`: an id may start with "-", which argparse would take for an option.
+            f"--cluster-id={_cluster_id()}",
             "-c",
             str(workdir / "server.properties"),
             "--standalone",

@@ -1,18 +1,48 @@
-"""Fixtures of the fault-injection suite; the report is written when MICROBATCH_CHAOS_REPORT_DIR is set."""
+"""Fixtures of the fault-injection suite, and its report: a row per scenario written from the test's
+outcome (all phases), when MICROBATCH_CHAOS_REPORT_DIR is set (`make chaos`)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import CHAOS_ENV, REPORT, Stream
+from tests.support.chaos import CHAOS_ENV, Scenario, Stream
+from tests.support.chaos_report import Report
 from tests.support.consumer_process import ConsumerProcess
 from tests.support.services import KafkaService
 
 StreamFactory = Callable[..., Stream]
+SCENARIO = pytest.StashKey[Scenario]()
+FAILED = pytest.StashKey[bool]()
+SECONDS = pytest.StashKey[float]()
+REPORT = Report()
+
+
+@pytest.fixture
+def scenario(request: pytest.FixtureRequest) -> Scenario:
+    """The figures of this scenario; its name comes from the test's `scenario` marker."""
+    marker = request.node.get_closest_marker("scenario")
+    assert marker is not None, "every chaos test names its scenario with @pytest.mark.scenario(...)"
+    callspec = getattr(request.node, "callspec", None)
+    name = str(marker.args[0]).format(**(callspec.params if callspec else {}))
+    found = Scenario(name)
+    request.node.stash[SCENARIO] = found
+    return found
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    item.stash[FAILED] = item.stash.get(FAILED, False) or report.failed
+    if report.when == "call":
+        item.stash[SECONDS] = report.duration
+    scenario = item.stash.get(SCENARIO, None)
+    if report.when == "teardown" and scenario is not None:
+        REPORT.add(scenario, "failed" if item.stash[FAILED] else "passed", item.stash.get(SECONDS, 0.0))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -30,6 +60,7 @@ def make_stream(
     consumer_factory: Callable[..., ConsumerProcess],
     unique: str,
     tmp_path: Path,
+    scenario: Scenario,
 ) -> Iterator[StreamFactory]:
     """Prepared streams (tables, topic) of this test's own; servers can be swapped for the test's own."""
     made: list[Stream] = []
@@ -42,7 +73,8 @@ def make_stream(
             env["DATABASE_URL"] = database
         stream = Stream(
             name=unique, env=env, pipeline=invoice_pipeline, workdir=tmp_path, bootstrap=bootstrap or kafka.bootstrap,
-            database_url=database or database_url, start_consumer=consumer_factory, partitions=partitions,
+            database_url=database or database_url, start_consumer=consumer_factory, scenario=scenario,
+            partitions=partitions,
         ).prepare()  # fmt: skip
         made.append(stream)
         return stream

@@ -154,8 +154,9 @@ def test_rows_the_database_rejects_are_isolated_in_log_n_statements(
     batch[cursed_index] = (b"cursed", orjson.dumps(cursed), None)
     produce_exact(kafka.bootstrap, f"invoices-{unique}", batch)
 
+    # The preloaded 10,000 close a window by count long before 20 s, however loaded the machine.
     consumer = consumer_factory(
-        {**env, "MICROBATCH_MAX_RECORDS": "10000", "MICROBATCH_MAX_WAIT_MS": "5000"}, invoice_pipeline
+        {**env, "MICROBATCH_MAX_RECORDS": "10000", "MICROBATCH_MAX_WAIT_MS": "20000"}, invoice_pipeline
     )
     wait_until(caught_up(kafka, database_url, unique), timeout=120, what="the consumer to catch up")
 

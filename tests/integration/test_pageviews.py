@@ -56,13 +56,19 @@ def test_pageviews_exact_totals_across_sigkill_restarts(
     ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, PARTITIONS)
     workload = PageViewWorkload(seed=17)
     batches = [workload.messages(6000, bad_every=500, duplicate_every=97) for _ in range(3)]
-
-    consumer = consumer_factory(service_env, pipeline)
     for batch in batches:
         produce_exact(kafka.bootstrap, topic, [(key, value, None) for key, value in batch])
-        wait_until(lambda: _rows(database_url) > 0, timeout=60, what="rows to appear")
+    total = len({e["view_id"] for e in workload.good})
+
+    # Small windows, so that each kill lands in the middle of the stream, at rising row counts.
+    env = {**service_env, "MICROBATCH_MAX_RECORDS": "300"}
+    consumer = consumer_factory(env, pipeline)
+    for threshold in (2000, 7000, 12000):
+        wait_until(lambda: _rows(database_url) >= threshold, timeout=60, what=f"{threshold} rows",  # noqa: B023
+                   interval=0.02)  # fmt: skip
         consumer.kill()  # SIGKILL mid-stream, then a fresh process resumes from PostgreSQL
-        consumer = consumer_factory(service_env, pipeline)
+        assert _rows(database_url) < total, f"the kill at {threshold} rows found the stream already written"
+        consumer = consumer_factory(env, pipeline)
     wait_until(_caught_up(kafka, database_url, unique), timeout=180, what="the consumer to catch up")
     assert consumer.terminate() == 0
 

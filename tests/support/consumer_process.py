@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 MICROBATCH = Path(sys.executable).with_name("microbatch")
+# The consumer's last words on a clean shutdown (consumer/runner.py).
+FINAL_COUNTS = re.compile(r"shut down cleanly: (\d+) flushes, (\d+) rows written, (\d+) duplicates skipped")
+# Any Python warning category in the output (the processes run with PYTHONWARNINGS=error).
+WARNING = re.compile(r"\b[A-Z][A-Za-z]*Warning\b")
 
 
 class ConsumerProcess:
@@ -63,10 +68,22 @@ class ConsumerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def final_counts(self) -> dict[str, int] | None:
+        """The counters of the shutdown line; None when the process did not shut down cleanly."""
+        found = FINAL_COUNTS.search(self.output())
+        if found is None:
+            return None
+        flushes, rows, duplicates = (int(group) for group in found.groups())
+        return {"flushes": flushes, "rows written": rows, "duplicates skipped": duplicates}
+
+    def warnings(self) -> list[str]:
+        """Lines of the output that name a Python warning."""
+        return [line for line in self.output().splitlines() if WARNING.search(line)]
+
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-    """Run a short `microbatch` command and capture its output."""
-    return subprocess.run(
+    """Run a short `microbatch` command and capture its output; a Python warning in it fails the test."""
+    result = subprocess.run(
         [str(MICROBATCH), *args],
         env=env,
         capture_output=True,
@@ -74,3 +91,6 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 300.0) -> subproce
         timeout=timeout,
         check=False,
     )
+    warned = [line for line in (result.stdout + result.stderr).splitlines() if WARNING.search(line)]
+    assert warned == [], f"`microbatch {' '.join(args)}` printed warnings: {warned[:3]}"
+    return result

@@ -94,13 +94,16 @@ def service_env(kafka: KafkaService, database_url: str) -> dict[str, str]:
         # A killed consumer's partitions move after the session timeout: keep it short in tests.
         MICROBATCH_KAFKA_CONFIG=json.dumps({"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}),
         PYTHONUNBUFFERED="1",
+        # A warning in a consumer under test is a failure, as it is inside pytest (filterwarnings = error).
+        PYTHONWARNINGS="error",
     )
     return env
 
 
 @pytest.fixture
 def consumer_factory(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
-    """Start `microbatch run` subprocesses; every one still running at the end is killed."""
+    """Start `microbatch run` subprocesses; every one still running at the end is killed, and the test
+    fails if any of them printed a Python warning."""
     started: list[ConsumerProcess] = []
 
     def start(env: dict[str, str], pipeline: Path, *extra: str) -> ConsumerProcess:
@@ -112,13 +115,14 @@ def consumer_factory(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]
     yield start
     for process in started:
         process.kill()
+    warned = {str(process.log): process.warnings()[:3] for process in started if process.warnings()}
+    assert warned == {}, f"consumers under test printed warnings: {warned}"
 
 
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, so it can be stopped without disturbing others."""
-    if os.environ.get("DATABASE_URL"):
-        pytest.skip("needs a PostgreSQL server of its own to stop and restart; DATABASE_URL is given")
+    """A PostgreSQL server of this test's own (a local process, whatever DATABASE_URL says), so it can be
+    stopped without disturbing others."""
     server, workdir = start_local_postgres()
     try:
         yield server
@@ -128,9 +132,8 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def own_kafka() -> Iterator[KafkaServer]:
-    """A Kafka broker of this test's own, so it can be restarted without disturbing others."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        pytest.skip("needs a broker of its own to restart; KAFKA_BOOTSTRAP_SERVERS is given")
+    """A Kafka broker of this test's own (a local process, whatever KAFKA_BOOTSTRAP_SERVERS says), so it
+    can be restarted without disturbing others."""
     workdir = Path(tempfile.mkdtemp(prefix="microbatch-own-kafka-", dir="/tmp"))
     server = start_kafka(workdir)
     try:

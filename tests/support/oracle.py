@@ -1,19 +1,29 @@
-"""The oracle of RELIABILITY.md: checks I1-I4 from the producer's ledger, the tables and the dead letters.
+"""The oracle: checks I1-I4 from the producer's ledger, the tables and the dead-letter topic.
 
-The ledger lists every message the broker acknowledged (topic, partition, offset, event id, good or
-bad, and the values that feed the summaries). After the fault ends and the consumer caught up:
-  I1 no loss: every good event is in the raw table; every bad message is in the dead-letter topic;
-  I2 no duplicates: no event id twice in the raw table; no good message in the dead-letter topic;
-  I3 exact aggregates: every summary row equals the sum over the good ledger events;
+The ledger lists every message the broker acknowledged: its coordinates, the generator's label
+and its exact key, value and headers. The oracle judges each message itself from those bytes
+(`tests.support.invoice_rules`, not product code), then, after the consumer caught up:
+
+  I1 no loss: every good event is in the raw table; every bad message is in the dead-letter
+     topic at least once;
+  I2 no duplicates: every raw row is explained by exactly one good ledger entry, with the same
+     payload; no good message is dead-lettered; dead-letter copies beyond the first are counted
+     as their own figure (the contract allows "twice, never zero" only when the dead-letter path
+     itself failed: `dead_letter_copies_allowed`);
+  I3 exact aggregates: every summary row equals the sum over the good events, computed here;
   I4 positions: every stored position equals its partition's high watermark.
-(I5, recovery time, is measured by each scenario.)
+Every dead letter must carry the reason its message must get, and the original key, value and
+headers byte for byte (for a value dead-lettered without it: its size and sha256 headers).
+(I5, recovery, is measured by the scenario: tests.support.chaos.)
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,9 +31,21 @@ from typing import Any
 import orjson
 import psycopg
 
-from devstack.verify import high_watermarks, read_topic, stored_positions
+from devstack.verify import Read, high_watermarks, read_topic, stored_positions
+from tests.support.invoice_rules import DEFAULT_MAX_MESSAGE_BYTES, Invoice, check_kind, judge, same_row, totals
 
 Entry = dict[str, Any]
+Coordinates = tuple[str, int, int]
+
+# The headers a dead letter sets itself (any incoming header of the same name is replaced).
+DEAD_LETTER_HEADERS = frozenset(
+    {
+        "dlq.original.topic", "dlq.original.partition", "dlq.original.offset", "dlq.reason", "dlq.error.class",
+        "dlq.error.message", "dlq.error.sqlstate", "dlq.consumer.group", "dlq.failed_at", "dlq.attempts",
+        "dlq.value.omitted", "dlq.value.bytes", "dlq.value.sha256", "dlq.key.omitted", "dlq.key.bytes",
+        "dlq.key.sha256", "dlq.headers.omitted",
+    }
+)  # fmt: skip
 
 
 def read_ledger(paths: Iterable[Path]) -> list[Entry]:
@@ -32,6 +54,15 @@ def read_ledger(paths: Iterable[Path]) -> list[Entry]:
         if path.exists():
             entries += [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
     return entries
+
+
+def entry_bytes(entry: Entry, name: str) -> bytes | None:
+    text = entry.get(name)
+    return None if text is None else base64.b64decode(text)
+
+
+def entry_headers(entry: Entry) -> list[tuple[str, bytes | None]]:
+    return [(name, None if value is None else base64.b64decode(value)) for name, value in entry.get("headers", [])]
 
 
 @dataclass
@@ -43,14 +74,70 @@ class Verdict:
     bad: int = 0
     lost: int = 0
     duplicated: int = 0
+    row_mismatches: int = 0
     aggregate_mismatches: int = 0
     positions_ok: bool = True
     dead_letters: int = 0
+    dead_letter_duplicates: int = 0
+    dead_letter_mismatches: int = 0
+    dead_letters_missing: int = 0
+    label_mismatches: int = 0
+    most_copies: int = 0
+    copies_allowed: int = 1
+    ledger_duplicates: int = 0
     details: list[str] = field(default_factory=list)
 
     @property
+    def dead_letters_exact(self) -> bool:
+        return self.dead_letter_mismatches == 0 and self.most_copies <= self.copies_allowed
+
+    @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0 and self.aggregate_mismatches == 0 and self.positions_ok
+        return (
+            self.lost == 0
+            and self.duplicated == 0
+            and self.row_mismatches == 0
+            and self.aggregate_mismatches == 0
+            and self.label_mismatches == 0
+            and self.positions_ok
+            and self.dead_letters_exact
+            and self.dead_letters == self.bad + self.dead_letter_duplicates
+        )
+
+
+@dataclass
+class _Judged:
+    """The ledger, judged: good invoices by event id, and what each bad message must become."""
+
+    invoices: dict[str, Invoice] = field(default_factory=dict)  # event id → the invoice (first copy)
+    good_at: dict[Coordinates, Invoice] = field(default_factory=dict)
+    bad_at: dict[Coordinates, tuple[str, Entry]] = field(default_factory=dict)  # → (reason, entry)
+    copies: int = 0  # good messages in all, duplicates included
+
+
+def _judge(
+    ledger: list[Entry], verdict: Verdict, max_message_bytes: int, rejected_by_database: Callable[[Invoice], bool]
+) -> _Judged:
+    judged = _Judged()
+    for entry in ledger:
+        value = entry_bytes(entry, "value")
+        judgement = judge(value, max_message_bytes=max_message_bytes)
+        complaint = check_kind(entry["kind"], judgement, value, max_message_bytes)
+        if complaint is not None:
+            verdict.label_mismatches += 1
+            if verdict.label_mismatches <= 3:
+                verdict.details.append(f"label: {entry['topic']}[{entry['partition']}]@{entry['offset']}: {complaint}")
+        coordinates = (entry["topic"], entry["partition"], entry["offset"])
+        invoice = judgement.invoice
+        if invoice is not None and rejected_by_database(invoice):
+            judged.bad_at[coordinates] = ("db_rejected", entry)
+        elif invoice is not None:
+            judged.copies += 1
+            judged.invoices.setdefault(str(invoice.event_id), invoice)
+            judged.good_at[coordinates] = invoice
+        else:
+            judged.bad_at[coordinates] = (judgement.reason or "?", entry)
+    return judged
 
 
 def check(
@@ -62,24 +149,28 @@ def check(
     group: str,
     partitions: int,
     *,
-    rejected_by_database: Callable[[Entry], bool] = lambda entry: False,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    rejected_by_database: Callable[[Invoice], bool] = lambda invoice: False,
+    dead_letter_copies_allowed: int = 1,
 ) -> Verdict:
-    """Apply I1-I4. `rejected_by_database` marks good-looking events a table constraint refuses."""
-    verdict = Verdict(events=len(ledger))
-    good: dict[str, Entry] = {}
-    bad_coordinates: set[tuple[int, int]] = set()
-    good_coordinates: set[tuple[int, int]] = set()
-    for entry in ledger:
-        coordinates = (entry["partition"], entry["offset"])
-        if entry["good"] and not rejected_by_database(entry):
-            good.setdefault(entry["event_id"], entry)
-            good_coordinates.add(coordinates)
-        else:
-            bad_coordinates.add(coordinates)
-    verdict.good, verdict.bad = len(good), len(bad_coordinates)
+    """Apply I1-I4 and the exact dead-letter check to one stream of invoice events."""
+    verdict = Verdict(events=len(ledger), copies_allowed=dead_letter_copies_allowed)
+    judged = _judge(ledger, verdict, max_message_bytes, rejected_by_database)
+    verdict.good, verdict.bad = len(judged.invoices), len(judged.bad_at)
+    verdict.ledger_duplicates = judged.copies - len(judged.invoices)
+    _check_rows(verdict, judged, database_url)
+    _check_dead_letters(verdict, judged, read_topic(bootstrap, dead_letter_topic, timeout=120), topic)
+    _check_positions(verdict, database_url, bootstrap, topic, group, partitions)
+    return verdict
 
+
+def _check_rows(verdict: Verdict, judged: _Judged, database_url: str) -> None:
+    """I1 for good events, I2 for rows, I3 for the summaries."""
     with psycopg.connect(database_url) as conn:
-        ids = [str(row[0]) for row in conn.execute("SELECT event_id FROM transactions").fetchall()]
+        rows = conn.execute(
+            "SELECT event_id, invoice_id, user_id, item_id, quantity, unit_price, occurred_at, "
+            "kafka_topic, kafka_partition, kafka_offset FROM transactions"
+        ).fetchall()
         inventory = {
             str(r[0]): (int(r[1]), r[2]) for r in conn.execute("SELECT item_id, quantity, last_event_at FROM inventory")
         }
@@ -87,65 +178,116 @@ def check(
             (str(r[0]), r[1].isoformat()): (int(r[2]), Decimal(r[3]), int(r[4]))
             for r in conn.execute("SELECT item_id, day, units, revenue, lines FROM item_sales_daily")
         }
-    written = set(ids)
-    missing = set(good) - written
+    written: Counter[str] = Counter()
+    unexplained: list[str] = []
+    for row in rows:
+        coordinates = (str(row[7]), int(row[8]), int(row[9]))
+        invoice = judged.good_at.get(coordinates)
+        written[str(row[0])] += 1
+        if invoice is None:
+            unexplained.append(f"row at {coordinates} matches no good ledger message")
+        elif not same_row(invoice, tuple(row[:7])):
+            verdict.row_mismatches += 1
+            unexplained.append(f"row at {coordinates} differs from its message: {row[:7]}")
+    twice = sum(count - 1 for count in written.values())
+    verdict.duplicated += twice + sum(1 for line in unexplained if "matches no" in line)
+    if twice:
+        verdict.details.append(f"I2: {twice} event ids written more than once")
+    if unexplained:
+        verdict.details.append(f"I2: {len(unexplained)} rows not explained exactly, e.g. {unexplained[:3]}")
+    missing = {event_id: invoice for event_id, invoice in judged.invoices.items() if event_id not in written}
     verdict.lost += len(missing)
-    verdict.duplicated += (len(ids) - len(written)) + len(written - set(good))
     if missing:
-        where: dict[int, list[int]] = {}
-        for event_id in missing:
-            where.setdefault(good[event_id]["partition"], []).append(good[event_id]["offset"])
-        spans = {p: (min(o), max(o), len(o)) for p, o in sorted(where.items())}
-        verdict.details.append(
-            f"I1: {len(missing)} good events not written; per partition (first, last, count): {spans}"
-        )
-    if written - set(good):
-        verdict.details.append(f"I2: {len(written - set(good))} rows that no good ledger event explains")
-
-    dead = read_topic(bootstrap, dead_letter_topic, timeout=120)
-    verdict.dead_letters = len(dead)
-    dead_coordinates = {
-        (int(d.headers["dlq.original.partition"]), int(d.headers["dlq.original.offset"]))
-        for d in dead
-        if d.headers.get("dlq.original.topic") == topic
-    }
-    not_dead = bad_coordinates - dead_coordinates
-    verdict.lost += len(not_dead)
-    if not_dead:
-        verdict.details.append(f"I1: {len(not_dead)} bad messages not dead-lettered, e.g. {sorted(not_dead)[:3]}")
-    wrongly_dead = dead_coordinates & good_coordinates
-    verdict.duplicated += len(wrongly_dead)
-    if wrongly_dead:
-        verdict.details.append(f"I2: {len(wrongly_dead)} good messages in the dead-letter topic")
-
-    want_inventory, want_daily = _expected(good.values())
-    mismatched = _differences(inventory, want_inventory) + _differences(daily, want_daily)
+        where = sorted(c for c, inv in judged.good_at.items() if str(inv.event_id) in missing)
+        verdict.details.append(f"I1: {len(missing)} good events not written, e.g. at {where[:5]}")
+    want = totals(judged.invoices.values())
+    mismatched = _differences(inventory, want.inventory) + _differences(daily, want.daily)
     verdict.aggregate_mismatches = len(mismatched)
     if mismatched:
         verdict.details.append(f"I3: {len(mismatched)} summary rows differ, e.g. {mismatched[:3]}")
 
+
+def _check_dead_letters(verdict: Verdict, judged: _Judged, letters: list[Read], topic: str) -> None:
+    """Every bad message dead-lettered at least once, exactly as it came, with the right reason."""
+    verdict.dead_letters = len(letters)
+    copies: Counter[Coordinates] = Counter()
+    problems: list[str] = []
+    for letter in letters:
+        headers = letter.headers
+        try:
+            coordinates = (
+                headers["dlq.original.topic"],
+                int(headers["dlq.original.partition"]),
+                int(headers["dlq.original.offset"]),
+            )
+        except (KeyError, ValueError):
+            problems.append(f"dead letter at offset {letter.offset} without its original coordinates")
+            continue
+        if coordinates[0] != topic:
+            problems.append(f"a dead letter of another topic: {coordinates}")
+            continue
+        copies[coordinates] += 1
+        if coordinates in judged.good_at:
+            verdict.duplicated += 1
+            verdict.details.append(f"I2: good message {coordinates} dead-lettered ({headers.get('dlq.reason')})")
+            continue
+        found = judged.bad_at.get(coordinates)
+        if found is None:
+            problems.append(f"dead letter of {coordinates}, which the ledger does not hold")
+            continue
+        reason, entry = found
+        problems += [f"{coordinates}: {p}" for p in _letter_differences(letter, reason, entry)]
+    verdict.dead_letter_mismatches = len(problems)
+    verdict.dead_letter_duplicates = sum(count - 1 for count in copies.values())
+    verdict.most_copies = max(copies.values(), default=0)
+    if problems:
+        verdict.details.append(f"DLQ: {len(problems)} dead letters not as they must be, e.g. {problems[:3]}")
+    not_dead = sorted(c for c in judged.bad_at if copies[c] == 0)
+    verdict.lost += len(not_dead)
+    verdict.dead_letters_missing = len(not_dead)
+    if not_dead:
+        verdict.details.append(f"I1: {len(not_dead)} bad messages not dead-lettered, e.g. {not_dead[:3]}")
+    if verdict.most_copies > verdict.copies_allowed:
+        verdict.details.append(
+            f"DLQ: {verdict.dead_letter_duplicates} extra copies, up to {verdict.most_copies} of one message "
+            f"(allowed: {verdict.copies_allowed})"
+        )
+
+
+def _letter_differences(letter: Read, reason: str, entry: Entry) -> list[str]:
+    headers = letter.headers
+    found: list[str] = []
+    if headers.get("dlq.reason") != reason:
+        found.append(f"reason {headers.get('dlq.reason')}, must be {reason}")
+    key, value = entry_bytes(entry, "key"), entry_bytes(entry, "value")
+    if letter.key != key:
+        found.append("key differs from the original")
+    if headers.get("dlq.value.omitted") == "true":
+        original = value or b""
+        if letter.value not in (None, b""):
+            found.append("value omitted but present")
+        if headers.get("dlq.value.bytes") != str(len(original)):
+            found.append(f"dlq.value.bytes {headers.get('dlq.value.bytes')} != {len(original)}")
+        if headers.get("dlq.value.sha256") != hashlib.sha256(original).hexdigest():
+            found.append("dlq.value.sha256 differs from the original's")
+    elif (letter.value or b"") != (value or b""):
+        found.append("value differs from the original")
+    kept = [(name, raw) for name, raw in letter.raw_headers if name not in DEAD_LETTER_HEADERS]
+    original_headers = [(name, raw) for name, raw in entry_headers(entry) if name not in DEAD_LETTER_HEADERS]
+    if kept != original_headers:
+        found.append(f"original headers {original_headers} came back as {kept}")
+    return found
+
+
+def _check_positions(
+    verdict: Verdict, database_url: str, bootstrap: str, topic: str, group: str, partitions: int
+) -> None:
     stored = stored_positions(database_url, group)
     high = high_watermarks(bootstrap, topic, partitions)
     behind = {pid: (stored.get(pid, 0), mark) for pid, mark in high.items() if mark > 0 and stored.get(pid, 0) != mark}
     verdict.positions_ok = not behind
     if behind:
         verdict.details.append(f"I4: stored positions differ from high watermarks: {behind}")
-    return verdict
-
-
-def _expected(events: Iterable[Entry]) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
-    inventory: dict[str, Any] = {}
-    daily: dict[tuple[str, str], Any] = {}
-    for event in events:
-        moment = datetime.fromisoformat(event["ts"])
-        quantity, price = int(event["quantity"]), Decimal(event["price"])
-        item = event["item"]
-        qty, last = inventory.get(item, (0, moment))
-        inventory[item] = (qty + quantity, max(last, moment))
-        key = (item, moment.astimezone(UTC).date().isoformat())
-        units, revenue, lines = daily.get(key, (0, Decimal(0), 0))
-        daily[key] = (units + quantity, revenue + quantity * price, lines + 1)
-    return inventory, daily
 
 
 def _differences(actual: dict[Any, Any], expected: dict[Any, Any]) -> list[str]:

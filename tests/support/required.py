@@ -1,0 +1,91 @@
+"""A pytest plugin: with MICROBATCH_REQUIRE_INTEGRATION=1 (`make test`), the tests that talk to real
+servers may not skip, except those on an explicit allow-list, whose reasons are printed.
+
+A green required run must prove that real Kafka and PostgreSQL were exercised: at least one
+integration test passed, and no integration, chaos or bench test skipped without being allowed to.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import pytest
+
+REQUIRED_ENV = "MICROBATCH_REQUIRE_INTEGRATION"
+SERVER_MARKERS = ("integration", "chaos", "bench")
+
+# node id → why it may skip. Every entry is a capability the machine may genuinely lack.
+ALLOWED_SKIPS: dict[str, str] = {
+    "tests/integration/test_services.py::test_testcontainers_path_when_a_docker_daemon_answers": (
+        "needs a container engine answering the Docker API; without one the local-process path is used"
+    ),
+}
+
+
+@dataclass
+class _Tally:
+    passed: int = 0
+    allowed: list[tuple[str, str]] = field(default_factory=list)  # (node id, allow-list reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (node id, skip reason)
+
+
+_tally = _Tally()
+
+
+def required() -> bool:
+    return os.environ.get(REQUIRED_ENV) == "1"
+
+
+def _talks_to_servers(report: pytest.TestReport) -> bool:
+    return any(marker in report.keywords for marker in SERVER_MARKERS)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _tally  # noqa: PLW0603 - one tally per session; the logreport hook is given no config
+    _tally = _Tally()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not _talks_to_servers(report):
+        return
+    tally = _tally
+    if report.when == "call" and report.passed:
+        tally.passed += 1
+    elif report.skipped:
+        node = report.nodeid.split("[", 1)[0]
+        if node in ALLOWED_SKIPS:
+            tally.allowed.append((report.nodeid, ALLOWED_SKIPS[node]))
+        else:
+            tally.refused.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    tally = _tally
+    if required() and exitstatus == 0 and (tally.passed == 0 or tally.refused):
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    tally = _tally
+    terminalreporter.section("tests against real servers")
+    terminalreporter.write_line(f"integration tests passed against real services: {tally.passed}")
+    terminalreporter.write_line(
+        f"skip allow-list ({len(ALLOWED_SKIPS)} entr{'y' if len(ALLOWED_SKIPS) == 1 else 'ies'}); skipped here: "
+        f"{len(tally.allowed)}"
+    )
+    for node, reason in tally.allowed:
+        terminalreporter.write_line(f"  allowed skip: {node}: {reason}")
+    if not required():
+        return
+    if tally.passed == 0:
+        terminalreporter.write_line("FAILED: no integration test passed against real Kafka and PostgreSQL", red=True)
+    for node, reason in tally.refused:
+        terminalreporter.write_line(f"FAILED: {node} skipped ({reason}) and is not on the allow-list", red=True)
