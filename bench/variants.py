@@ -31,9 +31,10 @@ from bench.measure import CpuClock, histogram_quantiles, peak_rss_bytes, wal_byt
 from consumer.workload import InvoiceWorkload
 from devstack.verify import compare_totals
 from pipeline.decode import Decoder
+from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record
-from pipeline.service import Pipeline
 from pipeline.spec_loader import load_pipeline
+from pipeline.target import Target
 
 Figures = dict[str, Any]
 MICROBATCH = Path(sys.executable).with_name("microbatch")
@@ -115,28 +116,29 @@ def pg_ceiling(
     `records` must be `memory_records(dataset)`. With `export`, the tables and the records written
     (their coordinates are not Kafka's) go there once the run is measured."""
     url = lab.fresh_database()
-    pipeline = Pipeline(load_pipeline(), url, group="ceiling")
-    pipeline.init_tables()
+    target = Target(load_pipeline(), url, group="ceiling")
+    target.init_tables()
+    preparer = Preparer(target.spec, url)
     batches = []
     positions: dict[tuple[str, int], int | None] = {}
     for start in range(0, len(records), batch_size):
         chunk = sorted(records[start : start + batch_size], key=lambda r: (r.partition, r.offset))
-        expected = {r.partition_id: positions.get(r.partition_id) for r in chunk}
-        batch = Batch(chunk, expected)
-        positions.update(batch.positions)
-        batches.append((batch, pipeline.prepare(chunk)))  # rows and COPY bytes ready: only database work is timed
+        batch = Batch(chunk, {r.partition_id: positions.get(r.partition_id) for r in chunk})
+        positions.update(batch.to_positions)
+        batches.append((batch, preparer.prepare(chunk)))  # rows and COPY bytes ready: only database work is timed
+    preparer.close()
     wal_before = wal_bytes(url)
     clock_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
     own_before = time.process_time()
     started = time.monotonic()
     sink = NoSink()
     for batch, decoded in batches:
-        pipeline.write(batch, sink, decoded=decoded)
+        target.write(batch, decoded, sink)
     seconds = time.monotonic() - started
     own = time.process_time() - own_before
     clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
     wal = wal_bytes(url) - wal_before
-    pipeline.close()
+    target.close()
     cpu = clock_before.per_event_us(clock_after, len(records))
     cpu["consumer"] = round(own * 1e6 / len(records), 2)
     correct = all(check.ok for check in compare_totals(url, dataset.expected))
@@ -156,8 +158,8 @@ def pg_ceiling(
 def bad_row_cost(lab: Lab, records: list[Record], rounds: int = 5) -> Figures:
     """A 10,000-row flush with 1 row the database rejects, against a clean one (median of `rounds`)."""
     url = lab.fresh_database()
-    pipeline = Pipeline(load_pipeline(), url, group="badrow")
-    pipeline.init_tables()
+    target = Target(load_pipeline(), url, group="badrow")
+    target.init_tables()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER TABLE transactions ADD CONSTRAINT no_cursed CHECK (item_id <> 'item-cursed')")
     decoder = Decoder(load_pipeline())
@@ -175,11 +177,11 @@ def bad_row_cost(lab: Lab, records: list[Record], rounds: int = 5) -> Figures:
             row = list(decoded.rows[len(decoded.rows) // 3])
             row[4] = "item-cursed"  # a row only the database refuses
             decoded.rows[len(decoded.rows) // 3] = tuple(row)
-        stored = pipeline.stored_positions([("badrow", 0)]).get(("badrow", 0))
+        stored = target.stored_positions([("badrow", 0)]).get(("badrow", 0))
         started = time.monotonic()
-        result = pipeline.write(Batch(chunk, {("badrow", 0): stored}), NoSink(), decoded=decoded)
+        result = target.write(Batch(chunk, {("badrow", 0): stored}), decoded, NoSink())
         (dirty if n % 2 else clean).append((time.monotonic() - started, result.statements))
-    pipeline.close()
+    target.close()
     clean_s = sorted(s for s, _ in clean)[len(clean) // 2]
     dirty_s = sorted(s for s, _ in dirty)[len(dirty) // 2]
     return {
@@ -195,7 +197,7 @@ def naive(lab: Lab, dataset: Dataset, *, max_seconds: float, export: Path | None
     then a synchronous Kafka commit. Correct, and as slow as the round trips make it. With `export`,
     its tables go there once the run is measured."""
     url = lab.fresh_database()
-    setup = Pipeline(load_pipeline(), url)
+    setup = Target(load_pipeline(), url)
     setup.init_tables()
     setup.close()
     decoder = Decoder(load_pipeline())

@@ -18,17 +18,18 @@ from consumer import __version__
 from consumer.breaker import BreakerPolicy, DeadLetterBreaker
 from consumer.deadletter import DeadLetterProducer, GuardedSink, HaltOnReject
 from consumer.kafka_config import consumer_config, producer_config
+from consumer.loop import LoopOptions, RunLoop
 from consumer.metrics import Metrics
-from consumer.runner import LoopOptions, Runner
 from consumer.settings import Settings
 from consumer.telemetry import Telemetry
 from consumer.window import WindowPolicy
 from pipeline.database import SessionSettings, describe_target
-from pipeline.errors import FailureClass
-from pipeline.service import Pipeline
+from pipeline.errors import DatabaseFailure, FailureClass
+from pipeline.prepare import Preparer
+from pipeline.rejects import RejectSink
 from pipeline.spec import PipelineSpec
 from pipeline.spec_loader import load_pipeline
-from pipeline.writer import RejectSink, WriteError
+from pipeline.target import Target
 
 log = logging.getLogger("microbatch")
 
@@ -37,7 +38,7 @@ class StartupError(Exception):
     """The consumer cannot start; str() says what is wrong and what to do."""
 
 
-def build_pipeline(settings: Settings, spec: PipelineSpec | None = None) -> Pipeline:
+def build_target(settings: Settings, spec: PipelineSpec | None = None) -> Target:
     """The database side of the configured pipeline (no connection is opened yet)."""
     spec = spec or load_pipeline(settings.pipeline)
     session = SessionSettings(
@@ -45,19 +46,24 @@ def build_pipeline(settings: Settings, spec: PipelineSpec | None = None) -> Pipe
         lock_timeout_ms=settings.lock_timeout_ms,
         idle_in_transaction_ms=settings.idle_in_transaction_timeout_ms,
     )
-    return Pipeline(
+    return Target(
         spec,
         settings.database_url.get_secret_value(),
         group=settings.group_id,
         offsets_table=settings.offsets_table,
         session=session,
-        max_message_bytes=settings.max_message_bytes,
         max_savepoints=settings.max_savepoints,
         max_transactions=settings.max_bisect_transactions,
     )
 
 
-def database_error(settings: Settings, error: WriteError) -> StartupError:
+def build_preparer(settings: Settings, target: Target) -> Preparer:
+    """The loop thread's half of the pipeline: decode, validate, encode (its encoder borrows adapters
+    from a connection of its own to the same database)."""
+    return Preparer(target.spec, settings.database_url.get_secret_value(), max_message_bytes=settings.max_message_bytes)
+
+
+def database_error(settings: Settings, error: DatabaseFailure) -> StartupError:
     """A user-facing message for a database failure at start (no DSN, no password)."""
     target = describe_target(settings.database_url.get_secret_value())
     if error.failure is FailureClass.TRANSIENT or error.sqlstate in {"3D000", "28000", "28P01"}:
@@ -73,16 +79,16 @@ def database_error(settings: Settings, error: WriteError) -> StartupError:
     return StartupError(f"PostgreSQL at {target} failed: {error} (SQLSTATE {error.sqlstate})")
 
 
-def check_database(settings: Settings, pipeline: Pipeline) -> None:
+def check_database(settings: Settings, target: Target) -> None:
     """Raise StartupError unless the database is reachable and its tables match the pipeline."""
     try:
-        mismatches = pipeline.verify_tables()
-    except WriteError as error:
+        mismatches = target.verify_tables()
+    except DatabaseFailure as error:
         raise database_error(settings, error) from None
     if mismatches:
         listing = "\n".join(f"  - {m}" for m in mismatches)
         raise StartupError(
-            f"the database does not match pipeline {pipeline.spec.name!r}:\n{listing}\n"
+            f"the database does not match pipeline {target.spec.name!r}:\n{listing}\n"
             "Run `microbatch init-db` to create missing tables (it never alters or drops existing ones)."
         )
 
@@ -131,9 +137,9 @@ def ensure_dead_letter_topic(admin: AdminClient, topic: str, timeout: float = 30
     log.info("created dead-letter topic %s", topic)
 
 
-def build_sink(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> RejectSink:
+def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSink:
     """The dead-letter producer behind the circuit breaker, or HaltOnReject without a topic."""
-    topic = pipeline.spec.dead_letter_topic
+    topic = target.spec.dead_letter_topic
     breaker = DeadLetterBreaker(
         BreakerPolicy(
             max_ratio=settings.breaker_max_ratio,
@@ -151,22 +157,20 @@ def build_sink(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> Reje
     producer = DeadLetterProducer(
         Producer(producer_settings),
         topic,
-        pipeline.group,
+        target.group,
         timeout_s=settings.dead_letter_timeout_s,
         on_delivered=lambda rejection: metrics.dead_letters.labels(rejection.reason.value).inc(),
     )
     return GuardedSink(producer, breaker)
 
 
-def build_runner(
-    settings: Settings, pipeline: Pipeline, telemetry: Telemetry, sink: RejectSink | None = None
-) -> Runner:
-    """The run loop over a real Kafka consumer for `pipeline`."""
-    config = consumer_config(settings, pipeline.group)
+def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: RejectSink | None = None) -> RunLoop:
+    """The run loop over a real Kafka consumer for the pipeline of `target`."""
+    config = consumer_config(settings, target.group)
     config["logger"] = logging.getLogger("librdkafka")  # type: ignore[assignment]
     kafka = Consumer(config)
     options = LoopOptions(
-        topics=pipeline.spec.topics,
+        topics=target.spec.topics,
         policy=WindowPolicy(settings.max_records, settings.max_bytes, settings.max_wait_s),
         consume_batch=settings.consume_batch,
         auto_offset_reset=settings.auto_offset_reset,
@@ -178,10 +182,12 @@ def build_runner(
         overlap_writes=settings.overlap_writes,
     )
     metrics = telemetry.metrics
-    metrics.tables([pipeline.spec.raw.table, *(s.table for s in pipeline.spec.summaries)])
-    metrics.topics(pipeline.spec.topics)
+    spec = target.spec
+    metrics.tables([spec.raw.table, *(s.table for s in spec.summaries)])
+    metrics.topics(spec.topics)
     metrics.build_info.info(
         {"version": __version__, "librdkafka": libversion()[0], "confluent_kafka": metadata.version("confluent-kafka"),
-         "psycopg": pipeline.driver_version(), "pipeline": pipeline.spec.name}
+         "psycopg": target.driver_version(), "pipeline": spec.name}
     )  # fmt: skip
-    return Runner(kafka, pipeline, sink or build_sink(settings, pipeline, metrics), options, telemetry=telemetry)
+    sink = sink or build_sink(settings, target, metrics)
+    return RunLoop(kafka, build_preparer(settings, target), target, sink, options, telemetry=telemetry)

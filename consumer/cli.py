@@ -17,8 +17,8 @@ from rich.table import Table
 
 from consumer.app import (
     StartupError,
-    build_pipeline,
-    build_runner,
+    build_loop,
+    build_target,
     check_database,
     check_kafka,
     database_error,
@@ -27,17 +27,17 @@ from consumer.app import (
 from consumer.health import Health, HealthServer
 from consumer.kafka_config import check_passthrough, consumer_config, producer_config
 from consumer.logs import setup_logging
+from consumer.loop import RunLoop
 from consumer.metrics import REASONS, Metrics
 from consumer.operations import check_config, collect_status
 from consumer.produce import Ledger, ProduceError, produce_workload
 from consumer.replay import ReplayError, ReplayFilter, replay
-from consumer.runner import Runner
 from consumer.settings import ConfigError, Settings, load_settings
 from consumer.telemetry import Telemetry
 from consumer.workload import WorkloadOptions
-from pipeline.service import Pipeline
+from pipeline.errors import DatabaseFailure
 from pipeline.spec_loader import PipelineFileError, load_pipeline
-from pipeline.writer import WriteError
+from pipeline.target import Target
 
 EXIT_USAGE = 2
 log = logging.getLogger("microbatch")
@@ -52,33 +52,33 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the consumer until SIGTERM/SIGINT."""
     # Signals first: a SIGTERM during start-up ends the process cleanly instead of killing it.
-    stopping: list[Runner] = []
+    stopping: list[RunLoop] = []
     requested = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal requested
         requested = True
         log.info("received %s: finishing the current window, then leaving", signal.Signals(signum).name)
-        for runner in stopping:
-            runner.stop()
+        for loop in stopping:
+            loop.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
-    pipeline = build_pipeline(settings)
+    target = build_target(settings)
     try:
-        return _serve(settings, pipeline, stopping, requested=lambda: requested)
+        return _serve(settings, target, stopping, requested=lambda: requested)
     finally:
-        pipeline.close()  # also when start-up fails: no connection is left to the garbage collector
+        target.close()  # also when start-up fails: no connection is left to the garbage collector
 
 
-def _serve(settings: Settings, pipeline: Pipeline, stopping: list[Runner], requested: Callable[[], bool]) -> int:
+def _serve(settings: Settings, target: Target, stopping: list[RunLoop], requested: Callable[[], bool]) -> int:
     """Check the services, serve health and metrics, and run the loop until it is stopped."""
-    check_database(settings, pipeline)
+    check_database(settings, target)
     admin = check_kafka(settings, timeout=settings.startup_timeout_s)
-    if pipeline.spec.dead_letter_topic:
-        ensure_dead_letter_topic(admin, pipeline.spec.dead_letter_topic)
+    if target.spec.dead_letter_topic:
+        ensure_dead_letter_topic(admin, target.spec.dead_letter_topic)
     telemetry = Telemetry(Metrics(), Health(stall_after_s=settings.health_stall_s))
     try:
         server = HealthServer(telemetry.health, telemetry.metrics.registry, host=settings.metrics_host,
@@ -88,18 +88,18 @@ def _serve(settings: Settings, pipeline: Pipeline, stopping: list[Runner], reque
             f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror}): "
             "choose another MICROBATCH_METRICS_PORT"
         ) from None
-    runner = build_runner(settings, pipeline, telemetry)
-    stopping.append(runner)
+    loop = build_loop(settings, target, telemetry)
+    stopping.append(loop)
     if requested():
-        runner.stop()
+        loop.stop()
     log.info(
         "consuming %s as group %s into %s (max_records=%d, max_bytes=%d, max_wait_ms=%d)",
-        ",".join(pipeline.spec.topics), pipeline.group, pipeline.spec.raw.table,
+        ",".join(target.spec.topics), target.group, target.spec.raw.table,
         settings.max_records, settings.max_bytes, settings.max_wait_ms,
     )  # fmt: skip
     log.info("serving /metrics, /healthz and /readyz on port %d", server.port)
     try:
-        return runner.run()
+        return loop.run()
     finally:
         server.stop()
 
@@ -108,15 +108,15 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     """Create the pipeline's tables (idempotent); list mismatches of existing ones."""
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
-    pipeline = build_pipeline(settings)
+    target = build_target(settings)
     try:
-        created, mismatches = pipeline.init_tables()
-    except WriteError as error:
+        created, mismatches = target.init_tables()
+    except DatabaseFailure as error:
         raise database_error(settings, error) from None
     finally:
-        pipeline.close()
+        target.close()
     for table in created:
-        print(f"created table {pipeline.spec.schema_name}.{table}")
+        print(f"created table {target.spec.schema_name}.{table}")
     if mismatches:
         for mismatch in mismatches:
             print(f"mismatch: {mismatch}", file=sys.stderr)
@@ -125,7 +125,7 @@ def cmd_init_db(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"schema ready for pipeline {pipeline.spec.name!r} ({len(created)} table(s) created)")
+    print(f"schema ready for pipeline {target.spec.name!r} ({len(created)} table(s) created)")
     return 0
 
 
@@ -185,12 +185,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Per partition: stored position, Kafka-committed offset, high watermark, lag; dead-letter count."""
     settings = _settings(args)
     setup_logging("WARNING", settings.log_format)
-    pipeline = build_pipeline(settings)
+    target = build_target(settings)
     check_kafka(settings, timeout=settings.startup_timeout_s)
     try:
-        status = collect_status(settings, pipeline)
+        status = collect_status(settings, target)
     finally:
-        pipeline.close()
+        target.close()
     if args.json:
         print(json.dumps(status.as_dict(), indent=2))
         return 0

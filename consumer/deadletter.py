@@ -20,7 +20,7 @@ from consumer.breaker import DeadLetterBreaker
 from consumer.outcomes import BreakerOpen, DeadLetterUnavailable, HaltingReject
 from pipeline import failpoints
 from pipeline.records import Header, Record, Rejection
-from pipeline.writer import RejectSink
+from pipeline.rejects import RejectSink
 
 log = logging.getLogger("microbatch.deadletter")
 

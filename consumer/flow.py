@@ -1,5 +1,5 @@
-"""Flow control of the run loop: paused while a failed flush waits for its retry, halted on systemic
-failures and an open breaker, resumed when a flush succeeds again.
+"""Flow control of the run loop: paused while a failed write waits for its retry, halted on systemic
+failures and an open breaker, resumed when a write succeeds again.
 
 While paused the loop keeps calling consume() (group membership and max.poll.interval.ms hold), but
 librdkafka fetches nothing for the paused partitions. Loop thread only.
@@ -12,23 +12,26 @@ from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from consumer.assignment import Assignment
 from consumer.backoff import Backoff
+from consumer.failures import Action, Failure
+from consumer.positions import Positions
 from consumer.telemetry import Telemetry
-from pipeline.errors import FailureClass
 from pipeline.records import PartitionId
 
-log = logging.getLogger("microbatch.runner")
-BREAKER = "dead-letter circuit breaker"
+log = logging.getLogger("microbatch.loop")
 
 
 class FlowControl:
-    """Pause, retry schedule and halt state, and what they look like to the outside (metrics, health)."""
+    """Pause, retry schedule and halt state, and what they look like to the outside (metrics, health).
+
+    `retry_reason`: why a transient failure is being retried (None: none is). `halt`: the failure
+    that halted the consumer (a systemic one, or the breaker), None when not halted.
+    """
 
     def __init__(
         self,
         kafka: Consumer,
-        assignment: Assignment,
+        positions: Positions,
         telemetry: Telemetry,
         clock: Callable[[], float],
         *,
@@ -37,19 +40,19 @@ class FlowControl:
         halted_retry_s: float,
     ) -> None:
         self._kafka = kafka
-        self._assignment = assignment
+        self._positions = positions
         self._telemetry = telemetry
         self._clock = clock
         self._backoff = Backoff(retry_initial_s, retry_max_s)
         self._halted_retry_s = halted_retry_s
         self.paused = False
         self.retry_at: float | None = None
-        self.halted: str | None = None  # a systemic failure, or the breaker
-        self.retrying: str | None = None
+        self.halt: Failure | None = None
+        self.retry_reason: str | None = None
 
     @property
     def waiting(self) -> bool:
-        """True while a failed flush waits for its retry."""
+        """True while a failed write waits for its retry."""
         return self.retry_at is not None
 
     def due(self) -> bool:
@@ -58,49 +61,53 @@ class FlowControl:
     def seconds_to_retry(self) -> float:
         return 0.0 if self.retry_at is None else max(0.0, self.retry_at - self._clock())
 
-    def schedule_retry(self, failure: FailureClass, reason: str) -> None:
-        """Pause everything and set when to try again: backoff for transient failures, a fixed
-        interval (and the halted state) for systemic ones."""
+    def schedule_retry(self, failure: Failure) -> None:
+        """Pause everything and set when to try again: backoff for a retry, a fixed interval (and the
+        halted state) for a halt."""
         self.pause_all()
-        if failure is FailureClass.TRANSIENT:
+        if failure.action is Action.RETRY:
             delay = self._backoff.next_delay()
-            if self.retrying != reason or self._backoff.attempts in (10, 100, 1000):
+            if self.retry_reason != failure.reason or self._backoff.attempts in (10, 100, 1000):
                 log.warning("flush failed (transient): %s; partitions paused, retry %d in %.1f s",
-                            reason, self._backoff.attempts, delay)  # fmt: skip
-            self.retrying = reason
+                            failure.reason, self._backoff.attempts, delay)  # fmt: skip
+            self.retry_reason = failure.reason
         else:
             delay = self._halted_retry_s
-            if self.halted != reason:
-                log.error("halted: %s. Nothing is written until this is fixed; retrying every %.0f s.", reason, delay)
-            self.halted = reason
+            if self.halt is None or self.halt.reason != failure.reason:
+                log.error("halted: %s. Nothing is written until this is fixed; retrying every %.0f s.",
+                          failure.reason, delay)  # fmt: skip
+            self.halt = failure
         self.retry_at = self._clock() + delay
         self.report()
 
     def recovered(self) -> None:
-        """A flush succeeded: clear the retry state and resume every partition."""
+        """A write succeeded: clear the retry state and resume every partition."""
         if self.retry_at is None and not self.paused:
             return
-        if self.halted or self.retrying:
+        if self.halt or self.retry_reason:
             log.info("flush succeeded again; resuming all partitions")
         self.retry_at = None
         self._backoff.reset()
-        self.halted = self.retrying = None
+        self.halt, self.retry_reason = None, None
         self.resume_all()
         self.report()
 
     def report(self) -> None:
-        breaker = self.halted if self.halted and self.halted.startswith(BREAKER) else None
-        self._telemetry.state(paused=self.paused, halted=None if breaker else self.halted, breaker=breaker)
+        halt = self.halt
+        self._telemetry.state(
+            paused=self.paused,
+            halted=None if halt is None or halt.breaker else halt.reason,
+            breaker=halt.detail if halt is not None and halt.breaker else None,
+        )
 
     def pause_all(self) -> None:
         if not self.paused:
             self.paused = True
-            self.pause(self._assignment.partitions())
+            self.pause(self._positions.partitions())
 
     def resume_all(self) -> None:
         self.paused = False
-        unknown = set(self._assignment.unknown())
-        known = [TopicPartition(t, p) for t, p in self._assignment.partitions() if (t, p) not in unknown]
+        known = [TopicPartition(t, p) for t, p in self._positions.known()]
         if known:
             try:
                 self._kafka.resume(known)

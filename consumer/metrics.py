@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 
 TRIGGERS = ("records", "bytes", "time", "revoke", "shutdown")
-OUTCOMES = ("ok", "fallback", "retry", "failed")
+OUTCOMES = ("ok", "bisected", "retry", "failed")
 REASONS = ("invalid_json", "invalid_event", "too_large", "empty", "db_rejected")
 REBALANCES = ("assign", "revoke", "lost")
 FAILURE_CLASSES = ("transient", "systemic", "dead_letter")
@@ -60,11 +60,11 @@ class Metrics:
             registry=r,
         )
         # counter: flush attempts by what closed the window and how it ended
-        # (ok; fallback = rows were isolated by bisection; retry = failed, will retry; failed = gave up).
+        # (ok; bisected = rows were isolated by bisection; retry = failed, will retry; failed = gave up).
         self.flushes = Counter(
             "microbatch_flushes",
             "Flush attempts by what closed the window (records, bytes, time, revoke, shutdown) and how it "
-            "ended (ok; fallback: rows isolated by bisection; retry; failed)",
+            "ended (ok; bisected: rows isolated by bisection; retry; failed)",
             ["trigger", "outcome"],
             registry=r,
         )

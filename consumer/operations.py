@@ -11,12 +11,12 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.app import StartupError, build_pipeline, check_database, check_kafka, database_error, quiet_logger
+from consumer.app import StartupError, build_target, check_database, check_kafka, database_error, quiet_logger
 from consumer.kafka_config import check_passthrough
 from consumer.settings import ConfigError, Settings, load_settings
-from pipeline.service import Pipeline
+from pipeline.errors import DatabaseFailure
 from pipeline.spec_loader import PipelineFileError, load_pipeline
-from pipeline.writer import WriteError
+from pipeline.target import Target
 
 
 @dataclass
@@ -47,17 +47,17 @@ def _watermarks(consumer: Consumer, topic: str) -> dict[int, tuple[int, int]]:
     return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in metadata.partitions}
 
 
-def collect_status(settings: Settings, pipeline: Pipeline) -> Status:
+def collect_status(settings: Settings, target: Target) -> Status:
     """Stored positions (PostgreSQL), Kafka-committed offsets and high watermarks, per partition."""
     try:
-        stored = pipeline.all_positions()
-    except WriteError as error:
+        stored = target.all_positions()
+    except DatabaseFailure as error:
         raise database_error(settings, error) from None
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": pipeline.group,
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": target.group,
                       "enable.auto.commit": False, "logger": quiet_logger(), **_security(settings)})  # fmt: skip
     try:
-        status = Status(group=pipeline.group, dead_letter_topic=pipeline.spec.dead_letter_topic)
-        for topic in pipeline.spec.topics:
+        status = Status(group=target.group, dead_letter_topic=target.spec.dead_letter_topic)
+        for topic in target.spec.topics:
             marks = _watermarks(probe, topic)
             committed = {
                 tp.partition: tp.offset
@@ -123,14 +123,14 @@ def check_config(config_file: Path | None, pipeline_source: str | None) -> list[
         results += _check_topics(admin, [*spec.topics], spec.dead_letter_topic)
     except StartupError as exc:
         results.append(CheckResult("kafka", False, str(exc)))
-    pipeline = build_pipeline(settings, spec)
+    target = build_target(settings, spec)
     try:
-        check_database(settings, pipeline)
+        check_database(settings, target)
         results.append(CheckResult("database", True, "reachable; tables and privileges match the pipeline"))
     except StartupError as exc:
         results.append(CheckResult("database", False, str(exc)))
     finally:
-        pipeline.close()
+        target.close()
     return results
 
 

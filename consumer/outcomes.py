@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.writer import RejectSinkError
+from pipeline.rejects import RejectSinkError
 
 
 class HaltingReject(RejectSinkError):

@@ -1,145 +1,156 @@
-"""Putting partitions back where PostgreSQL says they are.
+"""The one owner of every partition's position on the consumer side. Pure (no I/O).
 
-A partition's position is re-read and sought when the loop's copy of it cannot be trusted: assigned
-while the database was unreachable, fenced by the compare-and-set (someone else wrote the range), or
-found behind after a retry (the database lost commits). Its buffered records are dropped and it is
-paused until the seek succeeds. Loop thread only.
+PostgreSQL holds the truth: the *stored position* of each partition (the offset of the next record
+not yet written, as in Kafka). This object is the consumer's copy of it and everything derived from
+it; every other part asks it:
+
+- which partitions this consumer owns, and whether their stored position is *known* (read from
+  PostgreSQL and sought to) — records of unknown partitions are dropped until they are;
+- the *fetch position*: the offset after the last record accepted into a window; an earlier offset
+  is a redelivery (after a seek or a rebalance) and is dropped, so a record enters a window once;
+- where the current assignment started reading (`assigned_at`), to return there if the database
+  loses the partition's row;
+- which buffered records are still to be written (`unwritten`), and the `Batch` a write makes of
+  them: the records with the positions they move, from the stored ones to the ones after them.
+
+It changes on assignment and release (rebalance), on acceptance (consume), on every COMMIT
+(`committed`), and when a stored position turns out to be wrong (`forget`, then `sought`).
+Loop thread only.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
-
-from consumer.assignment import Assignment
-from consumer.flow import FlowControl
-from consumer.telemetry import Telemetry
-from consumer.window import Window
-from pipeline.records import PartitionId
-from pipeline.service import Pipeline
-from pipeline.writer import WriteError
-
-log = logging.getLogger("microbatch.runner")
-SEEK_RETRY_INTERVAL_S = 1.0
+from pipeline.records import Batch, PartitionId, Record, partition_spans
 
 
-def describe(pids: Iterable[PartitionId], stored: dict[PartitionId, int]) -> str:
-    parts = [f"{t}[{p}]" + (f"@{stored[(t, p)]}" if (t, p) in stored else "") for t, p in pids]
-    return ", ".join(parts) if parts else "nothing"
+@dataclass
+class PartitionPosition:
+    """One owned partition: see the module docstring for the vocabulary."""
+
+    stored: int | None  # None: no stored row (yet)
+    known: bool
+    fetch: int | None  # None: take whatever Kafka delivers first
+    assigned_at: int | None = None
 
 
-class Positioner:
-    """Re-reads stored positions and seeks to them."""
+class Positions:
+    """The partitions this consumer owns and their positions."""
 
-    def __init__(
-        self,
-        kafka: Consumer,
-        pipeline: Pipeline,
-        assignment: Assignment,
-        *,
-        window: Window,
-        telemetry: Telemetry,
-        flow: FlowControl,
-        clock: Callable[[], float],
-        auto_offset_reset: str,
-    ) -> None:
-        self._kafka = kafka
-        self._pipeline = pipeline
-        self._assignment = assignment
-        self._window = window
-        self._telemetry = telemetry
-        self._flow = flow
-        self._clock = clock
-        self._auto_offset_reset = auto_offset_reset
-        self._next_seek_at = 0.0
+    def __init__(self) -> None:
+        self._owned: dict[PartitionId, PartitionPosition] = {}
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._owned
+
+    def __len__(self) -> int:
+        return len(self._owned)
+
+    def partitions(self) -> list[PartitionId]:
+        return sorted(self._owned)
+
+    def unknown(self) -> list[PartitionId]:
+        """Owned partitions whose stored position still has to be read and sought to."""
+        return sorted(pid for pid, state in self._owned.items() if not state.known)
+
+    def known(self) -> list[PartitionId]:
+        return sorted(pid for pid, state in self._owned.items() if state.known)
+
+    def stored(self, pid: PartitionId) -> int | None:
+        state = self._owned.get(pid)
+        return None if state is None else state.stored
+
+    def assigned_at(self, pid: PartitionId) -> int | None:
+        state = self._owned.get(pid)
+        return None if state is None else state.assigned_at
+
+    # -- ownership ---------------------------------------------------------------------------------
+
+    def assign(self, pid: PartitionId, stored: int | None, *, known: bool = True) -> None:
+        """Take ownership; records start at `stored` (or wherever Kafka starts when None)."""
+        self._owned[pid] = PartitionPosition(stored=stored, known=known, fetch=stored, assigned_at=stored)
+
+    def release(self, pids: Iterable[PartitionId]) -> list[PartitionId]:
+        """Give up ownership (revoked or lost); returns the partitions that were owned."""
+        return [pid for pid in pids if self._owned.pop(pid, None) is not None]
 
     def forget(self, pids: Iterable[PartitionId]) -> list[PartitionId]:
-        """Distrust these positions: drop their window records, pause them; returns the owned ones.
-
-        The caller drops their in-flight records too, then calls `seek_unknown(now=True)`.
-        """
-        owned = [pid for pid in pids if pid in self._assignment]
-        self._window.drop(owned)
-        for pid in owned:
-            self._assignment.forget(pid)
-        self._flow.pause(owned)
+        """Our copy of these stored positions is wrong: unknown until re-read and sought (where the
+        assignment started is kept). Returns the owned ones."""
+        owned = []
+        for pid in pids:
+            state = self._owned.get(pid)
+            if state is not None:
+                state.stored, state.known, state.fetch = None, False, None
+                owned.append(pid)
         return owned
 
-    def seek_unknown(self, *, now: bool = False) -> None:
-        """Seek every partition whose position is unknown to the stored one (at most once a second)."""
-        pids = self._assignment.unknown()
-        if not pids or (not now and self._clock() < self._next_seek_at):
-            return
-        self._next_seek_at = self._clock() + SEEK_RETRY_INTERVAL_S
-        try:
-            stored = self._pipeline.stored_positions(pids)
-        except WriteError as error:
-            self._telemetry.database(ok=False)
-            log.warning("cannot read stored positions yet (%s); %d partition(s) stay paused", error, len(pids))
-            return
-        for pid in pids:
-            position = stored.get(pid)
-            origin = self._assignment.origin(pid)
-            target = position if position is not None else origin if origin is not None else self._start_offset(pid)
-            try:
-                self._kafka.seek(TopicPartition(pid[0], pid[1], target))
-            except KafkaException as exc:
-                log.debug("seek %s to %s not possible yet: %s", pid, target, exc)
+    def sought(self, pid: PartitionId, stored: int | None, fetch: int | None) -> None:
+        """The partition was sought to `fetch` after reading `stored` from PostgreSQL."""
+        state = self._owned.get(pid)
+        if state is not None:
+            state.stored, state.known, state.fetch = stored, True, fetch
+            if state.assigned_at is None or (fetch is not None and fetch < state.assigned_at):
+                state.assigned_at = fetch
+
+    # -- records -------------------------------------------------------------------------------------
+
+    def accept(self, records: Sequence[Record]) -> list[Record]:
+        """The records of a consume() batch that belong in the window: owned, position known, not a
+        redelivery. Accepting moves the fetch position past each record."""
+        owned = self._owned
+        accepted = []
+        for record in records:
+            state = owned.get((record.topic, record.partition))
+            if state is None or not state.known:
                 continue
-            self._window.drop([pid])
-            self._assignment.sought(pid, position, floor=target if target >= 0 else None)
-            if not self._flow.paused:
-                self._kafka.resume([TopicPartition(pid[0], pid[1])])
-            log.info("partition %s[%d] positioned at %s", pid[0], pid[1], target if target >= 0 else "the reset policy")
+            fetch = state.fetch
+            if fetch is not None and record.offset < fetch:
+                continue
+            state.fetch = record.offset + 1
+            if state.assigned_at is None:
+                state.assigned_at = record.offset
+            accepted.append(record)
+        return accepted
 
-    def behind(self) -> list[PartitionId]:
-        """Re-read every trusted stored position; adopt those ahead of ours, return those behind or gone.
+    def unwritten(self, records: Sequence[Record]) -> list[Record]:
+        """The buffered records still to write: owned, position known, at or after the stored
+        position and before the fetch position (a record at or after it will be delivered again,
+        after a seek: the copy buffered earlier is stale)."""
+        owned = self._owned
+        kept = []
+        for record in records:
+            state = owned.get((record.topic, record.partition))
+            if state is None or not state.known or state.fetch is None or record.offset >= state.fetch:
+                continue
+            if state.stored is None or record.offset >= state.stored:
+                kept.append(record)
+        return kept
 
-        Ahead: a COMMIT landed before an error (its records will be dropped, not written twice).
-        Behind or gone: the database lost commits (a crash with asynchronous commit, a restore, a
-        failover to a lagging standby); what we wrote there must be read and written again.
-        Raises WriteError when the database cannot be read.
-        """
-        unknown = set(self._assignment.unknown())
-        owned = [pid for pid in self._assignment.partitions() if pid not in unknown]
-        stored = self._pipeline.stored_positions(owned)
-        behind = [
-            pid for pid in owned
-            if (believed := self._assignment.stored(pid)) is not None and stored.get(pid, -1) < believed
-        ]  # fmt: skip
-        self._assignment.committed({pid: pos for pid, pos in stored.items() if pid not in behind})
-        if behind:
-            log.warning("stored positions went backwards for %s (the database lost commits): reading them again",
-                        describe(behind, stored))  # fmt: skip
-        return behind
+    def batch(self, records: Sequence[Record]) -> Batch:
+        """The write of `records` (ordered, all unwritten): each partition moves from its stored
+        position to the one after its last record."""
+        spans = partition_spans(records)
+        return Batch(
+            records,
+            {pid: self.stored(pid) for pid in spans},
+            {pid: end for pid, (_, end) in spans.items()},
+        )
 
-    def _start_offset(self, pid: PartitionId) -> int:
-        """Where a partition without a stored row starts: Kafka's committed offset, else the reset policy."""
-        committed = self.announce_kafka_starts([pid])
-        if pid in committed:
-            return committed[pid]
-        return OFFSET_BEGINNING if self._auto_offset_reset == "earliest" else OFFSET_END
+    def committed(self, positions: Mapping[PartitionId, int]) -> None:
+        """A COMMIT stored `positions` (partitions no longer owned are ignored)."""
+        for pid, position in positions.items():
+            state = self._owned.get(pid)
+            if state is not None:
+                state.stored = position
 
-    def announce_kafka_starts(self, pids: Sequence[PartitionId]) -> dict[PartitionId, int]:
-        """Kafka's committed offsets of `pids` (partitions with no stored row), each announced loudly.
-
-        Starting there is right when a group moves to microbatch; after an emptied or restored offsets
-        table it skips what the database lost, so an operator must be able to see it happened.
-        """
-        if not pids:
-            return {}
-        try:
-            found = self._kafka.committed([TopicPartition(topic, partition) for topic, partition in pids], timeout=10)
-        except KafkaException as exc:
-            log.debug("committed offsets of %s unavailable: %s", list(pids), exc)
-            return {}
-        committed = {(tp.topic, tp.partition): int(tp.offset) for tp in found if tp.error is None and tp.offset >= 0}
-        for (topic, partition), offset in sorted(committed.items()):
-            log.warning(
-                "%s[%d] has no stored position in PostgreSQL: starting at the group's Kafka-committed offset %d; "
-                "earlier events are not read again (if the offsets table was emptied or restored, reset the "
-                "group's Kafka offsets to re-read them)", topic, partition, offset,
-            )  # fmt: skip
-        return committed
+    def lag(self, high_watermarks: Mapping[PartitionId, int]) -> dict[PartitionId, int]:
+        """Messages between each stored position and its high watermark (partitions with both)."""
+        lags = {}
+        for pid, high in high_watermarks.items():
+            stored = self.stored(pid)
+            if stored is not None and high >= 0:
+                lags[pid] = max(0, high - stored)
+        return lags

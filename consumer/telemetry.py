@@ -41,7 +41,7 @@ class Telemetry:
         self, trigger: str, result: FlushResult, records: Sequence[Record], seconds: float, raw_table: str
     ) -> None:
         m = self.metrics
-        m.flushes.labels(trigger, "fallback" if result.isolated else "ok").inc()
+        m.flushes.labels(trigger, "bisected" if result.bisected else "ok").inc()
         m.flush_duration.observe(seconds)
         m.batch_records.observe(len(records))
         m.batch_bytes.observe(sum(record.size for record in records))
@@ -84,11 +84,10 @@ class Telemetry:
         self.metrics.buffered_records.set(records)
         self.metrics.buffered_bytes.set(size)
 
-    def lag(self, stored: Mapping[PartitionId, int | None], high: Mapping[PartitionId, int]) -> None:
-        for pid, watermark in high.items():
-            position = stored.get(pid)
-            if position is not None and watermark >= 0:
-                self.metrics.lag.labels(pid[0], str(pid[1])).set(max(0, watermark - position))
+    def lag(self, lags: Mapping[PartitionId, int]) -> None:
+        """Messages between the stored position and the high watermark, per partition."""
+        for (topic, partition), lag in lags.items():
+            self.metrics.lag.labels(topic, str(partition)).set(lag)
 
     def database(self, ok: bool) -> None:
         self.health.database_ok = ok

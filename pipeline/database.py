@@ -32,7 +32,8 @@ class Database:
     """Owns at most one open connection (autocommit; transactions are explicit blocks).
 
     `connection()` opens one when there is none or the last one broke; `discard()` drops it after
-    an error that may have left it unusable. Not thread-safe: one writer thread owns it.
+    an error that may have left it unusable. Not thread-safe: one thread owns it (the writer thread in
+    `microbatch run`).
     """
 
     def __init__(
@@ -83,17 +84,6 @@ class Database:
             # Closing a broken connection may fail; it is gone either way.
             with contextlib.suppress(Exception):
                 conn.close()
-
-    def encoding_cursor(self) -> psycopg.Cursor[Any] | None:
-        """A new cursor on the open connection, only to borrow its adapters; None when none is open.
-
-        Creating it does no I/O, so another thread may call this while the writer thread uses the
-        connection: COPY data is encoded with it (pipeline.copydata) and never sent through it.
-        """
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            return None
-        return conn.cursor()
 
     def ping(self) -> bool:
         """True when a trivial query succeeds (used by readiness checks)."""

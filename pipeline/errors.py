@@ -51,6 +51,25 @@ _CLASSES: dict[str, FailureClass] = {
 }
 
 
+class DatabaseFailure(Exception):
+    """A database operation (a write or a read) failed, and any transaction it was in was rolled back.
+
+    `failure` says what to do: retry (transient), halt (systemic); bad data never surfaces here, the
+    writer isolates it. `message` is safe to log (redacted_message: no row values).
+    """
+
+    def __init__(self, failure: FailureClass, sqlstate: str | None, message: str) -> None:
+        self.failure = failure
+        self.sqlstate = sqlstate
+        super().__init__(message)
+
+    @classmethod
+    def of(cls, exc: BaseException) -> DatabaseFailure:
+        """The classified, redacted form of a driver or OS error."""
+        sqlstate = getattr(exc, "sqlstate", None)
+        return cls(classify(exc), sqlstate if isinstance(sqlstate, str) else None, redacted_message(exc))
+
+
 class RowEncodingError(psycopg.DataError):
     """A row's value could not be encoded for COPY: bad data (data_exception), isolated like any other."""
 

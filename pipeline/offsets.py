@@ -74,29 +74,18 @@ class OffsetsTable:
         rows = conn.execute(self._read_all, (self.group,)).fetchall()
         return {(str(row[0]), int(row[1])): int(row[2]) for row in rows}
 
-    def advance(
-        self,
-        conn: psycopg.Connection[Any],
-        expected: Mapping[PartitionId, int | None],
-        positions: Mapping[PartitionId, int],
-    ) -> None:
-        """Compare-and-set every partition in `positions` from `expected` (None: no row yet).
-
-        Must run inside the flush transaction, first, so the row locks order concurrent writers.
-        Raises PositionConflict naming the partitions that did not match; the caller rolls back.
-        """
-        self.send_advance(conn, expected, positions)()
-
-    def send_advance(
+    def compare_and_set(
         self,
         conn: psycopg.Connection[Any],
         expected: Mapping[PartitionId, int | None],
         positions: Mapping[PartitionId, int],
     ) -> Callable[[], None]:
-        """`advance` in two halves: send the statements now, and return the check that raises PositionConflict.
+        """Move every partition in `positions` from `expected` (None: no row yet): send the statements
+        now, and return the check that raises PositionConflict naming the partitions that did not match.
 
-        In pipeline mode the statements are only queued; call the check once the pipeline has
-        synced. That lets the writer send BEGIN and the compare-and-set in one round trip.
+        Must run inside the flush transaction, first, so the row locks order concurrent writers; the
+        caller rolls back on a conflict. In pipeline mode the statements are only queued: call the
+        check once the pipeline has synced (BEGIN and the compare-and-set travel in one round trip).
         """
         updates = sorted(pid for pid in positions if expected.get(pid) is not None)
         inserts = sorted(pid for pid in positions if expected.get(pid) is None)

@@ -1,7 +1,9 @@
 """The plain data that crosses the consumer/pipeline boundary.
 
 A batch is a list of `Record`s (no Kafka types) ordered by partition then offset, plus the positions
-it covers; the write returns which records were rejected and why.
+it moves; the write returns which records were rejected and why. Positions (docs/ARCHITECTURE.md):
+a partition's *position* is the offset of the next record to read, as in Kafka; its *stored
+position* is the one in the offsets table, which only a flush's compare-and-set moves.
 """
 
 from __future__ import annotations
@@ -84,24 +86,25 @@ def next_positions(records: Iterable[Record]) -> dict[PartitionId, int]:
 
 @dataclass(frozen=True)
 class Batch:
-    """A closed window handed to the pipeline.
+    """A closed window handed to the writer: records and the positions they move.
 
-    `records` are ordered by (topic, partition, offset). `expected` holds, for every partition in
-    the batch, the position stored in PostgreSQL before this batch (None: no stored row yet); the
-    write moves each one to `positions[pid]` with a compare-and-set.
+    `records` are ordered by (topic, partition, offset). For every partition in the batch,
+    `from_positions` holds its stored position before this batch (None: no stored row yet) and
+    `to_positions` the position after its last record; the write moves each one from the first to
+    the second with a compare-and-set.
     """
 
     records: Sequence[Record]
-    expected: dict[PartitionId, int | None]
-    positions: dict[PartitionId, int] = field(default_factory=dict)
+    from_positions: dict[PartitionId, int | None]
+    to_positions: dict[PartitionId, int] = field(default_factory=dict)
     """Computed from `records` when not given; give it only when already computed from them."""
 
     def __post_init__(self) -> None:
-        if not self.positions:
-            object.__setattr__(self, "positions", next_positions(self.records))
-        missing = set(self.positions) - set(self.expected)
+        if not self.to_positions:
+            object.__setattr__(self, "to_positions", next_positions(self.records))
+        missing = set(self.to_positions) - set(self.from_positions)
         if missing:
-            raise ValueError(f"no expected position for {sorted(missing)}")
+            raise ValueError(f"no from-position for {sorted(missing)}")
 
     def __len__(self) -> int:
         return len(self.records)

@@ -14,17 +14,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from pipeline.aggregates import AGGREGATES, AggregateKind
 from pipeline.expressions import Expression, parse_expression
+from pipeline.field_types import BOUNDS, FIELD_TYPES, LENGTHS
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_PREFIX = "_mb"
 
-FieldType = Literal["string", "integer", "decimal", "float", "boolean", "uuid", "timestamp", "enum"]
 KafkaAttribute = Literal["topic", "partition", "offset", "timestamp", "key"]
 TimeBucket = Literal["day", "hour", "minute"]
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The SQL type of each Kafka attribute a raw column can hold.
+KAFKA_TYPES: dict[str, str] = {
+    "topic": "text",
+    "partition": "integer",
+    "offset": "bigint",
+    "timestamp": "timestamp with time zone",
+    "key": "bytea",
+}
 
 
 def check_identifier(name: str, what: str) -> str:
@@ -44,9 +51,9 @@ class _Strict(BaseModel):
 
 
 class FieldSpec(_Strict):
-    """One typed value read from the event's JSON, with its validation rules."""
+    """One typed value read from the event's JSON, with its validation rules (types: pipeline.field_types)."""
 
-    type: FieldType
+    type: str
     path: str | None = None
     required: bool = True
     default: Any = None
@@ -63,20 +70,19 @@ class FieldSpec(_Strict):
 
     @model_validator(mode="after")
     def _rules_fit_type(self) -> FieldSpec:
-        numeric = {"integer", "decimal", "float"}
-        if self.type != "string" and (self.min_length is not None or self.max_length is not None):
-            raise ValueError(f"min_length/max_length apply to strings, not to type {self.type!r}")
-        bounds = (self.min, self.max, self.min_exclusive, self.max_exclusive)
-        if self.type not in numeric and (any(b is not None for b in bounds) or self.nonzero):
-            raise ValueError(f"min/max/nonzero apply to numbers, not to type {self.type!r}")
-        if self.type != "decimal" and (self.precision is not None or self.scale is not None):
-            raise ValueError(f"precision/scale apply to decimals, not to type {self.type!r}")
-        if self.type == "decimal" and self.precision is not None and (self.scale or 0) > self.precision:
+        kind = FIELD_TYPES.get(self.type)
+        if kind is None:
+            raise ValueError(f"unknown field type {self.type!r}; known types: {', '.join(FIELD_TYPES)}")
+        given = {
+            rule for rule in (*LENGTHS, *BOUNDS, "precision", "scale", "values")
+            if getattr(self, rule) is not None and getattr(self, rule) is not False
+        }  # fmt: skip
+        if given - kind.rules:
+            raise ValueError(f"{', '.join(sorted(given - kind.rules))} do not apply to type {self.type!r}")
+        if self.precision is not None and (self.scale or 0) > self.precision:
             raise ValueError("scale cannot exceed precision")
-        if (self.type == "enum") != (self.values is not None):
-            raise ValueError("type 'enum' needs 'values', and only enums take 'values'")
-        if self.values is not None and not self.values:
-            raise ValueError("'values' cannot be empty")
+        if "values" in kind.rules and not self.values:
+            raise ValueError(f"type {self.type!r} needs 'values', a non-empty list")
         if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
             raise ValueError("min_length is greater than max_length")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -89,23 +95,7 @@ class FieldSpec(_Strict):
 
     def sql_type(self) -> str:
         """The PostgreSQL type that holds every value this field accepts."""
-        if self.type == "integer":
-            low = self.min if self.min is not None else self.min_exclusive
-            high = self.max if self.max is not None else self.max_exclusive
-            fits32 = low is not None and high is not None and low >= INT32_MIN and high <= INT32_MAX
-            return "integer" if fits32 else "bigint"
-        if self.type == "decimal":
-            if self.precision is not None:
-                return f"numeric({self.precision},{self.scale or 0})"
-            return "numeric"
-        return {
-            "string": "text",
-            "float": "double precision",
-            "boolean": "boolean",
-            "uuid": "uuid",
-            "timestamp": "timestamp with time zone",
-            "enum": "text",
-        }[self.type]
+        return FIELD_TYPES[self.type].sql_type(self)
 
 
 class RawColumn(_Strict):
@@ -194,59 +184,61 @@ class KeyColumn(_Strict):
         return None
 
 
-AggregateFunction = Literal["sum", "count", "min", "max", "last"]
-LAST_SUFFIX = "_at"
-
-
 class Aggregate(_Strict):
-    """One summary column folded over the newly inserted raw rows.
+    """One summary column folded over the newly inserted raw rows, by a function of the registry
+    (`pipeline.aggregates`): `sum = "quantity * unit_price"`, `count = true`, `last = "col", by = "ts"`.
 
     `last` keeps the value of the row with the greatest `by` (a timestamp column); the summary
     table then also holds `<column>_at`, the `by` value of the row kept. Ties on `by` keep the
     greater value, so the result does not depend on the order messages were processed in.
     """
 
-    sum: str | None = None
-    count: bool = False
-    min: str | None = None
-    max: str | None = None
-    last: str | None = None
+    function: str
+    operand: str | None = None
     by: str | None = None
     type: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _named_function(cls, value: Any) -> Any:
+        # In a pipeline file the function is the key: `{ sum = "quantity" }` → function sum, operand quantity.
+        if not isinstance(value, dict) or "function" in value:
+            return value
+        named = [key for key in value if key in AGGREGATES]
+        if len(named) != 1:
+            raise ValueError(f"an aggregate takes exactly one of: {', '.join(AGGREGATES)}")
+        function, operand = named[0], value[named[0]]
+        if AGGREGATES[function].operand == "none":
+            if operand is not True:
+                raise ValueError(f"'{function}' takes true (`{function} = true`)")
+            operand = None
+        elif not isinstance(operand, str):
+            raise ValueError(f"'{function}' takes an expression over raw columns, as a string")
+        return {"function": function, "operand": operand, **{k: v for k, v in value.items() if k != function}}
+
     @model_validator(mode="after")
-    def _one_function(self) -> Aggregate:
-        chosen = [self.sum is not None, self.count, self.min is not None, self.max is not None, self.last is not None]
-        if sum(chosen) != 1:
-            raise ValueError("an aggregate takes exactly one of: sum, count, min, max, last")
-        if (self.last is not None) != (self.by is not None):
-            raise ValueError("'last' needs 'by' (the timestamp column that orders rows), and only 'last' takes 'by'")
-        if self.expression_text is not None:
-            parse_expression(self.expression_text)
+    def _fits_function(self) -> Aggregate:
+        kind = self.kind
+        if kind.ordered_by != (self.by is not None):
+            ordered = [name for name, k in AGGREGATES.items() if k.ordered_by]
+            raise ValueError(
+                f"'{self.function}' {'needs' if kind.ordered_by else 'takes no'} 'by' (the timestamp column that "
+                f"orders rows); only {', '.join(ordered)} take 'by'"
+            )
+        if self.operand is not None:
+            expression = parse_expression(self.operand)
+            if kind.operand == "column" and not expression.is_bare_name:
+                raise ValueError(f"'{self.function}' takes a column name, not an expression")
         if self.type is not None:
             check_sql_type(self.type)
         return self
 
     @property
-    def function(self) -> AggregateFunction:
-        if self.sum is not None:
-            return "sum"
-        if self.count:
-            return "count"
-        if self.last is not None:
-            return "last"
-        return "min" if self.min is not None else "max"
-
-    @property
-    def expression_text(self) -> str | None:
-        for text in (self.sum, self.min, self.max, self.last):
-            if text is not None:
-                return text
-        return None
+    def kind(self) -> AggregateKind:
+        return AGGREGATES[self.function]
 
     def expression(self) -> Expression | None:
-        text = self.expression_text
-        return None if text is None else parse_expression(text)
+        return None if self.operand is None else parse_expression(self.operand)
 
 
 class SummaryTable(_Strict):
@@ -275,13 +267,18 @@ class SummaryTable(_Strict):
         clash = set(self.key) & set(self.aggregates)
         if clash:
             raise ValueError(f"summary {self.table!r} uses {sorted(clash)} both as key and as aggregate")
-        companions = {name + LAST_SUFFIX for name, agg in self.aggregates.items() if agg.function == "last"}
-        for companion in companions:
-            check_identifier(companion, "column")
-        clash = companions & (set(self.key) | set(self.aggregates))
+        added = {
+            column.name
+            for name, agg in self.aggregates.items()
+            for column in agg.kind.columns(name, "", None)
+            if column.name != name
+        }
+        for column in added:
+            check_identifier(column, "column")
+        clash = added & (set(self.key) | set(self.aggregates))
         if clash:
             raise ValueError(
-                f"summary {self.table!r}: {sorted(clash)} is also the column microbatch adds for a 'last' aggregate"
+                f"summary {self.table!r}: {sorted(clash)} is also a column microbatch adds for an aggregate"
             )
         return self
 
@@ -367,8 +364,6 @@ class PipelineSpec(_Strict):
             for ref in expression.names if expression else ():
                 if ref not in raw_columns:
                     raise ValueError(f"{where} aggregate {name!r} uses unknown raw column {ref!r}")
-            if agg.last is not None and not (expression and expression.is_bare_name):
-                raise ValueError(f"{where} aggregate {name!r}: 'last' takes a column name, not an expression")
             if agg.by is not None:
                 if agg.by not in raw_columns:
                     raise ValueError(f"{where} aggregate {name!r}: 'by' reads unknown raw column {agg.by!r}")
@@ -385,8 +380,7 @@ class PipelineSpec(_Strict):
         if spec.field is not None:
             return self.fields[spec.field].sql_type()
         if spec.kafka is not None:
-            return {"topic": "text", "partition": "integer", "offset": "bigint",
-                    "timestamp": "timestamp with time zone", "key": "bytea"}[spec.kafka]  # fmt: skip
+            return KAFKA_TYPES[spec.kafka]
         return "timestamp with time zone"  # ingest_time
 
     def column_required(self, column: str) -> bool:

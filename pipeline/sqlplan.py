@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from pipeline.spec import LAST_SUFFIX, Aggregate, KeyColumn, PipelineSpec
+from pipeline.aggregates import Fold
+from pipeline.spec import KAFKA_TYPES, Aggregate, KeyColumn, PipelineSpec
 
 STAGING_TABLE = "_mb_stage"
 SEQ_COLUMN = "_mb_seq"
@@ -64,14 +65,6 @@ def _staged(sql_type: str) -> str:
     return "text" if sql_type == "uuid" or sql_type.startswith("numeric") else sql_type
 
 
-def _widen_for_sum(sql_type: str) -> str:
-    if sql_type in {"smallint", "integer"}:
-        return "bigint"
-    if sql_type == "bigint" or sql_type.startswith("numeric"):
-        return "numeric"
-    return "double precision" if sql_type in {"real", "double precision"} else "numeric"
-
-
 class WritePlan:
     """Every statement the writer needs for one pipeline, plus the shapes of its tables."""
 
@@ -105,9 +98,7 @@ class WritePlan:
         spec = self.spec
         types = [(SEQ_COLUMN, "integer")]
         types += [(name, _staged(field.sql_type())) for name, field in spec.fields.items()]
-        kafka_types = {"topic": "text", "partition": "integer", "offset": "bigint",
-                       "timestamp": "timestamp with time zone", "key": "bytea"}  # fmt: skip
-        types += [(name, kafka_types[name.removeprefix(KAFKA_PREFIX)]) for name in self.staging_columns
+        types += [(name, KAFKA_TYPES[name.removeprefix(KAFKA_PREFIX)]) for name in self.staging_columns
                   if name.startswith(KAFKA_PREFIX)]  # fmt: skip
         return types
 
@@ -172,19 +163,20 @@ class WritePlan:
             dedupe=sql.SQL(", ").join(map(sql.Identifier, raw.dedupe_key)),
             returning=returning,
         )
+        # Each count is named after its table, so the writer reads them by name (`flush_counts`).
         ctes = [sql.SQL("{} AS ({})").format(sql.Identifier(INS), insert)]
-        counts = [sql.SQL("(SELECT count(*) FROM {})").format(sql.Identifier(INS))]
+        counts = [sql.SQL("(SELECT count(*) FROM {}) AS {}").format(sql.Identifier(INS), sql.Identifier(raw.table))]
         for index, summary in enumerate(self.spec.summaries):
             name = sql.Identifier(f"_mb_s{index}")
             ctes.append(
                 sql.SQL("{} AS ({})").format(name, self._upsert(summary.table, summary.key, summary.aggregates))
             )
-            counts.append(sql.SQL("(SELECT count(*) FROM {})").format(name))
+            counts.append(sql.SQL("(SELECT count(*) FROM {}) AS {}").format(name, sql.Identifier(summary.table)))
         return sql.SQL("WITH {} SELECT {}").format(sql.SQL(", ").join(ctes), sql.SQL(", ").join(counts))
 
     def _upsert(self, table: str, key: dict[str, KeyColumn], aggregates: dict[str, Aggregate]) -> sql.Composed:
         key_names = list(key)
-        folds = [fold for name, agg in aggregates.items() for fold in _folds(name, agg)]
+        folds = [fold for name, agg in aggregates.items() for fold in self._folds(name, agg)]
         agg_names = [fold.column for fold in folds]
         positions = sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(key_names)))
         selected = [_key_expression(k) for k in key.values()] + [fold.select for fold in folds]
@@ -222,12 +214,10 @@ class WritePlan:
         for summary in self.spec.summaries:
             columns = [Column(name, self._key_type(key), not_null=True) for name, key in summary.key.items()]
             for name, agg in summary.aggregates.items():
-                additive = agg.function in {"sum", "count"}
-                columns.append(
-                    Column(name, self._aggregate_type(agg), not_null=additive, default="0" if additive else None)
-                )
-                if agg.by is not None:
-                    columns.append(Column(name + LAST_SUFFIX, self.spec.column_type(agg.by), not_null=False))
+                by_type = None if agg.by is None else self.spec.column_type(agg.by)
+                result = agg.type or agg.kind.result_type(self._operand_type(agg))
+                for column in agg.kind.columns(name, _canonical(result), by_type):
+                    columns.append(Column(column.name, column.type, column.not_null, column.default))
             shapes.append(TableShape(summary.table, tuple(columns), tuple(summary.key)))
         return shapes
 
@@ -251,19 +241,25 @@ class WritePlan:
             return "timestamp with time zone"
         return self.spec.column_type(key.source)
 
-    def _aggregate_type(self, agg: Aggregate) -> str:
-        if agg.type is not None:
-            return "timestamp with time zone" if agg.type == "timestamptz" else agg.type
-        if agg.function == "count":
-            return "bigint"
+    def _operand_type(self, agg: Aggregate) -> str | None:
+        """The SQL type of an aggregate's operand (None without one)."""
         expression = agg.expression()
-        assert expression is not None  # noqa: S101 - sum/min/max always carry one
+        if expression is None:
+            return None
         if expression.is_bare_name:
-            base = self.spec.column_type(expression.names[0])
-        else:
-            types = {self.spec.column_type(name) for name in expression.names}
-            base = "double precision" if types & {"real", "double precision"} else "numeric"
-        return _widen_for_sum(base) if agg.function == "sum" else base
+            return self.spec.column_type(expression.names[0])
+        types = {self.spec.column_type(name) for name in expression.names}
+        return "double precision" if types & {"real", "double precision"} else "numeric"
+
+    def _folds(self, name: str, agg: Aggregate) -> list[Fold]:
+        expression = agg.expression()
+        value = None if expression is None else expression.to_sql()
+        by = None if agg.by is None else sql.Identifier(agg.by)
+        return agg.kind.folds(name, value, by)
+
+
+def _canonical(sql_type: str) -> str:
+    return "timestamp with time zone" if sql_type == "timestamptz" else sql_type
 
 
 def _key_expression(key: KeyColumn) -> sql.Composable:
@@ -273,43 +269,3 @@ def _key_expression(key: KeyColumn) -> sql.Composable:
     if key.bucket is not None:
         return sql.SQL("date_trunc({}, {}, 'UTC')").format(sql.Literal(key.bucket), column)
     return column
-
-
-@dataclass(frozen=True)
-class _Fold:
-    """One summary column: how a batch computes it, and how it merges into the stored value."""
-
-    column: str
-    select: sql.Composable
-    merge: sql.Composable
-
-
-def _folds(name: str, agg: Aggregate) -> list[_Fold]:
-    current, incoming = sql.Identifier("t", name), sql.Identifier("excluded", name)
-    if agg.function == "count":
-        return [_Fold(name, sql.SQL("count(*)"), sql.SQL("{} + {}").format(current, incoming))]
-    expression = agg.expression()
-    assert expression is not None  # noqa: S101 - sum/min/max/last always carry one
-    value = expression.to_sql()
-    if agg.function == "sum":
-        return [
-            _Fold(name, sql.SQL("COALESCE(sum({}), 0)").format(value), sql.SQL("{} + {}").format(current, incoming))
-        ]
-    if agg.function in {"min", "max"}:
-        function = "LEAST" if agg.function == "min" else "GREATEST"
-        merge = sql.SQL("{}({}, {})").format(sql.SQL(function), current, incoming)
-        return [_Fold(name, sql.SQL("{}({})").format(sql.SQL(agg.function), value), merge)]
-    # last: the value of the row with the greatest (by, value), non-null values beating nulls on ties.
-    assert agg.by is not None  # noqa: S101 - validated with the spec
-    by = sql.Identifier(agg.by)
-    at = name + LAST_SUFFIX
-    current_at, incoming_at = sql.Identifier("t", at), sql.Identifier("excluded", at)
-    pick = sql.SQL("(array_agg({v} ORDER BY {by} DESC, {v} DESC NULLS LAST))[1]").format(v=value, by=by)
-    newer = sql.SQL(
-        "CASE WHEN {cat} IS NULL OR {iat} > {cat} OR ({iat} = {cat} AND ({cur} IS NULL OR {inc} > {cur})) "
-        "THEN {inc} ELSE {cur} END"
-    ).format(cat=current_at, iat=incoming_at, cur=current, inc=incoming)
-    return [
-        _Fold(name, pick, newer),
-        _Fold(at, sql.SQL("max({})").format(by), sql.SQL("GREATEST({}, {})").format(current_at, incoming_at)),
-    ]

@@ -21,63 +21,37 @@ backend): past the cap the resolved prefix is committed and the rest continues i
 transaction; after `max_transactions` of those, the remaining rows are written one message per
 transaction.
 Transient and systemic errors are not handled here: the transaction rolls back and they surface
-as `WriteError` for the caller to retry or halt.
+as `DatabaseFailure` for the caller to retry or halt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 
 from pipeline import failpoints
 from pipeline.bisect import Node, RangeStack
-from pipeline.copydata import encode_copy_data
 from pipeline.database import Database
 from pipeline.decode import DecodedBatch
-from pipeline.errors import FailureClass, RowEncodingError, classify, redacted_message
+from pipeline.errors import DatabaseFailure, FailureClass, RowEncodingError, classify, redacted_message
 from pipeline.offsets import OffsetsTable
-from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
+from pipeline.records import Batch, PartitionId, Rejection, RejectReason
+from pipeline.rejects import RejectSink
 from pipeline.sqlplan import WritePlan
 
 # Pipeline mode needs libpq 14 or later (the binary wheel bundles a newer one).
 _PIPELINE_SUPPORTED = psycopg.Pipeline.is_supported()
 
 
-class RejectSink(Protocol):
-    """Where rejected records go (the dead-letter topic)."""
-
-    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
-        """Block until every rejection is durably stored; raise RejectSinkError if any is not.
-
-        Called once per transaction, inside it, before COMMIT, with the records that transaction
-        resolves (written or rejected, in order) so a circuit breaker can see the ratio; called
-        with no rejections too. It may be called again with the same records if the transaction
-        then fails: duplicates are allowed, losses are not. Raising rolls the transaction back.
-        """
-
-
-class RejectSinkError(Exception):
-    """The reject sink could not store every rejection; the transaction was rolled back."""
-
-
-class WriteError(Exception):
-    """A write failed and was rolled back; `failure` says whether to retry or halt."""
-
-    def __init__(self, failure: FailureClass, sqlstate: str | None, message: str) -> None:
-        self.failure = failure
-        self.sqlstate = sqlstate
-        super().__init__(message)
-
-
 @dataclass
 class FlushResult:
-    """What a successful `write` did."""
+    """What a successful `write` did. `stored_positions`: where the partitions now stand in the offsets table."""
 
-    positions: dict[PartitionId, int] = field(default_factory=dict)
+    stored_positions: dict[PartitionId, int] = field(default_factory=dict)
     inserted: int = 0
     duplicates: int = 0
     summary_rows: dict[str, int] = field(default_factory=dict)
@@ -86,7 +60,7 @@ class FlushResult:
     statements: int = 0
     savepoints: int = 0
     transactions: int = 0
-    isolated: bool = False  # bisection ran: the bulk write failed on bad data at least once
+    bisected: bool = False  # the bulk write failed on bad data at least once: rows were isolated by bisection
 
 
 class _CopyFailed(Exception):
@@ -103,7 +77,7 @@ class _Run:
 
     batch: Batch
     decoded: DecodedBatch
-    stored: dict[PartitionId, int | None]
+    stored: dict[PartitionId, int | None]  # the stored positions as this write's commits move them
     stack: RangeStack
     result: FlushResult = field(default_factory=FlushResult)
     db_rejections: dict[int, Rejection] = field(default_factory=dict)  # row index → rejection
@@ -120,7 +94,7 @@ class _Run:
 
     def positions_at(self, boundary: int, partitions: set[PartitionId]) -> dict[PartitionId, int]:
         """Where each of `partitions` stands once the records before `boundary` are resolved."""
-        positions = {pid: self.batch.positions[pid] for pid in partitions}
+        positions = {pid: self.batch.to_positions[pid] for pid in partitions}
         seen: set[PartitionId] = set()
         for record in self.batch.records[boundary:]:
             pid = record.partition_id
@@ -164,16 +138,6 @@ class BatchWriter:
         self.max_savepoints = max_savepoints
         self.max_transactions = max_transactions
 
-    def encode(self, decoded: DecodedBatch) -> None:
-        """Encode `decoded.rows` as COPY data now, so that the write only sends bytes.
-
-        Meant for the loop thread while the previous write waits on PostgreSQL. Skipped (the write
-        encodes row by row, as always) when no connection is open or a value cannot be encoded.
-        """
-        cursor = self.database.encoding_cursor()
-        if cursor is not None and decoded.rows:
-            decoded.copy_data = encode_copy_data(cursor, self.plan.copy_types, decoded.rows)
-
     def write(
         self,
         batch: Batch,
@@ -189,29 +153,28 @@ class BatchWriter:
         insert-and-upsert statement is sent: from then on the write mostly waits for PostgreSQL.
 
         Raises PositionConflict (nothing of the current transaction was written), RejectSinkError,
-        or WriteError (classified). In every case the open transaction was rolled back, and earlier
+        or DatabaseFailure (classified). In every case the open transaction was rolled back, and earlier
         commits were reported through `on_commit`.
         """
-        run = _Run(batch, decoded, dict(batch.expected), RangeStack(len(decoded.rows)), on_statement=on_statement)
+        run = _Run(batch, decoded, dict(batch.from_positions), RangeStack(len(decoded.rows)), on_statement=on_statement)
         try:
             while run.committed_records < len(batch.records):
                 per_message = run.result.transactions >= self.max_transactions
                 try:
                     committed = self._transaction(run, sink, per_message=per_message)
                 except _CopyFailed:
-                    run.result.isolated = run.copy_per_node = True
+                    run.result.bisected = run.copy_per_node = True
                     continue
                 except _BulkFailed:
-                    run.result.isolated = True
+                    run.result.bisected = True
                     continue
                 if on_commit is not None:
                     on_commit(committed)
         except (psycopg.Error, OSError) as exc:
             if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
                 self.database.discard()
-            sqlstate = getattr(exc, "sqlstate", None)
-            raise WriteError(classify(exc), sqlstate, redacted_message(exc)) from exc
-        run.result.positions = {pid: pos for pid, pos in run.stored.items() if pos is not None}
+            raise DatabaseFailure.of(exc) from exc
+        run.result.stored_positions = {pid: pos for pid, pos in run.stored.items() if pos is not None}
         run.result.skipped = len(decoded.skipped)
         return run.result
 
@@ -224,7 +187,7 @@ class BatchWriter:
         first_row = run.stack.resolved
         limit = min(len(rows), first_row + 1) if per_message else len(rows)
         # 1. compare-and-set: this transaction owns these partitions' ranges, or nobody writes.
-        targets = {pid: run.batch.positions[pid] for pid in partitions}
+        targets = {pid: run.batch.to_positions[pid] for pid in partitions}
         with self._begin(conn, {pid: run.stored.get(pid) for pid in partitions}, targets):
             if first_row < limit:
                 if not run.copy_per_node:
@@ -268,7 +231,7 @@ class BatchWriter:
         with ExitStack() as transaction:
             with batched:
                 transaction.enter_context(psycopg.Transaction(conn))
-                check = self.offsets.send_advance(conn, expected, targets)
+                check = self.offsets.compare_and_set(conn, expected, targets)
             check()
             yield
 
@@ -315,7 +278,7 @@ class BatchWriter:
     def _bisect(self, conn: psycopg.Connection[Any], run: _Run, limit: int, budget: int) -> None:
         """Resolve ranges left to right until `limit` rows are resolved or the budget is spent."""
         stack = run.stack
-        if not run.result.isolated and not run.copy_per_node and budget > 1:
+        if not run.result.bisected and not run.copy_per_node and budget > 1:
             self._bulk_statement(conn, run, limit)
             return
         while budget > 0 and (node := stack.next(limit)) is not None:
@@ -364,16 +327,19 @@ class BatchWriter:
         if notify is not None:
             run.on_statement = None
             notify()
-        counts = conn.execute(self.plan.flush, {"lo": node.lo, "hi": node.hi}).fetchone()
+        cursor = conn.execute(self.plan.flush, {"lo": node.lo, "hi": node.hi})
+        counts = cursor.fetchone()
         result = run.result
         result.statements += 1
-        if counts is None:  # pragma: no cover - the statement always returns one row
+        if counts is None or cursor.description is None:  # pragma: no cover - the statement returns one row
             return
-        inserted = int(counts[0])
+        # One count per table, named after it (WritePlan.flush): the raw table's, then each summary's.
+        by_table = {column.name: int(count) for column, count in zip(cursor.description, counts, strict=True)}
+        inserted = by_table.pop(self.plan.spec.raw.table)
         result.inserted += inserted
         result.duplicates += node.size - inserted
-        for summary, count in zip(self.plan.spec.summaries, counts[1:], strict=True):
-            result.summary_rows[summary.table] = result.summary_rows.get(summary.table, 0) + int(count)
+        for table, count in by_table.items():
+            result.summary_rows[table] = result.summary_rows.get(table, 0) + count
 
     @staticmethod
     def _rejection(run: _Run, node: Node, exc: psycopg.Error) -> Rejection:

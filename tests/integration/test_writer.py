@@ -9,13 +9,17 @@ import orjson
 import psycopg
 import pytest
 
-from consumer.background import BackgroundWriter
 from consumer.window import Trigger
 from consumer.workload import InvoiceWorkload, WorkloadOptions
+from consumer.writer_thread import WriterThread
+from pipeline.decode import DecodedBatch
 from pipeline.offsets import PositionConflict
+from pipeline.prepare import Preparer
 from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
-from pipeline.service import Pipeline
+from pipeline.rejects import RejectSink
 from pipeline.spec_loader import load_pipeline
+from pipeline.target import Target
+from pipeline.writer import FlushResult
 
 TOPIC = "invoice-lines"
 
@@ -32,10 +36,38 @@ class Collecting:
         self.delivered.extend(rejections)
 
 
+class Pipeline:
+    """The two halves of a pipeline as the run loop uses them: the preparer and the target."""
+
+    def __init__(self, database_url: str, *, max_savepoints: int, max_transactions: int) -> None:
+        self.target = Target(
+            load_pipeline(), database_url, max_savepoints=max_savepoints, max_transactions=max_transactions
+        )
+        self.preparer = Preparer(self.target.spec, database_url)
+
+    def decode(self, records: Sequence[Record]) -> DecodedBatch:
+        return self.preparer.decode(records)
+
+    def prepare(self, records: Sequence[Record]) -> DecodedBatch:
+        return self.preparer.prepare(records)
+
+    def write(
+        self, batch: Batch, sink: RejectSink, *, decoded: DecodedBatch | None = None, **callbacks: object
+    ) -> FlushResult:
+        return self.target.write(batch, decoded or self.decode(batch.records), sink, **callbacks)  # type: ignore[arg-type]
+
+    def stored_positions(self, pids: Sequence[PartitionId]) -> dict[PartitionId, int]:
+        return self.target.stored_positions(pids)
+
+    def close(self) -> None:
+        self.target.close()
+        self.preparer.close()
+
+
 @pytest.fixture
 def pipeline(database_url: str) -> Iterator[Pipeline]:
-    p = Pipeline(load_pipeline(), database_url, max_savepoints=64, max_transactions=8)
-    created, mismatches = p.init_tables()
+    p = Pipeline(database_url, max_savepoints=64, max_transactions=8)
+    created, mismatches = p.target.init_tables()
     assert mismatches == [] and "transactions" in created
     yield p
     p.close()
@@ -60,7 +92,7 @@ def test_duplicates_in_a_batch_and_across_batches_are_written_and_counted_once(
     sink = Collecting()
     result = pipeline.write(Batch(first + replayed, {(TOPIC, 0): None}), sink)
     assert (result.inserted, result.duplicates) == (100, 10)
-    assert result.positions == {(TOPIC, 0): 110}
+    assert result.stored_positions == {(TOPIC, 0): 110}
     again = [Record(TOPIC, 0, 110 + n, r.key, r.value) for n, r in enumerate(first[:50])]
     result = pipeline.write(Batch(again, {(TOPIC, 0): 110}), sink)
     assert (result.inserted, result.duplicates) == (0, 50)
@@ -81,8 +113,8 @@ def test_a_stale_expected_position_writes_nothing(pipeline: Pipeline, database_u
 
 
 def test_savepoint_cap_commits_prefixes_then_falls_back_to_one_message_per_transaction(database_url: str) -> None:
-    small = Pipeline(load_pipeline(), database_url, max_savepoints=4, max_transactions=3)
-    small.init_tables()
+    small = Pipeline(database_url, max_savepoints=4, max_transactions=3)
+    small.target.init_tables()
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE transactions ADD CONSTRAINT q CHECK (quantity <> 7)")
     batch = records(300, seed=4, partition=0) + records(200, seed=5, partition=1)
@@ -104,7 +136,7 @@ def test_savepoint_cap_commits_prefixes_then_falls_back_to_one_message_per_trans
             assert position >= merged.get(pid, 0), "positions only move forward"
             merged[pid] = position
     assert merged == {(TOPIC, 0): 300, (TOPIC, 1): 200}
-    assert result.positions == merged
+    assert result.stored_positions == merged
     assert count(database_url, "SELECT count(*) FROM transactions") == len(batch) - len(bad)
     assert count(database_url, "SELECT sum(lines) FROM item_sales_daily") == len(batch) - len(bad)
 
@@ -130,7 +162,6 @@ def test_a_row_the_database_cannot_even_copy_is_isolated_at_copy_time(pipeline: 
 def test_copy_data_encoded_ahead_writes_what_row_by_row_encoding_writes(pipeline: Pipeline, database_url: str) -> None:
     table = "SELECT event_id, invoice_id, user_id, item_id, quantity, unit_price, occurred_at FROM transactions"
     batch = records(200, seed=8)
-    pipeline.stored_positions([])  # open the connection whose adapters the encoding borrows
     prepared = pipeline.prepare(batch)
     assert prepared.copy_data is not None and prepared.copy_data.startswith(b"PGCOPY\n\xff\r\n\0")
     pipeline.write(Batch(batch, {(TOPIC, 0): None}), Collecting(), decoded=prepared)
@@ -149,12 +180,12 @@ def test_a_value_that_cannot_be_encoded_ahead_is_left_to_the_writer_to_isolate(
     pipeline: Pipeline, database_url: str
 ) -> None:
     batch = records(20, seed=9)
-    pipeline.stored_positions([])
     decoded = pipeline.decode(batch)
     row = list(decoded.rows[4])
     row[5] = "not an integer"
     decoded.rows[4] = tuple(row)
-    pipeline.writer.encode(decoded)
+    assert pipeline.preparer.encoder is not None
+    decoded.copy_data = pipeline.preparer.encoder.encode(decoded.rows)
     assert decoded.copy_data is None, "nothing is decided while encoding ahead"
     sink = Collecting()
     result = pipeline.write(Batch(batch, {(TOPIC, 0): None}), sink, decoded=decoded)
@@ -171,7 +202,7 @@ def test_a_batch_of_only_invalid_messages_still_moves_the_position(pipeline: Pip
 
 
 def test_a_refusing_sink_rolls_everything_back(pipeline: Pipeline, database_url: str) -> None:
-    from pipeline.writer import RejectSinkError
+    from pipeline.rejects import RejectSinkError
 
     class Refusing:
         def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
@@ -191,7 +222,7 @@ def test_a_clean_batch_takes_no_savepoint_and_one_bad_row_is_bisected_in_a_secon
     clean = records(200, seed=11)
     statements: list[int] = []
     result = pipeline.write(Batch(clean, {(TOPIC, 0): None}), Collecting(), on_statement=lambda: statements.append(1))
-    assert (result.savepoints, result.statements, result.transactions, result.isolated) == (0, 1, 1, False)
+    assert (result.savepoints, result.statements, result.transactions, result.bisected) == (0, 1, 1, False)
     assert statements == [1], "on_statement is called once, before the statement"
     with psycopg.connect(database_url, autocommit=True) as conn:
         # NOT VALID: the clean batch's rows stay; only new rows are checked.
@@ -205,7 +236,7 @@ def test_a_clean_batch_takes_no_savepoint_and_one_bad_row_is_bisected_in_a_secon
     result = pipeline.write(
         Batch(batch, {(TOPIC, 0): 200}), sink, on_commit=commits.append, on_statement=lambda: statements.append(1)
     )
-    assert result.isolated and result.savepoints > 0
+    assert result.bisected and result.savepoints > 0
     assert result.transactions == len(commits), "the failed first attempt rolled back and is not counted"
     assert statements == [1], "on_statement is called once per write, bisection or not"
     assert sorted(r.record.offset for r in sink.delivered) == bad
@@ -225,17 +256,17 @@ def test_a_single_bad_message_is_rejected_after_its_first_attempt_rolls_back(
     sink = Collecting()
     result = pipeline.write(Batch([lone], {(TOPIC, 2): None}), sink)
     assert [(r.record.offset, r.sqlstate) for r in sink.delivered] == [(41, "23514")]
-    assert (result.inserted, result.transactions, result.isolated) == (0, 1, True)
+    assert (result.inserted, result.transactions, result.bisected) == (0, 1, True)
     assert pipeline.stored_positions([(TOPIC, 2)]) == {(TOPIC, 2): 42}
     assert count(database_url, "SELECT count(*) FROM transactions") == 0
 
 
-def test_the_background_writer_signals_the_hand_over_before_the_statement_ends(
+def test_the_writer_thread_signals_the_hand_over_before_the_statement_ends(
     pipeline: Pipeline, database_url: str
 ) -> None:
     first = records(50, seed=14)
     pipeline.write(Batch(first, {(TOPIC, 0): None}), Collecting())
-    writer = BackgroundWriter(pipeline, Collecting())
+    writer = WriterThread(pipeline.target, Collecting())
     with psycopg.connect(database_url) as blocker:
         # Hold every summary row: the statement of the next write is sent, then waits for these locks.
         blocker.execute("SELECT * FROM inventory FOR UPDATE").fetchall()
@@ -250,4 +281,5 @@ def test_the_background_writer_signals_the_hand_over_before_the_statement_ends(
     writer.close()
     assert outcome is not None and outcome.error is None and outcome.result is not None
     assert outcome.result.inserted == 50
+    assert writer.commits() == [{(TOPIC, 0): 100}]
     assert pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 100}

@@ -1,4 +1,4 @@
-"""Assignment bookkeeping, backoff, secret masking and the workload's expected totals."""
+"""Positions bookkeeping, backoff, secret masking and the workload's expected totals."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import orjson
 
-from consumer.assignment import Assignment
 from consumer.backoff import Backoff
 from consumer.logs import JsonFormatter, MaskingFormatter, mask_secrets
+from consumer.positions import Positions
 from consumer.workload import BAD_KINDS, InvoiceWorkload, WorkloadOptions
 from pipeline.decode import Decoder
 from pipeline.records import Batch, Record, next_positions, partition_spans
@@ -20,28 +20,43 @@ def rec(offset: int, partition: int = 0) -> Record:
     return Record("t", partition, offset, None, b"{}")
 
 
-def test_assignment_drops_stale_and_unknown_records() -> None:
-    owned = Assignment()
+def test_positions_drop_stale_and_unknown_records() -> None:
+    owned = Positions()
     owned.assign(("t", 0), 10)
     owned.assign(("t", 1), None, known=False)
-    assert not owned.accepts(rec(9))  # before the stored position
-    assert owned.accepts(rec(10))
-    assert not owned.accepts(rec(10))  # a re-delivered copy
-    assert owned.accepts(rec(12))  # gaps are allowed (compaction, transaction markers)
-    assert not owned.accepts(rec(0, partition=1))  # position unknown yet
-    assert not owned.accepts(rec(0, partition=7))  # not ours
+    assert owned.accept([rec(9)]) == []  # before the stored position
+    assert owned.accept([rec(10)]) == [rec(10)]
+    assert owned.accept([rec(10)]) == []  # a re-delivered copy
+    assert owned.accept([rec(12)]) == [rec(12)]  # gaps are allowed (compaction, transaction markers)
+    assert owned.accept([rec(0, partition=1)]) == []  # position unknown yet
+    assert owned.accept([rec(0, partition=7)]) == []  # not ours
     assert owned.unknown() == [("t", 1)]
-    owned.sought(("t", 1), 5, floor=5)
-    assert owned.accepts(rec(5, partition=1)) and owned.unknown() == []
+    owned.sought(("t", 1), 5, fetch=5)
+    assert owned.accept([rec(5, partition=1)]) == [rec(5, partition=1)] and owned.unknown() == []
 
 
-def test_assignment_tracks_commits_and_release() -> None:
-    owned = Assignment()
+def test_positions_track_commits_and_release() -> None:
+    owned = Positions()
     owned.assign(("t", 0), None)
     owned.committed({("t", 0): 42, ("t", 9): 1})
-    assert owned.expected([("t", 0), ("t", 9)]) == {("t", 0): 42, ("t", 9): None}
+    assert owned.stored(("t", 0)) == 42 and owned.stored(("t", 9)) is None
     assert owned.release([("t", 0), ("t", 3)]) == [("t", 0)]
     assert len(owned) == 0
+
+
+def test_unwritten_keeps_what_lies_between_the_stored_and_the_fetch_position() -> None:
+    owned = Positions()
+    owned.assign(("t", 0), 10)
+    buffered = owned.accept([rec(n) for n in range(10, 20)])
+    assert owned.unwritten(buffered) == buffered
+    owned.committed({("t", 0): 15})
+    assert owned.unwritten(buffered) == buffered[5:]  # written meanwhile
+    batch = owned.batch(owned.unwritten(buffered))
+    assert (batch.from_positions, batch.to_positions) == ({("t", 0): 15}, {("t", 0): 20})
+    owned.forget([("t", 0)])
+    assert owned.unwritten(buffered) == []  # position unknown: nothing is trusted
+    owned.sought(("t", 0), 15, fetch=15)
+    assert owned.unwritten(buffered) == [], "a seek back to 15 delivers 15.. again: the old copies are stale"
 
 
 def test_backoff_grows_jittered_and_bounded() -> None:
@@ -92,7 +107,7 @@ def test_batch_positions_are_one_past_the_last_offset() -> None:
     records = [rec(3), rec(4), rec(7, 1)]
     assert next_positions(records) == {("t", 0): 5, ("t", 1): 8}
     batch = Batch(records, {("t", 0): 3, ("t", 1): None})
-    assert batch.positions == {("t", 0): 5, ("t", 1): 8}
+    assert batch.to_positions == {("t", 0): 5, ("t", 1): 8}
 
 
 def test_partition_spans_give_first_offsets_and_the_same_positions() -> None:
@@ -105,9 +120,9 @@ def test_partition_spans_give_first_offsets_and_the_same_positions() -> None:
 
 def test_accept_a_batch_matches_accepting_one_by_one() -> None:
     batch = [rec(9), rec(10), rec(10), rec(12), rec(0, partition=1), rec(5, partition=7)]
-    one_by_one, whole = Assignment(), Assignment()
+    one_by_one, whole = Positions(), Positions()
     for owned in (one_by_one, whole):
         owned.assign(("t", 0), 10)
         owned.assign(("t", 1), None, known=False)
-    assert whole.accept(batch) == [r for r in batch if one_by_one.accepts(r)]
-    assert whole.origin(("t", 0)) == 10
+    assert whole.accept(batch) == [r for r in batch if one_by_one.accept([r])]
+    assert whole.assigned_at(("t", 0)) == 10

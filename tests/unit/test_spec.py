@@ -58,7 +58,7 @@ DELETE = object()
 MISTAKES = [
     ("unknown top-level key", "colour", "blue", "colour: unknown key"),
     ("unknown field rule", "fields.quantity.maximum", 5, "maximum: unknown key"),
-    ("wrong type name", "fields.quantity.type", "int", "Input should be"),
+    ("wrong type name", "fields.quantity.type", "int", "unknown field type 'int'; known types: string"),
     ("unsafe table name", "raw.table", "transactions; DROP TABLE x", "not a safe identifier"),
     ("upper-case column", "raw.columns.Quantity", "quantity", "not a safe identifier"),
     ("reserved prefix", "raw.columns._mb_x", "quantity", "reserves"),
@@ -103,7 +103,7 @@ MISTAKES = [
         "cannot be one of the source topics",
     ),
     ("bad topic name", "topics", ["bad topic!"], "not a valid Kafka topic name"),
-    ("min_length on an integer", "fields.quantity.min_length", 1, "apply to strings"),
+    ("min_length on an integer", "fields.quantity.min_length", 1, "do not apply to type"),
     ("min above max", "fields.quantity.min", 5_000_000, "min is greater than max"),
     ("enum without values", "fields.event_id.type", "enum", "needs 'values'"),
     ("required with default", "fields.item_id.default", "x", "cannot have a default"),

@@ -71,9 +71,9 @@ def test_unloadable_hooks_are_configuration_errors(
 
 
 def test_the_pipeline_refuses_to_start_with_a_broken_hook(tmp_path: Path) -> None:
-    from pipeline.service import Pipeline
+    from pipeline.prepare import Preparer
 
     pipeline = tmp_path / "p.toml"
     pipeline.write_text('transform = "nowhere_d4:f"\n' + (builtin_dir() / "invoices.toml").read_text())
     with pytest.raises(PipelineFileError, match="cannot import module 'nowhere_d4'"):
-        Pipeline(load_pipeline(pipeline), "postgresql://unused")
+        Preparer(load_pipeline(pipeline))

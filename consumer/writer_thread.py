@@ -1,13 +1,16 @@
-"""One database write in the background while the run loop consumes and decodes the next window.
+"""The writer thread: the only thread that uses the pipeline's `Target` (its database connection).
 
-The write of window N (COPY, statement, COMMIT: mostly waiting on PostgreSQL, with the GIL released)
-overlaps with consuming and decoding window N+1 on the loop thread. At most one write is in flight,
-and the loop settles it before the next one, so writes stay strictly ordered and window N+1's
-compare-and-set expects exactly the positions window N committed.
+Who may touch what (the whole of it; docs/ARCHITECTURE.md repeats it):
+- the writer thread runs `Target` calls (writes, position reads, pings) one at a time, in the order
+  they were submitted, and the reject sink (the dead-letter producer) from inside a write;
+- the loop thread does everything else: Kafka (consume, pause, resume, seek, commit), the window,
+  `Positions`, `Pending`, metrics and health. It reaches the database only through this object:
+  `submit` a write, `wait` for its outcome, or `call` a function with the target and wait for it;
+- what crosses between them: a `Batch` and its `DecodedBatch` (handed over, not touched again by
+  the loop), an `Outcome` (handed back), and the positions each COMMIT stored (a queue, `commits`).
 
-The worker thread only calls `Pipeline.write` (and, through it, the reject sink). Everything that
-touches the Kafka consumer or the loop's state stays on the loop thread: the positions committed by
-the worker are handed back through a queue and applied by the loop.
+One write is in flight at most: window N is written while window N+1 is consumed and decoded, and
+because calls run in order, a position read submitted after a write sees what that write committed.
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from consumer.window import Trigger
+from pipeline import failpoints
 from pipeline.decode import DecodedBatch
-from pipeline.records import Batch, PartitionId, Record
-from pipeline.service import Pipeline
-from pipeline.writer import FlushResult, RejectSink
+from pipeline.records import Batch, PartitionId
+from pipeline.rejects import RejectSink
+from pipeline.target import Target
+from pipeline.writer import FlushResult
 
+T = TypeVar("T")
 # How long the loop thread may keep the GIL while the writer thread wants it back. Each PostgreSQL
 # reply wakes the writer, which then waits for the GIL; with CPython's default (5 ms) and a loop
 # thread busy decoding, a flush's half-dozen round trips each lose up to that much, and PostgreSQL
@@ -40,28 +47,32 @@ def hand_over_quickly() -> None:
 
 @dataclass
 class Outcome:
-    """How a background write ended: `result` on success, `error` (the exception) otherwise."""
+    """How a write ended: `result` on success, `error` (the exception) otherwise."""
 
-    records: list[Record]
+    batch: Batch
     trigger: Trigger
     seconds: float
     result: FlushResult | None = None
     error: BaseException | None = None
 
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.result is not None
+
 
 @dataclass
 class _InFlight:
-    records: list[Record]
+    batch: Batch
     trigger: Trigger
     future: Future[tuple[FlushResult, float]]
 
 
-class BackgroundWriter:
-    """Runs `pipeline.write` on one worker thread, one batch at a time."""
+class WriterThread:
+    """Runs the target's work on one worker thread, in submission order."""
 
-    def __init__(self, pipeline: Pipeline, sink: RejectSink) -> None:
+    def __init__(self, target: Target, sink: RejectSink) -> None:
         hand_over_quickly()
-        self._pipeline = pipeline
+        self._target = target
         self._sink = sink
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microbatch-write")
         self._commits: queue.SimpleQueue[dict[PartitionId, int]] = queue.SimpleQueue()
@@ -70,6 +81,7 @@ class BackgroundWriter:
 
     @property
     def busy(self) -> bool:
+        """A write was submitted and its outcome not yet collected."""
         return self._in_flight is not None
 
     @property
@@ -78,30 +90,33 @@ class BackgroundWriter:
         return self._in_flight is not None and self._in_flight.future.done()
 
     def submit(self, batch: Batch, decoded: DecodedBatch, trigger: Trigger) -> None:
-        """Start writing `batch`; the caller must have settled the previous write (`wait`)."""
+        """Start writing `batch`; the previous write's outcome must have been collected (`wait`)."""
         if self._in_flight is not None:
             raise RuntimeError("a write is already in flight: wait() for it first")
         self._handed_over.clear()
         future = self._executor.submit(self._write, batch, decoded)
-        self._in_flight = _InFlight(list(batch.records), trigger, future)
+        self._in_flight = _InFlight(batch, trigger, future)
 
     def _write(self, batch: Batch, decoded: DecodedBatch) -> tuple[FlushResult, float]:
         started = time.monotonic()
         try:
-            result = self._pipeline.write(
-                batch, self._sink, on_commit=self._commits.put, decoded=decoded, on_statement=self._handed_over.set
+            result = self._target.write(
+                batch, decoded, self._sink, on_commit=self._committed, on_statement=self._handed_over.set
             )
         finally:
             self._handed_over.set()
         return result, time.monotonic() - started
+
+    def _committed(self, positions: dict[PartitionId, int]) -> None:
+        failpoints.hit("after_db_commit")  # stored in PostgreSQL, not yet known to the loop or to Kafka
+        self._commits.put(positions)
 
     def wait_for_handover(self, timeout_s: float) -> None:
         """Block until the write in flight has sent its rows and its statement (or ended), at most `timeout_s`.
 
         The loop thread calls this before decoding the next window. Until then the writer makes a
         few short round trips (BEGIN and compare-and-set, COPY), and each reply is only handled
-        once the writer gets the GIL back: a busy loop thread would make PostgreSQL wait. The
-        statement that follows keeps PostgreSQL busy for most of the write; decoding overlaps it.
+        once the writer gets the GIL back: a busy loop thread would make PostgreSQL wait.
         """
         if self._in_flight is not None:
             self._handed_over.wait(timeout_s)
@@ -115,11 +130,18 @@ class BackgroundWriter:
         try:
             result, seconds = in_flight.future.result()
         except Exception as error:
-            return Outcome(in_flight.records, in_flight.trigger, time.monotonic() - started, error=error)
-        return Outcome(in_flight.records, in_flight.trigger, seconds, result=result)
+            return Outcome(in_flight.batch, in_flight.trigger, time.monotonic() - started, error=error)
+        return Outcome(in_flight.batch, in_flight.trigger, seconds, result=result)
+
+    def call(self, action: Callable[[Target], T]) -> T:
+        """Run `action(target)` on the writer thread after what was submitted before; its result.
+
+        Raises what `action` raises (DatabaseFailure for the target's own methods).
+        """
+        return self._executor.submit(action, self._target).result()
 
     def commits(self) -> Sequence[dict[PartitionId, int]]:
-        """Positions committed by the worker since the last call, in commit order."""
+        """Positions committed since the last call, in commit order."""
         found = []
         while True:
             try:

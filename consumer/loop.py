@@ -1,0 +1,180 @@
+"""The run loop: consume → window → write, as a short sequence of steps on one thread.
+
+One step (`RunLoop.step`), in order:
+  1. beat (liveness);
+  2. account for the write that ended, if any: its commits, its metrics, or its failure (`Handover`);
+  3. reposition partitions whose stored position is unknown (`Seeker`);
+  4. consume a batch from Kafka (rebalance callbacks run inside: `Rebalance`);
+  5. accept the records that belong in the window (`Positions.accept`), into the `Window`;
+  6. write: retry what failed when its time has come, or hand a closed window over (`Handover`);
+  7. housekeeping every few seconds (gauges, an idle database ping: `Housekeeping`).
+
+Who may touch what is stated once, in consumer/writer_thread.py: the database only on the writer
+thread; Kafka, the window, positions and metrics only on this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, Message
+
+from consumer.flow import FlowControl
+from consumer.handover import EXIT_HALTED, Handover
+from consumer.housekeeping import Housekeeping
+from consumer.messages import to_record
+from consumer.pending import Pending
+from consumer.positions import Positions
+from consumer.rebalance import Rebalance
+from consumer.seeking import Seeker
+from consumer.telemetry import Telemetry
+from consumer.window import Trigger, Window, WindowPolicy
+from consumer.writer_thread import WriterThread
+from pipeline import failpoints
+from pipeline.prepare import Preparer
+from pipeline.rejects import RejectSink
+from pipeline.target import Target
+
+log = logging.getLogger("microbatch.loop")
+EXIT_OK, EXIT_UNCLEAN = 0, 1
+__all__ = ["EXIT_HALTED", "EXIT_OK", "EXIT_UNCLEAN", "LoopOptions", "RunLoop"]
+POLL_INTERVAL_S = 0.1
+
+
+@dataclass
+class LoopOptions:
+    """The run loop's knobs (see Settings for their meaning and defaults)."""
+
+    topics: Sequence[str]
+    policy: WindowPolicy
+    consume_batch: int = 1000
+    auto_offset_reset: str = "earliest"
+    shutdown_timeout_s: float = 30.0
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    halted_retry_s: float = 15.0
+    exit_on_halt: bool = False
+    overlap_writes: bool = True
+
+
+class RunLoop:
+    """Owns the loop; `run()` returns the process exit code."""
+
+    def __init__(
+        self,
+        kafka: Consumer,
+        preparer: Preparer,
+        target: Target,
+        sink: RejectSink,
+        options: LoopOptions,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.kafka, self.options, self.clock = kafka, options, clock
+        self.telemetry = telemetry = telemetry or Telemetry()
+        self.window = window = Window(options.policy, clock)
+        self.positions = positions = Positions()
+        pending, writer = Pending(), WriterThread(target, sink)
+        self.flow = flow = FlowControl(
+            kafka, positions, telemetry, clock, retry_initial_s=options.retry_initial_s,
+            retry_max_s=options.retry_max_s, halted_retry_s=options.halted_retry_s,
+        )  # fmt: skip
+        seeker = Seeker(kafka, writer, positions, window=window, pending=pending, telemetry=telemetry, flow=flow,
+                        clock=clock, auto_offset_reset=options.auto_offset_reset)  # fmt: skip
+        self.handover = Handover(kafka, preparer, writer, pending=pending, positions=positions, seeker=seeker,
+                                 flow=flow, telemetry=telemetry, raw_table=target.spec.raw.table,
+                                 exit_on_halt=options.exit_on_halt)  # fmt: skip
+        self.seeker, self.writer, self.preparer = seeker, writer, preparer
+        self.rebalance = Rebalance(self.handover, positions=positions, seeker=seeker, window=window, flow=flow,
+                                   telemetry=telemetry)  # fmt: skip
+        self.housekeeping = Housekeeping(kafka, writer, positions=positions, window=window, pending=pending, flow=flow,
+                                         telemetry=telemetry, clock=clock)  # fmt: skip
+        self.handover.on_commit = self.housekeeping.database_contacted
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask the loop to finish (signal-handler safe): write what is buffered, commit, leave the group."""
+        self._stopping = True
+
+    def run(self) -> int:
+        """Consume until stopped; returns EXIT_OK when everything buffered was written."""
+        r = self.rebalance
+        self.kafka.subscribe(list(self.options.topics), on_assign=r.on_assign, on_revoke=r.on_revoke,
+                             on_lost=r.on_lost)  # fmt: skip
+        try:
+            while not self._stopping and self.handover.exit_code is None:
+                self.step()
+            return self.handover.exit_code if self.handover.exit_code is not None else self._shutdown()
+        finally:
+            self.handover.closing = True
+            self.handover.settle()
+            self.kafka.close()
+            self.writer.close()
+            self.preparer.close()
+
+    def step(self) -> None:
+        """One turn of the loop (the numbered steps of the module docstring)."""
+        self.telemetry.beat()  # 1.
+        if self.writer.finished:  # 2.
+            self.handover.settle()
+        self.handover.apply_commits()
+        self.seeker.seek_unknown()  # 3.
+        wanted = 1 if self.flow.waiting else min(self.options.consume_batch, self.window.room)
+        messages = self.kafka.consume(wanted, self._poll_timeout())  # 4.
+        if messages:
+            failpoints.hit("after_consume")
+        self._accept(messages)  # 5.
+        if self.flow.waiting:  # 6.
+            if self.flow.due():
+                self.handover.retry()
+        elif (trigger := self.window.ready()) is not None:
+            self.handover.pending.add(self.window.take(), trigger)
+            self.handover.hand_over(wait=not self.options.overlap_writes)
+        self.housekeeping.tick()  # 7.
+
+    def _poll_timeout(self) -> float:
+        if self.flow.waiting:
+            return min(POLL_INTERVAL_S, self.flow.seconds_to_retry())
+        left = self.window.time_left()
+        return POLL_INTERVAL_S if left is None else min(POLL_INTERVAL_S, left)
+
+    def _accept(self, messages: Sequence[Message]) -> None:
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(to_record(message))
+            elif error.fatal():
+                raise KafkaException(error)
+            else:
+                log.warning("kafka: %s", error.str())
+        accepted = self.positions.accept(records)
+        self.telemetry.consumed(accepted, self.window.extend(accepted))
+
+    def _shutdown(self) -> int:
+        """Write everything buffered within the deadline; EXIT_OK when it all got written."""
+        deadline = self.clock() + self.options.shutdown_timeout_s
+        handover = self.handover
+        handover.settle()
+        if len(self.window):
+            handover.pending.add(self.window.take(), Trigger.SHUTDOWN)
+        while handover.unwritten() and self.clock() < deadline and handover.exit_code is None:
+            if self.flow.waiting and not self.flow.due():
+                # Keep polling (group membership) but buffer nothing new: we are leaving.
+                self.kafka.consume(1, min(POLL_INTERVAL_S, self.flow.seconds_to_retry()))
+            elif self.flow.waiting:
+                handover.retry()
+            else:
+                handover.hand_over(wait=True)
+        if handover.exit_code is not None:
+            return handover.exit_code
+        if unwritten := handover.unwritten():
+            log.error("shutdown deadline passed with %d records unwritten; they will be re-read on restart", unwritten)
+            return EXIT_UNCLEAN
+        log.info("shut down cleanly: %d flushes, %d rows written, %d duplicates skipped", handover.flushes,
+                 handover.written, handover.duplicates)  # fmt: skip
+        return EXIT_OK

@@ -1,0 +1,354 @@
+"""The field types a pipeline can declare: one registry entry per type.
+
+An entry gives everything microbatch needs to know about a type, in one place:
+- `rules`: which of the optional rules (`min`, `max_length`, `precision`…) it accepts;
+- `sql_type(spec)`: the PostgreSQL type that holds every value it accepts;
+- `check(spec)`: the exact validation (slow path): a decoded JSON value in, the value to write out,
+  or `FieldError` with a reason that never quotes the value (it ends up in dead-letter headers);
+- `fast(spec)`: optional: the common, valid case in a few comparisons, returning `MISSING` to ask
+  the slow path. It must accept nothing that `check` refuses, and return what `check` would.
+
+Adding a type is one `register(FieldType(...))` here, plus its test (docs/ARCHITECTURE.md). Pure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MISSING: Any = object()
+Check = Callable[[Any], Any]
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+LENGTHS = frozenset({"min_length", "max_length"})
+BOUNDS = frozenset({"min", "max", "min_exclusive", "max_exclusive", "nonzero"})
+
+
+class FieldError(ValueError):
+    """A value does not satisfy its field's rules; str() is safe to log (no value in it)."""
+
+
+class Rules(Protocol):
+    """The rules of one declared field (pipeline.spec.FieldSpec)."""
+
+    min_length: int | None
+    max_length: int | None
+    min: Decimal | None
+    max: Decimal | None
+    min_exclusive: Decimal | None
+    max_exclusive: Decimal | None
+    nonzero: bool
+    precision: int | None
+    scale: int | None
+    values: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """One field type (see the module docstring)."""
+
+    name: str
+    sql_type: Callable[[Rules], str]
+    check: Callable[[Rules], Check]
+    fast: Callable[[Rules], Check] | None = None
+    rules: frozenset[str] = frozenset()
+
+
+FIELD_TYPES: dict[str, FieldType] = {}
+
+
+def register(kind: FieldType) -> FieldType:
+    """Make `kind` available to pipeline files under `kind.name` (replacing one of that name)."""
+    FIELD_TYPES[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    FIELD_TYPES.pop(name, None)
+
+
+def _range_checker(rules: Rules, cast: Callable[[Decimal], Any]) -> Callable[[Any], None]:
+    """The numeric bounds and `nonzero`, with the bounds cast once to the value's type."""
+    bounds: list[tuple[Any, Callable[[Any, Any], bool], str]] = []
+    if rules.min is not None:
+        bounds.append((cast(rules.min), lambda v, b: v < b, f"less than {rules.min}"))
+    if rules.max is not None:
+        bounds.append((cast(rules.max), lambda v, b: v > b, f"greater than {rules.max}"))
+    if rules.min_exclusive is not None:
+        bounds.append((cast(rules.min_exclusive), lambda v, b: v <= b, f"not greater than {rules.min_exclusive}"))
+    if rules.max_exclusive is not None:
+        bounds.append((cast(rules.max_exclusive), lambda v, b: v >= b, f"not less than {rules.max_exclusive}"))
+    nonzero = rules.nonzero
+
+    def check(value: Any) -> None:
+        if nonzero and value == 0:
+            raise FieldError("must not be zero")
+        for bound, outside, reason in bounds:
+            if outside(value, bound):
+                raise FieldError(reason)
+
+    return check
+
+
+# -- string -------------------------------------------------------------------------------------------
+
+
+def _string(rules: Rules) -> Check:
+    low, high = rules.min_length, rules.max_length
+
+    def check(value: Any) -> Any:
+        if type(value) is not str:
+            raise FieldError("must be a string")
+        if "\x00" in value:
+            raise FieldError("contains a NUL character, which PostgreSQL text cannot store")
+        if high is not None and len(value) > high:
+            raise FieldError(f"longer than {high} characters")
+        if low is not None and len(value) < low:
+            raise FieldError(f"shorter than {low} characters")
+        return value
+
+    return check
+
+
+def _fast_string(rules: Rules) -> Check:
+    low = rules.min_length or 0
+    high = rules.max_length if rules.max_length is not None else math.inf
+
+    def fast(value: Any) -> Any:
+        if type(value) is str and low <= len(value) <= high and "\x00" not in value:
+            return value
+        return MISSING
+
+    return fast
+
+
+# -- integer ------------------------------------------------------------------------------------------
+
+
+def _integer_bounds(rules: Rules) -> tuple[int, int]:
+    """The bounds as exact integers: `min = 0.5` means 1, `max_exclusive = 10` means 9."""
+    low, high = INT64_MIN, INT64_MAX
+    if rules.min is not None:
+        low = max(low, math.ceil(rules.min))
+    if rules.min_exclusive is not None:
+        low = max(low, math.floor(rules.min_exclusive) + 1)
+    if rules.max is not None:
+        high = min(high, math.floor(rules.max))
+    if rules.max_exclusive is not None:
+        high = min(high, math.ceil(rules.max_exclusive) - 1)
+    return low, high
+
+
+def _integer(rules: Rules) -> Check:
+    in_range = _range_checker(rules, Decimal)
+
+    def check(value: Any) -> Any:
+        if type(value) is not int:
+            raise FieldError("must be an integer")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise FieldError("outside the 64-bit integer range")
+        in_range(value)
+        return value
+
+    return check
+
+
+def _fast_integer(rules: Rules) -> Check:
+    low, high = _integer_bounds(rules)
+    nonzero = rules.nonzero
+
+    def fast(value: Any) -> Any:
+        if type(value) is int and low <= value <= high and (value or not nonzero):
+            return value
+        return MISSING
+
+    return fast
+
+
+def _integer_sql(rules: Rules) -> str:
+    # integer only when both ends are bounded within 32 bits (as declared: existing tables rely on it).
+    low = rules.min if rules.min is not None else rules.min_exclusive
+    high = rules.max if rules.max is not None else rules.max_exclusive
+    fits32 = low is not None and high is not None and low >= INT32_MIN and high <= INT32_MAX
+    return "integer" if fits32 else "bigint"
+
+
+# -- decimal ------------------------------------------------------------------------------------------
+
+
+def _decimal(rules: Rules) -> Check:
+    in_range = _range_checker(rules, Decimal)
+    scale = rules.scale
+    integer_digits = None if rules.precision is None else rules.precision - (rules.scale or 0)
+
+    def check(value: Any) -> Any:
+        kind = type(value)
+        if kind is float:
+            # repr() is the shortest text that round-trips: the digits the producer wrote.
+            number = Decimal(repr(value))
+        elif kind is int:
+            number = Decimal(value)
+        else:
+            raise FieldError("must be a number")
+        if not number.is_finite():
+            raise FieldError("must be a finite number")
+        exponent = number.as_tuple().exponent
+        if scale is not None and isinstance(exponent, int) and exponent < -scale:
+            raise FieldError(f"has more than {scale} decimal places")
+        if integer_digits is not None and number and number.adjusted() + 1 > integer_digits:
+            raise FieldError(f"has more than {integer_digits} digits before the decimal point")
+        in_range(number)
+        return format(number, "f")
+
+    return check
+
+
+def _float_bounds(rules: Rules) -> tuple[float, float]:
+    """Open float bounds safely inside the exact bounds: values near a bound go to the slow path."""
+    low, high = -math.inf, math.inf
+    for bound in (rules.min, rules.min_exclusive):
+        if bound is not None:
+            low = max(low, float(bound) + 1e-9 * max(1.0, abs(float(bound))))
+    for bound in (rules.max, rules.max_exclusive):
+        if bound is not None:
+            high = min(high, float(bound) - 1e-9 * max(1.0, abs(float(bound))))
+    return low, high
+
+
+def _fast_decimal(rules: Rules) -> Check:
+    # Only plain floats (digits, one dot, no exponent) well inside the bounds take the fast path.
+    scale = rules.scale if rules.scale is not None else 1000
+    integer_digits = rules.precision - (rules.scale or 0) if rules.precision is not None else 1000
+    low, high = _float_bounds(rules)
+    nonzero = rules.nonzero
+
+    def fast(value: Any) -> Any:
+        if type(value) is not float or not low < value < high or (nonzero and not value):
+            return MISSING
+        text = repr(value)
+        whole, _, fraction = text.partition(".")
+        if "e" in fraction or "e" in whole or len(fraction) > scale:
+            return MISSING
+        if len(whole.lstrip("-").lstrip("0")) > integer_digits:
+            return MISSING
+        return text
+
+    return fast
+
+
+def _decimal_sql(rules: Rules) -> str:
+    return "numeric" if rules.precision is None else f"numeric({rules.precision},{rules.scale or 0})"
+
+
+# -- float, boolean, uuid, timestamp, enum ------------------------------------------------------------
+
+
+def _float(rules: Rules) -> Check:
+    in_range = _range_checker(rules, float)
+
+    def check(value: Any) -> Any:
+        kind = type(value)
+        if kind is not float and kind is not int:
+            raise FieldError("must be a number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise FieldError("must be a finite number")
+        in_range(number)
+        return number
+
+    return check
+
+
+def _boolean(rules: Rules) -> Check:
+    def check(value: Any) -> Any:
+        if type(value) is not bool:
+            raise FieldError("must be true or false")
+        return value
+
+    return check
+
+
+def _uuid(rules: Rules) -> Check:
+    def check(value: Any) -> Any:
+        if type(value) is not str or len(value) > 45:
+            raise FieldError("must be a UUID string")
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise FieldError("must be a UUID string") from None
+
+    return check
+
+
+def _fast_uuid(rules: Rules) -> Check:
+    match = _CANONICAL_UUID.fullmatch
+
+    def fast(value: Any) -> Any:
+        if type(value) is str and len(value) == 36 and match(value):
+            return value
+        return MISSING
+
+    return fast
+
+
+def _timestamp(rules: Rules) -> Check:
+    def check(value: Any) -> Any:
+        if type(value) is not str or len(value) > 64:
+            raise FieldError("must be an RFC 3339 timestamp string")
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise FieldError("must be an RFC 3339 timestamp string") from None
+        if moment.tzinfo is None:
+            raise FieldError("timestamp needs a UTC offset (e.g. Z or +02:00)")
+        return moment
+
+    return check
+
+
+def _fast_timestamp(rules: Rules) -> Check:
+    parse = datetime.fromisoformat
+
+    def fast(value: Any) -> Any:
+        if type(value) is str and 10 <= len(value) <= 40:
+            try:
+                moment = parse(value)
+            except ValueError:
+                return MISSING
+            if moment.tzinfo is not None:
+                return moment
+        return MISSING
+
+    return fast
+
+
+def _enum(rules: Rules) -> Check:
+    allowed = frozenset(rules.values or ())
+
+    def check(value: Any) -> Any:
+        if type(value) is not str or value not in allowed:
+            raise FieldError(f"must be one of {sorted(allowed)}")
+        return value
+
+    return check
+
+
+def _fixed(sql_type: str) -> Callable[[Rules], str]:
+    return lambda rules: sql_type
+
+
+register(FieldType("string", _fixed("text"), _string, _fast_string, LENGTHS))
+register(FieldType("integer", _integer_sql, _integer, _fast_integer, BOUNDS))
+register(FieldType("decimal", _decimal_sql, _decimal, _fast_decimal, BOUNDS | {"precision", "scale"}))
+register(FieldType("float", _fixed("double precision"), _float, None, BOUNDS))
+register(FieldType("boolean", _fixed("boolean"), _boolean))
+register(FieldType("uuid", _fixed("uuid"), _uuid, _fast_uuid))
+register(FieldType("timestamp", _fixed("timestamp with time zone"), _timestamp, _fast_timestamp))
+register(FieldType("enum", _fixed("text"), _enum, None, frozenset({"values"})))

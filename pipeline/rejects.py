@@ -1,0 +1,26 @@
+"""Where rejected records go: the contract between the writer and the dead-letter side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pipeline.records import Record, Rejection
+
+
+class RejectSink(Protocol):
+    """Where rejected records go (the dead-letter topic, behind the circuit breaker)."""
+
+    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+        """Block until every rejection is durably stored; raise RejectSinkError if any is not.
+
+        Called by the writer once per transaction, inside it, before COMMIT, with the records that
+        transaction resolves (written or rejected, in order) so a circuit breaker can see the ratio;
+        called with no rejections too. It may be called again with the same records if the
+        transaction then fails: duplicates are allowed, losses are not. Raising rolls the
+        transaction back. Runs on the writer thread.
+        """
+
+
+class RejectSinkError(Exception):
+    """The reject sink could not store every rejection; the transaction was rolled back."""
