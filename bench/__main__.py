@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import variants
+from bench import ceilings, variants
 from bench.lab import Lab
 from bench.measure import machine
 from bench.report import versions, write_report
@@ -87,7 +87,7 @@ def run(mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None) -
         console.print(f"[bold]microbatch benchmark[/] ({mode.name}): preloading {mode.events:,} events")
         main = lab.preload("main", mode.events, seed=7)
         naive_set = lab.preload("naive", min(20_000, mode.events), seed=8)
-        records = variants.memory_records(main)
+        records = ceilings.memory_records(main)
         quix_python = quix_script = None
         quix_set = None
         if with_quix and mode.quix_events:
@@ -108,11 +108,11 @@ def run(mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None) -
             console.print(f"repetition {repetition}/{mode.repetitions}")
             # Each step gets its export directory (None without --export); only table writers use it.
             steps: list[tuple[str, Callable[[Path | None], dict[str, Any]]]] = [
-                ("kafka_ceiling", lambda _: variants.kafka_ceiling(lab, main, decode=False)),
-                ("kafka_ceiling_decode", lambda _: variants.kafka_ceiling(lab, main, decode=True)),
-                ("pg_ceiling", lambda where: variants.pg_ceiling(lab, main, records, export=where)),
+                ("kafka_ceiling", lambda _: ceilings.kafka_ceiling(lab, main, decode=False)),
+                ("kafka_ceiling_decode", lambda _: ceilings.kafka_ceiling(lab, main, decode=True)),
+                ("pg_ceiling", lambda where: ceilings.pg_ceiling(lab, main, records, export=where)),
                 ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
-                ("naive", lambda where: variants.naive(lab, naive_set, max_seconds=mode.naive_seconds, export=where)),
+                ("naive", lambda where: ceilings.naive(lab, naive_set, max_seconds=mode.naive_seconds, export=where)),
             ]
             if quix_python is not None and quix_script is not None and quix_set is not None:
                 steps.append(("quixstreams", lambda _: variants.quixstreams(lab, quix_set, quix_python, quix_script)))
@@ -148,7 +148,7 @@ def run(mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None) -
             )
         report["grid"] = grid
         console.print("flush cost with 1 rejected row in 10,000")
-        report["bad_row"] = variants.bad_row_cost(lab, records, rounds=mode.bad_row_rounds)
+        report["bad_row"] = ceilings.bad_row_cost(lab, records, rounds=mode.bad_row_rounds)
         drain_rate = report["variants"]["microbatch"].get("events_per_s", 0)
         if mode.steady_seconds and drain_rate:
             report["steady"] = {}

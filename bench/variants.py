@@ -1,15 +1,12 @@
 """The benchmark's variants: each returns the same figures, measured the same way, checked for correctness.
 
-kafka_ceiling   consume(n) touching every value (and the same plus JSON decoding), no database
-pg_ceiling      microbatch's write path fed from pre-decoded rows in memory, no Kafka
-naive           per message: INSERT + upserts + COMMIT + synchronous Kafka commit
+(the ceilings and the naive floor: bench/ceilings.py)
 microbatch      `microbatch run` as a real process, drain mode or steady mode
 quixstreams     quixstreams' Application + PostgreSQLSink, in its own virtual environment
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import signal
@@ -21,247 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
-from confluent_kafka import Consumer
 
-from bench.export import export_tables, write_records
-from bench.lab import PARTITIONS, Dataset, Lab
+from bench.export import export_tables
+from bench.lab import Dataset, Lab
 from bench.measure import CpuClock, histogram_quantiles, peak_rss_bytes, wal_bytes
-from consumer.workload import InvoiceWorkload
 from devstack.verify import compare_totals
-from pipeline.decode import Decoder
-from pipeline.prepare import Preparer
-from pipeline.records import Batch, Record
-from pipeline.spec_loader import load_pipeline
-from pipeline.target import Target
 
 Figures = dict[str, Any]
 MICROBATCH = Path(sys.executable).with_name("microbatch")
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*assigned ", re.MULTILINE)
-
-
-class NoSink:
-    """Rejected records are counted, not produced (ceilings measure the write path only)."""
-
-    def __init__(self) -> None:
-        self.rejected = 0
-
-    def deliver(self, rejections: Any, resolved: Any) -> None:
-        self.rejected += len(rejections)
-
-
-def _consumer(lab: Lab, topic: str) -> Consumer:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": lab.bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        }
-    )
-    consumer.subscribe([topic])
-    return consumer
-
-
-def kafka_ceiling(lab: Lab, dataset: Dataset, *, decode: bool) -> Figures:
-    """How fast Python can take the messages out of Kafka (and parse them), with nothing else to do."""
-    consumer = _consumer(lab, dataset.topic)
-    seen, touched, started = 0, 0, 0.0
-    clock_before = None
-    deadline = time.monotonic() + 600
-    loads = orjson.loads
-    while seen < dataset.count and time.monotonic() < deadline:
-        messages = consumer.consume(1000, 1.0)
-        if messages and not started:
-            started = time.monotonic()
-            clock_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
-            own_before = time.process_time()
-        for message in messages:
-            value = message.value() or b""
-            touched += len(value)
-            if decode and value:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    loads(value)
-        seen += len(messages)
-    seconds = time.monotonic() - started
-    own = time.process_time() - own_before
-    clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
-    consumer.close()
-    cpu = clock_before.per_event_us(clock_after, seen) if clock_before else {}
-    cpu["consumer"] = round(own * 1e6 / max(seen, 1), 2)
-    return {
-        "events": seen,
-        "seconds": round(seconds, 3),
-        "events_per_s": round(seen / seconds),
-        "cpu_us_per_event": cpu,
-        "correct": seen == dataset.count and touched > 0,
-    }
-
-
-def memory_records(dataset: Dataset) -> list[Record]:
-    """The dataset's events regenerated in memory (its own generator options: same bytes), as Kafka
-    records with coordinates of their own (message n at partition n mod 4, offset n div 4)."""
-    messages = InvoiceWorkload(dataset.options).messages()
-    return [Record(dataset.topic, n % PARTITIONS, n // PARTITIONS, m.key, m.value) for n, m in enumerate(messages)]
-
-
-def pg_ceiling(
-    lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000, *, export: Path | None = None
-) -> Figures:
-    """microbatch's whole write path (CAS, COPY, insert-returning, upserts, COMMIT) from rows decoded and
-    encoded in memory beforehand: the database's limit, with no client work in the timed loop.
-
-    `records` must be `memory_records(dataset)`. With `export`, the tables and the records written
-    (their coordinates are not Kafka's) go there once the run is measured."""
-    url = lab.fresh_database()
-    target = Target(load_pipeline(), url, group="ceiling")
-    target.init_tables()
-    preparer = Preparer(target.spec, url)
-    batches = []
-    positions: dict[tuple[str, int], int | None] = {}
-    for start in range(0, len(records), batch_size):
-        chunk = sorted(records[start : start + batch_size], key=lambda r: (r.partition, r.offset))
-        batch = Batch(chunk, {r.partition_id: positions.get(r.partition_id) for r in chunk})
-        positions.update(batch.to_positions)
-        batches.append((batch, preparer.prepare(chunk)))  # rows and COPY bytes ready: only database work is timed
-    preparer.close()
-    wal_before = wal_bytes(url)
-    clock_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
-    own_before = time.process_time()
-    started = time.monotonic()
-    sink = NoSink()
-    for batch, decoded in batches:
-        target.write(batch, decoded, sink)
-    seconds = time.monotonic() - started
-    own = time.process_time() - own_before
-    clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
-    wal = wal_bytes(url) - wal_before
-    target.close()
-    cpu = clock_before.per_event_us(clock_after, len(records))
-    cpu["consumer"] = round(own * 1e6 / len(records), 2)
-    correct = all(check.ok for check in compare_totals(url, dataset.expected))
-    if export is not None:
-        write_records(records, export / "records.jsonl")
-        export_tables(url, export, dataset.name)
-    return {
-        "events": len(records),
-        "seconds": round(seconds, 3),
-        "events_per_s": round(len(records) / seconds),
-        "cpu_us_per_event": cpu,
-        "wal_bytes_per_event": round(wal / len(records), 1),
-        "correct": correct,
-    }
-
-
-def bad_row_cost(lab: Lab, records: list[Record], rounds: int = 5) -> Figures:
-    """A 10,000-row flush with 1 row the database rejects, against a clean one (median of `rounds`)."""
-    url = lab.fresh_database()
-    target = Target(load_pipeline(), url, group="badrow")
-    target.init_tables()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("ALTER TABLE transactions ADD CONSTRAINT no_cursed CHECK (item_id <> 'item-cursed')")
-    decoder = Decoder(load_pipeline())
-    clean: list[tuple[float, int]] = []
-    dirty: list[tuple[float, int]] = []
-    offset = 0
-    for n in range(rounds * 2):
-        chunk = [
-            Record("badrow", 0, offset + i, r.key, r.value)
-            for i, r in enumerate(records[n * 10_000 : (n + 1) * 10_000])
-        ]
-        offset += len(chunk)
-        decoded = decoder.decode(chunk)
-        if n % 2:
-            row = list(decoded.rows[len(decoded.rows) // 3])
-            row[4] = "item-cursed"  # a row only the database refuses
-            decoded.rows[len(decoded.rows) // 3] = tuple(row)
-        stored = target.stored_positions([("badrow", 0)]).get(("badrow", 0))
-        started = time.monotonic()
-        result = target.write(Batch(chunk, {("badrow", 0): stored}), decoded, NoSink())
-        (dirty if n % 2 else clean).append((time.monotonic() - started, result.statements))
-    target.close()
-    clean_s = sorted(s for s, _ in clean)[len(clean) // 2]
-    dirty_s = sorted(s for s, _ in dirty)[len(dirty) // 2]
-    return {
-        "clean_flush_s": round(clean_s, 4),
-        "one_bad_row_flush_s": round(dirty_s, 4),
-        "ratio": round(dirty_s / clean_s, 2),
-        "statements_with_one_bad_row": dirty[0][1],
-    }
-
-
-def naive(lab: Lab, dataset: Dataset, *, max_seconds: float, export: Path | None = None) -> Figures:
-    """One message at a time: decode, INSERT … ON CONFLICT DO NOTHING RETURNING, two upserts, COMMIT,
-    then a synchronous Kafka commit. Correct, and as slow as the round trips make it. With `export`,
-    its tables go there once the run is measured."""
-    url = lab.fresh_database()
-    setup = Target(load_pipeline(), url)
-    setup.init_tables()
-    setup.close()
-    decoder = Decoder(load_pipeline())
-    consumer = _consumer(lab, dataset.topic)
-    insert = (
-        "INSERT INTO transactions (event_id, invoice_id, user_id, item_id, quantity, unit_price, occurred_at, "
-        "kafka_topic, kafka_partition, kafka_offset) VALUES (%s::uuid, %s, %s, %s, %s, %s::numeric, %s, %s, %s, %s) "
-        "ON CONFLICT (event_id) DO NOTHING RETURNING item_id"
-    )
-    inventory = (
-        "INSERT INTO inventory AS t (item_id, quantity, last_event_at) VALUES (%s, %s, %s) ON CONFLICT (item_id) "
-        "DO UPDATE SET quantity = t.quantity + excluded.quantity, "
-        "last_event_at = GREATEST(t.last_event_at, excluded.last_event_at)"
-    )
-    daily = (
-        "INSERT INTO item_sales_daily AS t (item_id, day, units, revenue, lines) "
-        "VALUES (%s, (%s::timestamptz AT TIME ZONE 'UTC')::date, %s, %s::numeric * %s, 1) "
-        "ON CONFLICT (item_id, day) DO UPDATE SET units = t.units + excluded.units, "
-        "revenue = t.revenue + excluded.revenue, lines = t.lines + 1"
-    )
-    seen, started = 0, 0.0
-    with psycopg.connect(url) as conn:
-        deadline = time.monotonic() + max_seconds + 60
-        while seen < dataset.count and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is None or message.error() is not None:
-                continue
-            if not started:
-                started = time.monotonic()
-                clock_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
-                own_before = time.process_time()
-            record = Record(
-                message.topic() or "", message.partition() or 0, message.offset() or 0, message.key(), message.value()
-            )
-            decoded = decoder.decode([record])
-            if decoded.rows:
-                _, eid, inv, user, item, qty, price, ts, topic, part, off = decoded.rows[0]
-                if conn.execute(insert, (eid, inv, user, item, qty, price, ts, topic, part, off)).fetchone():
-                    conn.execute(inventory, (item, qty, ts))
-                    conn.execute(daily, (item, ts, qty, price, qty))
-            conn.commit()
-            consumer.commit(message=message, asynchronous=False)
-            seen += 1
-            if time.monotonic() - started > max_seconds:
-                break
-        seconds = time.monotonic() - started
-        own = time.process_time() - own_before
-        clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)  # while its backend still runs
-    consumer.close()
-    cpu = clock_before.per_event_us(clock_after, seen)
-    cpu["consumer"] = round(own * 1e6 / max(seen, 1), 2)
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*), (SELECT sum(lines) FROM item_sales_daily) FROM transactions").fetchone()
-    rows, lines = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
-    if export is not None:
-        export_tables(url, export, dataset.name)
-    return {
-        "events": seen,
-        "seconds": round(seconds, 3),
-        "events_per_s": round(seen / seconds, 1),
-        "cpu_us_per_event": cpu,
-        "correct": rows == lines and 0 < rows <= seen,
-        "note": f"bounded to {max_seconds:.0f} s",
-    }
 
 
 def _log_time(log: str) -> float | None:

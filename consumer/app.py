@@ -22,7 +22,7 @@ from consumer.loop import LoopOptions, RunLoop
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.telemetry import Telemetry
-from consumer.window import WindowPolicy
+from consumer.window import LIMITS, WindowPolicy
 from pipeline.database import SessionSettings, describe_target
 from pipeline.errors import DatabaseFailure, FailureClass
 from pipeline.prepare import Preparer
@@ -171,7 +171,7 @@ def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: R
     kafka = Consumer(config)
     options = LoopOptions(
         topics=target.spec.topics,
-        policy=WindowPolicy(settings.max_records, settings.max_bytes, settings.max_wait_s),
+        policy=WindowPolicy(**{limit.setting: getattr(settings, limit.setting) for limit in LIMITS}),
         consume_batch=settings.consume_batch,
         auto_offset_reset=settings.auto_offset_reset,
         shutdown_timeout_s=settings.shutdown_timeout_s,

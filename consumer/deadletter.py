@@ -1,7 +1,7 @@
 """Where rejected records go: the dead-letter topic, guarded by a circuit breaker.
 
 `DeadLetterProducer` sends each rejected record with its original key, value and headers plus the
-`dlq.*` headers (ARCHITECTURE.md §6) and returns only when every delivery report came back without
+`dlq.*` headers (docs/ARCHITECTURE.md, "Dead letters") and returns only when every delivery report came back without
 error: the caller commits the position past those records only after that. `HaltOnReject` is used
 when the pipeline names no dead-letter topic: a rejected record stops the consumer instead of being
 skipped. `GuardedSink` puts the circuit breaker in front of either.
@@ -155,7 +155,6 @@ class GuardedSink:
     def __init__(self, inner: RejectSink, breaker: DeadLetterBreaker) -> None:
         self.inner = inner
         self.breaker = breaker
-        self.open_reason: str | None = None
 
     def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
         rejected = {(r.record.topic, r.record.partition, r.record.offset) for r in rejections}
@@ -164,13 +163,11 @@ class GuardedSink:
         )
         reason = self.breaker.check(outcomes)
         if reason is not None:
-            self.open_reason = reason
             raise BreakerOpen(reason)
         self.inner.deliver(rejections, resolved)
         # Recorded before the COMMIT: if that COMMIT then fails, the retry counts these records
         # again, which can only make the breaker stricter, never let more through.
         self.breaker.record(outcomes)
-        self.open_reason = None
 
 
 def header_dict(headers: Sequence[Header] | None) -> dict[str, str]:

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 
-TRIGGERS = ("records", "bytes", "time", "revoke", "shutdown")
+from consumer.window import Trigger
+
+TRIGGERS = tuple(trigger.value for trigger in Trigger)
 OUTCOMES = ("ok", "bisected", "retry", "failed")
 REASONS = ("invalid_json", "invalid_event", "too_large", "empty", "db_rejected")
 REBALANCES = ("assign", "revoke", "lost")

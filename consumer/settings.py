@@ -21,6 +21,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from consumer.window import LIMITS
+
 ENV_PREFIX = "MICROBATCH_"
 # Environment variables with our prefix that are not settings of the consumer.
 KNOWN_NON_SETTINGS = frozenset({"MICROBATCH_FAILPOINTS", "MICROBATCH_CACHE", "MICROBATCH_NO_DOCKER"})
@@ -29,6 +31,14 @@ KNOWN_NON_SETTINGS = frozenset({"MICROBATCH_FAILPOINTS", "MICROBATCH_CACHE", "MI
 def _env(name: str, *plain: str) -> AliasChoices:
     """Accept `MICROBATCH_<NAME>`, the plain aliases, and the field name itself (config files)."""
     return AliasChoices(ENV_PREFIX + name.upper(), *plain, name)
+
+
+def window_limit(setting: str) -> Any:
+    """The field of a window limit, as consumer.window.LIMITS declares it."""
+    limit = next(limit for limit in LIMITS if limit.setting == setting)
+    return Field(
+        limit.default, ge=limit.minimum, le=limit.maximum, validation_alias=_env(setting), description=limit.description
+    )
 
 
 class ConfigError(Exception):
@@ -83,18 +93,9 @@ class Settings(BaseSettings):
     )
 
     # -- windows -------------------------------------------------------------------------------
-    max_records: int = Field(
-        5000, ge=1, le=1_000_000, validation_alias=_env("max_records"),
-        description="A window closes when it holds this many messages.",
-    )  # fmt: skip
-    max_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, validation_alias=_env("max_bytes"),
-        description="A window closes when its message keys and values reach this many bytes.",
-    )  # fmt: skip
-    max_wait_ms: int = Field(
-        500, ge=1, le=3_600_000, validation_alias=_env("max_wait_ms"),
-        description="A window closes this long after its first message arrived.",
-    )  # fmt: skip
+    max_records: int = window_limit("max_records")
+    max_bytes: int = window_limit("max_bytes")
+    max_wait_ms: int = window_limit("max_wait_ms")
     consume_batch: int = Field(
         1000, ge=1, le=100_000, validation_alias=_env("consume_batch"),
         description="Messages asked of librdkafka per consume() call.",
@@ -219,10 +220,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the config file (passed as init values), which beats defaults.
         return env_settings, init_settings, file_secret_settings
-
-    @property
-    def max_wait_s(self) -> float:
-        return self.max_wait_ms / 1000
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -25,16 +25,51 @@ class Trigger(StrEnum):
 
 
 @dataclass(frozen=True)
+class WindowLimit:
+    """A limit that closes a window, declared once: the trigger it reports (metric label), the
+    setting that holds it, its default, bounds and documentation (the README's settings table)."""
+
+    trigger: Trigger
+    setting: str
+    default: int
+    minimum: int
+    maximum: int | None
+    description: str
+
+
+LIMITS: tuple[WindowLimit, ...] = (
+    WindowLimit(
+        Trigger.RECORDS, "max_records", 5000, 1, 1_000_000, "A window closes when it holds this many messages."
+    ),
+    WindowLimit(
+        Trigger.BYTES,
+        "max_bytes",
+        8 * 1024 * 1024,
+        1024,
+        None,
+        "A window closes when its message keys and values reach this many bytes.",
+    ),
+    WindowLimit(
+        Trigger.TIME, "max_wait_ms", 500, 1, 3_600_000, "A window closes this long after its first message arrived."
+    ),
+)
+
+
+@dataclass(frozen=True)
 class WindowPolicy:
-    """When a window closes: whichever of the three limits is reached first."""
+    """When a window closes: whichever of the limits (LIMITS, same names) is reached first."""
 
     max_records: int = 5000
     max_bytes: int = 8 * 1024 * 1024
-    max_wait_s: float = 0.5
+    max_wait_ms: int = 500
 
     def __post_init__(self) -> None:
-        if self.max_records < 1 or self.max_bytes < 1 or self.max_wait_s <= 0:
+        if self.max_records < 1 or self.max_bytes < 1 or self.max_wait_ms <= 0:
             raise ValueError("window limits must be positive")
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000
 
 
 class Window:

@@ -1,6 +1,6 @@
 """Real Kafka, PostgreSQL and Prometheus servers for development and tests, without Docker.
 
-Each server is a real process on 127.0.0.1 (LOCAL-SERVICES.md): Apache Kafka from Maven Central jars on
+Each server is a real process on 127.0.0.1 (docs/DEVELOPMENT.md): Apache Kafka from Maven Central jars on
 the JVM, PostgreSQL from the machine's packages, Prometheus from Debian's package. `python -m devstack up`
 starts them in the background and writes `.devstack/env`; the test fixtures start their own throwaway
 copies. Nothing here is imported by `consumer` or `pipeline`.

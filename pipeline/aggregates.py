@@ -17,6 +17,9 @@ from typing import Literal
 
 from psycopg import sql
 
+from pipeline.registry import Registry
+from pipeline.tables import Column
+
 LAST_SUFFIX = "_at"
 Operand = Literal["expression", "column", "none"]
 
@@ -28,16 +31,6 @@ class Fold:
     column: str
     select: sql.Composable
     merge: sql.Composable
-
-
-@dataclass(frozen=True)
-class SummaryColumn:
-    """A column an aggregate needs in its summary table."""
-
-    name: str
-    type: str
-    not_null: bool
-    default: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,21 +48,13 @@ class AggregateKind:
     operand: Operand
     result_type: Callable[[str | None], str]
     folds: Callable[[str, sql.Composable | None, sql.Composable | None], list[Fold]]
-    columns: Callable[[str, str, str | None], list[SummaryColumn]]
+    columns: Callable[[str, str, str | None], list[Column]]
     ordered_by: bool = False
 
 
-AGGREGATES: dict[str, AggregateKind] = {}
-
-
-def register(kind: AggregateKind) -> AggregateKind:
-    """Make `kind` available to pipeline files under `kind.name` (replacing one of that name)."""
-    AGGREGATES[kind.name] = kind
-    return kind
-
-
-def unregister(name: str) -> None:
-    AGGREGATES.pop(name, None)
+AGGREGATES: Registry[AggregateKind] = Registry()
+register = AGGREGATES.register
+unregister = AGGREGATES.unregister
 
 
 def _stored(name: str) -> tuple[sql.Identifier, sql.Identifier]:
@@ -85,12 +70,12 @@ def _widened(sql_type: str | None) -> str:
     return "numeric"
 
 
-def _additive(name: str, result: str, by_type: str | None) -> list[SummaryColumn]:
-    return [SummaryColumn(name, result, not_null=True, default="0")]
+def _additive(name: str, result: str, by_type: str | None) -> list[Column]:
+    return [Column(name, result, not_null=True, default="0")]
 
 
-def _nullable(name: str, result: str, by_type: str | None) -> list[SummaryColumn]:
-    return [SummaryColumn(name, result, not_null=False)]
+def _nullable(name: str, result: str, by_type: str | None) -> list[Column]:
+    return [Column(name, result, not_null=False)]
 
 
 def _same(sql_type: str | None) -> str:
@@ -138,8 +123,8 @@ def _last(name: str, value: sql.Composable | None, by: sql.Composable | None) ->
     ]
 
 
-def _last_columns(name: str, result: str, by_type: str | None) -> list[SummaryColumn]:
-    return [SummaryColumn(name, result, not_null=False), SummaryColumn(name + LAST_SUFFIX, by_type or "", False)]
+def _last_columns(name: str, result: str, by_type: str | None) -> list[Column]:
+    return [Column(name, result, not_null=False), Column(name + LAST_SUFFIX, by_type or "", False)]
 
 
 register(AggregateKind("sum", "expression", _widened, _sum, _additive))

@@ -1,4 +1,4 @@
-"""Failure classes by SQLSTATE, never by message text (ARCHITECTURE.md §4).
+"""Failure classes by SQLSTATE, never by message text (docs/ARCHITECTURE.md, "Failures").
 
 | class     | SQLSTATE / cause                                                          | what happens             |
 |-----------|---------------------------------------------------------------------------|--------------------------|

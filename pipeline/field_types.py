@@ -22,6 +22,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from pipeline.registry import Registry
+
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MISSING: Any = object()
@@ -61,17 +63,9 @@ class FieldType:
     rules: frozenset[str] = frozenset()
 
 
-FIELD_TYPES: dict[str, FieldType] = {}
-
-
-def register(kind: FieldType) -> FieldType:
-    """Make `kind` available to pipeline files under `kind.name` (replacing one of that name)."""
-    FIELD_TYPES[kind.name] = kind
-    return kind
-
-
-def unregister(name: str) -> None:
-    FIELD_TYPES.pop(name, None)
+FIELD_TYPES: Registry[FieldType] = Registry()
+register = FIELD_TYPES.register
+unregister = FIELD_TYPES.unregister
 
 
 def _range_checker(rules: Rules, cast: Callable[[Decimal], Any]) -> Callable[[Any], None]:

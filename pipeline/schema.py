@@ -8,7 +8,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pipeline.sqlplan import TableShape, WritePlan
+from pipeline.sqlplan import WritePlan
+from pipeline.tables import TableShape
 
 # information_schema spells some types differently from what we write in DDL.
 _TYPE_ALIASES = {

@@ -1,13 +1,12 @@
 """The pipeline definition: which topic, which fields, which tables. Pure data, validated strictly.
 
 A pipeline is declared in a TOML file (see `pipelines/invoices.toml`) and loaded by
-`pipeline.spec_loader`. Every name that becomes an SQL identifier is checked here and later composed
-only through `psycopg.sql.Identifier`.
+`pipeline.spec_loader`. Every name that becomes an SQL identifier is checked (pipeline.names) and
+later composed only through `psycopg.sql.Identifier`.
 """
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,13 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from pipeline.aggregates import AGGREGATES, AggregateKind
 from pipeline.expressions import Expression, parse_expression
 from pipeline.field_types import BOUNDS, FIELD_TYPES, LENGTHS
-
-IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-RESERVED_PREFIX = "_mb"
+from pipeline.names import check_identifier, check_sql_type, check_topic
 
 KafkaAttribute = Literal["topic", "partition", "offset", "timestamp", "key"]
 TimeBucket = Literal["day", "hour", "minute"]
-
 # The SQL type of each Kafka attribute a raw column can hold.
 KAFKA_TYPES: dict[str, str] = {
     "topic": "text",
@@ -32,18 +28,6 @@ KAFKA_TYPES: dict[str, str] = {
     "timestamp": "timestamp with time zone",
     "key": "bytea",
 }
-
-
-def check_identifier(name: str, what: str) -> str:
-    """Return `name` when it is a safe lower-case SQL identifier; raise ValueError naming `what`."""
-    if not IDENTIFIER.match(name):
-        raise ValueError(
-            f"{what} {name!r} is not a safe identifier: use lower-case letters, digits and _, "
-            "starting with a letter or _, at most 63 characters"
-        )
-    if name.startswith(RESERVED_PREFIX):
-        raise ValueError(f"{what} {name!r} starts with {RESERVED_PREFIX!r}, which microbatch reserves")
-    return name
 
 
 class _Strict(BaseModel):
@@ -283,19 +267,6 @@ class SummaryTable(_Strict):
         return self
 
 
-SQL_TYPES = re.compile(
-    r"^(smallint|integer|bigint|numeric(\(\d{1,4}(,\d{1,4})?\))?|real|double precision|text|boolean"
-    r"|uuid|date|timestamp with time zone|timestamptz)$"
-)
-
-
-def check_sql_type(name: str) -> str:
-    """Accept only plain type names from a fixed list: a type is spliced into DDL, never a value."""
-    if not SQL_TYPES.match(name):
-        raise ValueError(f"unsupported SQL type {name!r}")
-    return name
-
-
 class PipelineSpec(_Strict):
     """A whole pipeline: topics in, tables out."""
 
@@ -325,9 +296,9 @@ class PipelineSpec(_Strict):
         for name in self.fields:
             check_identifier(name, "field")
         for topic in self.topics:
-            _check_topic(topic)
+            check_topic(topic)
         if self.dead_letter_topic is not None:
-            _check_topic(self.dead_letter_topic)
+            check_topic(self.dead_letter_topic)
             if self.dead_letter_topic in self.topics:
                 raise ValueError("dead_letter_topic cannot be one of the source topics")
         self._check_raw_columns()
@@ -394,8 +365,3 @@ class PipelineSpec(_Strict):
         if spec.expr is not None:
             return all(self.fields[name].required for name in parse_expression(spec.expr).names)
         return True
-
-
-def _check_topic(topic: str) -> None:
-    if not re.match(r"^[A-Za-z0-9._-]{1,249}$", topic) or topic in {".", ".."}:
-        raise ValueError(f"{topic!r} is not a valid Kafka topic name")

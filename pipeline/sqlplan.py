@@ -16,36 +16,16 @@ twice, SQLSTATE 21000); ordering by key makes concurrent writers lock hot rows i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from psycopg import sql
 
 from pipeline.aggregates import Fold
 from pipeline.spec import KAFKA_TYPES, Aggregate, KeyColumn, PipelineSpec
+from pipeline.tables import Column, TableShape
 
 STAGING_TABLE = "_mb_stage"
 SEQ_COLUMN = "_mb_seq"
 KAFKA_PREFIX = "_mb_kafka_"
 INS = "_mb_ins"
-
-
-@dataclass(frozen=True)
-class Column:
-    """A column with its SQL type and nullability, for DDL and schema checks."""
-
-    name: str
-    type: str
-    not_null: bool
-    default: str | None = None
-
-
-@dataclass(frozen=True)
-class TableShape:
-    """What a table must look like: columns plus the unique key the upsert conflicts on."""
-
-    name: str
-    columns: tuple[Column, ...]
-    key: tuple[str, ...]
 
 
 # Binary COPY type names for each staging column type.
@@ -216,8 +196,7 @@ class WritePlan:
             for name, agg in summary.aggregates.items():
                 by_type = None if agg.by is None else self.spec.column_type(agg.by)
                 result = agg.type or agg.kind.result_type(self._operand_type(agg))
-                for column in agg.kind.columns(name, _canonical(result), by_type):
-                    columns.append(Column(column.name, column.type, column.not_null, column.default))
+                columns += agg.kind.columns(name, _canonical(result), by_type)
             shapes.append(TableShape(summary.table, tuple(columns), tuple(summary.key)))
         return shapes
 

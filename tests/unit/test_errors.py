@@ -1,4 +1,4 @@
-"""The failure classifier over the whole table of ARCHITECTURE.md §4, and message redaction."""
+"""The failure classifier over the whole table of docs/ARCHITECTURE.md ("Failures"), and message redaction."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def rec(offset: int, partition: int = 0, size: int = 10, topic: str = "t") -> Re
 
 
 def test_closes_on_records() -> None:
-    window = Window(WindowPolicy(max_records=3, max_bytes=10**6, max_wait_s=10), FakeClock())
+    window = Window(WindowPolicy(max_records=3, max_bytes=10**6, max_wait_ms=10_000), FakeClock())
     for offset in range(2):
         window.add(rec(offset))
         assert window.ready() is None
@@ -30,7 +30,7 @@ def test_closes_on_records() -> None:
 
 
 def test_closes_on_bytes() -> None:
-    window = Window(WindowPolicy(max_records=100, max_bytes=25, max_wait_s=10), FakeClock())
+    window = Window(WindowPolicy(max_records=100, max_bytes=25, max_wait_ms=10_000), FakeClock())
     window.add(rec(0, size=12))
     window.add(rec(1, size=12))
     assert window.ready() is None
@@ -41,7 +41,7 @@ def test_closes_on_bytes() -> None:
 
 def test_closes_on_time_measured_from_the_first_record() -> None:
     clock = FakeClock()
-    window = Window(WindowPolicy(max_records=100, max_bytes=10**6, max_wait_s=0.5), clock)
+    window = Window(WindowPolicy(max_records=100, max_bytes=10**6, max_wait_ms=500), clock)
     assert window.ready() is None and window.time_left() is None
     clock.now += 10  # an empty window never times out, and the clock only starts at the first record
     window.add(rec(0))
@@ -55,7 +55,7 @@ def test_closes_on_time_measured_from_the_first_record() -> None:
 
 def test_records_win_over_time_when_both_apply() -> None:
     clock = FakeClock()
-    window = Window(WindowPolicy(max_records=1, max_bytes=10**6, max_wait_s=0.5), clock)
+    window = Window(WindowPolicy(max_records=1, max_bytes=10**6, max_wait_ms=500), clock)
     window.add(rec(0))
     clock.now += 1
     assert window.ready() is Trigger.RECORDS
@@ -63,7 +63,7 @@ def test_records_win_over_time_when_both_apply() -> None:
 
 def test_take_orders_by_partition_then_offset_and_resets() -> None:
     clock = FakeClock()
-    window = Window(WindowPolicy(max_records=10, max_bytes=10**6, max_wait_s=0.5), clock)
+    window = Window(WindowPolicy(max_records=10, max_bytes=10**6, max_wait_ms=500), clock)
     for record in (rec(5, 1), rec(7, 0), rec(6, 1), rec(8, 0), rec(1, 0, topic="a")):
         window.add(record)
     taken = window.take()
@@ -74,7 +74,7 @@ def test_take_orders_by_partition_then_offset_and_resets() -> None:
 
 
 def test_drop_forgets_partitions_and_their_bytes() -> None:
-    window = Window(WindowPolicy(max_records=10, max_bytes=10**6, max_wait_s=0.5), FakeClock())
+    window = Window(WindowPolicy(max_records=10, max_bytes=10**6, max_wait_ms=500), FakeClock())
     window.add(rec(0, 0, size=5))
     window.add(rec(0, 1, size=7))
     assert window.drop([("t", 1), ("t", 9)]) == 1
@@ -84,7 +84,7 @@ def test_drop_forgets_partitions_and_their_bytes() -> None:
 
 
 def test_room_shrinks_to_at_least_one() -> None:
-    window = Window(WindowPolicy(max_records=2, max_bytes=10**6, max_wait_s=0.5), FakeClock())
+    window = Window(WindowPolicy(max_records=2, max_bytes=10**6, max_wait_ms=500), FakeClock())
     assert window.room == 2
     window.add(rec(0))
     window.add(rec(1))
@@ -98,7 +98,7 @@ def test_policy_rejects_nonsense() -> None:
 
 def test_extend_adds_a_batch_and_returns_its_bytes() -> None:
     clock = FakeClock()
-    window = Window(WindowPolicy(max_records=10, max_bytes=10**6, max_wait_s=0.5), clock)
+    window = Window(WindowPolicy(max_records=10, max_bytes=10**6, max_wait_ms=500), clock)
     assert window.extend([]) == 0 and window.time_left() is None
     size = window.extend([rec(0, 0, size=3), rec(0, 1, size=4), Record("t", 0, 1, b"kk", None)])
     assert size == 9 and window.bytes == 9 and len(window) == 3
