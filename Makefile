@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup tools check lint format typecheck docs test chaos bench bench-quick unit integration up down demo run clean
+.PHONY: help setup tools check lint format typecheck docs test chaos bench bench-quick bench-ab fuzz unit integration up down demo run clean
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,8 +53,14 @@ bench: setup ## The benchmark of record (≤15 min): bench/results/latest.json, 
 bench-quick: setup ## A quick benchmark (≤3 min), same outputs
 	@$(PY) -m bench --mode quick
 
+bench-ab: setup ## Drain rate of this checkout against AGAINST=<rev>, interleaved in one run
+	@$(PY) -m bench.ab --against $(AGAINST)
+
 unit: $(VENV)/.synced ## Unit tests only (no services, seconds)
 	@$(PY) -m pytest tests/unit
+
+fuzz: $(VENV)/.synced ## The decoder's properties for 1,000,000 new cases (tens of minutes; `make test` runs 20,000)
+	@MICROBATCH_FUZZ=1 $(PY) -m pytest tests/unit/test_decode_properties.py --timeout=0 --hypothesis-show-statistics
 
 integration: setup ## Integration tests only (starts real Kafka and PostgreSQL)
 	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests/integration

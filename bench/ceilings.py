@@ -170,7 +170,9 @@ def bad_row_cost(lab: Lab, records: list[Record], rounds: int = 5) -> Figures:
             decoded.rows[len(decoded.rows) // 3] = tuple(row)
         stored = target.stored_positions([("badrow", 0)]).get(("badrow", 0))
         started = time.monotonic()
-        result = target.write(Batch(chunk, {("badrow", 0): stored}), decoded, NoSink())
+        result = target.write(
+            Batch(chunk, {("badrow", 0): None if stored is None else stored.offset}), decoded, NoSink()
+        )
         (dirty if n % 2 else clean).append((time.monotonic() - started, result.statements))
     target.close()
     clean_s = sorted(s for s, _ in clean)[len(clean) // 2]

@@ -45,19 +45,21 @@ def run_microbatch(
     label: str,
     timeout: float = 900,
     export: Path | None = None,
+    binary: Path = MICROBATCH,
 ) -> Figures:
-    """Drain `dataset` with a real `microbatch run`: events/s from its first poll to its last commit.
-    With `export`, its tables go there once the process has stopped."""
+    """Drain `dataset` with a real `microbatch run` (of `binary`: another checkout's, to compare two
+    commits): events/s from its first poll to its last commit. With `export`, its tables go there
+    once the process has stopped."""
     url = lab.fresh_database()
     group = f"mb-{label}-{uuid.uuid4().hex[:6]}"
     pipeline_file = lab.pipeline_file(dataset.topic, group)
     env = _env(lab, url, env_extra)
-    _init_db(pipeline_file, env)
+    _init_db(pipeline_file, env, binary)
     log_path = lab.workdir / f"{group}.log"
     wal_before = wal_bytes(url)
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(MICROBATCH), "run", "--pipeline", str(pipeline_file)], env=env, stdout=log, stderr=subprocess.STDOUT
+            [str(binary), "run", "--pipeline", str(pipeline_file)], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + timeout
@@ -111,9 +113,9 @@ def _env(lab: Lab, url: str, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _init_db(pipeline_file: Path, env: dict[str, str]) -> None:
+def _init_db(pipeline_file: Path, env: dict[str, str], binary: Path = MICROBATCH) -> None:
     result = subprocess.run(
-        [str(MICROBATCH), "init-db", "--pipeline", str(pipeline_file)],
+        [str(binary), "init-db", "--pipeline", str(pipeline_file)],
         env=env,
         capture_output=True,
         text=True,

@@ -17,9 +17,11 @@ from confluent_kafka.cimpl import NewTopic
 from consumer import __version__
 from consumer.breaker import BreakerPolicy, DeadLetterBreaker
 from consumer.deadletter import DeadLetterProducer, GuardedSink, HaltOnReject
-from consumer.kafka_config import consumer_config, producer_config
+from consumer.dlq_limits import SizeLimit, producer_max_bytes, topic_max_bytes
+from consumer.kafka_config import consumer_config, dead_letter_producer_config
 from consumer.loop import LoopOptions, RunLoop
 from consumer.metrics import Metrics
+from consumer.placement import Rules
 from consumer.settings import Settings
 from consumer.telemetry import Telemetry
 from consumer.window import LIMITS, WindowPolicy
@@ -42,6 +44,8 @@ def build_target(settings: Settings, spec: PipelineSpec | None = None) -> Target
     """The database side of the configured pipeline (no connection is opened yet)."""
     spec = spec or load_pipeline(settings.pipeline)
     session = SessionSettings(
+        keepalive_idle_s=settings.db_keepalive_idle_s,
+        tcp_user_timeout_ms=settings.db_tcp_user_timeout_ms,
         statement_timeout_ms=settings.statement_timeout_ms,
         lock_timeout_ms=settings.lock_timeout_ms,
         idle_in_transaction_ms=settings.idle_in_transaction_timeout_ms,
@@ -150,15 +154,24 @@ def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSi
     )
     if topic is None:
         return GuardedSink(HaltOnReject(), breaker)
-    producer_settings = producer_config(settings, "dead-letters")
-    # Each flush waits for its dead letters' acknowledgements: do not linger before sending them.
-    producer_settings.setdefault("linger.ms", 1)
+    # The topic's max.message.bytes, read once here (and again when a letter is refused as too large):
+    # a letter over it, or over the producer's message.max.bytes, is sent without its value.
+    admin_config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **_security(settings)}
+    admin_config["logger"] = quiet_logger()
+    admin = AdminClient(admin_config)
+    topic_bytes = topic_max_bytes(admin, topic, settings.startup_timeout_s)
+    producer_settings = dead_letter_producer_config(settings, topic_bytes)
+    limit = SizeLimit(
+        producer_max_bytes(producer_settings), lambda timeout: topic_max_bytes(admin, topic, timeout), topic_bytes
+    )
     producer_settings["logger"] = logging.getLogger("librdkafka")  # type: ignore[assignment]
     producer = DeadLetterProducer(
         Producer(producer_settings),
         topic,
         target.group,
         timeout_s=settings.dead_letter_timeout_s,
+        limit=limit,
+        renew=lambda: Producer(producer_settings),
         on_delivered=lambda rejection: metrics.dead_letters.labels(rejection.reason.value).inc(),
     )
     return GuardedSink(producer, breaker)
@@ -173,7 +186,13 @@ def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: R
         topics=target.spec.topics,
         policy=WindowPolicy(**{limit.setting: getattr(settings, limit.setting) for limit in LIMITS}),
         consume_batch=settings.consume_batch,
-        auto_offset_reset=settings.auto_offset_reset,
+        placement=Rules(
+            auto_offset_reset=settings.auto_offset_reset,
+            on_position_gap=settings.on_position_gap,
+            adopt_kafka_offsets=settings.adopt_kafka_offsets,
+            coordinates_need_topic_id=target.spec.coordinates_need_topic_id(),
+            needs_topic_id=any(column.kafka == "topic_id" for column in target.spec.raw.columns.values()),
+        ),
         shutdown_timeout_s=settings.shutdown_timeout_s,
         retry_initial_s=settings.retry_initial_ms / 1000,
         retry_max_s=settings.retry_max_ms / 1000,
@@ -190,4 +209,7 @@ def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: R
          "psycopg": target.driver_version(), "pipeline": spec.name}
     )  # fmt: skip
     sink = sink or build_sink(settings, target, metrics)
-    return RunLoop(kafka, build_preparer(settings, target), target, sink, options, telemetry=telemetry)
+    admin_config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **_security(settings)}
+    admin_config["logger"] = logging.getLogger("librdkafka")
+    admin = AdminClient(admin_config)
+    return RunLoop(kafka, build_preparer(settings, target), target, sink, options, admin=admin, telemetry=telemetry)

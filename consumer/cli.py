@@ -30,16 +30,19 @@ from consumer.logs import setup_logging
 from consumer.loop import RunLoop
 from consumer.metrics import REASONS, Metrics
 from consumer.operations import check_config, collect_status
+from consumer.position_reset import reset_command
 from consumer.produce import Ledger, ProduceError, produce_workload
 from consumer.replay import ReplayError, ReplayFilter, replay
 from consumer.settings import ConfigError, Settings, load_settings
 from consumer.telemetry import Telemetry
+from consumer.watchdog import Watchdog
 from consumer.workload import WorkloadOptions
 from pipeline.errors import DatabaseFailure
 from pipeline.spec_loader import PipelineFileError, load_pipeline
 from pipeline.target import Target
 
 EXIT_USAGE = 2
+MAX_LISTED = 20  # dead letters listed one per line by `dlq replay`
 log = logging.getLogger("microbatch")
 
 
@@ -50,9 +53,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the consumer until SIGTERM/SIGINT."""
+    """Run the consumer until SIGTERM/SIGINT; the process then ends within shutdown_timeout_s."""
     # Signals first: a SIGTERM during start-up ends the process cleanly instead of killing it.
     stopping: list[RunLoop] = []
+    watchdogs: list[Watchdog] = []
     requested = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -61,14 +65,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("received %s: finishing the current window, then leaving", signal.Signals(signum).name)
         for loop in stopping:
             loop.stop()
+        for watchdog in watchdogs:
+            watchdog.start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
+    watchdog = Watchdog(settings.shutdown_timeout_s)
+    watchdogs.append(watchdog)
+    if requested:
+        watchdog.start()
     target = build_target(settings)
     try:
-        return _serve(settings, target, stopping, requested=lambda: requested)
+        watchdog.code = _serve(settings, target, stopping, requested=lambda: requested)
+        return watchdog.code
     finally:
         target.close()  # also when start-up fails: no connection is left to the garbage collector
 
@@ -117,6 +128,8 @@ def cmd_init_db(args: argparse.Namespace) -> int:
         target.close()
     for table in created:
         print(f"created table {target.spec.schema_name}.{table}")
+    for note in target.upgrades:
+        print(note)
     if mismatches:
         for mismatch in mismatches:
             print(f"mismatch: {mismatch}", file=sys.stderr)
@@ -173,11 +186,22 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         raise StartupError(str(exc)) from None
     verb = "would replay" if args.dry_run else "replayed"
     print(f"scanned {summary.scanned} dead letters in {dlq_topic}; {summary.matched} matched; "
-          f"{verb} {summary.matched if args.dry_run else summary.replayed}")  # fmt: skip
+          f"{verb} {summary.selected if args.dry_run else summary.replayed}")  # fmt: skip
     for reason, count in sorted(summary.by_reason.items()):
         print(f"  reason {reason}: {count}")
     for target, count in sorted(summary.by_target.items()):
         print(f"  to {target}: {count}")
+    if summary.copies:
+        print(f"skipped {summary.copies} extra {'copy' if summary.copies == 1 else 'copies'} of messages "
+              "already replayed in this run")  # fmt: skip
+    if summary.omitted:
+        print(f"skipped {len(summary.omitted)} dead letter(s) whose value was omitted (too large for the "
+              "dead-letter topic); replay these from their original topic:")  # fmt: skip
+        for letter in summary.omitted[:MAX_LISTED]:
+            where = f"{letter.original[0]}[{letter.original[1]}]@{letter.original[2]}" if letter.original else "unknown"
+            print(f"  original {where} ({letter.size} bytes, sha256 {letter.sha256}), dead letter {letter.letter}")
+        if len(summary.omitted) > MAX_LISTED:
+            print(f"  … and {len(summary.omitted) - MAX_LISTED} more")
     return 0
 
 
@@ -208,6 +232,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(f"total lag: {total:,} messages")
     if status.dead_letter_topic:
         console.print(f"dead-letter topic {status.dead_letter_topic}: {status.dead_letters or 0:,} messages")
+    return 0
+
+
+def cmd_positions_reset(args: argparse.Namespace) -> int:
+    """Move stored positions (out of a position gap, past a re-created topic); audited; see position_reset."""
+    settings = _settings(args)
+    setup_logging("WARNING", settings.log_format)
+    for line in reset_command(settings, args.topic, args.partition, args.to, dry_run=args.dry_run):
+        print(line)
     return 0
 
 
@@ -289,6 +322,17 @@ def parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--dry-run", action="store_true", help="count what would be replayed, produce nothing")
     replay_cmd.add_argument("--pipeline", help="pipeline whose dead-letter topic to read (default: invoices)")
     replay_cmd.set_defaults(handler=cmd_dlq_replay)
+
+    positions = commands.add_parser("positions", help="stored position tools").add_subparsers(
+        dest="positions_command", required=True
+    )
+    reset = positions.add_parser("reset", help="move stored positions (audited; safe while consumers run)")
+    reset.add_argument("--topic", required=True, help="the topic whose stored positions to move")
+    reset.add_argument("--partition", type=int, help="only this partition (default: all of the topic's)")
+    reset.add_argument("--to", required=True, help="earliest, latest, an offset, or an RFC 3339 timestamp")
+    reset.add_argument("--dry-run", action="store_true", help="print what would move, write nothing")
+    reset.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
+    reset.set_defaults(handler=cmd_positions_reset)
 
     status = commands.add_parser("status", help="positions, lag and dead letters per partition")
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -1,10 +1,23 @@
 """Where rejected records go: the dead-letter topic, guarded by a circuit breaker.
 
 `DeadLetterProducer` sends each rejected record with its original key, value and headers plus the
-`dlq.*` headers (docs/ARCHITECTURE.md, "Dead letters") and returns only when every delivery report came back without
-error: the caller commits the position past those records only after that. `HaltOnReject` is used
-when the pipeline names no dead-letter topic: a rejected record stops the consumer instead of being
-skipped. `GuardedSink` puts the circuit breaker in front of either.
+`dlq.*` headers (docs/ARCHITECTURE.md, "Dead letters") and returns only when every one of them was
+acknowledged by the topic: the caller commits the position past those records only after that.
+Whatever the message and whatever the broker says, it returns or raises one of two errors, never
+anything else:
+
+* a letter too large for the topic is sent without its value (then key, then original headers),
+  described by size and sha256 (consumer/dlq_letter.py);
+* `DeadLetterRefused` (the flush halts) when the topic refuses for good: deleted, not authorized,
+  misconfigured, a fatal producer error, too small for any letter (consumer/dlq_refusals.py);
+* `DeadLetterUnavailable` (the flush is retried) otherwise: no acknowledgement within
+  `timeout_s`, a full local queue for that long, a broker down.
+
+A retried flush does not send again what the topic acknowledged (the last 100,000 messages are
+remembered) nor what is still queued in the producer: it waits for that copy (consumer/dlq_book.py).
+
+`HaltOnReject` is used when the pipeline names no dead-letter topic: a rejected record stops the
+consumer instead of being skipped. `GuardedSink` puts the circuit breaker in front of either.
 """
 
 from __future__ import annotations
@@ -14,44 +27,37 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.breaker import DeadLetterBreaker
-from consumer.outcomes import BreakerOpen, DeadLetterUnavailable, HaltingReject
+from consumer.dlq_book import REMEMBER, Book, Copy, Key, State, key_of
+from consumer.dlq_letter import DLQ_PREFIX, MAX_ERROR_MESSAGE, Letter, dead_letter_headers, fit
+from consumer.dlq_limits import PRODUCER_DEFAULT_MAX_BYTES, SizeLimit
+from consumer.dlq_refusals import MISSING, refusal, too_large, topic_problem
+from consumer.outcomes import BreakerOpen, DeadLetterRefused, DeadLetterUnavailable, HaltingReject
 from pipeline import failpoints
 from pipeline.records import Header, Record, Rejection
 from pipeline.rejects import RejectSink
 
+__all__ = [
+    "DLQ_PREFIX",
+    "MAX_ERROR_MESSAGE",
+    "DeadLetterProducer",
+    "GuardedSink",
+    "HaltOnReject",
+    "dead_letter_headers",
+    "header_dict",
+]
+
 log = logging.getLogger("microbatch.deadletter")
-
-DLQ_PREFIX = "dlq."
-MAX_ERROR_MESSAGE = 500
-
-
-def dead_letter_headers(
-    rejection: Rejection, group: str, attempts: int, failed_at: datetime
-) -> list[tuple[str, str | bytes | None]]:
-    """Original headers (minus any `dlq.*` we set) followed by ours, all values UTF-8 text."""
-    record = rejection.record
-    ours: dict[str, str] = {
-        "dlq.original.topic": record.topic,
-        "dlq.original.partition": str(record.partition),
-        "dlq.original.offset": str(record.offset),
-        "dlq.reason": rejection.reason.value,
-        "dlq.error.class": rejection.error_class,
-        "dlq.error.message": rejection.message[:MAX_ERROR_MESSAGE],
-        "dlq.consumer.group": group,
-        "dlq.failed_at": failed_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "dlq.attempts": str(attempts),
-    }
-    if rejection.sqlstate:
-        ours["dlq.error.sqlstate"] = rejection.sqlstate
-    kept: list[tuple[str, str | bytes | None]] = [(name, value) for name, value in record.headers if name not in ours]
-    return kept + [(name, value.encode()) for name, value in ours.items()]
 
 
 class DeadLetterProducer:
-    """An idempotent (acks=all) producer to one dead-letter topic; `deliver` waits for every ack."""
+    """An idempotent (acks=all) producer to one dead-letter topic; `deliver` waits for every ack.
+
+    `limit` sizes the letters (the producer's and the topic's limits); `renew` makes a new producer
+    after a fatal error (without it a fatal error halts for good).
+    """
 
     def __init__(
         self,
@@ -60,78 +66,186 @@ class DeadLetterProducer:
         group: str,
         *,
         timeout_s: float = 30.0,
+        limit: SizeLimit | None = None,
+        renew: Callable[[], Producer] | None = None,
         on_delivered: Callable[[Rejection], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        remember: int = REMEMBER,
     ) -> None:
         self.producer = producer
         self.topic = topic
         self.group = group
         self.timeout_s = timeout_s
+        self.limit = limit or SizeLimit(PRODUCER_DEFAULT_MAX_BYTES)
         self.on_delivered = on_delivered
+        self._renew = renew
         self._clock = clock
-        self._attempts: dict[tuple[str, int, int], int] = {}
+        self.book = Book(remember)
+        self._refused: str | None = None  # why the last attempt was refused: checked before the next
+        self._broken = False  # a fatal error: the producer must be replaced
+        self._refreshed = False  # the topic's limit was read again during this attempt
+        self._stored: set[Key] = set()  # messages acknowledged during this attempt, or before it
+
+    # A share of the timeout is kept for the metadata request that tells a refusal from an outage.
+    @property
+    def _reserve_s(self) -> float:
+        return min(1.0, self.timeout_s / 5)
 
     def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record] = ()) -> None:
-        """Produce every rejection and wait for its delivery report; raise DeadLetterUnavailable otherwise."""
+        """Store every rejection in the topic; raise DeadLetterRefused or DeadLetterUnavailable otherwise."""
         if not rejections:
             return
-        failures: list[str] = []
-        acked: list[Rejection] = []
-        now = self._clock()
-        for rejection in rejections:
-            record = rejection.record
-            coordinates = (record.topic, record.partition, record.offset)
-            attempts = self._attempts.get(coordinates, 0) + 1
-            self._attempts[coordinates] = attempts
-            headers = dead_letter_headers(rejection, self.group, attempts, now)
-            self._produce(record, headers, _report(rejection, acked, failures))
-        failpoints.hit("after_dlq_produce")
         deadline = time.monotonic() + self.timeout_s
-        while len(acked) + len(failures) < len(rejections) and (left := deadline - time.monotonic()) > 0:
+        self._refreshed = False
+        self._recover(deadline)
+        self.producer.poll(0)  # reports of copies queued by an earlier attempt
+        now = self._clock()
+        wanted: dict[Key, Rejection] = {}
+        self._stored = set()  # acknowledged during this attempt (the memory may forget them meanwhile)
+        for rejection in rejections:
+            key = key_of(rejection.record)
+            if key not in wanted:
+                wanted[key] = rejection
+                state = self.book.state(key)
+                if state is State.ACKNOWLEDGED:
+                    self._stored.add(key)
+                elif state is not State.SENDING:
+                    self._send(key, rejection, now, deadline)
+        failpoints.hit("after_dlq_produce")
+        self._await(wanted, now, deadline)
+        missing = [key for key in wanted if key not in self._stored]
+        if missing:
+            self._fail(missing, len(wanted), deadline)
+        self._refused = None
+
+    def _await(self, wanted: dict[Key, Rejection], now: datetime, deadline: float) -> None:
+        """Until every wanted message is acknowledged or failed, or the deadline (less the reserve) passed;
+        a copy the topic found too large is sent again, smaller."""
+        while True:
+            for key, rejection in wanted.items():
+                failed = self.book.failure(key) if self.book.state(key) is State.FAILED else None
+                if failed is not None and too_large(failed[0]):
+                    self._send(key, rejection, now, deadline, below=failed[1].size)
+            if not any(self.book.state(key) is State.SENDING for key in wanted if key not in self._stored):
+                return
+            left = deadline - self._reserve_s - time.monotonic()
+            if left <= 0:
+                return
             # flush(), unlike poll(), sends at once instead of lingering (linger.ms) first: the
             # flush's transaction is open meanwhile, and PostgreSQL waits for this.
             self.producer.flush(min(left, 0.5))
-        if failures or len(acked) < len(rejections):
-            missing = len(rejections) - len(acked)
-            reason = failures[0] if failures else f"no delivery report within {self.timeout_s:.0f} s"
-            raise DeadLetterUnavailable(
-                f"{missing} of {len(rejections)} dead letters not acknowledged by {self.topic}: {reason}"
-            )
-        for rejection in acked:
-            record = rejection.record
-            self._attempts.pop((record.topic, record.partition, record.offset), None)
-            if self.on_delivered is not None:
-                self.on_delivered(rejection)
 
-    def _produce(
-        self,
-        record: Record,
-        headers: list[tuple[str, str | bytes | None]],
-        report: Callable[[KafkaError | None, Message], None],
-    ) -> None:
-        while True:
+    def _fail(self, missing: list[Key], wanted: int, deadline: float) -> None:
+        errors = [failed[0] for key in missing if (failed := self.book.failure(key)) is not None]
+        self._broken = self._broken or any(error.fatal() or error.code() == KafkaError._FATAL for error in errors)
+        why = next((found for error in errors if (found := refusal(error)) is not None), None)
+        if why is None:
+            why = topic_problem(self.producer, self.topic, deadline - time.monotonic())
+        if why is not None:
+            self._refused = why
+            raise DeadLetterRefused(f"dead letters not acknowledged by {self.topic}: {why}")
+        reason = errors[0].str() if errors else f"no delivery report within {self.timeout_s:g} s"
+        sending = sum(1 for key in missing if self.book.state(key) is State.SENDING)
+        queued = f" ({sending} still queued: not sent again until they report)" if sending else ""
+        raise DeadLetterUnavailable(
+            f"{len(missing)} of {wanted} dead letters not acknowledged by {self.topic}: {reason}{queued}"
+        )
+
+    def _recover(self, deadline: float) -> None:
+        """Before an attempt: a new producer after a fatal error; after a refusal, whether the topic is
+        back (refused again at once, without producing, while it is not)."""
+        if self._broken and self._renew is not None:
+            old, self.producer = self.producer, self._renew()
+            self.book.abandon()
+            self._broken = False
             try:
-                self.producer.produce(
-                    self.topic, value=record.value, key=record.key, headers=headers, on_delivery=report
+                old.purge()
+                old.flush(0)
+            except (KafkaException, RuntimeError) as exc:
+                log.debug("discarding the failed dead-letter producer: %s", exc)
+            log.info("replaced the dead-letter producer after a fatal error")
+        if self._refused is not None:
+            problem = topic_problem(self.producer, self.topic, min(5.0, deadline - time.monotonic()))
+            if problem is not None:
+                raise DeadLetterRefused(f"dead letters not acknowledged by {self.topic}: {problem}")
+
+    def _letter(self, rejection: Rejection, attempts: int, now: datetime, deadline: float, below: int | None) -> Letter:
+        """The letter to send, within the limit (and below `below` bytes after a too-large report)."""
+        if below is not None:
+            self._refresh(deadline)
+        while True:
+            limit = self.limit.bytes if below is None else min(self.limit.bytes, below - 1)
+            letter = fit(rejection, self.group, attempts, now, limit)
+            # Not fitting whole may be a stale limit: read the topic's again (once per attempt).
+            if (letter is None or letter.omitted) and self._refresh(deadline):
+                continue
+            if letter is None:
+                record = rejection.record
+                raise DeadLetterRefused(
+                    f"dead letters not acknowledged by {self.topic}: its limit of {limit} bytes per message "
+                    f"cannot hold even the dlq.* headers of {record.topic}[{record.partition}]@{record.offset}; "
+                    "raise the topic's max.message.bytes"
                 )
-                return
+            if letter.omitted:
+                record = rejection.record
+                log.warning(
+                    "dead letter of %s[%d]@%d is over the limit of %d bytes: sent without its %s",
+                    record.topic, record.partition, record.offset, limit, ", ".join(letter.omitted),
+                )  # fmt: skip
+            return letter
+
+    def _refresh(self, deadline: float) -> bool:
+        """Read the topic's limit again, once per attempt; True when it changed."""
+        if self._refreshed:
+            return False
+        self._refreshed = True
+        return self.limit.refresh(max(0.1, min(2.0, deadline - time.monotonic())))
+
+    def _send(self, key: Key, rejection: Rejection, now: datetime, deadline: float, below: int | None = None) -> None:
+        """Hand one copy to the producer; a full local queue is waited for until the deadline."""
+        while True:
+            letter = self._letter(rejection, self.book.attempts(key) + 1, now, deadline, below)
+            copy = Copy(letter.size)
+            try:
+                self.producer.produce(self.topic, value=letter.value, key=letter.key, headers=letter.headers,
+                                      on_delivery=self._report(key, rejection, copy))  # fmt: skip
             except BufferError:
-                self.producer.poll(0.05)  # local queue full: let deliveries drain first
+                if time.monotonic() >= deadline:
+                    raise DeadLetterUnavailable(
+                        f"the dead-letter producer's local queue for {self.topic} stayed full for "
+                        f"{self.timeout_s:g} s ({self.book.sending()} letters awaiting acknowledgement)"
+                    ) from None
+                self.producer.poll(0.05)  # let deliveries drain first
+                continue
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if too_large(error):
+                    below = letter.size
+                    continue
+                self._broken = self._broken or error.fatal() or error.code() == KafkaError._FATAL
+                why = refusal(error)
+                if why is None and error.code() in MISSING:
+                    why = topic_problem(self.producer, self.topic, deadline - time.monotonic())
+                if why is not None:
+                    self._refused = why
+                    raise DeadLetterRefused(f"dead letters not acknowledged by {self.topic}: {why}") from None
+                raise DeadLetterUnavailable(f"dead letter not accepted by the producer for {self.topic}: "
+                                            f"{error.str()}") from None  # fmt: skip
+            self.book.sent(key, copy)
+            return
+
+    def _report(self, key: Key, rejection: Rejection, copy: Copy) -> Callable[[KafkaError | None, Message], None]:
+        def report(err: KafkaError | None, msg: Message) -> None:
+            self.book.reported(key, copy, err)
+            if err is None:
+                self._stored.add(key)
+                if self.on_delivered is not None:
+                    self.on_delivered(rejection)
+
+        return report
 
     def close(self, timeout_s: float = 10.0) -> None:
         self.producer.flush(timeout_s)
-
-
-def _report(
-    rejection: Rejection, acked: list[Rejection], failures: list[str]
-) -> Callable[[KafkaError | None, Message], None]:
-    def report(err: KafkaError | None, msg: Message) -> None:
-        if err is None:
-            acked.append(rejection)
-        else:
-            failures.append(err.str())
-
-    return report
 
 
 class HaltOnReject:

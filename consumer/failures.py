@@ -5,6 +5,7 @@
 | PositionConflict (compare-and-set refused)| reposition  | re-reads those stored positions and seeks there    |
 | HaltingReject (no dead-letter topic)      | exit        | stops: exit code 3                                 |
 | BreakerOpen (too much rejected)           | halt        | pauses everything, not ready, retries slowly       |
+| DeadLetterRefused (deleted, forbidden…)   | halt        | pauses everything, not ready, retries slowly       |
 | other RejectSinkError (dead-letter topic) | retry       | pauses everything, retries with backoff            |
 | DatabaseFailure, transient                | retry       | pauses everything, retries with backoff            |
 | DatabaseFailure, systemic                 | halt        | pauses everything, not ready, retries slowly       |
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from consumer.outcomes import BreakerOpen, HaltingReject
+from consumer.outcomes import BreakerOpen, DeadLetterRefused, HaltingReject
 from pipeline.errors import DatabaseFailure, FailureClass
 from pipeline.offsets import PositionConflict
 from pipeline.records import PartitionId
@@ -68,6 +69,7 @@ FAILURES: list[tuple[type[BaseException], Callable[[BaseException], Failure]]] =
             Action.HALT, "dead_letter", f"dead-letter circuit breaker open: {error}", breaker=True, detail=str(error)
         ),
     ),
+    (DeadLetterRefused, lambda error: Failure(Action.HALT, "dead_letter", f"dead-letter topic refused: {error}")),
     (RejectSinkError, lambda error: Failure(Action.RETRY, "dead_letter", str(error))),
     (DatabaseFailure, _database),
 ]

@@ -38,6 +38,7 @@ class FlowControl:
         retry_initial_s: float,
         retry_max_s: float,
         halted_retry_s: float,
+        exit_on_halt: bool = False,
     ) -> None:
         self._kafka = kafka
         self._positions = positions
@@ -45,10 +46,16 @@ class FlowControl:
         self._clock = clock
         self._backoff = Backoff(retry_initial_s, retry_max_s)
         self._halted_retry_s = halted_retry_s
+        self._exit_on_halt = exit_on_halt
         self.paused = False
         self.retry_at: float | None = None
         self.halt: Failure | None = None
         self.retry_reason: str | None = None
+
+    @property
+    def should_exit(self) -> bool:
+        """Halted, and told to exit (code 3) rather than wait: let an orchestrator restart or page."""
+        return self._exit_on_halt and self.halt is not None
 
     @property
     def waiting(self) -> bool:
@@ -81,7 +88,17 @@ class FlowControl:
         self.report()
 
     def recovered(self) -> None:
-        """A write succeeded: clear the retry state and resume every partition."""
+        """A write succeeded: clear the retry state and resume every partition, unless a partition is
+        halted on its position (then the halt stands, and is retried)."""
+        if halts := self._positions.halted():
+            reason = next(iter(halts.values()))
+            if self.halt is None or self.halt.reason != reason:
+                self.halt = Failure(Action.HALT, "systemic", reason)
+            if self.retry_at is None:
+                self.retry_at = self._clock() + self._halted_retry_s
+            self.pause_all()
+            self.report()
+            return
         if self.retry_at is None and not self.paused:
             return
         if self.halt or self.retry_reason:

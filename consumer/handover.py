@@ -18,18 +18,19 @@ Loop thread only (the writer thread is reached through WriterThread).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from consumer.failures import Action, classify_failure
+from consumer.failures import Action, Failure, classify_failure
 from consumer.flow import FlowControl
 from consumer.pending import Pending
 from consumer.positions import Positions
 from consumer.seeking import Seeker
 from consumer.telemetry import Telemetry
 from consumer.window import Trigger, Window
-from consumer.writer_thread import Outcome, WriterThread
+from consumer.writer_thread import Outcome, StillWriting, WriterThread
 from pipeline.errors import DatabaseFailure
 from pipeline.prepare import Preparer
 from pipeline.records import PartitionId
@@ -40,6 +41,7 @@ EXIT_HALTED = 3
 # statement before it decodes more (WriterThread.wait_for_handover). Measured per 5,000-event write:
 # BEGIN + compare-and-set 2.2 → 0.9 ms, COPY 8.7 → 5.6 ms; the statement, which decoding overlaps, ~2 ms slower.
 HANDOVER_WAIT_S = 0.1
+CANCEL_WAIT_S = 2.0  # after asking PostgreSQL to cancel a write at the shutdown deadline
 
 
 class Handover:
@@ -57,16 +59,17 @@ class Handover:
         flow: FlowControl,
         telemetry: Telemetry,
         raw_table: str,
-        exit_on_halt: bool,
     ) -> None:
         self._kafka, self._preparer, self._writer = kafka, preparer, writer
         self.pending, self._positions, self._seeker = pending, positions, seeker
         self._flow, self._telemetry = flow, telemetry
-        self._raw_table, self._exit_on_halt = raw_table, exit_on_halt
+        self._raw_table = raw_table
         self.flushes = self.written = self.duplicates = 0
         self.closing = False  # leaving: a failed write is not retried any more
-        self.exit_code: int | None = None  # set when the loop must stop (a halt with exit_on_halt, no DLQ)
+        self.exit_code: int | None = None  # set when the loop must stop (a rejection without a dead-letter topic)
         self.on_commit: Callable[[], None] = lambda: None  # told after each COMMIT (the database answered)
+        self.deadline: float | None = None  # monotonic time by which waits end (set at shutdown)
+        self.cut = False  # a write was left unfinished at the deadline
 
     def unwritten(self) -> int:
         """Pending records still to write."""
@@ -75,11 +78,11 @@ class Handover:
     def hand_over(self, *, wait: bool) -> None:
         """Write everything pending (steps 1-3 of the module docstring); with `wait`, until it ended."""
         records = self._positions.unwritten(self.pending.records)
-        decoded = self._preparer.prepare(records)  # 1.
+        decoded = self._preparer.prepare(records, self._positions.topic_ids())  # 1.
         if not self.settle():  # 2.
             return
         if len(unwritten := self._positions.unwritten(self.pending.records)) != len(records):
-            records, decoded = unwritten, self._preparer.prepare(unwritten)  # positions moved meanwhile (rare)
+            records, decoded = unwritten, self._preparer.prepare(unwritten, self._positions.topic_ids())  # (rare)
         _, trigger = self.pending.take()
         if not records:
             if self._flow.waiting:
@@ -91,8 +94,24 @@ class Handover:
             self.settle()
 
     def settle(self) -> bool:
-        """Wait for the write in flight (if any) and account for it; False when it failed."""
-        return self._conclude(self._writer.wait(), retry=not self.closing)
+        """Wait for the write in flight (if any) and account for it; False when it failed. After a
+        `deadline` (shutdown), wait until then only: a write still running is cancelled, and if it
+        still does not end it is left behind (`cut`)."""
+        if self.cut:
+            return False  # left behind at the deadline: nothing more to wait for
+        if self.deadline is None:
+            return self._conclude(self._writer.wait(), retry=not self.closing)
+        try:  # the cancel and its wait fit inside the deadline too
+            outcome = self._writer.wait(max(0.0, self.deadline - CANCEL_WAIT_S - time.monotonic()))
+        except StillWriting:
+            self._writer.cancel()
+            try:
+                outcome = self._writer.wait(CANCEL_WAIT_S)
+            except StillWriting:
+                log.error("shutdown: the write in flight did not end in time; leaving it (it rolls back)")
+                self.cut = True
+                return False
+        return self._conclude(outcome, retry=not self.closing)
 
     def write_now(self, window: Window, trigger: Trigger) -> None:
         """Close `window` and write everything pending, once, waiting for the outcome (no retry)."""
@@ -102,11 +121,20 @@ class Handover:
         records = self._positions.unwritten(self.pending.records)
         _, trigger = self.pending.take()
         if records:
-            self._writer.submit(self._positions.batch(records), self._preparer.prepare(records), trigger)
+            self._writer.submit(
+                self._positions.batch(records), self._preparer.prepare(records, self._positions.topic_ids()), trigger
+            )
             self._conclude(self._writer.wait(), retry=False)
 
     def retry(self) -> None:
-        """The retry is due: re-read the stored positions (the database may have lost or kept commits), then write."""
+        """The retry is due: place the partitions halted on their position again (an operator may have
+        reset them), re-read the stored positions (the database may have lost or kept commits), write."""
+        if not self.settle():  # a write in flight first (a halt can be decided while one runs)
+            return
+        self._seeker.seek_unknown(halted=True)
+        if halts := self._positions.halted():
+            self._flow.schedule_retry(Failure(Action.HALT, "systemic", next(iter(halts.values()))))
+            return
         try:
             behind = self._seeker.behind()
         except DatabaseFailure as error:
@@ -152,8 +180,6 @@ class Handover:
             self.exit_code = EXIT_HALTED
         elif retrying:
             self._flow.schedule_retry(failure)
-            if failure.action is Action.HALT and self._exit_on_halt:
-                self.exit_code = EXIT_HALTED
         return False
 
     def apply_commits(self) -> None:

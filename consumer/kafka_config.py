@@ -65,7 +65,10 @@ def consumer_config(settings: Settings, group: str) -> dict[str, str | int | boo
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": group,
         "client.id": client_id("consumer"),
-        "auto.offset.reset": settings.auto_offset_reset,
+        # Never a silent jump: a stored position out of range is reported (an error event naming the
+        # partition) and handled as a gap (consumer/placement.py). `auto_offset_reset` decides where a
+        # partition without a stored position starts, when it is placed.
+        "auto.offset.reset": "error",
         "enable.partition.eof": False,
         # Bounded prefetch: librdkafka's default queue (64 MiB) is most of our memory budget.
         "queued.max.messages.kbytes": 16384,
@@ -93,4 +96,26 @@ def producer_config(settings: Settings, role: str) -> dict[str, str | int | bool
             "acks": "all",
         }
     )
+    return config
+
+
+def dead_letter_producer_config(settings: Settings, topic_max_bytes: int | None) -> dict[str, str | int | bool]:
+    """The dead-letter producer: `producer_config` plus defaults a user may still override in kafka_config."""
+    config = producer_config(settings, "dead-letters")
+    user = settings.kafka_config
+    # Each flush waits for its dead letters' acknowledgements: do not linger before sending them.
+    config.setdefault("linger.ms", 1)
+    if "allow.auto.create.topics" not in user:
+        # librdkafka's producer would otherwise re-create a deleted dead-letter topic on its own, with
+        # the broker's defaults (partitions, retention, max.message.bytes): a deleted topic must halt
+        # the consumer until someone re-creates it as it should be.
+        config["allow.auto.create.topics"] = False
+    if "message.timeout.ms" not in user:
+        # librdkafka keeps an unacknowledged message for message.timeout.ms (default 300 s), retrying
+        # it, while each flush gives up on it after dead_letter_timeout_s: bound the one by the other.
+        config["message.timeout.ms"] = max(10, int(settings.dead_letter_timeout_s * 1000))
+    if topic_max_bytes is not None and "batch.size" not in user:
+        # A topic's max.message.bytes limits whole batches: several letters that each fit must not be
+        # batched into one that does not. (A single larger letter is still sent alone.)
+        config["batch.size"] = max(1, min(topic_max_bytes, 1_000_000))
     return config

@@ -18,15 +18,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka.admin import AdminClient
 
 from consumer.flow import FlowControl
 from consumer.handover import EXIT_HALTED, Handover
 from consumer.housekeeping import Housekeeping
+from consumer.log_facts import LogFacts
 from consumer.messages import to_record
 from consumer.pending import Pending
+from consumer.placement import Rules
 from consumer.positions import Positions
 from consumer.rebalance import Rebalance
 from consumer.seeking import Seeker
@@ -35,6 +38,7 @@ from consumer.window import Trigger, Window, WindowPolicy
 from consumer.writer_thread import WriterThread
 from pipeline import failpoints
 from pipeline.prepare import Preparer
+from pipeline.records import PartitionId
 from pipeline.rejects import RejectSink
 from pipeline.target import Target
 
@@ -42,6 +46,10 @@ log = logging.getLogger("microbatch.loop")
 EXIT_OK, EXIT_UNCLEAN = 0, 1
 __all__ = ["EXIT_HALTED", "EXIT_OK", "EXIT_UNCLEAN", "LoopOptions", "RunLoop"]
 POLL_INTERVAL_S = 0.1
+# Of shutdown_timeout_s, what is kept for leaving the group and closing the clients after the writes.
+CLOSE_BUDGET_S = 3.0
+# The broker refused a fetch position (auto.offset.reset = error): the partition is placed again.
+OUT_OF_RANGE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
 
 
 @dataclass
@@ -51,7 +59,7 @@ class LoopOptions:
     topics: Sequence[str]
     policy: WindowPolicy
     consume_batch: int = 1000
-    auto_offset_reset: str = "earliest"
+    placement: Rules = field(default_factory=Rules)
     shutdown_timeout_s: float = 30.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
@@ -71,6 +79,7 @@ class RunLoop:
         sink: RejectSink,
         options: LoopOptions,
         *,
+        admin: AdminClient,
         clock: Callable[[], float] = time.monotonic,
         telemetry: Telemetry | None = None,
     ) -> None:
@@ -81,13 +90,12 @@ class RunLoop:
         pending, writer = Pending(), WriterThread(target, sink)
         self.flow = flow = FlowControl(
             kafka, positions, telemetry, clock, retry_initial_s=options.retry_initial_s,
-            retry_max_s=options.retry_max_s, halted_retry_s=options.halted_retry_s,
+            retry_max_s=options.retry_max_s, halted_retry_s=options.halted_retry_s, exit_on_halt=options.exit_on_halt,
         )  # fmt: skip
-        seeker = Seeker(kafka, writer, positions, window=window, pending=pending, telemetry=telemetry, flow=flow,
-                        clock=clock, auto_offset_reset=options.auto_offset_reset)  # fmt: skip
+        seeker = Seeker(kafka, writer, positions, facts=LogFacts(admin, kafka), rules=options.placement,
+                        window=window, pending=pending, telemetry=telemetry, flow=flow, clock=clock)  # fmt: skip
         self.handover = Handover(kafka, preparer, writer, pending=pending, positions=positions, seeker=seeker,
-                                 flow=flow, telemetry=telemetry, raw_table=target.spec.raw.table,
-                                 exit_on_halt=options.exit_on_halt)  # fmt: skip
+                                 flow=flow, telemetry=telemetry, raw_table=target.spec.raw.table)  # fmt: skip
         self.seeker, self.writer, self.preparer = seeker, writer, preparer
         self.rebalance = Rebalance(self.handover, positions=positions, seeker=seeker, window=window, flow=flow,
                                    telemetry=telemetry)  # fmt: skip
@@ -106,8 +114,10 @@ class RunLoop:
         self.kafka.subscribe(list(self.options.topics), on_assign=r.on_assign, on_revoke=r.on_revoke,
                              on_lost=r.on_lost)  # fmt: skip
         try:
-            while not self._stopping and self.handover.exit_code is None:
+            while not self._stopping and self.handover.exit_code is None and not self.flow.should_exit:
                 self.step()
+            if self.flow.should_exit:
+                return EXIT_HALTED
             return self.handover.exit_code if self.handover.exit_code is not None else self._shutdown()
         finally:
             self.handover.closing = True
@@ -122,7 +132,9 @@ class RunLoop:
         if self.writer.finished:  # 2.
             self.handover.settle()
         self.handover.apply_commits()
-        self.seeker.seek_unknown()  # 3.
+        if self.positions.unknown():  # 3. (a write in flight is accounted for first: its records stay dropped)
+            self.handover.settle()
+            self.seeker.seek_unknown()
         wanted = 1 if self.flow.waiting else min(self.options.consume_batch, self.window.room)
         messages = self.kafka.consume(wanted, self._poll_timeout())  # 4.
         if messages:
@@ -144,25 +156,35 @@ class RunLoop:
 
     def _accept(self, messages: Sequence[Message]) -> None:
         records = []
+        refused: dict[PartitionId, str] = {}
         for message in messages:
             error = message.error()
             if error is None:
                 records.append(to_record(message))
             elif error.fatal():
                 raise KafkaException(error)
+            elif error.code() in OUT_OF_RANGE and message.topic() is not None:
+                refused[(message.topic() or "", message.partition() or 0)] = error.str()
             else:
                 log.warning("kafka: %s", error.str())
+        if refused:  # nothing of a refused partition is kept: it is placed again (its window dropped)
+            records = [record for record in records if record.partition_id not in refused]
         accepted = self.positions.accept(records)
         self.telemetry.consumed(accepted, self.window.extend(accepted))
+        if refused:
+            self.handover.settle()
+            for pid, why in refused.items():
+                self.seeker.out_of_range(pid, why)
 
     def _shutdown(self) -> int:
-        """Write everything buffered within the deadline; EXIT_OK when it all got written."""
-        deadline = self.clock() + self.options.shutdown_timeout_s
+        """Write everything buffered within the deadline; EXIT_OK when it all got written. Every wait
+        ends by the deadline (the watchdog of consumer/watchdog.py bounds what cannot be cut short)."""
         handover = self.handover
+        handover.deadline = time.monotonic() + max(0.5, self.options.shutdown_timeout_s - CLOSE_BUDGET_S)
         handover.settle()
         if len(self.window):
             handover.pending.add(self.window.take(), Trigger.SHUTDOWN)
-        while handover.unwritten() and self.clock() < deadline and handover.exit_code is None:
+        while handover.unwritten() and time.monotonic() < handover.deadline and not self._over():
             if self.flow.waiting and not self.flow.due():
                 # Keep polling (group membership) but buffer nothing new: we are leaving.
                 self.kafka.consume(1, min(POLL_INTERVAL_S, self.flow.seconds_to_retry()))
@@ -172,9 +194,13 @@ class RunLoop:
                 handover.hand_over(wait=True)
         if handover.exit_code is not None:
             return handover.exit_code
-        if unwritten := handover.unwritten():
-            log.error("shutdown deadline passed with %d records unwritten; they will be re-read on restart", unwritten)
+        if (unwritten := handover.unwritten()) or handover.cut:
+            log.error("shutdown deadline passed with %d records unwritten; they will be re-read on restart",
+                      unwritten + (1 if handover.cut else 0))  # fmt: skip
             return EXIT_UNCLEAN
         log.info("shut down cleanly: %d flushes, %d rows written, %d duplicates skipped", handover.flushes,
                  handover.written, handover.duplicates)  # fmt: skip
         return EXIT_OK
+
+    def _over(self) -> bool:
+        return self.handover.exit_code is not None or self.handover.cut or self.flow.should_exit

@@ -19,6 +19,8 @@ OUTCOMES = ("ok", "bisected", "retry", "failed")
 REASONS = ("invalid_json", "invalid_event", "too_large", "empty", "db_rejected")
 REBALANCES = ("assign", "revoke", "lost")
 FAILURE_CLASSES = ("transient", "systemic", "dead_letter")
+POSITION_RESETS = ("topic_recreated", "reset", "adopted_kafka_offset")
+GAP_ACTIONS = ("halt", "skip")
 
 FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECORD_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000)
@@ -135,6 +137,23 @@ class Metrics:
             "Flushes refused by the offsets compare-and-set: another owner had already written the range",
             registry=r,
         )
+        # counter: stored positions moved outside a write, by reason (docs: "Positions you can trust").
+        self.position_resets = Counter(
+            "microbatch_position_resets",
+            "Stored positions moved outside a write, by reason: topic_recreated (the topic was deleted and "
+            "re-created), reset (a partition without a stored position placed at auto_offset_reset), "
+            "adopted_kafka_offset (placed at the group's Kafka commit)",
+            ["reason"],
+            registry=r,
+        )
+        # counter: stored positions found outside the log (retention, truncation), by what was done.
+        self.position_gaps = Counter(
+            "microbatch_position_gaps",
+            "Stored positions found outside the log (deleted by retention, or beyond a truncated end), by "
+            "action: halt (waiting for an operator) or skip (on_position_gap = skip)",
+            ["action"],
+            registry=r,
+        )
         # gauge: records and bytes waiting in the open window plus a window being retried.
         self.buffered_records = Gauge(
             "microbatch_buffered_records",
@@ -172,6 +191,10 @@ class Metrics:
             self.rebalances.labels(kind)
         for failure in FAILURE_CLASSES:
             self.retries.labels(failure, "none")
+        for reason in POSITION_RESETS:
+            self.position_resets.labels(reason)
+        for action in GAP_ACTIONS:
+            self.position_gaps.labels(action)
 
     def tables(self, names: Iterable[str]) -> None:
         """Pre-initialise the per-table counters for the pipeline's tables."""

@@ -64,7 +64,8 @@ def collect_status(settings: Settings, target: Target) -> Status:
                 for tp in probe.committed([TopicPartition(topic, p) for p in marks], timeout=10)
             } if marks else {}  # fmt: skip
             for partition, (low, high) in sorted(marks.items()):
-                position = stored.get((topic, partition))
+                row = stored.get((topic, partition))
+                position = None if row is None else row.offset
                 kafka = committed.get(partition)
                 start = position if position is not None else (kafka if kafka is not None and kafka >= 0 else low)
                 status.partitions.append(

@@ -1,4 +1,4 @@
-"""Why a flush could not hand its rejected records on: the reject sink's three refusals."""
+"""Why a flush could not hand its rejected records on: the reject sink's refusals."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ class HaltingReject(RejectSinkError):
 
 class DeadLetterUnavailable(RejectSinkError):
     """The dead-letter topic did not acknowledge every message: retry, do not move past them."""
+
+
+class DeadLetterRefused(RejectSinkError):
+    """The dead-letter topic refuses for good (deleted, not authorized, misconfigured, a fatal producer
+    error, too small for any letter): halt until someone fixes it, do not move past the messages."""
 
 
 class BreakerOpen(RejectSinkError):

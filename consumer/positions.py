@@ -34,6 +34,8 @@ class PartitionPosition:
     known: bool
     fetch: int | None  # None: take whatever Kafka delivers first
     assigned_at: int | None = None
+    topic_id: str | None = None  # the topic incarnation being read (None: not known)
+    halt: str | None = None  # why the partition may not be read (a position gap, a re-created topic)
 
 
 class Positions:
@@ -52,8 +54,18 @@ class Positions:
         return sorted(self._owned)
 
     def unknown(self) -> list[PartitionId]:
-        """Owned partitions whose stored position still has to be read and sought to."""
-        return sorted(pid for pid, state in self._owned.items() if not state.known)
+        """Owned partitions whose stored position still has to be read and sought to (not halted)."""
+        return sorted(pid for pid, state in self._owned.items() if not state.known and state.halt is None)
+
+    def halted(self) -> dict[PartitionId, str]:
+        """Owned partitions that may not be read until their position is valid again, and why."""
+        return {pid: state.halt for pid, state in sorted(self._owned.items()) if state.halt is not None}
+
+    def halt(self, pid: PartitionId, reason: str) -> None:
+        """The partition's position is not valid (placement): nothing of it is read or written."""
+        state = self._owned.get(pid)
+        if state is not None:
+            state.known, state.fetch, state.halt = False, None, reason
 
     def known(self) -> list[PartitionId]:
         return sorted(pid for pid, state in self._owned.items() if state.known)
@@ -68,9 +80,9 @@ class Positions:
 
     # -- ownership ---------------------------------------------------------------------------------
 
-    def assign(self, pid: PartitionId, stored: int | None, *, known: bool = True) -> None:
+    def assign(self, pid: PartitionId, stored: int | None, *, known: bool = True, topic_id: str | None = None) -> None:
         """Take ownership; records start at `stored` (or wherever Kafka starts when None)."""
-        self._owned[pid] = PartitionPosition(stored=stored, known=known, fetch=stored, assigned_at=stored)
+        self._owned[pid] = PartitionPosition(stored, known, stored, stored, topic_id)
 
     def release(self, pids: Iterable[PartitionId]) -> list[PartitionId]:
         """Give up ownership (revoked or lost); returns the partitions that were owned."""
@@ -87,11 +99,12 @@ class Positions:
                 owned.append(pid)
         return owned
 
-    def sought(self, pid: PartitionId, stored: int | None, fetch: int | None) -> None:
+    def sought(self, pid: PartitionId, stored: int | None, fetch: int | None, topic_id: str | None = None) -> None:
         """The partition was sought to `fetch` after reading `stored` from PostgreSQL."""
         state = self._owned.get(pid)
         if state is not None:
-            state.stored, state.known, state.fetch = stored, True, fetch
+            state.stored, state.known, state.fetch, state.halt = stored, True, fetch, None
+            state.topic_id = topic_id or state.topic_id
             if state.assigned_at is None or (fetch is not None and fetch < state.assigned_at):
                 state.assigned_at = fetch
 
@@ -133,10 +146,12 @@ class Positions:
         """The write of `records` (ordered, all unwritten): each partition moves from its stored
         position to the one after its last record."""
         spans = partition_spans(records)
+        owned = self._owned
         return Batch(
             records,
             {pid: self.stored(pid) for pid in spans},
             {pid: end for pid, (_, end) in spans.items()},
+            {topic: owned[(topic, p)].topic_id for topic, p in spans if (topic, p) in owned},
         )
 
     def committed(self, positions: Mapping[PartitionId, int]) -> None:
@@ -145,6 +160,10 @@ class Positions:
             state = self._owned.get(pid)
             if state is not None:
                 state.stored = position
+
+    def topic_ids(self) -> dict[str, str | None]:
+        """The topic ID (incarnation) each owned topic is being read from."""
+        return {topic: state.topic_id for (topic, _), state in self._owned.items() if state.topic_id is not None}
 
     def lag(self, high_watermarks: Mapping[PartitionId, int]) -> dict[PartitionId, int]:
         """Messages between each stored position and its high watermark (partitions with both)."""

@@ -7,9 +7,10 @@ advisory here), so each one logs what it could not do and leaves the partition t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
-from confluent_kafka import OFFSET_STORED, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from consumer.flow import FlowControl
 from consumer.handover import Handover
@@ -19,6 +20,7 @@ from consumer.telemetry import Telemetry
 from consumer.window import Trigger, Window
 from pipeline import failpoints
 from pipeline.errors import DatabaseFailure
+from pipeline.offsets import PositionConflict
 
 log = logging.getLogger("microbatch.loop")
 
@@ -49,32 +51,49 @@ class Rebalance:
             self._handover.settle()
             pids = [(tp.topic, tp.partition) for tp in partitions]
             try:
-                stored, known = self._seeker.stored(pids), True
+                placements = self._seeker.place(pids)
                 self._telemetry.database(ok=True)
-            except DatabaseFailure as error:
-                log.warning("assigned %d partition(s) while the database is unreachable (%s): paused", len(pids), error)
-                stored, known = {}, False
-                self._telemetry.database(ok=False)
-            assigned = []
+            except (DatabaseFailure, PositionConflict) as error:
+                log.warning("assigned %d partition(s) but cannot place them yet (%s): paused", len(pids), error)
+                placements = {}
+                self._telemetry.database(ok=not isinstance(error, DatabaseFailure))
+            assigned, waiting = [], []
             for pid in pids:
-                position = stored.get(pid)
-                self._positions.assign(pid, position, known=known)
-                offset = position if known and position is not None else OFFSET_STORED
-                assigned.append(TopicPartition(pid[0], pid[1], offset))
+                placement = placements.get(pid)
+                start = placement.start if placement is not None and placement.halt is None else None
+                topic_id = placement.topic_id if placement is not None else None
+                self._positions.assign(pid, start, known=start is not None, topic_id=topic_id)
+                # A partition not placed yet starts paused at the end: nothing of it is read until it is.
+                assigned.append(TopicPartition(pid[0], pid[1], start if start is not None else OFFSET_END))
+                if start is None:
+                    waiting.append(TopicPartition(pid[0], pid[1]))
             consumer.incremental_assign(assigned)
-            if known:
-                self._seeker.announce_kafka_starts([pid for pid in pids if stored.get(pid) is None])
             # librdkafka keeps a partition's pause flag across unassign/assign (and a pause racing a
             # rebalance can stick): state it explicitly for every partition we are given.
-            if assigned and (self._flow.paused or not known):
+            if assigned and self._flow.paused:
                 consumer.pause(assigned)
             elif assigned:
-                consumer.resume(assigned)
+                consumer.resume([tp for tp in assigned if tp not in waiting])
+                if waiting:
+                    consumer.pause(waiting)
+            for pid, placement in placements.items():
+                if placement.halt is not None:
+                    self._seeker.apply(pid, placement)
             self._telemetry.rebalance("assign", len(self._positions))
             if pids:
-                log.info("assigned %s", describe(pids, stored))
+                log.info(
+                    "assigned %s",
+                    describe(pids, {pid: p.start for pid, p in placements.items() if p.start is not None}),
+                )
         except Exception:
-            log.exception("on_assign failed; partitions will be re-read from PostgreSQL")
+            log.exception("on_assign failed; the partitions are paused and will be placed again")
+            # Own them, unplaced: step 3 of the loop places them (the binding may have assigned them
+            # from Kafka's committed offsets, which are only advisory; their records are dropped).
+            for tp in partitions:
+                if (tp.topic, tp.partition) not in self._positions:
+                    self._positions.assign((tp.topic, tp.partition), None, known=False)
+            with contextlib.suppress(Exception):
+                consumer.pause(partitions)
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
@@ -100,4 +119,5 @@ class Rebalance:
             self._telemetry.rebalance("lost", len(self._positions))
             log.warning("lost %s (session expired): buffers dropped, nothing committed", describe(sorted(pids), {}))
         except Exception:
-            log.exception("on_lost failed")
+            log.exception("on_lost failed; the partitions' buffers were dropped")
+            self._handover.release(self._window, {(tp.topic, tp.partition) for tp in partitions})

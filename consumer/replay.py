@@ -3,9 +3,13 @@
 Reads the dead-letter topic from the beginning up to the high watermarks taken at the start (so the
 run is bounded even while new dead letters arrive), keeps the messages that match the filters,
 and produces each one with its original key, value and headers (our `dlq.*` headers removed) plus
-`dlq.replayed_from = <dlq topic>/<partition>/<offset>`. Nothing is committed to the dead-letter
-topic's consumer group: a replay can be repeated; the pipeline's dedupe key makes a repeated good
-event harmless, and one that is still bad is dead-lettered again.
+`dlq.replayed_from = <dlq topic>/<partition>/<offset>`. Each original message (by
+`dlq.original.topic/partition/offset`) is sent at most once per run: the dead-letter topic may hold
+two copies of it (a retried flush); the extra copies are counted and skipped. A dead letter whose
+value was omitted (too large for the dead-letter topic) cannot be replayed: it is counted, and where
+its original is (its source topic, partition and offset) is reported instead. Nothing is committed to
+the dead-letter topic's consumer group: a replay can be repeated; the pipeline's dedupe key makes a
+repeated good event harmless, and one that is still bad is dead-lettered again.
 """
 
 from __future__ import annotations
@@ -47,13 +51,42 @@ class ReplayFilter:
         return (self.since is None or failed_at >= self.since) and (self.until is None or failed_at < self.until)
 
 
+Original = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class Omitted:
+    """A dead letter without its value: where it is, and where its original is."""
+
+    letter: str  # <dlq topic>/<partition>/<offset>
+    original: Original | None
+    size: str  # dlq.value.bytes
+    sha256: str
+
+
 @dataclass
 class ReplaySummary:
+    """`matched`: letters that pass the filters; `selected`: of those, the ones (to be) replayed, the
+    others being extra copies of a message already selected (`copies`) or letters without their value
+    (`omitted`); `replayed`: selected and acknowledged by the target."""
+
     scanned: int = 0
     matched: int = 0
+    selected: int = 0
     replayed: int = 0
+    copies: int = 0
+    omitted: list[Omitted] = field(default_factory=list)
     by_reason: Counter[str] = field(default_factory=Counter)
     by_target: Counter[str] = field(default_factory=Counter)
+
+
+def original_of(headers: dict[str, str]) -> Original | None:
+    """The coordinates of the message a dead letter holds (None when its headers do not say)."""
+    try:
+        return (headers["dlq.original.topic"], int(headers["dlq.original.partition"]),
+                int(headers["dlq.original.offset"]))  # fmt: skip
+    except (KeyError, ValueError):
+        return None
 
 
 def replay_headers(message: Message, dlq_topic: str) -> list[tuple[str, str | bytes | None]]:
@@ -117,6 +150,8 @@ def replay(
         if err is not None:
             failures.append(err.str())
 
+    seen: set[Original] = set()
+    omitted: dict[Original | str, Omitted] = {}  # by original (by letter when it names none)
     try:
         for message in _read_until(reader, dlq_topic, _ends(reader, dlq_topic), timeout_s):
             summary.scanned += 1
@@ -125,6 +160,20 @@ def replay(
             if not selection.matches(headers) or not target:
                 continue
             summary.matched += 1
+            original = original_of(headers)
+            if original is not None and original in seen:
+                summary.copies += 1
+                continue
+            if headers.get("dlq.value.omitted") == "true":
+                letter = f"{dlq_topic}/{message.partition()}/{message.offset()}"
+                size, digest = headers.get("dlq.value.bytes", "?"), headers.get("dlq.value.sha256", "?")
+                if (original or letter) in omitted:
+                    summary.copies += 1
+                omitted.setdefault(original or letter, Omitted(letter, original, size, digest))
+                continue
+            if original is not None:
+                seen.add(original)
+            summary.selected += 1
             summary.by_reason[headers.get("dlq.reason", "unknown")] += 1
             summary.by_target[target] += 1
             if producer is not None:
@@ -132,12 +181,15 @@ def replay(
                 producer.produce(target, key=message.key(), value=message.value(), headers=headers_out,
                                  on_delivery=delivered)  # fmt: skip
                 producer.poll(0)
+        # A message with an omitted copy and a whole one was replayed from the whole one.
+        summary.copies += sum(1 for found in omitted if found in seen)
+        summary.omitted = [letter for found, letter in omitted.items() if found not in seen]
         if producer is not None:
             remaining = producer.flush(60)
             if failures or remaining:
                 first = failures[0] if failures else "timed out"
                 raise ReplayError(f"{len(failures) + remaining} replayed message(s) not acknowledged: {first}")
-            summary.replayed = summary.matched
+            summary.replayed = summary.selected
     finally:
         reader.close()
     return summary

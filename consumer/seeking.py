@@ -1,10 +1,14 @@
-"""Putting partitions back where PostgreSQL says they are (Kafka and database I/O for `Positions`).
+"""Placing partitions where they must start, and putting them back there (Kafka and database I/O for
+`Positions`).
 
-A partition's stored position is re-read and sought when the consumer's copy of it cannot be trusted:
-assigned while the database was unreachable, fenced by the compare-and-set (someone else wrote the
-range), or found behind before a retry (the database lost commits). Its buffered records are dropped
-and it stays paused until the seek succeeds. Database reads go through the writer thread. Loop
-thread only.
+A partition is placed when this consumer takes it, and again whenever its position cannot be
+trusted: assigned while the database was unreachable, fenced by the compare-and-set (someone else
+wrote the range or reset it), out of range on the broker (retention, truncation), or behind after a
+retry (the database lost commits). Placement (consumer/placement.py) decides from the stored row,
+the topic's incarnation and the log's bounds; what it moves is written and audited in one
+transaction first; a partition that may not be read halts the consumer, and is placed again at each
+retry, so an operator's `microbatch positions reset` takes effect without a restart. Database reads
+and writes go through the writer thread. Loop thread only.
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from consumer.failures import Action, Failure
 from consumer.flow import FlowControl
+from consumer.log_facts import LogFacts
 from consumer.pending import Pending
+from consumer.placement import Facts, Placement, Rules, place
 from consumer.positions import Positions
 from consumer.telemetry import Telemetry
 from consumer.window import Window
 from consumer.writer_thread import WriterThread
 from pipeline.errors import DatabaseFailure
+from pipeline.offsets import PositionChange, PositionConflict, StoredPosition
 from pipeline.records import PartitionId
 
 log = logging.getLogger("microbatch.loop")
@@ -33,7 +41,7 @@ def describe(pids: Iterable[PartitionId], stored: Mapping[PartitionId, int]) -> 
 
 
 class Seeker:
-    """Re-reads stored positions and seeks to them."""
+    """Places partitions (where to start), re-reads stored positions and seeks to them."""
 
     def __init__(
         self,
@@ -41,65 +49,167 @@ class Seeker:
         writer: WriterThread,
         positions: Positions,
         *,
+        facts: LogFacts,
+        rules: Rules,
         window: Window,
         pending: Pending,
         telemetry: Telemetry,
         flow: FlowControl,
         clock: Callable[[], float],
-        auto_offset_reset: str,
     ) -> None:
-        self._kafka = kafka
-        self._writer = writer
-        self._positions = positions
-        self._window = window
-        self._pending = pending
-        self._telemetry = telemetry
-        self._flow = flow
-        self._clock = clock
-        self._auto_offset_reset = auto_offset_reset
+        self._kafka, self._writer, self._positions = kafka, writer, positions
+        self._facts, self._rules = facts, rules
+        self._window, self._pending = window, pending
+        self._telemetry, self._flow, self._clock = telemetry, flow, clock
         self._next_seek_at = 0.0
+        self._audited: set[tuple[PartitionId, str, str]] = set()  # halts already audited (once per halt)
 
-    def stored(self, pids: Sequence[PartitionId]) -> dict[PartitionId, int]:
+    def stored(self, pids: Sequence[PartitionId]) -> dict[PartitionId, StoredPosition]:
         """Stored positions of `pids`, read on the writer thread. Raises DatabaseFailure."""
         return self._writer.call(lambda target: target.stored_positions(pids))
 
+    def place(self, pids: Sequence[PartitionId]) -> dict[PartitionId, Placement]:
+        """Decide where each partition starts, and store and audit what moves (one transaction; read
+        again once if a row moved meanwhile). Raises DatabaseFailure."""
+        for attempt in (1, 2):
+            stored = self.stored(pids)
+            placements = self._decide(pids, stored)
+            changes = [
+                p.change
+                for p in placements.values()
+                if p.change is not None and (p.halt is None or _halt_key(p.change) not in self._audited)
+            ]
+            try:
+                self._reset(changes)
+            except PositionConflict:
+                if attempt == 2:
+                    raise
+                continue
+            self._announce(placements)
+            return placements
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reset(self, changes: list[PositionChange]) -> None:
+        if changes:
+            self._writer.call(lambda target: target.reset_positions(changes))
+
+    def _decide(
+        self, pids: Sequence[PartitionId], stored: Mapping[PartitionId, StoredPosition]
+    ) -> dict[PartitionId, Placement]:
+        ids = self._facts.topic_ids(topic for topic, _ in pids)
+        bounds = self._facts.bounds(pids)
+        unplaced = [pid for pid in pids if pid not in stored]
+        committed = self._facts.kafka_committed(unplaced) if self._rules.adopt_kafka_offsets else {}
+        return {
+            pid: place(
+                pid,
+                Facts(
+                    stored.get(pid),
+                    ids.get(pid[0]),
+                    *bounds.get(pid, (None, None)),
+                    committed.get(pid),
+                    assigned_at=self._positions.assigned_at(pid),
+                ),
+                self._rules,
+            )
+            for pid in pids
+        }
+
+    def _announce(self, placements: Mapping[PartitionId, Placement]) -> None:
+        """One log line, a metric and (already written) an audit row per decision."""
+        for (topic, partition), placement in sorted(placements.items()):
+            change = placement.change
+            if change is None:
+                continue
+            where = f"{topic}[{partition}]"
+            if placement.halt is not None:  # logged once by the halt itself (FlowControl)
+                if _halt_key(change) not in self._audited:
+                    self._audited.add(_halt_key(change))
+                    if change.kind == "gap_halted":
+                        self._telemetry.position_gap("halt")
+                continue
+            old = "no stored position" if change.old is None else f"stored position {change.old.offset}"
+            if change.kind == "gap_skipped":
+                self._telemetry.position_gap("skip")
+                log.warning("%s: %s; starting at %d", where, change.detail, change.new.offset)
+            elif change.kind == "adopted_topic_id":
+                log.info(
+                    "%s: recorded topic ID %s with stored position %d", where, change.new.topic_id, change.new.offset
+                )
+            else:
+                self._telemetry.position_reset(change.kind)
+                old_id = change.old.topic_id if change.old else None
+                log.warning("%s: %s (%s; topic ID %s → %s): starting at %d", where, change.kind, old, old_id,
+                            change.new.topic_id, change.new.offset)  # fmt: skip
+
     def forget(self, pids: Iterable[PartitionId]) -> None:
-        """Distrust these positions: drop their buffered records, pause them, and seek them again now."""
+        """Distrust these positions: drop their buffered records, pause them, and place them again now."""
         owned = self._positions.forget(pids)
         self._window.drop(owned)
         self._pending.drop(owned)
         self._flow.pause(owned)
         self.seek_unknown(now=True)
 
-    def seek_unknown(self, *, now: bool = False) -> None:
-        """Seek every partition whose position is unknown to the stored one (at most once a second)."""
-        pids = self._positions.unknown()
-        if not pids or (not now and self._clock() < self._next_seek_at):
+    def out_of_range(self, pid: PartitionId, message: str) -> None:
+        """The broker refused the fetch position (auto.offset.reset = error): place the partition again."""
+        if pid in self._positions:
+            log.warning("%s[%d]: %s; placing it again", pid[0], pid[1], message)
+            self.forget([pid])
+
+    def seek_unknown(self, *, now: bool = False, halted: bool = False) -> None:
+        """Place and seek every partition whose position is unknown (at most once a second), and with
+        `halted` also those halted on their position (at each retry)."""
+        pids = self._positions.unknown() + (list(self._positions.halted()) if halted else [])
+        if not pids or (not now and not halted and self._clock() < self._next_seek_at):
             return
         self._next_seek_at = self._clock() + SEEK_RETRY_INTERVAL_S
         try:
-            stored = self.stored(pids)
-        except DatabaseFailure as error:
-            self._telemetry.database(ok=False)
-            log.warning("cannot read stored positions yet (%s); %d partition(s) stay paused", error, len(pids))
+            placements = self.place(sorted(set(pids)))
+        except (DatabaseFailure, PositionConflict) as error:
+            self._telemetry.database(ok=not isinstance(error, DatabaseFailure))
+            log.warning("cannot place %d partition(s) yet (%s); they stay paused", len(pids), error)
             return
-        for pid in pids:
-            position = stored.get(pid)
-            assigned_at = self._positions.assigned_at(pid)
-            target = position if position is not None else assigned_at
-            if target is None:
-                target = self._start_offset(pid)
-            try:
-                self._kafka.seek(TopicPartition(pid[0], pid[1], target))
-            except KafkaException as exc:
-                log.debug("seek %s to %s not possible yet: %s", pid, target, exc)
-                continue
+        for pid, placement in placements.items():
+            self.apply(pid, placement)
+
+    def apply(self, pid: PartitionId, placement: Placement) -> None:
+        """Seek the partition where `placement` says (resuming it unless paused), or halt it."""
+        if placement.halt is not None:
+            self._positions.halt(pid, placement.halt)
             self._window.drop([pid])
             self._pending.drop([pid])
-            self._positions.sought(pid, position, fetch=target if target >= 0 else None)
-            if not self._flow.paused:
-                self._kafka.resume([TopicPartition(pid[0], pid[1])])
-            log.info("partition %s[%d] positioned at %s", pid[0], pid[1], target if target >= 0 else "the reset policy")
+            self._flow.schedule_retry(Failure(Action.HALT, "systemic", placement.halt))
+            return
+        if placement.start is None:
+            return  # nothing known yet: placed again later
+        if not self._seek(TopicPartition(pid[0], pid[1], placement.start)):
+            return
+        self._window.drop([pid])
+        self._pending.drop([pid])
+        self._positions.sought(pid, placement.start, fetch=placement.start, topic_id=placement.topic_id)
+        if not self._flow.paused:
+            self._kafka.resume([TopicPartition(pid[0], pid[1])])
+        log.info("partition %s[%d] positioned at %d", pid[0], pid[1], placement.start)
+
+    def _seek(self, partition: TopicPartition) -> bool:
+        """Move the fetch position. A partition whose fetch failed (out of range: auto.offset.reset = error)
+        refuses a seek (erroneous state): it is assigned again at the offset instead."""
+        try:
+            self._kafka.seek(partition)
+            return True
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._STATE:
+                log.debug("seek %s not possible yet: %s", partition, exc)
+                return False
+        try:
+            self._kafka.incremental_unassign([TopicPartition(partition.topic, partition.partition)])
+            self._kafka.incremental_assign([partition])
+            if self._flow.paused:
+                self._kafka.pause([partition])
+            return True
+        except KafkaException as exc:
+            log.debug("re-assigning %s not possible yet: %s", partition, exc)
+            return False
 
     def behind(self) -> list[PartitionId]:
         """Re-read every trusted stored position; adopt those ahead of ours, return those behind or gone.
@@ -113,39 +223,16 @@ class Seeker:
         stored = self.stored(owned)
         behind = [
             pid for pid in owned
-            if (believed := self._positions.stored(pid)) is not None and stored.get(pid, -1) < believed
+            if (believed := self._positions.stored(pid)) is not None
+            and (pid not in stored or stored[pid].offset < believed)
         ]  # fmt: skip
-        self._positions.committed({pid: pos for pid, pos in stored.items() if pid not in behind})
+        self._positions.committed({pid: pos.offset for pid, pos in stored.items() if pid not in behind})
         if behind:
             log.warning("stored positions went backwards for %s (the database lost commits): reading them again",
-                        describe(behind, stored))  # fmt: skip
+                        describe(behind, {pid: pos.offset for pid, pos in stored.items()}))  # fmt: skip
         return behind
 
-    def _start_offset(self, pid: PartitionId) -> int:
-        """Where a partition without a stored row starts: Kafka's committed offset, else the reset policy."""
-        committed = self.announce_kafka_starts([pid])
-        if pid in committed:
-            return committed[pid]
-        return OFFSET_BEGINNING if self._auto_offset_reset == "earliest" else OFFSET_END
 
-    def announce_kafka_starts(self, pids: Sequence[PartitionId]) -> dict[PartitionId, int]:
-        """Kafka's committed offsets of `pids` (partitions with no stored row), each announced loudly.
-
-        Starting there is right when a group moves to microbatch; after an emptied or restored offsets
-        table it skips what the database lost, so an operator must be able to see it happened.
-        """
-        if not pids:
-            return {}
-        try:
-            found = self._kafka.committed([TopicPartition(topic, partition) for topic, partition in pids], timeout=10)
-        except KafkaException as exc:
-            log.debug("committed offsets of %s unavailable: %s", list(pids), exc)
-            return {}
-        committed = {(tp.topic, tp.partition): int(tp.offset) for tp in found if tp.error is None and tp.offset >= 0}
-        for (topic, partition), offset in sorted(committed.items()):
-            log.warning(
-                "%s[%d] has no stored position in PostgreSQL: starting at the group's Kafka-committed offset %d; "
-                "earlier events are not read again (if the offsets table was emptied or restored, reset the "
-                "group's Kafka offsets to re-read them)", topic, partition, offset,
-            )  # fmt: skip
-        return committed
+def _halt_key(change: PositionChange) -> tuple[PartitionId, str, str]:
+    """What makes a halt the same halt: the partition, the kind, the stored row it is about."""
+    return change.pid, change.kind, repr(change.old)

@@ -110,7 +110,17 @@ class Settings(BaseSettings):
     )  # fmt: skip
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", validation_alias=_env("auto_offset_reset"),
-        description="Where a partition with no stored and no committed position starts.",
+        description="Where a partition starts when it has no stored position, or its topic was re-created.",
+    )  # fmt: skip
+    on_position_gap: Literal["halt", "skip"] = Field(
+        "halt", validation_alias=_env("on_position_gap"),
+        description="A stored position outside the log (deleted by retention, beyond a truncated end): halt "
+        "until an operator resets it, or skip to the first available offset (audited).",
+    )  # fmt: skip
+    adopt_kafka_offsets: bool = Field(
+        False, validation_alias=_env("adopt_kafka_offsets"),
+        description="A partition without a stored position starts at the group's Kafka-committed offset "
+        "(when moving a group to microbatch) instead of auto_offset_reset.",
     )  # fmt: skip
 
     # -- database session ----------------------------------------------------------------------
@@ -126,6 +136,16 @@ class Settings(BaseSettings):
         60_000, ge=0, validation_alias=_env("idle_in_transaction_timeout_ms"),
         description="PostgreSQL ends a transaction of a frozen consumer after this long, freeing its locks "
         "(0 = never; otherwise above dead_letter_timeout_s).",
+    )  # fmt: skip
+    db_keepalive_idle_s: int = Field(
+        10, ge=1, le=3600, validation_alias=_env("db_keepalive_idle_s"),
+        description="TCP keepalives start after this idle time (then every 5 s, 4 probes): a silently dropped "
+        "database connection is detected within idle + 20 s.",
+    )  # fmt: skip
+    db_tcp_user_timeout_ms: int = Field(
+        30_000, ge=0, validation_alias=_env("db_tcp_user_timeout_ms"),
+        description="A database connection whose sent data stays unacknowledged this long is closed (0 = the "
+        "operating system's default).",
     )  # fmt: skip
     max_savepoints: int = Field(
         64, ge=2, le=10_000, validation_alias=_env("max_savepoints"),

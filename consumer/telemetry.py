@@ -61,6 +61,12 @@ class Telemetry:
         if failure != "dead_letter":
             self.health.database_ok = failure != "transient"
 
+    def position_reset(self, reason: str) -> None:
+        self.metrics.position_resets.labels(reason).inc()
+
+    def position_gap(self, action: str) -> None:
+        self.metrics.position_gaps.labels(action).inc()
+
     def fenced(self) -> None:
         self.metrics.fenced_writes.inc()
 

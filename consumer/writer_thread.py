@@ -7,7 +7,9 @@ Who may touch what (the whole of it; docs/ARCHITECTURE.md repeats it):
   `Positions`, `Pending`, metrics and health. It reaches the database only through this object:
   `submit` a write, `wait` for its outcome, or `call` a function with the target and wait for it;
 - what crosses between them: a `Batch` and its `DecodedBatch` (handed over, not touched again by
-  the loop), an `Outcome` (handed back), and the positions each COMMIT stored (a queue, `commits`).
+  the loop), an `Outcome` (handed back), and the positions each COMMIT stored (a queue, `commits`);
+- one exception, at shutdown only: the loop may ask PostgreSQL to cancel the statement in flight
+  (`cancel`: libpq's cancel request is made to be sent from another thread).
 
 One write is in flight at most: window N is written while window N+1 is consumed and decoded, and
 because calls run in order, a position read submitted after a write sees what that write committed.
@@ -21,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -43,6 +46,10 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 def hand_over_quickly() -> None:
     """Let a thread woken by PostgreSQL take the GIL back within GIL_SWITCH_INTERVAL_S (process-wide)."""
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+
+
+class StillWriting(Exception):
+    """The write in flight did not end within the time given; it is still in flight."""
 
 
 @dataclass
@@ -121,17 +128,27 @@ class WriterThread:
         if self._in_flight is not None:
             self._handed_over.wait(timeout_s)
 
-    def wait(self) -> Outcome | None:
-        """Block until the write in flight (if any) ends; its outcome, or None when there was none."""
-        in_flight, self._in_flight = self._in_flight, None
+    def wait(self, timeout_s: float | None = None) -> Outcome | None:
+        """Block until the write in flight (if any) ends, at most `timeout_s`; its outcome, or None when
+        there was none. Raises StillWriting (the write stays in flight) when the time is up."""
+        in_flight = self._in_flight
         if in_flight is None:
             return None
         started = time.monotonic()
         try:
-            result, seconds = in_flight.future.result()
+            result, seconds = in_flight.future.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise StillWriting from None
         except Exception as error:
+            self._in_flight = None
             return Outcome(in_flight.batch, in_flight.trigger, time.monotonic() - started, error=error)
+        self._in_flight = None
         return Outcome(in_flight.batch, in_flight.trigger, seconds, result=result)
+
+    def cancel(self) -> None:
+        """Ask PostgreSQL to cancel the statement in flight (at shutdown, when time is up). The one call
+        made on the writer's connection from another thread: libpq's cancel request is meant for it."""
+        self._target.cancel()
 
     def call(self, action: Callable[[Target], T]) -> T:
         """Run `action(target)` on the writer thread after what was submitted before; its result.
@@ -150,4 +167,5 @@ class WriterThread:
                 return found
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Stop the thread; a write still in flight (cut off at shutdown) is not waited for."""
+        self._executor.shutdown(wait=self._in_flight is None, cancel_futures=True)

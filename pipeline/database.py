@@ -25,6 +25,8 @@ class SessionSettings:
     lock_timeout_ms: int = 30_000
     idle_in_transaction_ms: int = 60_000
     connect_timeout_s: int = 10
+    keepalive_idle_s: int = 10
+    tcp_user_timeout_ms: int = 30_000
     application_name: str = "microbatch"
 
 
@@ -57,6 +59,13 @@ class Database:
             self._url,
             autocommit=True,
             connect_timeout=s.connect_timeout_s,
+            # A silently dropped connection (a failover, a dead NAT entry) is noticed in tens of seconds,
+            # not after the kernel's two hours: keepalives while idle, tcp_user_timeout while sending.
+            keepalives=1,
+            keepalives_idle=s.keepalive_idle_s,
+            keepalives_interval=5,
+            keepalives_count=4,
+            tcp_user_timeout=s.tcp_user_timeout_ms,
             application_name=s.application_name,
         )
         try:
@@ -84,6 +93,13 @@ class Database:
             # Closing a broken connection may fail; it is gone either way.
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def cancel(self) -> None:
+        """Ask the server to cancel what the connection is running; safe from another thread, never raises."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(Exception):  # nothing to cancel, or the server is gone: either way done
+                conn.cancel_safe(timeout=2.0)
 
     def ping(self) -> bool:
         """True when a trivial query succeeds (used by readiness checks)."""

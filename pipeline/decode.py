@@ -2,26 +2,40 @@
 
 Everything that can be caught here is caught here (empty, oversize, invalid JSON, wrong types, out
 of range, NUL characters, deep nesting, huge integers) so that the database only ever sees rows it
-should accept. Pure: no I/O.
+should accept. Whatever else goes wrong with one record (a check, a Kafka attribute, the transform
+hook raising anything) rejects that record as `invalid_event`, with the exception's type as the
+error class: `decode()` never raises for any input.
+
+orjson decides what is valid JSON and reads numbers as doubles. A pipeline with a field that needs
+more digits than a double holds (a decimal of precision above 15, or of no precision: the `exact`
+of its type) reads each valid document a second time with the standard library, with every number
+that has a fraction or an exponent as a `decimal.Decimal`, so the digits written are the digits
+stored. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import json
 import operator
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from pipeline.fields import FieldError, compile_field
+from pipeline.field_types import FIELD_TYPES
+from pipeline.fields import FieldError, FieldFailure, compile_field
 from pipeline.records import Record, Rejection, RejectReason
 from pipeline.spec import PipelineSpec
 from pipeline.transform import Transform
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 VALIDATION = "ValidationError"
+ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper nesting as invalid JSON
+_EXACT_JSON = json.JSONDecoder(parse_float=Decimal)
 
 
 @dataclass
@@ -45,18 +59,38 @@ class DecodedBatch:
         self.rejected_records.append(index)
 
 
-def _kafka_value(attribute: str, record: Record) -> Any:
-    if attribute == "topic":
-        return record.topic
-    if attribute == "partition":
-        return record.partition
-    if attribute == "offset":
-        return record.offset
-    if attribute == "key":
-        return record.key
-    if record.timestamp_ms is None:
-        return None
-    return datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
+def _kafka_reader(attribute: str, columns: str) -> Callable[[Record], Any]:
+    """Reads one Kafka attribute of a record, for the raw `columns` that hold it."""
+    if attribute != "timestamp":
+        return operator.attrgetter(attribute)
+    where = f"{columns} (kafka timestamp)"
+
+    def timestamp(record: Record) -> datetime:
+        milliseconds = record.timestamp_ms
+        if milliseconds is None:  # the column is NOT NULL (PipelineSpec.column_required)
+            raise FieldError(f"{where}: the message has no timestamp")
+        try:
+            return datetime.fromtimestamp(milliseconds / 1000, tz=UTC)
+        except Exception as exc:  # e.g. CreateTime in microseconds: "year 55840 is out of range"
+            raise FieldFailure(where, exc, milliseconds) from exc
+
+    return timestamp
+
+
+def _exact_loads(value: Any) -> Any:
+    """A document orjson accepted, read again with its fractional numbers as Decimal (exact)."""
+    text = value if type(value) is str else str(value, "utf-8")
+    try:
+        return _EXACT_JSON.decode(text)
+    except RecursionError:
+        # orjson accepts nesting up to 1024 levels, which the standard library's parser counts
+        # against the interpreter's recursion limit (1000 by default): lift it for this document.
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + ORJSON_MAX_DEPTH)
+        try:
+            return _EXACT_JSON.decode(text)
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 class Decoder:
@@ -74,68 +108,134 @@ class Decoder:
         self.max_message_bytes = max_message_bytes
         self.field_names = tuple(spec.fields)
         self._extracts = tuple(compile_field(name, fs) for name, fs in spec.fields.items())
-        self.kafka_attributes = tuple(
-            dict.fromkeys(col.kafka for col in spec.raw.columns.values() if col.kafka is not None)
+        self.exact = any(
+            (kind := FIELD_TYPES[fs.type]).exact is not None and kind.exact(fs) for fs in spec.fields.values()
+        )
+        columns: dict[str, list[str]] = {}
+        for name, col in spec.raw.columns.items():
+            if col.kafka is not None:
+                columns.setdefault(col.kafka, []).append(name)
+        self.kafka_attributes = tuple(columns)
+        self._topic_ids: Mapping[str, str | None] = {}
+        self._kafka_readers = tuple(
+            self._topic_id_reader(", ".join(names)) if attr == "topic_id" else _kafka_reader(attr, ", ".join(names))
+            for attr, names in columns.items()
         )
         # Topic, partition and offset are copied as they are: one C call for all of them.
         plain = self.kafka_attributes and all(a in {"topic", "partition", "offset"} for a in self.kafka_attributes)
         self._kafka_plain = operator.attrgetter(*self.kafka_attributes) if plain else None
 
-    def decode(self, records: Sequence[Record]) -> DecodedBatch:
-        """Decode `records` in order; never raises for bad input (bad input becomes a Rejection)."""
+    def _topic_id_reader(self, columns: str) -> Callable[[Record], Any]:
+        where = f"{columns} (kafka topic_id)"
+
+        def topic_id(record: Record) -> str:
+            found = self._topic_ids.get(record.topic)
+            if found is None:  # placement waits for the topic ID of such a pipeline: not expected here
+                raise FieldError(f"{where}: the topic's ID is not known")
+            return found
+
+        return topic_id
+
+    def decode(self, records: Sequence[Record], topic_ids: Mapping[str, str | None] | None = None) -> DecodedBatch:
+        """Decode `records` in order; never raises: a record that cannot be written becomes a Rejection.
+
+        Each record gets exactly one verdict: a row, a rejection, or skipped (by the transform hook).
+        `topic_ids` (topic → the topic ID it was read from) feed `{ kafka = "topic_id" }` columns.
+        """
+        self._topic_ids = topic_ids or {}
         out = DecodedBatch()
         rows, row_records = out.rows, out.row_records
-        extracts, kafka_attributes, kafka_plain = self._extracts, self.kafka_attributes, self._kafka_plain
-        limit = self.max_message_bytes
+        extracts, kafka_plain, kafka_readers = self._extracts, self._kafka_plain, self._kafka_readers
+        several = len(self.kafka_attributes) > 1
+        limit, exact = self.max_message_bytes, self.exact
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         transform = self.transform
         for index, record in enumerate(records):
-            value = record.value
-            if not value:
-                out.reject(index, Rejection(record, RejectReason.EMPTY, "message value is empty", VALIDATION))
-                continue
-            if len(value) > limit:
-                message = f"message value is larger than {limit} bytes"
-                out.reject(index, Rejection(record, RejectReason.TOO_LARGE, message, VALIDATION))
-                continue
+            # A `try` costs nothing until something is raised (CPython 3.11+): a record ends in the
+            # loop's last statement (a row) or in one `out.reject`, whatever it raises.
             try:
-                event = loads(value)
-            except decode_error as exc:
-                out.reject(index, Rejection(record, RejectReason.INVALID_JSON, _json_reason(exc), "JSONDecodeError"))
-                continue
-            if type(event) is not dict:
-                message = "event is not a JSON object"
-                out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, VALIDATION))
-                continue
-            if transform is not None:
-                try:
-                    event = transform(event)
-                except Exception as exc:
-                    message = f"transform raised {type(exc).__name__}: {str(exc)[:200]}"
-                    out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, type(exc).__name__))
+                value = record.value
+                if not value:
+                    out.reject(index, Rejection(record, RejectReason.EMPTY, "message value is empty", VALIDATION))
                     continue
-                if event is None:
-                    out.skipped.append(index)
+                if len(value) > limit:
+                    message = f"message value is larger than {limit} bytes"
+                    out.reject(index, Rejection(record, RejectReason.TOO_LARGE, message, VALIDATION))
+                    continue
+                try:
+                    event = loads(value)
+                except decode_error as exc:
+                    reason = _json_reason(exc)
+                    out.reject(index, Rejection(record, RejectReason.INVALID_JSON, reason, "JSONDecodeError"))
                     continue
                 if type(event) is not dict:
-                    message = f"transform returned {type(event).__name__}, not a dict or None"
-                    out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, "TransformError"))
+                    message = "event is not a JSON object"
+                    out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, VALIDATION))
                     continue
-            try:
+                if exact:
+                    event = _exact_loads(value)
+                if transform is not None:
+                    event = _hooked(transform, event, index, record, out)
+                    if event is None:
+                        continue
                 row = [len(rows), *[extract(event) for extract in extracts]]
+                if kafka_plain is not None:
+                    extra = kafka_plain(record)
+                    row.extend(extra if several else (extra,))
+                elif kafka_readers:
+                    row.extend([read(record) for read in kafka_readers])
+                rows.append(tuple(row))
+                row_records.append(index)
             except FieldError as exc:
                 out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, str(exc), "FieldError"))
-                continue
-            if kafka_plain is not None:
-                extra = kafka_plain(record)
-                row.extend(extra if len(kafka_attributes) > 1 else (extra,))
-            elif kafka_attributes:
-                row.extend(_kafka_value(attribute, record) for attribute in kafka_attributes)
-            rows.append(tuple(row))
-            row_records.append(index)
+            except Exception as exc:
+                out.reject(index, _failure(record, exc))
         return out
 
 
 def _json_reason(exc: Exception) -> str:
     # orjson's messages describe the position and the problem, never the document's content.
     return f"not valid JSON: {str(exc)[:200]}"
+
+
+def _hooked(
+    transform: Transform, event: dict[str, Any], index: int, record: Record, out: DecodedBatch
+) -> dict[str, Any] | None:
+    """The event the hook returns; None when it skipped the record or the record is rejected."""
+    try:
+        returned = transform(event)
+    except Exception as exc:
+        name = type(exc).__name__
+        out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, f"transform raised {name}: {_text(exc)}", name))
+        return None
+    if returned is None:
+        out.skipped.append(index)
+    elif type(returned) is not dict:
+        message = f"transform returned {type(returned).__name__}, not a dict or None"
+        out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, "TransformError"))
+        return None
+    return returned
+
+
+def _failure(record: Record, exc: Exception) -> Rejection:
+    """The rejection of a record whose decoding raised something unexpected: the error class is the
+    exception's type; the message names the field and gives the error's text, without the value."""
+    error, where, value = (exc.error, exc.field, exc.value) if isinstance(exc, FieldFailure) else (exc, "event", None)
+    name = type(error).__name__
+    return Rejection(record, RejectReason.INVALID_EVENT, f"{where}: {name}: {_text(error, value)}", name)
+
+
+def _text(error: BaseException, value: Any = None, limit: int = 200) -> str:
+    """str(error), at most `limit` characters, with the value's text cut out when it quotes it."""
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__
+        return "(no description)"
+    if isinstance(value, str | bytes | int | float | Decimal) and not isinstance(value, bool):
+        try:
+            for form in dict.fromkeys((repr(value), str(value))):  # the quoted form first
+                if len(form) >= 3:
+                    text = text.replace(form, "<value>")
+        except ValueError:  # an int too long to print: the text cannot hold it either
+            pass
+    return text[:limit]

@@ -6,7 +6,13 @@ An entry gives everything microbatch needs to know about a type, in one place:
 - `check(spec)`: the exact validation (slow path): a decoded JSON value in, the value to write out,
   or `FieldError` with a reason that never quotes the value (it ends up in dead-letter headers);
 - `fast(spec)`: optional: the common, valid case in a few comparisons, returning `MISSING` to ask
-  the slow path. It must accept nothing that `check` refuses, and return what `check` would.
+  the slow path. It must accept nothing that `check` refuses, and return what `check` would;
+- `exact(spec)`: optional: True when the field needs the digits of a JSON number exactly as written
+  (a double holds 15): the pipeline then reads fractional numbers as `decimal.Decimal`
+  (pipeline.decode), and every check of a number must accept a Decimal.
+
+A check must raise nothing but FieldError for any value, whatever the hook returned (the decoder
+turns anything else into a rejection too, but the reason is then a bug's, not a rule's).
 
 Adding a type is one `register(FieldType(...))` here, plus its test (docs/ARCHITECTURE.md). Pure.
 """
@@ -26,6 +32,9 @@ from pipeline.registry import Registry
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DOUBLE_DIGITS = 15  # significant decimal digits a double always reproduces exactly
+# PostgreSQL's unconstrained numeric: at most this many digits before and after the decimal point.
+NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE = 131_072, 16_383
 MISSING: Any = object()
 Check = Callable[[Any], Any]
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -61,6 +70,7 @@ class FieldType:
     check: Callable[[Rules], Check]
     fast: Callable[[Rules], Check] | None = None
     rules: frozenset[str] = frozenset()
+    exact: Callable[[Rules], bool] | None = None
 
 
 FIELD_TYPES: Registry[FieldType] = Registry()
@@ -177,15 +187,33 @@ def _integer_sql(rules: Rules) -> str:
 # -- decimal ------------------------------------------------------------------------------------------
 
 
+def _scale(rules: Rules) -> int | None:
+    """Decimal places allowed: `numeric(p)` is `numeric(p, 0)`; None: unconstrained numeric."""
+    return rules.scale if rules.scale is not None or rules.precision is None else 0
+
+
+def _places(number: Decimal) -> int:
+    """Digits after the decimal point that are not trailing zeros: 1.50 has 1. Exact (no context)."""
+    _, digits, exponent = number.as_tuple()
+    if not isinstance(exponent, int) or exponent >= 0 or not any(digits):
+        return 0
+    return max(0, -exponent - (len(digits) - len(bytes(digits).rstrip(b"\0"))))
+
+
 def _decimal(rules: Rules) -> Check:
     in_range = _range_checker(rules, Decimal)
-    scale = rules.scale
-    integer_digits = None if rules.precision is None else rules.precision - (rules.scale or 0)
+    scale = _scale(rules)
+    integer_digits = None if rules.precision is None else rules.precision - (scale or 0)
+    most_places = NUMERIC_SCALE if scale is None else scale
+    most_digits = NUMERIC_INTEGER_DIGITS if integer_digits is None else integer_digits
 
     def check(value: Any) -> Any:
         kind = type(value)
-        if kind is float:
-            # repr() is the shortest text that round-trips: the digits the producer wrote.
+        if kind is Decimal:  # the exact reading of a JSON number (pipeline.decode)
+            number = value
+        elif kind is float:
+            # repr() is the shortest text that round-trips: the digits the producer wrote, when a
+            # double can hold them (fields that need more are read as Decimal: `exact`).
             number = Decimal(repr(value))
         elif kind is int:
             number = Decimal(value)
@@ -193,15 +221,25 @@ def _decimal(rules: Rules) -> Check:
             raise FieldError("must be a number")
         if not number.is_finite():
             raise FieldError("must be a finite number")
-        exponent = number.as_tuple().exponent
-        if scale is not None and isinstance(exponent, int) and exponent < -scale:
-            raise FieldError(f"has more than {scale} decimal places")
-        if integer_digits is not None and number and number.adjusted() + 1 > integer_digits:
-            raise FieldError(f"has more than {integer_digits} digits before the decimal point")
+        if _places(number) > most_places:
+            raise FieldError(f"has more than {most_places} decimal places")
+        if number and number.adjusted() + 1 > most_digits:
+            raise FieldError(f"has more than {most_digits} digits before the decimal point")
         in_range(number)
+        exponent = number.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -most_places:
+            # Only trailing zeros go beyond the scale (1.50000 for 4 places): PostgreSQL refuses
+            # more than its scale limit of them, so they are dropped; the value is unchanged.
+            sign, digits, _ = number.as_tuple()
+            cut = -exponent - most_places
+            number = Decimal((sign, digits[: len(digits) - cut] or (0,), -most_places))
         return format(number, "f")
 
     return check
+
+
+def _decimal_exact(rules: Rules) -> bool:
+    return rules.precision is None or rules.precision > DOUBLE_DIGITS
 
 
 def _float_bounds(rules: Rules) -> tuple[float, float]:
@@ -218,7 +256,8 @@ def _float_bounds(rules: Rules) -> tuple[float, float]:
 
 def _fast_decimal(rules: Rules) -> Check:
     # Only plain floats (digits, one dot, no exponent) well inside the bounds take the fast path.
-    scale = rules.scale if rules.scale is not None else 1000
+    scale = _scale(rules)
+    scale = 1000 if scale is None else scale
     integer_digits = rules.precision - (rules.scale or 0) if rules.precision is not None else 1000
     low, high = _float_bounds(rules)
     nonzero = rules.nonzero
@@ -249,9 +288,15 @@ def _float(rules: Rules) -> Check:
 
     def check(value: Any) -> Any:
         kind = type(value)
-        if kind is not float and kind is not int:
+        if kind is Decimal:  # the exact reading of a JSON number (pipeline.decode)
+            if not value.is_finite():  # float() of a signalling NaN raises
+                raise FieldError("must be a finite number")
+        elif kind is not float and kind is not int:
             raise FieldError("must be a number")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond 1.8e308 (JSON cannot hold one; a hook can)
+            raise FieldError("is too large for a double precision number") from None
         if not math.isfinite(number):
             raise FieldError("must be a finite number")
         in_range(number)
@@ -340,7 +385,7 @@ def _fixed(sql_type: str) -> Callable[[Rules], str]:
 
 register(FieldType("string", _fixed("text"), _string, _fast_string, LENGTHS))
 register(FieldType("integer", _integer_sql, _integer, _fast_integer, BOUNDS))
-register(FieldType("decimal", _decimal_sql, _decimal, _fast_decimal, BOUNDS | {"precision", "scale"}))
+register(FieldType("decimal", _decimal_sql, _decimal, _fast_decimal, BOUNDS | {"precision", "scale"}, _decimal_exact))
 register(FieldType("float", _fixed("double precision"), _float, None, BOUNDS))
 register(FieldType("boolean", _fixed("boolean"), _boolean))
 register(FieldType("uuid", _fixed("uuid"), _uuid, _fast_uuid))

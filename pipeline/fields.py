@@ -7,7 +7,8 @@ values, defaults and the exact reason of a failure. What each type accepts is de
 validated text the producer sent (PostgreSQL parses them once) instead of Python objects.
 
 Extractors raise `FieldError` with a reason that never quotes the value (it ends up in the
-dead-letter headers and in logs). Pure functions; no I/O.
+dead-letter headers and in logs), and `FieldFailure` for anything else a check raised (a bug, or a
+value a transform hook made up): the decoder rejects the event either way. Pure functions; no I/O.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from pipeline.spec import FieldSpec
 
 Extract = Callable[[dict[str, Any]], Any]
 
-__all__ = ["MISSING", "Extract", "FieldError", "compile_field", "compile_getter"]
+__all__ = ["MISSING", "Extract", "FieldError", "FieldFailure", "compile_field", "compile_getter"]
+
+
+class FieldFailure(Exception):
+    """Reading `field` raised `error`, which is not a FieldError; `value` is what was read (to keep
+    it out of the message: the error's own text may quote it)."""
+
+    def __init__(self, field: str, error: Exception, value: Any) -> None:
+        super().__init__(field, error)
+        self.field, self.error, self.value = field, error, value
 
 
 def compile_getter(path: str) -> Callable[[dict[str, Any]], Any]:
@@ -61,26 +71,46 @@ def compile_field(name: str, spec: FieldSpec) -> Extract:
             raise FieldError(f"{name}: {exc}") from None
 
     fast = kind.fast(spec) if kind.fast is not None else None
+    # Four variants, so that the common one (a top-level key with a fast check) costs one call. A
+    # `try` costs nothing until something is raised.
     path = spec.path or name
     if "." not in path:
         key = path
         if fast is None:
-            return lambda event: slow(event.get(key, MISSING))
+
+            def extract_key_slow(event: dict[str, Any]) -> Any:
+                value = event.get(key, MISSING)
+                try:
+                    return slow(value)
+                except FieldError:
+                    raise
+                except Exception as exc:
+                    raise FieldFailure(name, exc, value) from exc
+
+            return extract_key_slow
 
         def extract_key(event: dict[str, Any]) -> Any:
             value = event.get(key, MISSING)
-            accepted = fast(value)
-            return accepted if accepted is not MISSING else slow(value)
+            try:
+                accepted = fast(value)
+                return accepted if accepted is not MISSING else slow(value)
+            except FieldError:
+                raise
+            except Exception as exc:
+                raise FieldFailure(name, exc, value) from exc
 
         return extract_key
 
     get = compile_getter(path)
-    if fast is None:
-        return lambda event: slow(get(event))
 
     def extract_path(event: dict[str, Any]) -> Any:
         value = get(event)
-        accepted = fast(value)
-        return accepted if accepted is not MISSING else slow(value)
+        try:
+            accepted = MISSING if fast is None else fast(value)
+            return accepted if accepted is not MISSING else slow(value)
+        except FieldError:
+            raise
+        except Exception as exc:
+            raise FieldFailure(name, exc, value) from exc
 
     return extract_path

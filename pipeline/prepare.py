@@ -6,7 +6,7 @@ waits on PostgreSQL: the writer then only sends bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pipeline.copydata import CopyEncoder
 from pipeline.decode import DecodedBatch, Decoder
@@ -37,9 +37,9 @@ class Preparer:
         """Decode and validate `records` (pure); never raises for bad input."""
         return self.decoder.decode(records)
 
-    def prepare(self, records: Sequence[Record]) -> DecodedBatch:
-        """Decode `records` and encode their COPY data ahead of the write."""
-        decoded = self.decoder.decode(records)
+    def prepare(self, records: Sequence[Record], topic_ids: Mapping[str, str | None] | None = None) -> DecodedBatch:
+        """Decode `records` (read from the topic incarnations `topic_ids`) and encode their COPY data."""
+        decoded = self.decoder.decode(records, topic_ids)
         if self.encoder is not None and decoded.rows:
             decoded.copy_data = self.encoder.encode(decoded.rows)
         return decoded

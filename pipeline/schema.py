@@ -85,6 +85,8 @@ def verify(conn: psycopg.Connection[Any], plan: WritePlan) -> list[Mismatch]:
         if not _has_unique(conn, plan.schema, shape.name, shape.key):
             keys = ", ".join(shape.key)
             problems.append(Mismatch(shape.name, f"no primary key or unique constraint on ({keys})"))
+        elif shape.name == plan.spec.raw.table:
+            problems.extend(_nullable_dedupe_key(conn, plan.schema, shape.name, shape.key))
         missing = _missing_privileges(conn, plan.schema, shape.name)
         if missing:
             problems.append(
@@ -95,6 +97,27 @@ def verify(conn: psycopg.Connection[Any], plan: WritePlan) -> list[Mismatch]:
                 )
             )
     return problems
+
+
+def _nullable_dedupe_key(
+    conn: psycopg.Connection[Any], schema: str, table: str, key: tuple[str, ...]
+) -> list[Mismatch]:
+    """A nullable column in the raw table's conflict key: NULL never conflicts, so a row with a NULL
+    there would be inserted (and counted in every summary) once per delivery."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+        "AND a.attname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull ORDER BY a.attnum",
+        (schema, table, list(key)),
+    ).fetchall()
+    return [
+        Mismatch(
+            table,
+            f"dedupe key column {row[0]} can be NULL, and NULL never conflicts: a duplicate would be written and "
+            f"counted twice (ALTER TABLE {schema}.{table} ALTER COLUMN {row[0]} SET NOT NULL)",
+        )
+        for row in rows
+    ]
 
 
 def _missing_privileges(conn: psycopg.Connection[Any], schema: str, table: str) -> list[str]:

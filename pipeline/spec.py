@@ -18,7 +18,7 @@ from pipeline.expressions import Expression, parse_expression
 from pipeline.field_types import BOUNDS, FIELD_TYPES, LENGTHS
 from pipeline.names import check_identifier, check_sql_type, check_topic
 
-KafkaAttribute = Literal["topic", "partition", "offset", "timestamp", "key"]
+KafkaAttribute = Literal["topic", "partition", "offset", "timestamp", "key", "topic_id"]
 TimeBucket = Literal["day", "hour", "minute"]
 # The SQL type of each Kafka attribute a raw column can hold.
 KAFKA_TYPES: dict[str, str] = {
@@ -27,6 +27,7 @@ KAFKA_TYPES: dict[str, str] = {
     "offset": "bigint",
     "timestamp": "timestamp with time zone",
     "key": "bytea",
+    "topic_id": "text",  # the topic's incarnation: a topic deleted and re-created gets a new one
 }
 
 
@@ -302,6 +303,7 @@ class PipelineSpec(_Strict):
             if self.dead_letter_topic in self.topics:
                 raise ValueError("dead_letter_topic cannot be one of the source topics")
         self._check_raw_columns()
+        self._check_dedupe_key()
         for summary in self.summaries:
             self._check_summary(summary)
         tables = [self.raw.table, *(summary.table for summary in self.summaries)]
@@ -317,6 +319,23 @@ class PipelineSpec(_Strict):
                 for ref in parse_expression(column.expr).names:
                     if ref not in self.fields:
                         raise ValueError(f"raw column {name!r}: expression uses unknown field {ref!r}")
+
+    def _check_dedupe_key(self) -> None:
+        # ON CONFLICT never matches a NULL: a replayed message would be written and counted again.
+        for name in self.raw.dedupe_key:
+            if not self.column_required(name):
+                column = self.raw.columns[name]
+                source, fix = (
+                    (f"optional field {column.field!r}", "make it required or give it a default")
+                    if column.field is not None
+                    else ("Kafka message key", "use a field or the Kafka coordinates")
+                    if column.kafka == "key"
+                    else ("expression over optional fields", "use required fields")
+                )
+                raise ValueError(
+                    f"dedupe_key column {name!r} may be null (it reads the {source}): NULL never conflicts, so "
+                    f"duplicates would be written and counted twice; {fix}"
+                )
 
     def _check_summary(self, summary: SummaryTable) -> None:
         raw_columns = self.raw.columns
@@ -353,6 +372,12 @@ class PipelineSpec(_Strict):
         if spec.kafka is not None:
             return KAFKA_TYPES[spec.kafka]
         return "timestamp with time zone"  # ingest_time
+
+    def coordinates_need_topic_id(self) -> bool:
+        """True when the dedupe key is Kafka coordinates (it includes the offset) without the topic ID:
+        a re-created topic reuses the offsets, so its messages would be taken for duplicates."""
+        sources = {self.raw.columns[name].kafka for name in self.raw.dedupe_key}
+        return "offset" in sources and "topic_id" not in sources
 
     def column_required(self, column: str) -> bool:
         """True when every inserted row has a non-null value in `column`."""

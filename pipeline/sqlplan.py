@@ -209,6 +209,7 @@ class WritePlan:
                 Column("partition", "integer", not_null=True),
                 Column("next_offset", "bigint", not_null=True),
                 Column("updated_at", "timestamp with time zone", not_null=True, default="now()"),
+                Column("topic_id", "text", not_null=False),
             ),
             ("consumer_group", "topic", "partition"),
         )

@@ -9,15 +9,16 @@ on the loop thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 
+from pipeline import own_tables
 from pipeline.database import Database, SessionSettings
 from pipeline.decode import DecodedBatch
 from pipeline.errors import DatabaseFailure
-from pipeline.offsets import OffsetsTable
+from pipeline.offsets import OffsetsTable, PositionChange, StoredPosition
 from pipeline.records import Batch, PartitionId
 from pipeline.rejects import RejectSink
 from pipeline.schema import Mismatch, init_db, verify
@@ -47,6 +48,7 @@ class Target:
         self.plan = WritePlan(spec, offsets_table)
         self.database = Database(database_url, session, setup=[self.plan.create_staging])
         self.offsets = OffsetsTable(spec.schema_name, offsets_table, self.group)
+        self.upgrades: list[str] = []  # what the last init_tables() changed in microbatch's own tables
         self.writer = BatchWriter(
             self.database, self.plan, self.offsets, max_savepoints=max_savepoints, max_transactions=max_transactions
         )
@@ -62,20 +64,45 @@ class Target:
         """Write `batch` (decoded as `decoded`); see BatchWriter.write for the contract."""
         return self.writer.write(batch, decoded, sink, on_commit, on_statement)
 
-    def stored_positions(self, partitions: Iterable[PartitionId]) -> dict[PartitionId, int]:
+    def stored_positions(self, partitions: Iterable[PartitionId]) -> dict[PartitionId, StoredPosition]:
         """Stored positions (absent: no row). Raises DatabaseFailure when the database fails."""
         return self._guard(lambda conn: self.offsets.read(conn, partitions))
 
-    def all_positions(self) -> dict[PartitionId, int]:
+    def all_positions(self) -> dict[PartitionId, StoredPosition]:
         return self._guard(self.offsets.read_all)
 
+    def reset_positions(self, changes: Sequence[PositionChange]) -> None:
+        """Move positions outside a write, each audited, in one transaction; PositionConflict when a row
+        moved meanwhile (nothing is changed then). Raises DatabaseFailure when the database fails."""
+
+        def reset(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                self.offsets.reset(conn, changes)
+
+        self._guard(reset)
+
     def verify_tables(self) -> list[Mismatch]:
-        """Differences between the database and the pipeline's tables (empty: ready to run)."""
-        return self._guard(lambda conn: verify(conn, self.plan))
+        """Differences between the database and the pipeline's tables, and microbatch's own tables at an
+        older schema version (empty: ready to run)."""
+
+        def check(conn: psycopg.Connection[Any]) -> list[Mismatch]:
+            outdated = own_tables.check(conn, self.plan.schema, self.plan.offsets_table)
+            own = [Mismatch(self.plan.offsets_table, outdated)] if outdated else []
+            return own + verify(conn, self.plan)
+
+        return self._guard(check)
 
     def init_tables(self) -> tuple[list[str], list[Mismatch]]:
-        """Create missing tables, verify the rest; never alters or drops."""
-        return self._guard(lambda conn: init_db(conn, self.plan))
+        """Create missing tables and upgrade microbatch's own in place, verify the rest; never alters or
+        drops a pipeline's tables. Returns (the tables created, mismatches); what the upgrade of
+        microbatch's own tables changed is in `upgrades`."""
+
+        def init(conn: psycopg.Connection[Any]) -> tuple[list[str], list[Mismatch]]:
+            with conn.transaction():
+                self.upgrades = own_tables.migrate(conn, self.plan.schema, self.plan.offsets_table)
+                return init_db(conn, self.plan)
+
+        return self._guard(init)
 
     @staticmethod
     def driver_version() -> str:
@@ -85,6 +112,10 @@ class Target:
     def ping(self) -> bool:
         """True when the database answers a trivial query now."""
         return self.database.ping()
+
+    def cancel(self) -> None:
+        """Ask the server to cancel the statement in flight, from another thread (never raises)."""
+        self.database.cancel()
 
     def close(self) -> None:
         self.database.discard()

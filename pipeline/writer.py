@@ -188,7 +188,7 @@ class BatchWriter:
         limit = min(len(rows), first_row + 1) if per_message else len(rows)
         # 1. compare-and-set: this transaction owns these partitions' ranges, or nobody writes.
         targets = {pid: run.batch.to_positions[pid] for pid in partitions}
-        with self._begin(conn, {pid: run.stored.get(pid) for pid in partitions}, targets):
+        with self._begin(conn, {pid: run.stored.get(pid) for pid in partitions}, targets, run.batch.topic_ids):
             if first_row < limit:
                 if not run.copy_per_node:
                     # 2. COPY once for the whole transaction; the statements select ranges of it.
@@ -218,6 +218,7 @@ class BatchWriter:
         conn: psycopg.Connection[Any],
         expected: dict[PartitionId, int | None],
         targets: dict[PartitionId, int],
+        topic_ids: dict[str, str | None],
     ) -> Iterator[None]:
         """A transaction block whose BEGIN and compare-and-set travel in one round trip (pipeline mode).
 
@@ -231,7 +232,7 @@ class BatchWriter:
         with ExitStack() as transaction:
             with batched:
                 transaction.enter_context(psycopg.Transaction(conn))
-                check = self.offsets.compare_and_set(conn, expected, targets)
+                check = self.offsets.compare_and_set(conn, expected, targets, topic_ids)
             check()
             yield
 

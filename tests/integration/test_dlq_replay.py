@@ -3,6 +3,7 @@ dead letters, and replayed events are written exactly once."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -244,3 +245,44 @@ def test_dlq_replay_after_the_fix_writes_db_rejected_events_exactly_once(
     counts = consumer.final_counts()
     assert counts is not None, consumer.output()
     assert counts["duplicates skipped"] == 4
+
+
+def _letter(original: tuple[str, int, int], value: bytes | None, attempts: int, *extra: tuple[str, bytes]) -> Outgoing:
+    """A dead letter as the consumer writes it: the original's key, value and headers plus ours."""
+    topic, partition, offset = original
+    headers = [("trace-id", f"t-{offset}".encode()), ("dlq.original.topic", topic.encode()),
+               ("dlq.original.partition", str(partition).encode()), ("dlq.original.offset", str(offset).encode()),
+               ("dlq.reason", b"invalid_json"), ("dlq.attempts", str(attempts).encode()), *extra]  # fmt: skip
+    return (f"t-{offset}".encode(), value, headers)
+
+
+def test_dlq_replay_sends_each_original_once_and_points_to_the_originals_of_letters_without_their_value(
+    kafka: KafkaService, service_env: dict[str, str], invoice_pipeline: Path, unique: str
+) -> None:
+    topic, dlq, target = f"invoices-{unique}", f"invoices-{unique}.dlq", f"replayed-{unique}"
+    create_topic(kafka.bootstrap, dlq, 1)
+    create_topic(kafka.bootstrap, target, 1)
+    huge = b"h" * 2_000_000
+    omitted = (("dlq.value.omitted", b"true"), ("dlq.value.bytes", str(len(huge)).encode()),
+               ("dlq.value.sha256", hashlib.sha256(huge).hexdigest().encode()))  # fmt: skip
+    produce_exact(kafka.bootstrap, dlq, [
+        _letter((topic, 0, 5), b"{twice", 1),
+        _letter((topic, 0, 6), b"{once", 1),
+        _letter((topic, 0, 5), b"{twice", 2),  # the same message again: a flush retried after its produce
+        _letter((topic, 1, 9), None, 1, *omitted),  # too large for the dead-letter topic: value omitted
+        _letter((topic, 1, 9), None, 2, *omitted),
+    ])  # fmt: skip
+
+    def run(*args: str) -> str:
+        result = run_cli(service_env, "dlq", "replay", "--pipeline", str(invoice_pipeline), "--to", target, *args,
+                         timeout=120)  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    for output, verb in ((run("--dry-run"), "would replay"), (run(), "replayed")):
+        assert f"scanned 5 dead letters in {dlq}; 5 matched; {verb} 2\n" in output, output
+        assert "skipped 2 extra copies of messages already replayed in this run" in output, output
+        assert "skipped 1 dead letter(s) whose value was omitted" in output, output
+        assert f"original {topic}[1]@9 ({len(huge)} bytes, sha256 {hashlib.sha256(huge).hexdigest()})" in output
+    replayed = read_topic(kafka.bootstrap, target)
+    assert sorted((r.key, r.value) for r in replayed) == [(b"t-5", b"{twice"), (b"t-6", b"{once")]

@@ -25,7 +25,7 @@ from consumer.workload import ExpectedTotals, InvoiceWorkload, Message, Workload
 from devstack.postgres_server import PostgresServer
 from devstack.verify import compare_totals, high_watermarks, read_topic, stored_positions
 from tests.support.consumer_process import ConsumerProcess, run_cli
-from tests.support.kafka_io import metrics_port, probe, produce_exact, scrape
+from tests.support.kafka_io import port_of, probe, produce_exact, sample
 from tests.support.services import KafkaService, wait_until
 
 PARTITIONS = 4
@@ -58,17 +58,6 @@ def prepare(env: dict[str, str], pipeline: Path, kafka: KafkaService, unique: st
     result = run_cli(env, "init-db", "--pipeline", str(pipeline))
     assert result.returncode == 0, result.stderr
     ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), f"invoices-{unique}", PARTITIONS)
-
-
-def port_of(consumer: ConsumerProcess) -> int:
-    wait_until(lambda: metrics_port(consumer.output()) is not None, timeout=60, what="the metrics server")
-    port = metrics_port(consumer.output())
-    assert port is not None
-    return port
-
-
-def sample(port: int, name: str) -> float:
-    return scrape(port).get(name, math.nan)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
+import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
@@ -84,15 +85,17 @@ def test_50k_events_over_4_partitions_match_the_expected_totals(
         what="all positions to reach the high watermarks",
     )
     print(f"drained 50,000 events in {time.monotonic() - started:.1f} s (including start-up)")
-    port = metrics_port(consumer.output())
-    assert port is not None
-    skipped_metric = scrape(port)["microbatch_duplicates_skipped_total"]
-    assert consumer.terminate() == 0, consumer.output()
     verdict = _verdict(kafka, database_url, unique, [ledger])
     assert verdict.ledger_duplicates > 300, "the workload must contain producer duplicates"
     assert verdict.bad > 100, "the workload must contain bad messages"
-    # Every producer duplicate reached the consumer and was skipped, once: the metric and the last words.
-    assert skipped_metric == verdict.ledger_duplicates
+    # Every producer duplicate reached the consumer and was skipped, once: the metric (counted once the
+    # last write's outcome is accounted for, just after its COMMIT) and the last words agree.
+    port = metrics_port(consumer.output())
+    assert port is not None
+    wait_until(lambda: scrape(port)["microbatch_duplicates_skipped_total"] >= verdict.ledger_duplicates,
+               timeout=30, what="the last write's accounting")  # fmt: skip
+    assert scrape(port)["microbatch_duplicates_skipped_total"] == verdict.ledger_duplicates
+    assert consumer.terminate() == 0, consumer.output()
     final = consumer.final_counts()
     assert final is not None and final["duplicates skipped"] == verdict.ledger_duplicates
     assert final["rows written"] == _rows(database_url) == verdict.good
@@ -205,7 +208,8 @@ def test_two_consumers_share_the_partitions_and_totals_stay_exact(
     assert sum(found["duplicates skipped"] for found in counts if found) == verdict.ledger_duplicates
 
 
-def test_a_group_without_stored_positions_starts_at_its_kafka_commits_and_says_so(
+@pytest.mark.parametrize("adopt", [False, True], ids=["by default at auto_offset_reset", "adopting Kafka commits"])
+def test_a_partition_without_a_stored_position_is_placed_logged_and_audited(
     kafka: KafkaService,
     database_url: str,
     service_env: dict[str, str],
@@ -213,8 +217,10 @@ def test_a_group_without_stored_positions_starts_at_its_kafka_commits_and_says_s
     consumer_factory: Callable[..., ConsumerProcess],
     unique: str,
     tmp_path: Path,
+    adopt: bool,
 ) -> None:
-    """A group moving to microbatch: Kafka's committed offsets are the start, with a loud warning."""
+    """No stored row: the group's Kafka commit is adopted only when asked to (moving a group to
+    microbatch); otherwise auto_offset_reset applies. Either way the choice is logged and audited."""
     from confluent_kafka import Consumer, TopicPartition
 
     topic, group, skipped = f"invoices-{unique}", f"group-{unique}", 100
@@ -226,10 +232,19 @@ def test_a_group_without_stored_positions_starts_at_its_kafka_commits_and_says_s
         committer.commit(offsets=[TopicPartition(topic, p, skipped) for p in range(PARTITIONS)], asynchronous=False)
     finally:
         committer.close()
-    consumer = consumer_factory(service_env, invoice_pipeline)
+    env = {**service_env, "MICROBATCH_ADOPT_KAFKA_OFFSETS": "true" if adopt else "false"}
+    consumer = consumer_factory(env, invoice_pipeline)
     wait_until(_caught_up(kafka, database_url, unique), timeout=90, what="positions at the high watermarks")
-    assert _rows(database_url) == 2000 - PARTITIONS * skipped
+    assert _rows(database_url) == 2000 - (PARTITIONS * skipped if adopt else 0)
     assert consumer.terminate() == 0
-    warned = [line for line in consumer.output().splitlines() if "has no stored position in PostgreSQL" in line]
-    assert len(warned) == PARTITIONS
-    assert f"Kafka-committed offset {skipped}" in warned[0]
+    kind = "adopted_kafka_offset" if adopt else "reset"
+    logged = [line for line in consumer.output().splitlines() if f": {kind} (no stored position" in line]
+    assert len(logged) == PARTITIONS, consumer.output()[-3000:]
+    with psycopg.connect(database_url) as conn:
+        events = conn.execute(
+            "SELECT partition, kind, old_position, new_position, new_topic_id FROM microbatch_position_events "
+            "WHERE consumer_group = %s ORDER BY partition", (group,)
+        ).fetchall()  # fmt: skip
+    start = skipped if adopt else 0
+    assert [(p, k, old, new) for p, k, old, new, _ in events] == [(p, kind, None, start) for p in range(PARTITIONS)]
+    assert all(topic_id for *_, topic_id in events), "the topic ID is recorded with the position"

@@ -57,7 +57,7 @@ class Pipeline:
         return self.target.write(batch, decoded or self.decode(batch.records), sink, **callbacks)  # type: ignore[arg-type]
 
     def stored_positions(self, pids: Sequence[PartitionId]) -> dict[PartitionId, int]:
-        return self.target.stored_positions(pids)
+        return {pid: row.offset for pid, row in self.target.stored_positions(pids).items()}
 
     def close(self) -> None:
         self.target.close()

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from consumer.produce import ensure_topic
-from devstack.verify import caught_up, high_watermarks, stored_positions
+from devstack.verify import Read, caught_up, high_watermarks, stored_positions
 from tests.support.consumer_process import MICROBATCH, ConsumerProcess, run_cli
 from tests.support.invoice_rules import DEFAULT_MAX_MESSAGE_BYTES, Invoice
 from tests.support.oracle import Entry, Verdict, check, read_ledger
@@ -94,6 +94,11 @@ class Stream:
     consumers: list[ConsumerProcess] = field(default_factory=list)
     fault_ended_at: float | None = None
     backlog_at_fault_end: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Offsets the broker deleted before they were read (retention): they are not in the promise.
+    deleted: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    exact_recovery: bool = False  # recovered means stored == the high watermark (a re-created topic)
+    extra_entries: list[Entry] = field(default_factory=list)  # messages produced by the test itself
+    earlier_dead_letters: list[Read] = field(default_factory=list)  # what a deleted dead-letter topic held
 
     @property
     def topic(self) -> str:
@@ -241,6 +246,8 @@ class Stream:
             stored = stored_positions(self.database_url, self.group)
         except psycopg.Error:
             return False
+        if self.exact_recovery:  # the stored positions may still be the old incarnation's, beyond the end
+            return all(stored.get(pid, 0) == mark for pid, mark in self.backlog_at_fault_end.items() if mark > 0)
         return all(stored.get(pid, 0) >= mark for pid, mark in self.backlog_at_fault_end.items() if mark > 0)
 
     def recover(self, timeout: float = 180) -> float:
@@ -257,15 +264,24 @@ class Stream:
     # -- the oracle ------------------------------------------------------------------------------
 
     def ledger(self) -> list[Entry]:
-        return read_ledger(self.ledgers)
+        """Every acknowledged message, but those the broker deleted before they were read."""
+        entries = read_ledger(self.ledgers) + self.extra_entries
+        if not self.deleted:
+            return entries
+
+        def survived(entry: Entry) -> bool:
+            first, end = self.deleted.get((entry["topic"], entry["partition"]), (0, 0))
+            return not first <= entry["offset"] < end
+
+        return [entry for entry in entries if survived(entry)]
 
     def verdict(
         self, rejected_by_database: Callable[[Invoice], bool] = lambda invoice: False, *, copies_allowed: int = 1
     ) -> Verdict:
         found = check(self.ledger(), self.database_url, self.bootstrap, self.topic, self.dead_letter_topic,
                       self.group, self.partitions, max_message_bytes=self.max_message_bytes,
-                      rejected_by_database=rejected_by_database,
-                      dead_letter_copies_allowed=copies_allowed)  # fmt: skip
+                      rejected_by_database=rejected_by_database, dead_letter_copies_allowed=copies_allowed,
+                      earlier_dead_letters=self.earlier_dead_letters)  # fmt: skip
         self.scenario.verdict = found
         return found
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.request
 from dataclasses import dataclass
 
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.consumer_process import ConsumerProcess
+from tests.support.services import wait_until
 
 
 @dataclass(frozen=True)
@@ -69,3 +73,22 @@ def probe(port: int, path: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
+
+
+def port_of(consumer: ConsumerProcess) -> int:
+    """The consumer's metrics port, once it serves."""
+    wait_until(lambda: metrics_port(consumer.output()) is not None, timeout=60, what="the metrics server")
+    port = metrics_port(consumer.output())
+    assert port is not None
+    return port
+
+
+def sample(port: int, name: str) -> float:
+    """One sample of a consumer's /metrics (NaN when absent)."""
+    return scrape(port).get(name, math.nan)
+
+
+def halted(consumer: ConsumerProcess) -> bool:
+    """True while the consumer reports `microbatch_halted 1`."""
+    port = metrics_port(consumer.output())
+    return port is not None and scrape(port).get("microbatch_halted") == 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -107,12 +107,19 @@ class Verdict:
 
 @dataclass
 class _Judged:
-    """The ledger, judged: good invoices by event id, and what each bad message must become."""
+    """The ledger, judged: good invoices by event id, and what each bad message must become.
+
+    Coordinates map to lists: a topic deleted and re-created (T12) reuses them, once per incarnation.
+    """
 
     invoices: dict[str, Invoice] = field(default_factory=dict)  # event id → the invoice (first copy)
-    good_at: dict[Coordinates, Invoice] = field(default_factory=dict)
-    bad_at: dict[Coordinates, tuple[str, Entry]] = field(default_factory=dict)  # → (reason, entry)
+    good_at: dict[Coordinates, list[Invoice]] = field(default_factory=dict)
+    bad_at: dict[Coordinates, list[tuple[str, Entry]]] = field(default_factory=dict)  # → [(reason, entry)]
     copies: int = 0  # good messages in all, duplicates included
+
+    def bad(self) -> list[tuple[Coordinates, int]]:
+        """Every bad message, as (coordinates, index among the incarnations at those coordinates)."""
+        return [(coordinates, n) for coordinates, found in self.bad_at.items() for n in range(len(found))]
 
 
 def _judge(
@@ -130,13 +137,13 @@ def _judge(
         coordinates = (entry["topic"], entry["partition"], entry["offset"])
         invoice = judgement.invoice
         if invoice is not None and rejected_by_database(invoice):
-            judged.bad_at[coordinates] = ("db_rejected", entry)
+            judged.bad_at.setdefault(coordinates, []).append(("db_rejected", entry))
         elif invoice is not None:
             judged.copies += 1
             judged.invoices.setdefault(str(invoice.event_id), invoice)
-            judged.good_at[coordinates] = invoice
+            judged.good_at.setdefault(coordinates, []).append(invoice)
         else:
-            judged.bad_at[coordinates] = (judgement.reason or "?", entry)
+            judged.bad_at.setdefault(coordinates, []).append((judgement.reason or "?", entry))
     return judged
 
 
@@ -152,14 +159,17 @@ def check(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     rejected_by_database: Callable[[Invoice], bool] = lambda invoice: False,
     dead_letter_copies_allowed: int = 1,
+    earlier_dead_letters: Sequence[Read] = (),
 ) -> Verdict:
-    """Apply I1-I4 and the exact dead-letter check to one stream of invoice events."""
+    """Apply I1-I4 and the exact dead-letter check to one stream of invoice events. `earlier_dead_letters`:
+    what the dead-letter topic held before it was deleted (a scenario that deletes it)."""
     verdict = Verdict(events=len(ledger), copies_allowed=dead_letter_copies_allowed)
     judged = _judge(ledger, verdict, max_message_bytes, rejected_by_database)
-    verdict.good, verdict.bad = len(judged.invoices), len(judged.bad_at)
+    verdict.good, verdict.bad = len(judged.invoices), len(judged.bad())
     verdict.ledger_duplicates = judged.copies - len(judged.invoices)
     _check_rows(verdict, judged, database_url)
-    _check_dead_letters(verdict, judged, read_topic(bootstrap, dead_letter_topic, timeout=120), topic)
+    letters = [*earlier_dead_letters, *read_topic(bootstrap, dead_letter_topic, timeout=120)]
+    _check_dead_letters(verdict, judged, letters, topic)
     _check_positions(verdict, database_url, bootstrap, topic, group, partitions)
     return verdict
 
@@ -182,11 +192,11 @@ def _check_rows(verdict: Verdict, judged: _Judged, database_url: str) -> None:
     unexplained: list[str] = []
     for row in rows:
         coordinates = (str(row[7]), int(row[8]), int(row[9]))
-        invoice = judged.good_at.get(coordinates)
+        candidates = judged.good_at.get(coordinates, [])
         written[str(row[0])] += 1
-        if invoice is None:
+        if not candidates:
             unexplained.append(f"row at {coordinates} matches no good ledger message")
-        elif not same_row(invoice, tuple(row[:7])):
+        elif not any(same_row(invoice, tuple(row[:7])) for invoice in candidates):
             verdict.row_mismatches += 1
             unexplained.append(f"row at {coordinates} differs from its message: {row[:7]}")
     twice = sum(count - 1 for count in written.values())
@@ -198,7 +208,7 @@ def _check_rows(verdict: Verdict, judged: _Judged, database_url: str) -> None:
     missing = {event_id: invoice for event_id, invoice in judged.invoices.items() if event_id not in written}
     verdict.lost += len(missing)
     if missing:
-        where = sorted(c for c, inv in judged.good_at.items() if str(inv.event_id) in missing)
+        where = sorted(c for c, found in judged.good_at.items() if any(str(i.event_id) in missing for i in found))
         verdict.details.append(f"I1: {len(missing)} good events not written, e.g. at {where[:5]}")
     want = totals(judged.invoices.values())
     mismatched = _differences(inventory, want.inventory) + _differences(daily, want.daily)
@@ -210,7 +220,7 @@ def _check_rows(verdict: Verdict, judged: _Judged, database_url: str) -> None:
 def _check_dead_letters(verdict: Verdict, judged: _Judged, letters: list[Read], topic: str) -> None:
     """Every bad message dead-lettered at least once, exactly as it came, with the right reason."""
     verdict.dead_letters = len(letters)
-    copies: Counter[Coordinates] = Counter()
+    copies: Counter[tuple[Coordinates, int]] = Counter()
     problems: list[str] = []
     for letter in letters:
         headers = letter.headers
@@ -226,23 +236,27 @@ def _check_dead_letters(verdict: Verdict, judged: _Judged, letters: list[Read], 
         if coordinates[0] != topic:
             problems.append(f"a dead letter of another topic: {coordinates}")
             continue
-        copies[coordinates] += 1
-        if coordinates in judged.good_at:
+        found = judged.bad_at.get(coordinates, [])
+        matches = [n for n, (reason, entry) in enumerate(found) if not _letter_differences(letter, reason, entry)]
+        if matches:
+            copies[(coordinates, matches[0])] += 1
+            continue
+        if coordinates in judged.good_at and not found:
             verdict.duplicated += 1
             verdict.details.append(f"I2: good message {coordinates} dead-lettered ({headers.get('dlq.reason')})")
             continue
-        found = judged.bad_at.get(coordinates)
-        if found is None:
+        if not found:
             problems.append(f"dead letter of {coordinates}, which the ledger does not hold")
             continue
-        reason, entry = found
+        reason, entry = found[0]
+        copies[(coordinates, 0)] += 1
         problems += [f"{coordinates}: {p}" for p in _letter_differences(letter, reason, entry)]
     verdict.dead_letter_mismatches = len(problems)
     verdict.dead_letter_duplicates = sum(count - 1 for count in copies.values())
     verdict.most_copies = max(copies.values(), default=0)
     if problems:
         verdict.details.append(f"DLQ: {len(problems)} dead letters not as they must be, e.g. {problems[:3]}")
-    not_dead = sorted(c for c in judged.bad_at if copies[c] == 0)
+    not_dead = sorted(c for c in judged.bad() if copies[c] == 0)
     verdict.lost += len(not_dead)
     verdict.dead_letters_missing = len(not_dead)
     if not_dead:

@@ -51,7 +51,7 @@ def test_kafka_config_json_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config["enable.auto.commit"] == "false"
     assert config["isolation.level"] == "read_committed"
     assert config["partition.assignment.strategy"] == "cooperative-sticky"
-    assert config["auto.offset.reset"] == "earliest"
+    assert config["auto.offset.reset"] == "error", "a stored position out of range is reported, never moved"
 
 
 @pytest.mark.parametrize(

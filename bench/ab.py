@@ -1,0 +1,74 @@
+"""`make bench-ab AGAINST=<rev>`: this checkout's drain rate against another commit's, interleaved in one run.
+
+The other commit is checked out in a git worktree under /tmp with its own virtual environment (from
+its own lock file); both drain the same preloaded topic, alternately (the order flips every round),
+each into a fresh database, with default settings. Prints every run, the medians and the ratio
+new / old; every run is checked for correctness (exact totals). Nothing is committed or written in
+this checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.lab import Lab
+from bench.variants import MICROBATCH, run_microbatch
+
+ROOT = Path(__file__).resolve().parents[1]
+UV = ROOT / ".tools" / "bin" / "uv"
+console = Console(stderr=True)
+
+
+def checkout(rev: str) -> Path:
+    """A worktree of `rev` with its own venv; returns its `microbatch` executable."""
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    where = Path(tempfile.gettempdir()) / f"microbatch-ab-{commit.strip()[:12]}"
+    if not where.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(where), commit.strip()], cwd=ROOT, check=True)
+    subprocess.run(
+        [str(UV), "sync", "--frozen", "--quiet", "--no-dev", "--python", sys.executable],
+        cwd=where,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(where / ".venv"), "UV_PYTHON_DOWNLOADS": "never"},
+        check=True,
+    )
+    return where / ".venv" / "bin" / "microbatch"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench-ab", description=__doc__.splitlines()[0])
+    parser.add_argument("--against", required=True, help="the other commit (any git revision)")
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    old = checkout(args.against)
+    lab = Lab.start(console)
+    rates: dict[str, list[float]] = {"old": [], "new": []}
+    try:
+        dataset = lab.preload("ab", args.events, seed=7)
+        for round_ in range(args.rounds):
+            order = [("old", old), ("new", MICROBATCH)]
+            for name, binary in order if round_ % 2 == 0 else reversed(order):
+                figures = run_microbatch(lab, dataset, {}, label=f"{name}{round_}", binary=binary)
+                if not figures["correct"]:
+                    raise SystemExit(f"{name} (round {round_ + 1}) wrote wrong totals")
+                rates[name].append(figures["events_per_s"])
+                console.print(f"round {round_ + 1} {name}: {figures['events_per_s']:,} events/s")
+    finally:
+        lab.stop()
+    old_rate, new_rate = statistics.median(rates["old"]), statistics.median(rates["new"])
+    print(f"old {args.against}: median {old_rate:,.0f} events/s (runs {rates['old']})")
+    print(f"new (this checkout): median {new_rate:,.0f} events/s (runs {rates['new']})")
+    print(f"new / old = {new_rate / old_rate:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Where a partition starts reading when this consumer takes it: the stored position when it is
+valid, or a decision that is logged, counted and audited. Pure.
+
+- a stored position of this topic incarnation, within the log: start there;
+- a stored row without a topic ID (written by an older microbatch): start there, and record the
+  live topic ID (audit `adopted_topic_id`);
+- a stored row of another topic ID (the topic was deleted and re-created): the old position does not
+  apply: start at `auto_offset_reset` (audit `topic_recreated`), or halt (below);
+- a stored position below the log start or above its end (retention, a truncated log, a database
+  restored from an old backup) is a gap: halt (audit `gap_halted`), or with on_position_gap = skip
+  start at the first available offset (audit `gap_skipped`, with the range);
+- no stored row: start at the group's Kafka-committed offset when adopt_kafka_offsets is on and
+  there is one (audit `adopted_kafka_offset`), else at `auto_offset_reset` (audit `reset`).
+
+A pipeline deduplicated by Kafka coordinates would take the new incarnation's offsets for
+duplicates of the old one's rows (ON CONFLICT DO NOTHING drops them), so for it a re-created topic
+halts, unless its dedupe key includes `{ kafka = "topic_id" }`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from pipeline.offsets import PositionChange, StoredPosition
+from pipeline.records import PartitionId
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The settings placement follows."""
+
+    auto_offset_reset: str = "earliest"  # earliest | latest
+    on_position_gap: str = "halt"  # halt | skip
+    adopt_kafka_offsets: bool = False
+    coordinates_need_topic_id: bool = False  # the dedupe key is Kafka coordinates without the topic ID
+    needs_topic_id: bool = False  # a raw column holds the topic ID: never read a partition without it
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the consumer found out about one partition (None: could not be found out)."""
+
+    stored: StoredPosition | None
+    topic_id: str | None
+    low: int | None  # the log start offset
+    high: int | None  # the high watermark
+    kafka_committed: int | None = None
+    assigned_at: int | None = None  # where this consumer's ownership started (its row vanished since)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where to start (`start`), or why not (`halt`); `change`: the stored position to write first."""
+
+    start: int | None
+    change: PositionChange | None = None
+    halt: str | None = None
+    topic_id: str | None = None  # the incarnation the partition is read from (None: not known)
+
+    @property
+    def event(self) -> str | None:
+        return None if self.change is None else self.change.kind
+
+
+def _fresh_start(rules: Rules, facts: Facts) -> int | None:
+    return facts.low if rules.auto_offset_reset == "earliest" else facts.high
+
+
+def place(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:
+    """The decision for `pid` (the cases of the module docstring), with the incarnation it is read from."""
+    placement = _decide(pid, facts, rules)
+    stored_id = facts.stored.topic_id if facts.stored is not None else None
+    return replace(placement, topic_id=facts.topic_id or stored_id) if placement.start is not None else placement
+
+
+def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa: PLR0911 - one return per case
+    topic, partition = pid
+    stored, live = facts.stored, facts.topic_id
+    if live is None and (rules.needs_topic_id or (stored is not None and stored.topic_id is not None)):
+        return Placement(None)  # the topic's incarnation cannot be checked now: placed again later
+    if stored is None and facts.assigned_at is not None and _in_range(facts.assigned_at, facts):
+        # The row vanished while this consumer owned the partition (a restore, a failover that lost
+        # commits): read again from where the ownership started, not from the reset policy.
+        again = facts.assigned_at
+        detail = f"the stored row vanished: reading again from {again}, where this consumer's ownership started"
+        return Placement(again, PositionChange(pid, None, StoredPosition(again, live), "reset", detail))
+    if stored is None:
+        committed = facts.kafka_committed
+        if rules.adopt_kafka_offsets and committed is not None and _in_range(committed, facts):
+            new = StoredPosition(committed, live)
+            return Placement(
+                committed, PositionChange(pid, None, new, "adopted_kafka_offset", "the group's Kafka commit")
+            )
+        start = _fresh_start(rules, facts)
+        if start is None:
+            return Placement(None)  # the offsets are unknown now: the partition is placed later
+        detail = f"no stored position: auto_offset_reset = {rules.auto_offset_reset}"
+        return Placement(start, PositionChange(pid, None, StoredPosition(start, live), "reset", detail))
+    if stored.topic_id is not None and live is not None and stored.topic_id != live:
+        if rules.coordinates_need_topic_id:
+            return Placement(
+                None,
+                PositionChange(
+                    pid,
+                    stored,
+                    stored,
+                    "topic_recreated",
+                    f"halted: topic ID {stored.topic_id} → {live}, "
+                    "and the dedupe key is Kafka coordinates without the topic ID",
+                ),
+                halt=f"topic {topic} was deleted and re-created (topic ID {stored.topic_id} → {live}): the pipeline "
+                'deduplicates by Kafka coordinates, which the new topic reuses; add { kafka = "topic_id" } to '
+                f"its dedupe key, or move the stored positions with `microbatch positions reset --topic {topic}`",
+            )
+        start = _fresh_start(rules, facts)
+        if start is None:
+            return Placement(None)
+        detail = f"topic ID {stored.topic_id} → {live}: the old position {stored.offset} does not apply"
+        return Placement(start, PositionChange(pid, stored, StoredPosition(start, live), "topic_recreated", detail))
+    original, adopted = stored, None
+    if stored.topic_id is None and live is not None:
+        adopted = PositionChange(pid, stored, StoredPosition(stored.offset, live), "adopted_topic_id")
+    gap = _gap(stored.offset, facts)
+    if gap is None:
+        return Placement(stored.offset, adopted)
+    first, end, resume = gap
+    missing = f"{topic}[{partition}] offsets {first}..{end - 1}"
+    if rules.on_position_gap == "skip":
+        detail = f"skipped {missing} (on_position_gap = skip)"
+        return Placement(resume, PositionChange(pid, original, StoredPosition(resume, live), "gap_skipped", detail))
+    why = (
+        "were deleted before they were written"
+        if stored.offset < (facts.low or 0)
+        else "are beyond the end of the log (truncated)"
+    )
+    halt = (
+        f"position gap: {missing} {why} (stored position {stored.offset}); "
+        f"reset with `microbatch positions reset --topic {topic} --partition {partition} --to earliest`, "
+        "or set on_position_gap = skip"
+    )
+    return Placement(None, PositionChange(pid, original, original, "gap_halted", f"{missing} {why}"), halt=halt)
+
+
+def _in_range(offset: int, facts: Facts) -> bool:
+    return (facts.low is None or offset >= facts.low) and (facts.high is None or offset <= facts.high)
+
+
+def _gap(position: int, facts: Facts) -> tuple[int, int, int] | None:
+    """(first missing, end of the missing range, where to resume) when `position` is out of the log."""
+    if facts.low is not None and position < facts.low:
+        return position, facts.low, facts.low
+    if facts.high is not None and position > facts.high:
+        return facts.high, position, facts.high
+    return None

@@ -1,0 +1,96 @@
+"""microbatch's own tables (the offsets table and the audit of position events) carry a schema version.
+
+`init-db` brings them to SCHEMA_VERSION in place (`migrate`); it never alters a pipeline's tables.
+`run` refuses an older version with one line saying what to do (`check`). Versions:
+
+  1  the offsets table: (consumer_group, topic, partition) → next_offset, updated_at
+  2  + `topic_id` on the offsets table (the topic incarnation a position belongs to), the audit table
+     `microbatch_position_events`, and this version table.
+
+A rolling upgrade is safe: a consumer of version 1 still reads and compare-and-sets `next_offset`
+(it never touches `topic_id`), and a consumer of version 2 records the topic ID when it next takes
+the partition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pipeline.offsets import EVENTS_TABLE
+
+SCHEMA_VERSION = 2
+VERSION_TABLE = "microbatch_schema_version"
+
+
+def _version(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> int | None:
+    """The recorded version of the offsets table (None: no version table or no row: version 1 or nothing)."""
+    exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{VERSION_TABLE}"',)).fetchone()
+    if not exists or exists[0] is None:
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT version FROM {} WHERE table_name = %s").format(sql.Identifier(schema, VERSION_TABLE)),
+        (offsets_table,),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()
+    return bool(row and row[0] is not None)
+
+
+def migrate(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> list[str]:
+    """Create or upgrade microbatch's own tables to SCHEMA_VERSION, in the caller's transaction;
+    returns a line per change made."""
+    notes: list[str] = []
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    current = _version(conn, schema, offsets_table)
+    if current is None and _exists(conn, schema, offsets_table):
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS topic_id text").format(
+                sql.Identifier(schema, offsets_table)
+            )
+        )
+        notes.append(f"upgraded {schema}.{offsets_table} from schema version 1 to {SCHEMA_VERSION}: added topic_id")
+    if not _exists(conn, schema, EVENTS_TABLE):
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                "at timestamp with time zone NOT NULL DEFAULT now(), consumer_group text NOT NULL, "
+                "topic text NOT NULL, partition integer NOT NULL, kind text NOT NULL, old_position bigint, "
+                "new_position bigint, old_topic_id text, new_topic_id text, detail text NOT NULL DEFAULT '')"
+            ).format(sql.Identifier(schema, EVENTS_TABLE))
+        )
+        notes.append(f"created table {schema}.{EVENTS_TABLE}")
+    if not _exists(conn, schema, VERSION_TABLE):
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (table_name text PRIMARY KEY, version integer NOT NULL, "
+                "updated_at timestamp with time zone NOT NULL DEFAULT now())"
+            ).format(sql.Identifier(schema, VERSION_TABLE))
+        )
+    if current != SCHEMA_VERSION:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (table_name, version) VALUES (%s, %s) "
+                "ON CONFLICT (table_name) DO UPDATE SET version = excluded.version, updated_at = now()"
+            ).format(sql.Identifier(schema, VERSION_TABLE)),
+            (offsets_table, SCHEMA_VERSION),
+        )
+    return notes
+
+
+def check(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> str | None:
+    """None when microbatch's own tables are at SCHEMA_VERSION; otherwise what is wrong and what to do."""
+    if not _exists(conn, schema, offsets_table):
+        return None  # nothing there yet: the table checks say "does not exist (run `microbatch init-db`)"
+    current = _version(conn, schema, offsets_table)
+    if current == SCHEMA_VERSION and _exists(conn, schema, EVENTS_TABLE):
+        return None
+    return (
+        f"microbatch's own tables are at schema version {current or 1}, this release needs {SCHEMA_VERSION}: "
+        "run `microbatch init-db` to upgrade microbatch's own tables"
+    )

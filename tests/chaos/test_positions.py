@@ -1,0 +1,112 @@
+"""T12 (a topic deleted and re-created mid-stream) and T13 (retention deletes unread records while the
+consumer is stopped): positions that must not be trusted, under load, against the oracle."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from devstack.verify import high_watermarks, stored_positions
+from tests.support.chaos import Scenario, Stream, iterations
+from tests.support.consumer_process import run_cli
+from tests.support.kafka_io import halted
+from tests.support.services import wait_until
+from tests.support.user_paths import delete_topics
+
+
+def _events(stream: Stream, kind: str) -> list[tuple[int, int | None, int | None, str]]:
+    with psycopg.connect(stream.database_url) as conn:
+        rows = conn.execute(
+            "SELECT partition, old_position, new_position, detail FROM microbatch_position_events "
+            "WHERE consumer_group = %s AND kind = %s ORDER BY id",
+            (stream.group, kind),
+        ).fetchall()
+    return [(int(r[0]), r[1], r[2], str(r[3])) for r in rows]
+
+
+def _produced(stream: Stream) -> int:
+    """Messages in the topic now (0 while it does not exist)."""
+    try:
+        return sum(high_watermarks(stream.bootstrap, stream.topic, stream.partitions).values())
+    except KafkaException:
+        return 0
+
+
+@pytest.mark.scenario("T12 topic deleted and re-created mid-stream")
+def test_t12_topic_deleted_and_re_created(stream: Stream, scenario: Scenario) -> None:
+    rounds = iterations(quick=1, full=3)
+    consumer = stream.consumer()
+    for n in range(rounds):
+        stream.produce(6000, seed=120 + n, rate=4000, background=True)
+        stream.wait_produced()
+        wait_until(stream.caught_up, timeout=90, what="the first incarnation to be written")
+        # The topic goes away under the running consumer, and comes back under the same name with new
+        # messages whose offsets start at 0 again: the consumer's stored positions belong to the old one.
+        delete_topics(stream.bootstrap, stream.topic)
+        stream.produce(4000, seed=130 + n, rate=4000, background=True)
+        wait_until(lambda: _produced(stream) > 0, timeout=60, what="the new incarnation's first messages")
+        scenario.fault(live=True)  # the new incarnation's messages wait for the running consumer
+        stream.wait_produced()
+        stream.exact_recovery = True
+        stream.fault_ended()
+    stream.recover()
+    assert consumer.running(), "the consumer exited on a re-created topic"
+    assert consumer.terminate() == 0
+    stream.verdict(copies_allowed=2)
+    resets = _events(stream, "topic_recreated")
+    scenario.notes.append(f"{len(resets)} topic_recreated audit rows")
+    assert sorted(p for p, *_ in resets) == sorted(list(range(stream.partitions)) * rounds), resets
+    scenario.check(min_faults=rounds)
+
+
+@pytest.mark.scenario("T13 retention deletes unread records ({policy})")
+@pytest.mark.parametrize("policy", ["halt", "skip"])
+def test_t13_retention_deletes_what_a_stopped_consumer_had_not_read(
+    stream: Stream, scenario: Scenario, policy: str
+) -> None:
+    stream.env["MICROBATCH_ON_POSITION_GAP"] = policy
+    stream.produce(4000, seed=140, rate=5000)
+    first = stream.settled_consumer()
+    wait_until(stream.caught_up, timeout=90, what="the first stream to be written")
+    assert first.terminate() == 0
+    stream.produce(6000, seed=141, rate=5000)  # not read: the consumer is stopped
+    stored = stored_positions(stream.database_url, stream.group)
+    high = high_watermarks(stream.bootstrap, stream.topic, stream.partitions)
+    cut = {pid: stored.get(pid, 0) + (mark - stored.get(pid, 0)) // 2 for pid, mark in high.items()}
+    admin = AdminClient({"bootstrap.servers": stream.bootstrap})
+    deleted = admin.delete_records([TopicPartition(t, p, cut[(t, p)]) for t, p in cut])
+    for future in deleted.values():
+        future.result(timeout=30)
+    stream.produce(3000, seed=142, rate=3000, background=True)  # and the stream goes on
+    consumer = stream.consumer()
+    if policy == "halt":
+        wait_until(lambda: halted(consumer), timeout=60, what="the consumer to halt on the gap")
+        lines = [line for line in consumer.output().splitlines() if "halted: position gap" in line]
+        named = {int(p) for p in re.findall(rf"{re.escape(stream.topic)}\[(\d+)\] offsets", " ".join(lines))}
+        assert named == set(range(stream.partitions)), lines
+        # The operator's repair: start from what survived.
+        reset = run_cli(stream.env, "positions", "reset", "--topic", stream.topic, "--to", "earliest",
+                        "--pipeline", str(stream.pipeline))  # fmt: skip
+        assert reset.returncode == 0, reset.stderr
+        scenario.recovery_from = "`microbatch positions reset` (the operator's repair)"
+    scenario.fault(live=True)  # the consumer had this backlog to read when it started
+    stream.fault_ended()
+    stream.recover()
+    assert consumer.terminate() == 0
+    everything = len(stream.ledger())
+    stream.deleted = {pid: (stored.get(pid, 0), cut[pid]) for pid in cut}
+    verdict = stream.verdict()
+    scenario.notes.append(f"{everything - len(stream.ledger())} messages deleted by retention before they were read")
+    if policy == "skip":
+        skipped = sorted((p, old, new) for p, old, new, _ in _events(stream, "gap_skipped"))
+        assert skipped == sorted(
+            (p, stored.get((stream.topic, p), 0), cut[(stream.topic, p)]) for p in range(stream.partitions)
+        )
+    else:
+        assert len(_events(stream, "gap_halted")) == stream.partitions
+    assert verdict.ok, verdict.details
+    scenario.check()

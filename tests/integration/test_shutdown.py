@@ -1,0 +1,147 @@
+"""Bounded shutdown: SIGTERM ends `microbatch run` within shutdown_timeout_s whatever it waits for (a
+database that hangs or is down, a dead-letter topic that does not answer); exit 0 only when everything
+buffered was written; what was cut off is rolled back and written once after a restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from devstack.postgres_server import PostgresServer
+from pipeline.database import Database, SessionSettings
+from tests.support.consumer_process import ConsumerProcess, run_cli
+from tests.support.oracle import check, read_ledger
+from tests.support.services import KafkaService, wait_until
+
+SHUTDOWN_S = 6
+# Python's start, the group's leave and two cores shared with the broker, PostgreSQL and the suite.
+SLACK_S = 2.5
+PARTITIONS = 2
+EXIT_UNCLEAN = 1
+
+
+def _env(service_env: dict[str, str], **extra: str) -> dict[str, str]:
+    return {**service_env, "MICROBATCH_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S), "MICROBATCH_MAX_WAIT_MS": "200",
+            "MICROBATCH_LOCK_TIMEOUT_MS": "60000", "MICROBATCH_DEAD_LETTER_TIMEOUT_S": "50",
+            "MICROBATCH_IDLE_IN_TRANSACTION_TIMEOUT_MS": "120000", **extra}  # fmt: skip
+
+
+def _produce(env: dict[str, str], pipeline: Path, ledger: Path, count: int, seed: int, bad: str = "0.02") -> None:
+    result = run_cli(env, "produce", "--pipeline", str(pipeline), "--count", str(count), "--partitions",
+                     str(PARTITIONS), "--seed", str(seed), "--bad-ratio", bad, "--ledger", str(ledger))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def _sigterm(consumer: ConsumerProcess) -> tuple[int, float]:
+    started = time.monotonic()
+    code = consumer.terminate(timeout=60)
+    return code, time.monotonic() - started
+
+
+def _rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM transactions").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_sigterm_while_the_database_hangs_ends_in_time_and_loses_nothing(
+    kafka: KafkaService, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    env = _env(service_env)
+    assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
+    ledger = tmp_path / "ledger.jsonl"
+    _produce(env, invoice_pipeline, ledger, 2000, seed=1)
+    consumer = consumer_factory(env, invoice_pipeline)
+    wait_until(lambda: _rows(database_url) > 0, timeout=60, what="the first rows")
+    with psycopg.connect(database_url) as blocker:
+        # Every later write waits for this lock (lock_timeout is a minute): the database "hangs".
+        blocker.execute("LOCK TABLE inventory IN ACCESS EXCLUSIVE MODE")
+        _produce(env, invoice_pipeline, tmp_path / "more.jsonl", 500, seed=2)
+        wait_until(lambda: "flushed" in consumer.output() or _stalled(database_url), timeout=30,
+                   what="a write waiting for the lock")  # fmt: skip
+        code, took = _sigterm(consumer)
+        blocker.rollback()
+    assert took <= SHUTDOWN_S + SLACK_S, f"exit took {took:.1f} s (shutdown_timeout_s = {SHUTDOWN_S})"
+    assert code == EXIT_UNCLEAN, consumer.output()[-2000:]
+    final = consumer_factory(env, invoice_pipeline)
+    topic = f"invoices-{unique}"
+    wait_until(lambda: _caught(database_url, kafka, unique), timeout=90, what="the restart to catch up")
+    assert final.terminate() == 0
+    verdict = check(read_ledger([ledger, tmp_path / "more.jsonl"]), database_url, kafka.bootstrap, topic,
+                    f"{topic}.dlq", f"group-{unique}", PARTITIONS, dead_letter_copies_allowed=2)  # fmt: skip
+    assert verdict.ok, verdict.details
+
+
+def test_sigterm_while_the_dead_letter_topic_refuses_ends_in_time(
+    kafka: KafkaService, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    env = _env(service_env)
+    assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
+    dlq = f"invoices-{unique}.dlq"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(dlq, 1, 1, config={"max.message.bytes": "16"})])[dlq].result(timeout=30)
+    _produce(env, invoice_pipeline, tmp_path / "ledger.jsonl", 1000, seed=3, bad="0.2")
+    consumer = consumer_factory(env, invoice_pipeline)
+    wait_until(lambda: "dead letter" in consumer.output().lower() or _stalled(database_url), timeout=60,
+               what="a write waiting for its dead letters")  # fmt: skip
+    code, took = _sigterm(consumer)
+    assert took <= SHUTDOWN_S + SLACK_S, f"exit took {took:.1f} s (shutdown_timeout_s = {SHUTDOWN_S})"
+    assert code != 0, "records were left unwritten: the exit code must say so"
+
+
+def test_sigterm_while_the_database_is_down_ends_in_time(
+    kafka: KafkaService, own_postgres: PostgresServer, service_env: dict[str, str], invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    env = _env(service_env, DATABASE_URL=own_postgres.url)
+    assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
+    _produce(env, invoice_pipeline, tmp_path / "ledger.jsonl", 1000, seed=4)
+    consumer = consumer_factory(env, invoice_pipeline)
+    wait_until(lambda: _rows(own_postgres.url) > 0, timeout=60, what="the first rows")
+    own_postgres.stop("immediate")
+    try:
+        _produce(env, invoice_pipeline, tmp_path / "more.jsonl", 500, seed=5)
+        wait_until(lambda: "flush failed" in consumer.output(), timeout=60, what="a failed write")
+        code, took = _sigterm(consumer)
+    finally:
+        own_postgres.start()
+    assert took <= SHUTDOWN_S + SLACK_S, f"exit took {took:.1f} s (shutdown_timeout_s = {SHUTDOWN_S})"
+    assert code == EXIT_UNCLEAN
+
+
+@pytest.mark.parametrize(("idle", "user_timeout"), [(7, 12_345)])
+def test_database_sessions_detect_a_dead_connection_by_keepalives(
+    database_url: str, idle: int, user_timeout: int
+) -> None:
+    database = Database(database_url, SessionSettings(keepalive_idle_s=idle, tcp_user_timeout_ms=user_timeout))
+    try:
+        parameters = database.connection().info.get_parameters()
+    finally:
+        database.discard()
+    assert parameters.get("keepalives") == "1"
+    assert parameters.get("keepalives_idle") == str(idle)
+    assert parameters.get("tcp_user_timeout") == str(user_timeout)
+
+
+def _stalled(url: str) -> bool:
+    """A microbatch backend is waiting (for a lock, or idle inside its transaction)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'microbatch' "
+            "AND (wait_event_type = 'Lock' OR state = 'idle in transaction')"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def _caught(url: str, kafka: KafkaService, unique: str) -> bool:
+    from devstack.verify import caught_up
+
+    return caught_up(url, f"group-{unique}", kafka.bootstrap, f"invoices-{unique}", PARTITIONS)

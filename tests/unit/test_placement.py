@@ -1,0 +1,103 @@
+"""Placement: where a partition starts, for every case of consumer/placement.py's table."""
+
+from __future__ import annotations
+
+from consumer.placement import Facts, Rules, place
+from pipeline.offsets import StoredPosition
+
+PID = ("orders", 2)
+OLD, NEW = "AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBB"
+
+
+def test_a_valid_stored_position_is_kept_without_an_event() -> None:
+    placement = place(PID, Facts(StoredPosition(500, OLD), OLD, low=100, high=900), Rules())
+    assert (placement.start, placement.change, placement.halt) == (500, None, None)
+
+
+def test_a_row_without_a_topic_id_adopts_the_live_one() -> None:
+    placement = place(PID, Facts(StoredPosition(500), NEW, low=0, high=900), Rules())
+    assert placement.start == 500 and placement.event == "adopted_topic_id"
+    assert placement.change is not None and placement.change.new == StoredPosition(500, NEW)
+
+
+def test_a_re_created_topic_starts_over_at_the_reset_policy() -> None:
+    earliest = place(PID, Facts(StoredPosition(13_000, OLD), NEW, low=0, high=50_000), Rules())
+    assert earliest.start == 0 and earliest.event == "topic_recreated"
+    assert earliest.change is not None and earliest.change.new == StoredPosition(0, NEW)
+    latest = place(PID, Facts(StoredPosition(13_000, OLD), NEW, low=0, high=50_000), Rules(auto_offset_reset="latest"))
+    assert latest.start == 50_000
+
+
+def test_a_re_created_topic_halts_a_pipeline_deduplicated_by_coordinates() -> None:
+    placement = place(
+        PID, Facts(StoredPosition(13_000, OLD), NEW, low=0, high=50_000), Rules(coordinates_need_topic_id=True)
+    )
+    assert placement.start is None and placement.halt is not None and "topic_id" in placement.halt
+    assert placement.event == "topic_recreated"
+    assert placement.change is not None and placement.change.new == placement.change.old, "nothing moves"
+
+
+def test_a_position_below_the_log_start_halts_naming_the_missing_range() -> None:
+    placement = place(PID, Facts(StoredPosition(40, OLD), OLD, low=300, high=900), Rules())
+    assert placement.start is None and placement.event == "gap_halted"
+    assert placement.halt is not None and "orders[2] offsets 40..299" in placement.halt
+    assert "positions reset" in placement.halt
+
+
+def test_a_position_beyond_a_truncated_end_halts_too() -> None:
+    placement = place(PID, Facts(StoredPosition(1_000, OLD), OLD, low=0, high=700), Rules())
+    assert placement.halt is not None and "700..999" in placement.halt and "truncated" in placement.halt
+
+
+def test_with_skip_a_gap_resumes_at_the_first_available_offset_and_says_what_was_skipped() -> None:
+    below = place(PID, Facts(StoredPosition(40, OLD), OLD, low=300, high=900), Rules(on_position_gap="skip"))
+    assert below.start == 300 and below.event == "gap_skipped" and below.halt is None
+    assert below.change is not None and "offsets 40..299" in below.change.detail
+    above = place(PID, Facts(StoredPosition(1_000, OLD), OLD, low=0, high=700), Rules(on_position_gap="skip"))
+    assert above.start == 700
+
+
+def test_no_stored_row_starts_at_the_reset_policy_unless_kafka_commits_are_adopted() -> None:
+    facts = Facts(None, NEW, low=10, high=90, kafka_committed=50)
+    plain = place(PID, facts, Rules())
+    assert plain.start == 10 and plain.event == "reset"
+    assert plain.change is not None and plain.change.old is None and plain.change.new == StoredPosition(10, NEW)
+    adopted = place(PID, facts, Rules(adopt_kafka_offsets=True))
+    assert adopted.start == 50 and adopted.event == "adopted_kafka_offset"
+    stale = place(PID, Facts(None, NEW, low=60, high=90, kafka_committed=50), Rules(adopt_kafka_offsets=True))
+    assert stale.start == 60 and stale.event == "reset", "a Kafka commit outside the log is not adopted"
+
+
+def test_without_the_log_bounds_nothing_is_decided_that_needs_them() -> None:
+    assert place(PID, Facts(None, None, low=None, high=None), Rules()).start is None
+    kept = place(PID, Facts(StoredPosition(5), None, low=None, high=None), Rules())
+    assert kept.start == 5 and kept.halt is None, "a row of an older microbatch, while the broker is mute"
+
+
+def test_a_gap_in_a_row_without_a_topic_id_compares_against_the_row_as_stored() -> None:
+    placement = place(PID, Facts(StoredPosition(0), NEW, low=100, high=900), Rules(on_position_gap="skip"))
+    assert placement.change is not None
+    assert placement.change.old == StoredPosition(0), "the reset must find the row as it is, without a topic ID"
+    assert placement.change.new == StoredPosition(100, NEW)
+
+
+def test_every_placement_that_starts_says_which_incarnation_it_reads() -> None:
+    kept = place(PID, Facts(StoredPosition(500, OLD), OLD, low=0, high=900), Rules())
+    assert (kept.start, kept.change, kept.topic_id) == (500, None, OLD)
+    reset = place(PID, Facts(StoredPosition(13_000, OLD), NEW, low=0, high=50), Rules())
+    assert reset.topic_id == NEW
+
+
+def test_a_stored_incarnation_is_not_trusted_blind() -> None:
+    """A stored row with a topic ID while the broker cannot describe the topic: place it later."""
+    waiting = place(PID, Facts(StoredPosition(500, OLD), None, low=0, high=900), Rules())
+    assert waiting.start is None and waiting.halt is None and waiting.change is None
+    needed = place(PID, Facts(None, None, low=0, high=900), Rules(needs_topic_id=True))
+    assert needed.start is None, "a pipeline that stores the topic ID never reads without it"
+
+
+def test_a_row_that_vanished_during_the_ownership_is_read_again_from_where_it_started() -> None:
+    facts = Facts(None, NEW, low=0, high=9_000, kafka_committed=4_000, assigned_at=1_000)
+    placement = place(PID, facts, Rules(auto_offset_reset="latest", adopt_kafka_offsets=True))
+    assert placement.start == 1_000 and placement.event == "reset"
+    assert placement.change is not None and "vanished" in placement.change.detail
