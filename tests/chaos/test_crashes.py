@@ -46,6 +46,7 @@ def crash_rounds(stream: Stream, point: str, rounds: int, seed: int, *, at: Call
         )
         if point == "in_revoke":
             wait_until(_assigned(consumer), timeout=60, what="an assignment")
+            stream.ensure_load(seed=seed + 500 + n)  # a stream that ended meanwhile is fed again
             stream.wait_progress()
             consumer.signal(signal.SIGTERM)  # leaving the group revokes: the crash lands in on_revoke
         code = wait_for_exit(stream, consumer, seed=seed + 1000 + n)
