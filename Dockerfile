@@ -19,8 +19,6 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY README.md ./
 COPY consumer ./consumer
 COPY pipeline ./pipeline
-COPY pipelines ./pipelines
-COPY devstack ./devstack
 RUN uv sync --frozen --no-dev \
  && useradd --system --uid 10001 --no-create-home microbatch
 

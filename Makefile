@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup tools check lint format typecheck docs test chaos bench bench-quick bench-ab fuzz unit integration up down demo run clean
+.PHONY: help setup tools check lint format typecheck manifests docs test chaos bench bench-quick bench-ab fuzz unit integration up down demo run clean
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,7 +28,7 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 setup: $(VENV)/.synced tools ## Create .venv from the lock file (uv), install tools, check for Java, Maven, PostgreSQL
 	@$(PY) -m devstack preflight
 
-check: lint typecheck ## Static gates: ruff lint + format check, mypy --strict
+check: lint typecheck manifests ## Static gates: ruff lint + format check, mypy --strict, Kubernetes manifests and alert rules
 lint: $(VENV)/.synced ## ruff lint and format check
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
@@ -37,6 +37,14 @@ format: $(VENV)/.synced ## Apply ruff's formatting and safe fixes
 	@$(VENV)/bin/ruff check --fix .
 typecheck: $(VENV)/.synced ## mypy --strict on consumer, pipeline, devstack, bench and tests
 	@$(VENV)/bin/mypy consumer pipeline devstack bench tests
+
+manifests: $(VENV)/.synced ## deploy/kubernetes rendered and checked: kubernetes-validate (schemas), promtool (the PrometheusRule)
+	@command -v promtool >/dev/null || { echo "promtool is not installed: run 'make tools'"; exit 1; }
+	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+	$(PY) -m devstack.kubernetes render "$$out"; \
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.30.0 -k 1.37.0 "$$out/kubernetes.yaml"; \
+	promtool check rules "$$out/rules.yml"; \
+	promtool test rules grafana/alerts_test.yml
 
 docs: $(VENV)/.synced ## Regenerate the settings and metrics reference in README.md from the code
 	@$(PY) -m consumer.docs --write README.md

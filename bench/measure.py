@@ -95,7 +95,12 @@ def histogram_quantiles(port: int, name: str, quantiles: tuple[float, ...] = (0.
     buckets: list[tuple[float, float]] = []
     for family in text_string_to_metric_families(text):
         if family.name == name:
-            buckets = [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
+            # Written windows only (outcome ok or bisected), summed per bound across those outcomes.
+            sums: dict[float, float] = {}
+            for s in family.samples:
+                if s.name.endswith("_bucket") and s.labels.get("outcome", "ok") != "failed":
+                    sums[float(s.labels["le"])] = sums.get(float(s.labels["le"]), 0.0) + s.value
+            buckets = list(sums.items())
     buckets.sort()
     if not buckets or buckets[-1][1] == 0:
         return [None for _ in quantiles]

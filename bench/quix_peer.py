@@ -118,7 +118,7 @@ class TimedPostgreSQLSink(PostgreSQLSink):
 
 
 def is_valid(value) -> bool:
-    """The invoice pipeline's field rules (pipelines/invoices.toml), checked in plain Python.
+    """The invoice pipeline's field rules (pipeline/builtin/invoices.toml), checked in plain Python.
 
     PostgreSQLSink validates nothing and one bad row fails its whole batch (and the app), so invalid events are
     dropped here, without dead-lettering, to let the peer run on the same topics as microbatch.

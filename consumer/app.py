@@ -10,9 +10,8 @@ import logging
 from importlib import metadata
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, libversion
+from confluent_kafka import Consumer, KafkaException, Producer, libversion
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from consumer import __version__
 from consumer.breaker import BreakerPolicy, DeadLetterBreaker
@@ -34,6 +33,7 @@ from pipeline.spec_loader import load_pipeline
 from pipeline.target import Target
 
 log = logging.getLogger("microbatch")
+KAFKA_REQUEST_TIMEOUT_S = 10.0  # one metadata request or admin call to the broker
 
 
 class StartupError(Exception):
@@ -70,7 +70,12 @@ def build_preparer(settings: Settings, target: Target) -> Preparer:
 def database_error(settings: Settings, error: DatabaseFailure) -> StartupError:
     """A user-facing message for a database failure at start (no DSN, no password)."""
     target = describe_target(settings.database_url.get_secret_value())
-    if error.failure is FailureClass.TRANSIENT or error.sqlstate in {"3D000", "28000", "28P01"}:
+    if error.sqlstate in {"28000", "28P01"}:
+        return StartupError(
+            f"PostgreSQL at {target} refused the login: {error}. Check the user and password in DATABASE_URL "
+            "(or the server's pg_hba.conf)."
+        )
+    if error.failure is FailureClass.TRANSIENT or error.sqlstate == "3D000":
         return StartupError(
             f"cannot connect to PostgreSQL at {target}: {error}. "
             "Check that the server is running and that DATABASE_URL (host, port, database, user) is right."
@@ -97,9 +102,9 @@ def check_database(settings: Settings, target: Target) -> None:
         )
 
 
-def check_kafka(settings: Settings, timeout: float = 10.0) -> AdminClient:
+def check_kafka(settings: Settings, timeout: float = KAFKA_REQUEST_TIMEOUT_S) -> AdminClient:
     """Raise StartupError unless a broker answers within `timeout` seconds."""
-    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **_security(settings)}
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **security_config(settings)}
     config["logger"] = quiet_logger()
     admin = AdminClient(config)
     try:
@@ -121,24 +126,9 @@ def quiet_logger() -> logging.Logger:
     return logger
 
 
-def _security(settings: Settings) -> dict[str, str]:
+def security_config(settings: Settings) -> dict[str, str]:
+    """The security.*, sasl.* and ssl.* entries of kafka_config: what every client of ours needs."""
     return {k: v for k, v in settings.kafka_config.items() if k.startswith(("security.", "sasl.", "ssl."))}
-
-
-def ensure_dead_letter_topic(admin: AdminClient, topic: str, timeout: float = 30.0) -> None:
-    """Create the dead-letter topic (broker defaults) unless it exists; StartupError if impossible."""
-    if topic in admin.list_topics(timeout=timeout).topics:
-        return
-    future = admin.create_topics([NewTopic(topic, num_partitions=-1, replication_factor=-1)])[topic]
-    try:
-        future.result(timeout=timeout)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise StartupError(
-                f"cannot create the dead-letter topic {topic} ({exc.args[0].str()}): create it, or grant "
-                "the consumer CREATE on it"
-            ) from None
-    log.info("created dead-letter topic %s", topic)
 
 
 def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSink:
@@ -156,10 +146,10 @@ def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSi
         return GuardedSink(HaltOnReject(), breaker)
     # The topic's max.message.bytes, read once here (and again when a letter is refused as too large):
     # a letter over it, or over the producer's message.max.bytes, is sent without its value.
-    admin_config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **_security(settings)}
+    admin_config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **security_config(settings)}
     admin_config["logger"] = quiet_logger()
     admin = AdminClient(admin_config)
-    topic_bytes = topic_max_bytes(admin, topic, settings.startup_timeout_s)
+    topic_bytes = topic_max_bytes(admin, topic, KAFKA_REQUEST_TIMEOUT_S)
     producer_settings = dead_letter_producer_config(settings, topic_bytes)
     limit = SizeLimit(
         producer_max_bytes(producer_settings), lambda timeout: topic_max_bytes(admin, topic, timeout), topic_bytes
@@ -175,6 +165,18 @@ def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSi
         on_delivered=lambda rejection: metrics.dead_letters.labels(rejection.reason.value).inc(),
     )
     return GuardedSink(producer, breaker)
+
+
+def describe(metrics: Metrics, target: Target) -> None:
+    """The series that name this consumer (build info, its tables and topics): set before start-up
+    waits for the services, so that a consumer stuck there is visible too (idempotent)."""
+    spec = target.spec
+    metrics.tables([spec.raw.table, *(s.table for s in spec.summaries)])
+    metrics.topics(spec.topics)
+    metrics.build_info.info(
+        {"version": __version__, "librdkafka": libversion()[0], "confluent_kafka": metadata.version("confluent-kafka"),
+         "psycopg": target.driver_version(), "pipeline": spec.name}
+    )  # fmt: skip
 
 
 def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: RejectSink | None = None) -> RunLoop:
@@ -200,16 +202,9 @@ def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: R
         exit_on_halt=settings.exit_on_halt,
         overlap_writes=settings.overlap_writes,
     )
-    metrics = telemetry.metrics
-    spec = target.spec
-    metrics.tables([spec.raw.table, *(s.table for s in spec.summaries)])
-    metrics.topics(spec.topics)
-    metrics.build_info.info(
-        {"version": __version__, "librdkafka": libversion()[0], "confluent_kafka": metadata.version("confluent-kafka"),
-         "psycopg": target.driver_version(), "pipeline": spec.name}
-    )  # fmt: skip
-    sink = sink or build_sink(settings, target, metrics)
-    admin_config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **_security(settings)}
+    describe(telemetry.metrics, target)
+    sink = sink or build_sink(settings, target, telemetry.metrics)
+    admin_config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **security_config(settings)}
     admin_config["logger"] = logging.getLogger("librdkafka")
     admin = AdminClient(admin_config)
     return RunLoop(kafka, build_preparer(settings, target), target, sink, options, admin=admin, telemetry=telemetry)

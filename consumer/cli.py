@@ -15,25 +15,26 @@ from types import FrameType
 from rich.console import Console
 from rich.table import Table
 
+from consumer import __version__
 from consumer.app import (
     StartupError,
     build_loop,
     build_target,
-    check_database,
     check_kafka,
     database_error,
-    ensure_dead_letter_topic,
+    describe,
 )
 from consumer.health import Health, HealthServer
 from consumer.kafka_config import check_passthrough, consumer_config, producer_config
 from consumer.logs import setup_logging
-from consumer.loop import RunLoop
+from consumer.loop import EXIT_OK, RunLoop
 from consumer.metrics import REASONS, Metrics
 from consumer.operations import check_config, collect_status
 from consumer.position_reset import reset_command
 from consumer.produce import Ledger, ProduceError, produce_workload
 from consumer.replay import ReplayError, ReplayFilter, replay
 from consumer.settings import ConfigError, Settings, load_settings
+from consumer.startup import EXIT_GAVE_UP, StartupGaveUp, wait_for_services
 from consumer.telemetry import Telemetry
 from consumer.watchdog import Watchdog
 from consumer.workload import WorkloadOptions
@@ -80,36 +81,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         watchdog.code = _serve(settings, target, stopping, requested=lambda: requested)
         return watchdog.code
+    except StartupGaveUp as exc:
+        print(f"microbatch: error: {exc}", file=sys.stderr)
+        return EXIT_GAVE_UP
     finally:
         target.close()  # also when start-up fails: no connection is left to the garbage collector
 
 
 def _serve(settings: Settings, target: Target, stopping: list[RunLoop], requested: Callable[[], bool]) -> int:
-    """Check the services, serve health and metrics, and run the loop until it is stopped."""
-    check_database(settings, target)
-    admin = check_kafka(settings, timeout=settings.startup_timeout_s)
-    if target.spec.dead_letter_topic:
-        ensure_dead_letter_topic(admin, target.spec.dead_letter_topic)
-    telemetry = Telemetry(Metrics(), Health(stall_after_s=settings.health_stall_s))
+    """Serve health and metrics, wait for the services (consumer/startup.py), and run the loop until
+    it is stopped. The probes answer from the start: a pod started during an outage stays up."""
+    health = Health(stall_after_s=settings.health_stall_s, waiting_for="the start-up checks")
+    telemetry = Telemetry(Metrics(), health)
     try:
-        server = HealthServer(telemetry.health, telemetry.metrics.registry, host=settings.metrics_host,
+        server = HealthServer(health, telemetry.metrics.registry, host=settings.metrics_host,
                               port=settings.metrics_port).start()  # fmt: skip
     except OSError as exc:
         raise StartupError(
             f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror}): "
             "choose another MICROBATCH_METRICS_PORT"
         ) from None
-    loop = build_loop(settings, target, telemetry)
-    stopping.append(loop)
-    if requested():
-        loop.stop()
-    log.info(
-        "consuming %s as group %s into %s (max_records=%d, max_bytes=%d, max_wait_ms=%d)",
-        ",".join(target.spec.topics), target.group, target.spec.raw.table,
-        settings.max_records, settings.max_bytes, settings.max_wait_ms,
-    )  # fmt: skip
     log.info("serving /metrics, /healthz and /readyz on port %d", server.port)
+    describe(telemetry.metrics, target)
     try:
+        if wait_for_services(settings, target, health, requested) is None:
+            log.info("stopped while waiting for the services at start-up")
+            return EXIT_OK
+        loop = build_loop(settings, target, telemetry)
+        stopping.append(loop)
+        if requested():
+            loop.stop()
+        health.waiting_for = None
+        telemetry.database(ok=True)
+        log.info(
+            "consuming %s as group %s into %s (max_records=%d, max_bytes=%d, max_wait_ms=%d)",
+            ",".join(target.spec.topics), target.group, target.spec.raw.table,
+            settings.max_records, settings.max_bytes, settings.max_wait_ms,
+        )  # fmt: skip
         return loop.run()
     finally:
         server.stop()
@@ -173,7 +181,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     dlq_topic = args.topic or spec.dead_letter_topic
     if not dlq_topic:
         raise StartupError(f"pipeline {spec.name!r} has no dead_letter_topic; pass --topic")
-    check_kafka(settings, timeout=settings.startup_timeout_s)
+    check_kafka(settings)
     selection = ReplayFilter(
         reasons=frozenset(args.reason) if args.reason else None, since=args.since, until=args.until
     )
@@ -210,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging("WARNING", settings.log_format)
     target = build_target(settings)
-    check_kafka(settings, timeout=settings.startup_timeout_s)
+    check_kafka(settings)
     try:
         status = collect_status(settings, target)
     finally:
@@ -230,6 +238,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     total = sum(p.lag for p in status.partitions)
     console.print(f"total lag: {total:,} messages")
+    for topic in status.missing_topics:
+        console.print(f"topic {topic} does not exist: the consumer waits for it (nothing of it is consumed)")
     if status.dead_letter_topic:
         console.print(f"dead-letter topic {status.dead_letter_topic}: {status.dead_letters or 0:,} messages")
     return 0
@@ -282,23 +292,35 @@ def _positive(text: str) -> int:
     return value
 
 
+CONFIG_HELP = "TOML file with settings (env vars override it; default: $MICROBATCH_CONFIG)"
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    """`--config` for every subcommand (`microbatch run --config FILE`); SUPPRESS keeps a root-level one."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
+    return parent
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="microbatch",
         description="Kafka → PostgreSQL micro-batching consumer with exactly-once effects.",
     )
-    root.add_argument("--config", type=Path, help="TOML file with settings (env vars override it)")
+    root.add_argument("--config", type=Path, help=CONFIG_HELP)
+    root.add_argument("--version", action="version", version=f"microbatch {__version__}")
+    config = _config_parent()
     commands = root.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="consume until SIGTERM/SIGINT")
+    run = commands.add_parser("run", parents=[config], help="consume until SIGTERM/SIGINT")
     run.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     run.set_defaults(handler=cmd_run)
 
-    init = commands.add_parser("init-db", help="create the pipeline's tables (idempotent)")
+    init = commands.add_parser("init-db", parents=[config], help="create the pipeline's tables (idempotent)")
     init.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     init.set_defaults(handler=cmd_init_db)
 
-    produce = commands.add_parser("produce", help="produce seeded invoice events")
+    produce = commands.add_parser("produce", parents=[config], help="produce seeded invoice events")
     produce.add_argument("--count", type=_positive, required=True, help="messages to produce")
     produce.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
     produce.add_argument("--partitions", type=_positive, default=4, help="partitions when creating the topic")
@@ -312,8 +334,10 @@ def parser() -> argparse.ArgumentParser:
     produce.add_argument("--pipeline", help="pipeline whose topic to use (default: invoices)")
     produce.set_defaults(handler=cmd_produce)
 
-    dlq = commands.add_parser("dlq", help="dead-letter topic tools").add_subparsers(dest="dlq_command", required=True)
-    replay_cmd = dlq.add_parser("replay", help="re-drive dead letters to their source topic")
+    dlq = commands.add_parser("dlq", parents=[config], help="dead-letter topic tools").add_subparsers(
+        dest="dlq_command", required=True
+    )
+    replay_cmd = dlq.add_parser("replay", parents=[config], help="re-drive dead letters to their source topic")
     replay_cmd.add_argument("--reason", action="append", choices=list(REASONS), help="only this reason (repeatable)")
     replay_cmd.add_argument("--since", type=_timestamp, help="only dead letters that failed at or after this time")
     replay_cmd.add_argument("--until", type=_timestamp, help="only dead letters that failed before this time")
@@ -323,10 +347,12 @@ def parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--pipeline", help="pipeline whose dead-letter topic to read (default: invoices)")
     replay_cmd.set_defaults(handler=cmd_dlq_replay)
 
-    positions = commands.add_parser("positions", help="stored position tools").add_subparsers(
+    positions = commands.add_parser("positions", parents=[config], help="stored position tools").add_subparsers(
         dest="positions_command", required=True
     )
-    reset = positions.add_parser("reset", help="move stored positions (audited; safe while consumers run)")
+    reset = positions.add_parser(
+        "reset", parents=[config], help="move stored positions (audited; safe while consumers run)"
+    )
     reset.add_argument("--topic", required=True, help="the topic whose stored positions to move")
     reset.add_argument("--partition", type=int, help="only this partition (default: all of the topic's)")
     reset.add_argument("--to", required=True, help="earliest, latest, an offset, or an RFC 3339 timestamp")
@@ -334,12 +360,12 @@ def parser() -> argparse.ArgumentParser:
     reset.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     reset.set_defaults(handler=cmd_positions_reset)
 
-    status = commands.add_parser("status", help="positions, lag and dead letters per partition")
+    status = commands.add_parser("status", parents=[config], help="positions, lag and dead letters per partition")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     status.set_defaults(handler=cmd_status)
 
-    check = commands.add_parser("check-config", help="validate configuration and connectivity")
+    check = commands.add_parser("check-config", parents=[config], help="validate configuration and connectivity")
     check.add_argument("file", nargs="?", type=Path, help="config file (TOML); default: --config or none")
     check.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     check.set_defaults(handler=cmd_check_config)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
 
+from consumer.environment import ENV_PREFIX
 from consumer.metrics import Metrics
-from consumer.settings import ENV_PREFIX, Settings
+from consumer.settings import Settings
 
 _ALIASES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "database_url": "DATABASE_URL"}
 

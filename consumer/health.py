@@ -16,11 +16,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 @dataclass
 class Health:
-    """What the probes report. Written by the loop thread only."""
+    """What the probes report. Written by the loop thread, except `progressed` (the writer thread).
 
-    stall_after_s: float = 120.0
+    Liveness is progress: the loop turned, or the write it waits for moved (each of its waits is
+    bounded by a timeout smaller than `stall_after_s`; the settings refuse anything else), so one
+    long legitimate flush never gets a healthy consumer killed. Readiness is membership: a member
+    that joined its group is ready, with or without partitions; so is one whose every topic is
+    missing (the group cannot be joined before a topic exists, and a rollout must not wait for it).
+    """
+
+    stall_after_s: float = 180.0
     heartbeat: float = field(default_factory=time.monotonic)
+    progress: float = 0.0  # when the writer thread's work last moved (monotonic)
+    writing: bool = False  # the writer thread is busy with a write or a call
+    waiting_for: str | None = None  # what start-up still waits for (the database, the broker, tables)
     joined: bool = False  # a rebalance gave this consumer its (possibly empty) assignment
+    subscribed: tuple[str, ...] = ()
+    missing_topics: tuple[str, ...] = ()  # subscribed topics the broker does not know (yet)
     database_ok: bool = False
     halted: str | None = None
     breaker: str | None = None
@@ -28,22 +40,40 @@ class Health:
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
 
+    def progressed(self) -> None:
+        """The write in flight moved (writer thread: one float assignment, atomic under the GIL)."""
+        self.progress = time.monotonic()
+
+    def working(self, busy: bool) -> None:
+        """The writer thread starts (True) or ends (False) a write or a call."""
+        self.progress = time.monotonic()
+        self.writing = busy
+
     def alive(self) -> tuple[bool, str]:
-        idle = time.monotonic() - self.heartbeat
+        now = time.monotonic()
+        if self.writing and now - self.progress > self.stall_after_s:  # however well the loop turns
+            return False, f"the write in flight has not moved for {now - self.progress:.0f} s"
+        idle = now - max(self.heartbeat, self.progress)
         if idle > self.stall_after_s:
-            return False, f"the run loop has not turned for {idle:.0f} s"
+            return False, f"neither the run loop nor the write in flight has moved for {idle:.0f} s"
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
+        missing = ", ".join(self.missing_topics)
+        idle_by_absence = bool(self.subscribed) and set(self.subscribed) <= set(self.missing_topics)
+        not_ready = (
+            (self.waiting_for, f"starting: waiting for {self.waiting_for}"),
+            (self.halted, f"halted: {self.halted}"),
+            (self.breaker, f"dead-letter circuit breaker open: {self.breaker}"),
+            (not self.joined and not idle_by_absence, "joining the consumer group"),
+            (not self.database_ok, "database unreachable"),
+        )
+        reason = next((reason for failing, reason in not_ready if failing), None)
+        if reason is not None:
+            return False, reason
         if not self.joined:
-            return False, "not yet assigned by the consumer group"
-        if self.halted:
-            return False, f"halted: {self.halted}"
-        if self.breaker:
-            return False, f"dead-letter circuit breaker open: {self.breaker}"
-        if not self.database_ok:
-            return False, "database unreachable"
-        return True, "ok"
+            return True, f"ok; waiting for topic {missing} to exist before joining the group"
+        return True, f"ok; topic {missing} does not exist" if missing else "ok"
 
 
 class HealthServer:

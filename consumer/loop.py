@@ -7,7 +7,8 @@ One step (`RunLoop.step`), in order:
   4. consume a batch from Kafka (rebalance callbacks run inside: `Rebalance`);
   5. accept the records that belong in the window (`Positions.accept`), into the `Window`;
   6. write: retry what failed when its time has come, or hand a closed window over (`Handover`);
-  7. housekeeping every few seconds (gauges, an idle database ping: `Housekeeping`).
+  7. housekeeping every few seconds (gauges, an idle database ping: `Housekeeping`; subscribed topics
+     that do not exist: `TopicWatch`).
 
 Who may touch what is stated once, in consumer/writer_thread.py: the database only on the writer
 thread; Kafka, the window, positions and metrics only on this one.
@@ -34,6 +35,7 @@ from consumer.positions import Positions
 from consumer.rebalance import Rebalance
 from consumer.seeking import Seeker
 from consumer.telemetry import Telemetry
+from consumer.topic_watch import TopicWatch
 from consumer.window import Trigger, Window, WindowPolicy
 from consumer.writer_thread import WriterThread
 from pipeline import failpoints
@@ -87,7 +89,7 @@ class RunLoop:
         self.telemetry = telemetry = telemetry or Telemetry()
         self.window = window = Window(options.policy, clock)
         self.positions = positions = Positions()
-        pending, writer = Pending(), WriterThread(target, sink)
+        pending, writer = Pending(), WriterThread(target, sink, health=telemetry.health)
         self.flow = flow = FlowControl(
             kafka, positions, telemetry, clock, retry_initial_s=options.retry_initial_s,
             retry_max_s=options.retry_max_s, halted_retry_s=options.halted_retry_s, exit_on_halt=options.exit_on_halt,
@@ -102,6 +104,7 @@ class RunLoop:
         self.housekeeping = Housekeeping(kafka, writer, positions=positions, window=window, pending=pending, flow=flow,
                                          telemetry=telemetry, clock=clock)  # fmt: skip
         self.handover.on_commit = self.housekeeping.database_contacted
+        self.topic_watch = TopicWatch(kafka, options.topics, telemetry, clock)
         self._stopping = False
 
     def stop(self) -> None:
@@ -147,6 +150,7 @@ class RunLoop:
             self.handover.pending.add(self.window.take(), trigger)
             self.handover.hand_over(wait=not self.options.overlap_writes)
         self.housekeeping.tick()  # 7.
+        self.topic_watch.tick()
 
     def _poll_timeout(self) -> float:
         if self.flow.waiting:

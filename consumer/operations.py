@@ -11,7 +11,15 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.app import StartupError, build_target, check_database, check_kafka, database_error, quiet_logger
+from consumer.app import (
+    StartupError,
+    build_target,
+    check_database,
+    check_kafka,
+    database_error,
+    quiet_logger,
+    security_config,
+)
 from consumer.kafka_config import check_passthrough
 from consumer.settings import ConfigError, Settings, load_settings
 from pipeline.errors import DatabaseFailure
@@ -35,6 +43,7 @@ class Status:
     partitions: list[PartitionStatus] = field(default_factory=list)
     dead_letter_topic: str | None = None
     dead_letters: int | None = None
+    missing_topics: list[str] = field(default_factory=list)  # subscribed, but the broker does not know them
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -54,11 +63,13 @@ def collect_status(settings: Settings, target: Target) -> Status:
     except DatabaseFailure as error:
         raise database_error(settings, error) from None
     probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": target.group,
-                      "enable.auto.commit": False, "logger": quiet_logger(), **_security(settings)})  # fmt: skip
+                      "enable.auto.commit": False, "logger": quiet_logger(), **security_config(settings)})  # fmt: skip
     try:
         status = Status(group=target.group, dead_letter_topic=target.spec.dead_letter_topic)
         for topic in target.spec.topics:
             marks = _watermarks(probe, topic)
+            if not marks:
+                status.missing_topics.append(topic)
             committed = {
                 tp.partition: tp.offset
                 for tp in probe.committed([TopicPartition(topic, p) for p in marks], timeout=10)
@@ -90,10 +101,6 @@ def collect_status(settings: Settings, target: Target) -> Status:
     return status
 
 
-def _security(settings: Settings) -> dict[str, str]:
-    return {k: v for k, v in settings.kafka_config.items() if k.startswith(("security.", "sasl.", "ssl."))}
-
-
 @dataclass
 class CheckResult:
     """One line of `check-config`: what was checked, whether it is fine, what to do otherwise."""
@@ -119,7 +126,7 @@ def check_config(config_file: Path | None, pipeline_source: str | None) -> list[
     results.append(CheckResult("pipeline", True, f"{spec.name!r}: {len(spec.fields)} fields, "
                                                  f"{1 + len(spec.summaries)} tables"))  # fmt: skip
     try:
-        admin = check_kafka(settings, timeout=settings.startup_timeout_s)
+        admin = check_kafka(settings)
         results.append(CheckResult("kafka", True, f"broker reachable at {settings.kafka_bootstrap_servers}"))
         results += _check_topics(admin, [*spec.topics], spec.dead_letter_topic)
     except StartupError as exc:

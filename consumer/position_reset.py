@@ -135,7 +135,7 @@ def reset_command(settings: Settings, topic: str, partition: int | None, to_text
             f"--to {to_text!r}: use earliest, latest, an offset or an RFC 3339 timestamp ({exc})"
         ) from None
     target = build_target(settings)
-    admin = check_kafka(settings, timeout=settings.startup_timeout_s)
+    admin = check_kafka(settings)
     probe_config: dict[str, Any] = {**consumer_config(settings, target.group), "logger": quiet_logger()}
     probe = Consumer(probe_config)
     partitions = None if partition is None else [partition]

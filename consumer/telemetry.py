@@ -3,13 +3,83 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import groupby
+from operator import attrgetter
+from typing import NamedTuple
 
 from consumer.health import Health
 from consumer.metrics import Metrics
 from pipeline.records import PartitionId, Record
 from pipeline.writer import FlushResult
+
+_PARTITION_OF = attrgetter("topic", "partition")
+# Spans kept per partition; past it the newest span widens (ages then err upwards, memory stays bounded).
+MAX_SPANS = 1024
+
+
+class Span(NamedTuple):
+    """The records of one partition that one consume() call accepted: offsets first..last, and the Kafka
+    timestamp of the first (ms; when the message has none, when it was accepted)."""
+
+    first: int
+    last: int
+    timestamp_ms: int
+
+
+class Unwritten:
+    """Enough to tell the age of the oldest record not yet written, per partition, without keeping the
+    records: where each consume() call's records of a partition start and end, and the timestamp of the
+    first. Together with the stored position (everything before it is written) that gives the oldest
+    unwritten record's timestamp, exactly when the stored position is at the start of a span (a write
+    takes whole windows, and a window whole consume() calls), else the span's first one (slightly older).
+    A consume() batch whose first and last records are of one partition, with offsets exactly as far
+    apart as the batch is long, is taken for one span without a scan (only another partition's records
+    interleaved with offset gaps could fool that, and then only the age is off).
+    """
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall
+        self._spans: dict[PartitionId, deque[Span]] = {}
+
+    def accepted(self, records: Sequence[Record]) -> None:
+        """A consume() call's accepted records (per partition in offset order)."""
+        if not records:
+            return
+        head, tail = records[0], records[-1]
+        if (head.partition == tail.partition and head.topic == tail.topic
+                and tail.offset - head.offset == len(records) - 1):  # fmt: skip
+            self._note(head, tail.offset)  # the common case: one partition, contiguous offsets; no scan
+            return
+        for _, run in groupby(records, key=_PARTITION_OF):
+            first = next(run)
+            last = deque(run, maxlen=1)  # noqa: B031 - one pass: next() took the first, this keeps the last
+            self._note(first, last[0].offset if last else first.offset)
+
+    def _note(self, first: Record, last: int) -> None:
+        stamp = first.timestamp_ms if first.timestamp_ms is not None else int(self._wall() * 1000)
+        spans = self._spans.setdefault((first.topic, first.partition), deque())
+        if len(spans) >= MAX_SPANS:
+            spans[-1] = spans[-1]._replace(last=max(spans[-1].last, last))
+        else:
+            spans.append(Span(first.offset, last, stamp))
+
+    def oldest(self, pid: PartitionId, stored: int | None) -> int | None:
+        """Timestamp (ms) of the oldest record accepted at or after `stored` (None: all are unwritten);
+        None when there is none. Spans wholly before `stored` (written) are forgotten."""
+        spans = self._spans.get(pid)
+        if not spans:
+            return None
+        live = [span for span in spans if stored is None or span.last >= stored]
+        if len(live) != len(spans):
+            self._spans[pid] = deque(live)
+        return min(live).timestamp_ms if live else None
+
+    def forget(self, pids: Iterable[PartitionId]) -> None:
+        """Nothing of these partitions is buffered any more (written, released or dropped)."""
+        for pid in pids:
+            self._spans.pop(pid, None)
 
 
 class Telemetry:
@@ -18,11 +88,14 @@ class Telemetry:
     def __init__(self, metrics: Metrics | None = None, health: Health | None = None) -> None:
         self.metrics = metrics or Metrics(process_metrics=False)
         self.health = health or Health()
+        self.unwritten = Unwritten()
+        self.metrics.ready.set_function(lambda: 1.0 if self.health.ready()[0] else 0.0)
 
     def consumed(self, records: Sequence[Record], size: int) -> None:
         """A consume() batch entered the window: `size` bytes in all."""
         if not records:
             return
+        self.unwritten.accepted(records)
         topic = records[0].topic
         if all(record.topic == topic for record in records):  # one topic: no per-record bookkeeping
             self.metrics.messages_consumed.labels(topic).inc(len(records))
@@ -41,8 +114,9 @@ class Telemetry:
         self, trigger: str, result: FlushResult, records: Sequence[Record], seconds: float, raw_table: str
     ) -> None:
         m = self.metrics
-        m.flushes.labels(trigger, "bisected" if result.bisected else "ok").inc()
-        m.flush_duration.observe(seconds)
+        outcome = "bisected" if result.bisected else "ok"
+        m.flushes.labels(trigger, outcome).inc()
+        m.flush_duration.labels(outcome).observe(seconds)
         m.batch_records.observe(len(records))
         m.batch_bytes.observe(sum(record.size for record in records))
         m.rows_written.labels(raw_table).inc(result.inserted)
@@ -56,7 +130,7 @@ class Telemetry:
     def flush_failed(self, trigger: str, failure: str, sqlstate: str | None, *, retrying: bool, seconds: float) -> None:
         m = self.metrics
         m.flushes.labels(trigger, "retry" if retrying else "failed").inc()
-        m.flush_duration.observe(seconds)
+        m.flush_duration.labels("failed").observe(seconds)
         m.retries.labels(failure, sqlstate[:2] if sqlstate else "none").inc()
         if failure != "dead_letter":
             self.health.database_ok = failure != "transient"
@@ -77,8 +151,16 @@ class Telemetry:
             self.health.joined = True
 
     def released(self, partitions: Iterable[PartitionId]) -> None:
+        partitions = list(partitions)
+        self.unwritten.forget(partitions)
         for topic, partition in partitions:
             self.metrics.forget_partition(topic, partition)
+
+    def topics_missing(self, subscribed: Iterable[str], missing: Iterable[str]) -> None:
+        """`microbatch_topic_missing`: 1 for each subscribed topic in `missing`, 0 for the others."""
+        gone = set(missing)
+        for topic in subscribed:
+            self.metrics.topic_missing.labels(topic).set(1 if topic in gone else 0)
 
     def state(self, *, paused: bool, halted: str | None, breaker: str | None) -> None:
         self.metrics.paused.set(1 if paused else 0)
@@ -90,10 +172,13 @@ class Telemetry:
         self.metrics.buffered_records.set(records)
         self.metrics.buffered_bytes.set(size)
 
-    def lag(self, lags: Mapping[PartitionId, int]) -> None:
-        """Messages between the stored position and the high watermark, per partition."""
+    def lag(self, lags: Mapping[PartitionId, int], ages: Mapping[PartitionId, float] | None = None) -> None:
+        """Messages between the stored position and the high watermark, and the age (seconds) of the
+        oldest message not yet written, per partition."""
         for (topic, partition), lag in lags.items():
             self.metrics.lag.labels(topic, str(partition)).set(lag)
+        for (topic, partition), age in (ages or {}).items():
+            self.metrics.lag_seconds.labels(topic, str(partition)).set(age)
 
     def database(self, ok: bool) -> None:
         self.health.database_ok = ok

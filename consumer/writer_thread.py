@@ -27,6 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TypeVar
 
+from consumer.health import Health
 from consumer.window import Trigger
 from pipeline import failpoints
 from pipeline.decode import DecodedBatch
@@ -50,6 +51,14 @@ def hand_over_quickly() -> None:
 
 class StillWriting(Exception):
     """The write in flight did not end within the time given; it is still in flight."""
+
+
+class _Failed(Exception):
+    """A write that raised `error` after running `seconds` on the writer thread."""
+
+    def __init__(self, error: Exception, seconds: float) -> None:
+        super().__init__(error)
+        self.error, self.seconds = error, seconds
 
 
 @dataclass
@@ -77,10 +86,12 @@ class _InFlight:
 class WriterThread:
     """Runs the target's work on one worker thread, in submission order."""
 
-    def __init__(self, target: Target, sink: RejectSink) -> None:
+    def __init__(self, target: Target, sink: RejectSink, health: Health | None = None) -> None:
+        """`health` is told on the writer thread when work starts, moves and ends (liveness)."""
         hand_over_quickly()
         self._target = target
         self._sink = sink
+        self._health = health or Health()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microbatch-write")
         self._commits: queue.SimpleQueue[dict[PartitionId, int]] = queue.SimpleQueue()
         self._in_flight: _InFlight | None = None
@@ -106,11 +117,16 @@ class WriterThread:
 
     def _write(self, batch: Batch, decoded: DecodedBatch) -> tuple[FlushResult, float]:
         started = time.monotonic()
+        self._health.working(True)
         try:
             result = self._target.write(
-                batch, decoded, self._sink, on_commit=self._committed, on_statement=self._handed_over.set
-            )
+                batch, decoded, self._sink, on_commit=self._committed, on_statement=self._handed_over.set,
+                on_progress=self._health.progressed,
+            )  # fmt: skip
+        except Exception as error:  # its duration is the write's, not the loop's wait for it
+            raise _Failed(error, time.monotonic() - started) from error
         finally:
+            self._health.working(False)
             self._handed_over.set()
         return result, time.monotonic() - started
 
@@ -139,6 +155,9 @@ class WriterThread:
             result, seconds = in_flight.future.result(timeout=timeout_s)
         except FutureTimeout:
             raise StillWriting from None
+        except _Failed as failed:
+            self._in_flight = None
+            return Outcome(in_flight.batch, in_flight.trigger, failed.seconds, error=failed.error)
         except Exception as error:
             self._in_flight = None
             return Outcome(in_flight.batch, in_flight.trigger, time.monotonic() - started, error=error)
@@ -155,7 +174,15 @@ class WriterThread:
 
         Raises what `action` raises (DatabaseFailure for the target's own methods).
         """
-        return self._executor.submit(action, self._target).result()
+
+        def run(target: Target) -> T:
+            self._health.working(True)
+            try:
+                return action(target)
+            finally:
+                self._health.working(False)
+
+        return self._executor.submit(run, self._target).result()
 
     def commits(self) -> Sequence[dict[PartitionId, int]]:
         """Positions committed since the last call, in commit order."""

@@ -92,6 +92,8 @@ def terminate(pid: int, *, timeout: float, reap: Callable[[], object] | None = N
         if reap is not None:
             reap()
         if not pid_alive(pid):
+            if reap is not None:  # it may have exited between the reap above and this check
+                reap()
             return
         time.sleep(0.2)
     try:

@@ -1,4 +1,5 @@
-"""Failure classes by SQLSTATE, never by message text (docs/ARCHITECTURE.md, "Failures").
+"""Failure classes by SQLSTATE, never by message text (docs/ARCHITECTURE.md, "Failures"), except a
+login refused by the server, which libpq reports without a SQLSTATE (`sqlstate_of` restores it).
 
 | class     | SQLSTATE / cause                                                          | what happens             |
 |-----------|---------------------------------------------------------------------------|--------------------------|
@@ -66,8 +67,38 @@ class DatabaseFailure(Exception):
     @classmethod
     def of(cls, exc: BaseException) -> DatabaseFailure:
         """The classified, redacted form of a driver or OS error."""
-        sqlstate = getattr(exc, "sqlstate", None)
-        return cls(classify(exc), sqlstate if isinstance(sqlstate, str) else None, redacted_message(exc))
+        return cls(classify(exc), sqlstate_of(exc), redacted_message(exc))
+
+
+# libpq reports a login the server refused without a SQLSTATE (no result carries one), with the
+# server's FATAL message only. These refusals are the ones waiting will not cure, so they get their
+# SQLSTATE back from that message (PostgreSQL's own wording: lc_messages must be English for it).
+# libpq's own refusals before any server answer (no password given, TLS demanded by one side only)
+# are mistakes of the same kind, filed under 28000 (invalid authorization specification).
+_LOGIN_REFUSALS = (
+    (re.compile(r"FATAL:\s+password authentication failed|fe_sendauth: no password supplied"), "28P01"),
+    (
+        re.compile(
+            r"FATAL:\s+(no pg_hba\.conf entry|role \".*\" (does not exist|is not permitted to log in)"
+            r"|\w+ authentication failed)|server does not support SSL, but SSL was required"
+            r"|SSL (error: certificate verify failed|connection is required)"
+        ),
+        "28000",
+    ),
+    (re.compile(r"FATAL:\s+permission denied for database"), "42501"),
+    (re.compile(r"FATAL:\s+database \".*\" does not exist"), "3D000"),
+)
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The error's SQLSTATE; for a refused login (which libpq reports without one), the refusal's."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate
+    if isinstance(exc, psycopg.OperationalError):
+        message = str(exc)
+        return next((code for pattern, code in _LOGIN_REFUSALS if pattern.search(message)), None)
+    return None
 
 
 class RowEncodingError(psycopg.DataError):
@@ -89,8 +120,7 @@ def classify(exc: BaseException) -> FailureClass:
     Without a SQLSTATE: a lost or refused connection, a timeout or an OS-level error is transient;
     anything else is systemic (a bug or a misconfiguration, to be looked at, not retried blindly).
     """
-    sqlstate = getattr(exc, "sqlstate", None)
-    found = classify_sqlstate(sqlstate if isinstance(sqlstate, str) else None)
+    found = classify_sqlstate(sqlstate_of(exc))
     if found is not None:
         return found
     if isinstance(

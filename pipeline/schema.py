@@ -28,6 +28,9 @@ class Mismatch:
 
     table: str
     problem: str
+    # `microbatch init-db` would mend it (a missing table, microbatch's own tables at an older version):
+    # a consumer starting while an init job still runs waits for it instead of giving up.
+    init_db_mends: bool = False
 
     def __str__(self) -> str:
         return f"table {self.table}: {self.problem}"
@@ -74,7 +77,7 @@ def verify(conn: psycopg.Connection[Any], plan: WritePlan) -> list[Mismatch]:
     for shape in shapes(plan):
         actual = _columns(conn, plan.schema, shape.name)
         if not actual:
-            problems.append(Mismatch(shape.name, "does not exist (run `microbatch init-db`)"))
+            problems.append(Mismatch(shape.name, "does not exist (run `microbatch init-db`)", init_db_mends=True))
             continue
         for column in shape.columns:
             found = actual.get(column.name)

@@ -1,6 +1,6 @@
 """The pipeline definition: which topic, which fields, which tables. Pure data, validated strictly.
 
-A pipeline is declared in a TOML file (see `pipelines/invoices.toml`) and loaded by
+A pipeline is declared in a TOML file (see `pipeline/builtin/invoices.toml`) and loaded by
 `pipeline.spec_loader`. Every name that becomes an SQL identifier is checked (pipeline.names) and
 later composed only through `psycopg.sql.Identifier`.
 """

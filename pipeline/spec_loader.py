@@ -17,12 +17,16 @@ class PipelineFileError(Exception):
 
 
 def builtin_dir() -> Path:
-    """Where the shipped pipelines live: `pipelines/` in a checkout, packaged copy in a wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "pipelines", here / "_builtin_pipelines"):
-        if candidate.is_dir():
-            return candidate
-    raise PipelineFileError("the built-in pipelines directory is missing from this installation")
+    """Where the shipped pipelines live: `pipeline/builtin/`, the same in a checkout and in the wheel."""
+    directory = Path(__file__).resolve().parent / "builtin"
+    if not directory.is_dir():
+        raise PipelineFileError(f"the built-in pipelines directory {directory} is missing from this installation")
+    return directory
+
+
+def builtin_names() -> list[str]:
+    """The names of the built-in pipelines (`--pipeline NAME`)."""
+    return sorted(path.stem for path in builtin_dir().glob("*.toml"))
 
 
 def load_pipeline(source: str | Path | None = None) -> PipelineSpec:
@@ -67,5 +71,10 @@ def _resolve(source: str | Path | None) -> Path:
         source = DEFAULT_PIPELINE
     path = Path(source)
     if path.suffix == "" and not path.exists() and "/" not in str(source):
-        return builtin_dir() / f"{source}.toml"
+        builtin = builtin_dir() / f"{source}.toml"
+        if not builtin.exists():
+            raise PipelineFileError(
+                f"pipeline {source!r} is neither a file nor a built-in pipeline ({', '.join(builtin_names())})"
+            )
+        return builtin
     return path

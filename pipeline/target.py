@@ -58,11 +58,15 @@ class Target:
         batch: Batch,
         decoded: DecodedBatch,
         sink: RejectSink,
+        *,
         on_commit: Callable[[dict[PartitionId, int]], None] | None = None,
         on_statement: Callable[[], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> FlushResult:
         """Write `batch` (decoded as `decoded`); see BatchWriter.write for the contract."""
-        return self.writer.write(batch, decoded, sink, on_commit, on_statement)
+        return self.writer.write(
+            batch, decoded, sink, on_commit=on_commit, on_statement=on_statement, on_progress=on_progress
+        )
 
     def stored_positions(self, partitions: Iterable[PartitionId]) -> dict[PartitionId, StoredPosition]:
         """Stored positions (absent: no row). Raises DatabaseFailure when the database fails."""
@@ -87,8 +91,14 @@ class Target:
 
         def check(conn: psycopg.Connection[Any]) -> list[Mismatch]:
             outdated = own_tables.check(conn, self.plan.schema, self.plan.offsets_table)
-            own = [Mismatch(self.plan.offsets_table, outdated)] if outdated else []
-            return own + verify(conn, self.plan)
+            found = verify(conn, self.plan)
+            if not outdated:
+                return found
+            # What the upgrade changes in the offsets table (its new columns) is init-db's to mend too.
+            offsets = self.plan.offsets_table
+            return [Mismatch(offsets, outdated, init_db_mends=True)] + [
+                Mismatch(m.table, m.problem, init_db_mends=True) if m.table == offsets else m for m in found
+            ]
 
         return self._guard(check)
 

@@ -84,6 +84,7 @@ class _Run:
     committed_records: int = 0  # records before this index are committed (written or rejected)
     copy_per_node: bool = False
     on_statement: Callable[[], None] | None = None  # called once, before the first insert-and-upsert
+    on_progress: Callable[[], None] = lambda: None  # after every round trip that can wait (liveness)
 
     def record_boundary(self) -> int:
         """Records before the returned index are resolved, given the rows resolved so far."""
@@ -143,20 +144,28 @@ class BatchWriter:
         batch: Batch,
         decoded: DecodedBatch,
         sink: RejectSink,
+        *,
         on_commit: Callable[[dict[PartitionId, int]], None] | None = None,
         on_statement: Callable[[], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> FlushResult:
         """Write `batch` (decoded as `decoded`) and move its positions, in one or more commits.
 
         `on_commit` receives the stored positions after every COMMIT (a flush that isolates many
         bad rows commits more than once). `on_statement` is called once, just before the first
         insert-and-upsert statement is sent: from then on the write mostly waits for PostgreSQL.
+        `on_progress` is called after every step that can wait (the compare-and-set, a COPY, a
+        statement, the dead-letter delivery, a COMMIT): between two calls there is at most one wait
+        bounded by statement_timeout, lock_timeout or the reject sink's own timeout, however long
+        the whole write is (a liveness probe watches it).
 
         Raises PositionConflict (nothing of the current transaction was written), RejectSinkError,
         or DatabaseFailure (classified). In every case the open transaction was rolled back, and earlier
         commits were reported through `on_commit`.
         """
         run = _Run(batch, decoded, dict(batch.from_positions), RangeStack(len(decoded.rows)), on_statement=on_statement)
+        if on_progress is not None:
+            run.on_progress = on_progress
         try:
             while run.committed_records < len(batch.records):
                 per_message = run.result.transactions >= self.max_transactions
@@ -170,6 +179,7 @@ class BatchWriter:
                     continue
                 if on_commit is not None:
                     on_commit(committed)
+                run.on_progress()
         except (psycopg.Error, OSError) as exc:
             if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
                 self.database.discard()
@@ -189,10 +199,12 @@ class BatchWriter:
         # 1. compare-and-set: this transaction owns these partitions' ranges, or nobody writes.
         targets = {pid: run.batch.to_positions[pid] for pid in partitions}
         with self._begin(conn, {pid: run.stored.get(pid) for pid in partitions}, targets, run.batch.topic_ids):
+            run.on_progress()
             if first_row < limit:
                 if not run.copy_per_node:
                     # 2. COPY once for the whole transaction; the statements select ranges of it.
                     self._copy_bulk(conn, rows, first_row, limit, run.decoded.copy_data)
+                    run.on_progress()
                 # 3+4. the insert-and-upsert statement, bisected on bad data.
                 self._bisect(conn, run, limit, budget=1 if per_message else self.max_savepoints)
             boundary = run.record_boundary()
@@ -200,9 +212,11 @@ class BatchWriter:
             if committed != targets:
                 # The budget ran out: commit the resolved prefix only (we hold these rows' locks).
                 self.offsets.move(conn, committed)
+                run.on_progress()
             # 5. rejected records are durably stored before the positions move past them.
             fresh = run.rejections_between(start, boundary)
             sink.deliver(fresh, run.batch.records[start:boundary])
+            run.on_progress()
             failpoints.hit("before_commit")
             # 6. COMMIT when the block ends.
         failpoints.hit("commit_ack_lost")
@@ -324,12 +338,14 @@ class BatchWriter:
     def _statement(self, conn: psycopg.Connection[Any], run: _Run, node: Node) -> None:
         if run.copy_per_node:
             self._copy(conn, run.decoded.rows, node.lo, node.hi)
+            run.on_progress()
         notify = run.on_statement
         if notify is not None:
             run.on_statement = None
             notify()
         cursor = conn.execute(self.plan.flush, {"lo": node.lo, "hi": node.hi})
         counts = cursor.fetchone()
+        run.on_progress()
         result = run.result
         result.statements += 1
         if counts is None or cursor.description is None:  # pragma: no cover - the statement returns one row

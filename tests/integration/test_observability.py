@@ -1,13 +1,16 @@
 """Observability against real servers: a real Prometheus scrapes a consumer under load and evaluates
-every dashboard and alert expression; the compose file is validated by a real Compose implementation."""
+every dashboard and alert expression; both lag gauges keep rising while PostgreSQL is down; the compose
+file is validated by a real Compose implementation."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,21 +19,46 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka.admin import AdminClient
 
+from consumer.produce import ensure_topic
+from consumer.workload import InvoiceWorkload, WorkloadOptions
+from devstack.postgres_server import PostgresServer
 from devstack.prometheus_server import PrometheusServer, start_prometheus
+from devstack.verify import high_watermarks, stored_positions
 from tests.support.consumer_process import MICROBATCH, ConsumerProcess, run_cli
-from tests.support.kafka_io import metrics_port, scrape
+from tests.support.kafka_io import metrics_port, port_of, produce_exact, sample, scrape
 from tests.support.services import KafkaService, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "microbatch.json"
 ALERTS = ROOT / "grafana" / "alerts.yml"
 COMPARISON = re.compile(r"(?<![=!<>])(==|!=|>=|<=|>|<)(?!=)\s*")
+# What Grafana puts in for the dashboard's variables: the job Prometheus scrapes, every pipeline and instance.
+VARIABLES = {"$job": "microbatch", "$pipeline": ".*", "$instance": ".*"}
+
+
+def with_variables(expr: str) -> str:
+    for name, value in VARIABLES.items():
+        expr = expr.replace(name, value)
+    return expr
 
 
 def dashboard_expressions() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [with_variables(target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def variable_queries() -> list[str]:
+    """The dashboard's label_values() variables as PromQL: each must find at least one value."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            found = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"])
+            assert found, variable["definition"]
+            queries.append(f"count by ({found.group(2)}) ({with_variables(found.group(1))})")
+    return queries
 
 
 def alert_expressions() -> list[tuple[str, str]]:
@@ -88,6 +116,8 @@ def test_prometheus_evaluates_every_dashboard_and_alert_expression_with_data(
         assert query(server, 'up{job="microbatch"}')[0]["value"][1] == "1"
         empty = [expr for expr in dashboard_expressions() if not query(server, expr)]
         assert empty == [], f"dashboard expressions without data: {empty}"
+        empty = [expr for expr in variable_queries() if not query(server, expr)]
+        assert empty == [], f"dashboard variables without values: {empty}"
         empty = [name for name, expr in alert_expressions() if not query(server, as_bool(expr))]
         assert empty == [], f"alert expressions without data: {empty}"
         with urllib.request.urlopen(f"{server.url}/api/v1/rules", timeout=10) as response:  # noqa: S310
@@ -98,11 +128,64 @@ def test_prometheus_evaluates_every_dashboard_and_alert_expression_with_data(
         load.kill()
         load.wait(timeout=30)
         server.stop()
+        if server.process is not None:  # reap it: terminate() can return on the zombie before polling it
+            server.process.wait(timeout=30)
     exposed = {re.sub(r"\{.*", "", name) for name in scrape(port)}
     used = {name for expr in dashboard_expressions() + [e for _, e in alert_expressions()]
             for name in re.findall(r"\b(?:microbatch|process)_[a-z_]+", expr)}  # fmt: skip
     missing = sorted(name for name in used if name not in exposed)
     assert missing == [], f"expressions use metrics the consumer does not expose: {missing}"
+    assert consumer.terminate() == 0
+
+
+def lag_figures(port: int) -> tuple[float, float, int]:
+    """(messages, oldest unwritten message's age in seconds, partitions reported) over all partitions."""
+    samples = scrape(port)
+    messages = [v for k, v in samples.items() if k.startswith("microbatch_consumer_lag{")]
+    ages = [v for k, v in samples.items() if k.startswith("microbatch_lag_seconds{")]
+    return sum(messages), max(ages, default=math.nan), len(ages)
+
+
+def test_both_lag_gauges_keep_rising_while_postgresql_is_down(
+    kafka: KafkaService, own_postgres: PostgresServer, service_env: dict[str, str], invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str,
+) -> None:  # fmt: skip
+    """Paused partitions are not fetched, so librdkafka's cached high watermarks freeze: the consumer
+    must ask the leaders, and the age of the oldest unwritten message must go on growing."""
+    env = {**service_env, "DATABASE_URL": own_postgres.url}
+    topic, group = f"invoices-{unique}", f"group-{unique}"
+    assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 2)
+    workload = InvoiceWorkload(WorkloadOptions(count=2000, seed=17, items=20))
+    events: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = [
+        (m.key, m.value, None) for m in workload.messages()
+    ]
+    produce_exact(kafka.bootstrap, topic, events[:1000])
+    consumer = consumer_factory(env, invoice_pipeline)
+    port = port_of(consumer)
+
+    def caught_up() -> bool:
+        return stored_positions(own_postgres.url, group) == high_watermarks(kafka.bootstrap, topic, 2)
+
+    wait_until(caught_up, timeout=120, what="the consumer to catch up")
+    wait_until(lambda: lag_figures(port) == (0, 0, 2), timeout=30, what="both lag gauges at 0 for 2 partitions")
+
+    own_postgres.stop("fast")
+    produce_exact(kafka.bootstrap, topic, events[1000:1500])
+    wait_until(lambda: sample(port, "microbatch_paused") == 1, timeout=60, what="the consumer to pause")
+    wait_until(lambda: lag_figures(port)[0] == 500, timeout=30, what="the lag to count the unwritten 500")
+    _, age, _ = lag_figures(port)
+    produced_more = time.monotonic()
+    produce_exact(kafka.bootstrap, topic, events[1500:])  # into paused partitions: nothing is fetched
+    wait_until(lambda: lag_figures(port)[0] == 1000, timeout=30, what="the message lag to count what came since")
+    wait_until(lambda: lag_figures(port)[1] >= age + 4, timeout=30, what="the age of the oldest to grow")
+    assert sample(port, "microbatch_paused") == 1, "still paused: the lag moved without a fetch"
+    _, later, _ = lag_figures(port)
+    assert later >= age + (time.monotonic() - produced_more) - 3, (age, later)
+
+    own_postgres.start()
+    wait_until(caught_up, timeout=120, what="the consumer to catch up after the outage")
+    wait_until(lambda: lag_figures(port) == (0, 0, 2), timeout=30, what="both lag gauges back at 0")
     assert consumer.terminate() == 0
 
 

@@ -18,28 +18,60 @@ def assert_clear(result_stdout: str, result_stderr: str, *fragments: str) -> Non
         assert fragment in output, output
 
 
-def test_unreachable_broker(service_env: dict[str, str], invoice_pipeline: Path) -> None:
+def test_a_broker_still_unreachable_after_startup_timeout_gives_up_with_exit_4(
+    service_env: dict[str, str], invoice_pipeline: Path
+) -> None:
     env = {**service_env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "MICROBATCH_STARTUP_TIMEOUT_S": "2"}
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
-    result = run_cli(env, "run", "--pipeline", str(invoice_pipeline))
-    assert result.returncode == 2
-    assert_clear(result.stdout, result.stderr, "cannot reach Kafka at 127.0.0.1:1", "KAFKA_BOOTSTRAP_SERVERS")
+    result = run_cli(env, "run", "--pipeline", str(invoice_pipeline), timeout=60)
+    assert result.returncode == 4, result.stderr
+    assert_clear(result.stdout, result.stderr, "gave up after startup_timeout_s (2 s) waiting for Kafka at 127.0.0.1:1")
     assert "%3|" not in result.stderr, "librdkafka's own connection log repeats our message"
 
 
 def test_unreachable_database_never_shows_the_password(service_env: dict[str, str], invoice_pipeline: Path) -> None:
     env = {**service_env, "DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/orders"}
-    for command in ("run", "init-db", "status"):
+    for command in ("init-db", "status"):
         result = run_cli(env, command, "--pipeline", str(invoice_pipeline))
         assert result.returncode == 2, command
         assert_clear(result.stdout, result.stderr, "cannot connect to PostgreSQL at 127.0.0.1:1/orders", "DATABASE_URL")
         assert "hunter2" not in result.stdout + result.stderr
+    # `run` waits for an unreachable database (an outage, not a mistake) until startup_timeout_s.
+    result = run_cli({**env, "MICROBATCH_STARTUP_TIMEOUT_S": "2"}, "run", "--pipeline", str(invoice_pipeline))
+    assert result.returncode == 4
+    assert_clear(result.stdout, result.stderr, "waiting for PostgreSQL at 127.0.0.1:1/orders")
+    assert "hunter2" not in result.stdout + result.stderr
 
 
-def test_missing_tables_point_to_init_db(service_env: dict[str, str], invoice_pipeline: Path) -> None:
-    result = run_cli(service_env, "run", "--pipeline", str(invoice_pipeline))
+def test_a_refused_login_is_a_mistake_not_an_outage(
+    service_env: dict[str, str], database_url: str, invoice_pipeline: Path
+) -> None:
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info.update(user="nobody_here", password="s3cret-pw")  # noqa: S106 - a wrong password, on purpose
+    env = {**service_env, "DATABASE_URL": psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})}
+    result = run_cli(env, "run", "--pipeline", str(invoice_pipeline), timeout=60)  # startup_timeout_s 0: forever
     assert result.returncode == 2
-    assert_clear(result.stdout, result.stderr, "table transactions: does not exist", "microbatch init-db")
+    assert_clear(result.stdout, result.stderr, "refused the login", "DATABASE_URL")
+    assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+def test_missing_tables_are_awaited_then_point_to_init_db(service_env: dict[str, str], invoice_pipeline: Path) -> None:
+    result = run_cli({**service_env, "MICROBATCH_STARTUP_TIMEOUT_S": "2"}, "run", "--pipeline", str(invoice_pipeline))
+    assert result.returncode == 4
+    assert_clear(
+        result.stdout, result.stderr, "the tables of pipeline 'invoices'", "transactions", "microbatch init-db"
+    )
+
+
+def test_a_table_that_contradicts_the_pipeline_is_a_mistake(
+    service_env: dict[str, str], database_url: str, invoice_pipeline: Path
+) -> None:
+    assert run_cli(service_env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE transactions ALTER COLUMN quantity TYPE text")
+    result = run_cli(service_env, "run", "--pipeline", str(invoice_pipeline), timeout=60)
+    assert result.returncode == 2
+    assert_clear(result.stdout, result.stderr, "does not match pipeline 'invoices'", "column quantity is text")
 
 
 @pytest.mark.parametrize(

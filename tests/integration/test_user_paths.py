@@ -81,6 +81,7 @@ def test_status_of_a_caught_up_consumer_text_and_json(
         ],
         "dead_letter_topic": dlq,
         "dead_letters": expected["bad"],
+        "missing_topics": [],
     }  # fmt: skip
 
     text = run_cli(service_env, "status", "--pipeline", str(invoice_pipeline), timeout=60)

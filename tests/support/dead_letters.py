@@ -88,12 +88,12 @@ def verdict(bootstrap: str, database_url: str, unique: str, ledger: list[Entry],
 
 
 def readyz(port: int) -> tuple[int, str]:
-    """Status and body of /readyz."""
+    """Status and body of /readyz (one line, without its newline)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return int(response.status), response.read().decode()
+            return int(response.status), response.read().decode().rstrip("\n")
     except urllib.error.HTTPError as error:
-        return int(error.code), error.read().decode()
+        return int(error.code), error.read().decode().rstrip("\n")
 
 
 DEAD_LETTER_RETRIES = 'microbatch_retries_total{failure="dead_letter",sqlstate_class="none"}'

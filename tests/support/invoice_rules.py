@@ -3,7 +3,7 @@
 The oracle must not trust the product to judge the product: good/bad labels, the dead-letter
 reason each bad message must get, and the totals the summary tables must reach are computed here
 from the raw bytes the broker acknowledged, with the standard library's `json` (not orjson) and
-this module's own field checks. It follows `pipelines/invoices.toml` and the decoding rules the
+this module's own field checks. It follows `pipeline/builtin/invoices.toml` and the decoding rules the
 README documents:
 
 - an empty value is `empty`; a value longer than `max_message_bytes` is `too_large`;

@@ -1,4 +1,4 @@
-"""Page-view events and the totals `pipelines/pageviews.toml` must produce from them (pure)."""
+"""Page-view events and the totals `pipeline/builtin/pageviews.toml` must produce from them (pure)."""
 
 from __future__ import annotations
 

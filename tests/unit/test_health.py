@@ -33,7 +33,7 @@ def served() -> Iterator[tuple[Telemetry, int]]:
 
 def test_readiness_follows_the_loop_state(served: tuple[Telemetry, int]) -> None:
     telemetry, port = served
-    assert get(port, "/readyz") == (503, "not yet assigned by the consumer group\n")
+    assert get(port, "/readyz") == (503, "joining the consumer group\n")
     telemetry.rebalance("assign", 4)
     telemetry.database(ok=True)
     assert get(port, "/readyz")[0] == 200
@@ -52,9 +52,56 @@ def test_liveness_fails_when_the_loop_stalls(served: tuple[Telemetry, int]) -> N
     telemetry, port = served
     telemetry.health.heartbeat = time.monotonic() - 61
     status, body = get(port, "/healthz")
-    assert status == 503 and "has not turned" in body
+    assert status == 503 and "has moved for" in body
     telemetry.beat()
     assert get(port, "/healthz")[0] == 200
+
+
+def test_liveness_follows_the_progress_of_a_write_longer_than_the_stall_limit(served: tuple[Telemetry, int]) -> None:
+    """The loop waits for a long flush (bisection, many statements): each statement's progress keeps
+    the consumer alive; a write that stops moving does not."""
+    telemetry, port = served
+    health = telemetry.health
+    health.heartbeat = time.monotonic() - 600  # the loop has been waiting for the write for 10 minutes
+    health.progressed()  # ... and its latest statement just returned
+    assert get(port, "/healthz") == (200, "ok\n")
+    health.progress = time.monotonic() - 61
+    assert get(port, "/healthz")[0] == 503
+
+
+def test_readiness_at_start_up_names_what_it_waits_for(served: tuple[Telemetry, int]) -> None:
+    telemetry, port = served
+    telemetry.rebalance("assign", 0)
+    telemetry.database(ok=True)
+    telemetry.health.waiting_for = "PostgreSQL at 127.0.0.1:5432/microbatch (connection refused)"
+    assert get(port, "/readyz") == (
+        503, "starting: waiting for PostgreSQL at 127.0.0.1:5432/microbatch (connection refused)\n",
+    )  # fmt: skip
+    assert get(port, "/healthz")[0] == 200  # waiting is not a reason to be restarted
+    telemetry.health.waiting_for = None
+    assert get(port, "/readyz") == (200, "ok\n")
+
+
+def test_a_member_is_ready_once_joined_and_names_a_missing_topic(served: tuple[Telemetry, int]) -> None:
+    telemetry, port = served
+    health = telemetry.health
+    health.subscribed = ("orders", "refunds")
+    telemetry.database(ok=True)
+    health.missing_topics = ("refunds",)
+    assert get(port, "/readyz") == (503, "joining the consumer group\n")  # one topic exists: the group is joined
+    telemetry.rebalance("assign", 0)  # an idle member (more members than partitions) is ready too
+    assert get(port, "/readyz") == (200, "ok; topic refunds does not exist\n")
+
+
+def test_a_member_whose_every_topic_is_missing_is_ready_and_says_so(served: tuple[Telemetry, int]) -> None:
+    """librdkafka joins no group before one subscribed topic exists: a rollout must not wait for it."""
+    telemetry, port = served
+    health = telemetry.health
+    health.subscribed = ("orders",)
+    telemetry.database(ok=True)
+    assert get(port, "/readyz")[0] == 503
+    health.missing_topics = ("orders",)
+    assert get(port, "/readyz") == (200, "ok; waiting for topic orders to exist before joining the group\n")
 
 
 def test_metrics_are_exposed_with_prefix_and_preinitialised_labels(served: tuple[Telemetry, int]) -> None:
