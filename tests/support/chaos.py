@@ -157,7 +157,25 @@ class Stream:
     def ensure_load(self, seed: int) -> None:
         """Before a fault: a producer is running and the consumer has unwritten messages in hand."""
         self.keep_fed(seed)
-        wait_until(self.under_load, timeout=30, what=f"{self.name} to be under load", interval=0.05)
+        topped_up = 0
+
+        def loaded() -> bool:
+            # A producer that ends just after keep_fed saw it running leaves nothing in hand: top up again
+            # (a seed of its own each time, so that no event repeats an earlier one).
+            nonlocal topped_up
+            if not self.producing():
+                topped_up += 1
+                self.keep_fed(seed * 1000 + topped_up)
+            return self.under_load()
+
+        try:
+            wait_until(loaded, timeout=30, what=f"{self.name} to be under load", interval=0.05)
+        except AssertionError as timed_out:
+            last = self.producers[-1]
+            state = "running" if last.poll() is None else f"exited {last.returncode}"
+            stderr = "" if last.poll() is None or last.stderr is None else last.stderr.read().decode(errors="replace")
+            found = f"backlog {self.backlog()}, last producer {state}: {stderr[-1500:]}"
+            raise AssertionError(f"{timed_out}; {found}") from None
 
     # -- consumers -------------------------------------------------------------------------------
 
