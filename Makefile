@@ -97,5 +97,6 @@ run: up ## Run the long-lived consumer against the local services (Ctrl-C to sto
 clean: down ## Remove the venv, tool caches and test caches (keeps the Maven/Kafka jar cache)
 	@rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
 
-demo: setup ## Run the main job end to end on local services and verify the totals (≈1-2 min)
-	@$(PY) -m devstack.demo
+DEMO_PIPELINE ?= invoices
+demo: setup ## Run the main job end to end on local services and verify the totals (≈1-2 min); DEMO_PIPELINE=vendor-invoices for the lookups example
+	@$(PY) -m devstack.demo --pipeline $(DEMO_PIPELINE)

@@ -1,6 +1,6 @@
 """`make bench` / `make bench-quick`: microbatch side by side with the physical ceilings, a naive
-per-message consumer and quixstreams, on this machine, in one run. Writes bench/results/latest.json,
-BENCHMARKS.md and bench/results/chart.png.
+per-message consumer and quixstreams, and with its own lookups variant (vendor-invoices, bench/lookups.py),
+on this machine, in one run. Writes bench/results/latest.json, BENCHMARKS.md and bench/results/chart.png.
 
 Variants are interleaved (every repetition runs each once) and medians are reported; every run is
 checked for correctness against the generator's expected totals. PostgreSQL keeps its defaults
@@ -8,6 +8,9 @@ checked for correctness against the generator's expected totals. PostgreSQL keep
 
 `--export DIR` (the smoke test's) also writes what each dataset's broker acknowledged and what each
 table-writing variant left in its tables, for a check made outside the harness (bench/export.py).
+
+`--only NAME,...` runs those variants' repetitions and nothing else (no grid, steady mode, bad-row or
+memory runs): e.g. `--only microbatch,microbatch_lookups --out /tmp/bench` measures lookups / plain.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import ceilings, variants
-from bench.lab import Lab
+from bench import ceilings, lookups, variants
+from bench.lab import Dataset, Lab
 from bench.measure import machine
 from bench.report import versions, write_report
+from pipeline.records import Record
 
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,30 +84,34 @@ def _export_dir(export: Path | None, name: str, repetition: int = 1) -> Path | N
     return export / (name if repetition == 1 else f"{name}-{repetition}")
 
 
-def run(mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None) -> dict[str, Any]:
+VARIANTS = (
+    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "microbatch", "microbatch_lookups", "naive", "quixstreams",
+)  # fmt: skip
+
+
+def run(
+    mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None, only: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """The benchmark; `only`: just the repetitions of these variants (None: everything)."""
     started = time.monotonic()
     lab = Lab.start(console, export=export)
+    wanted = frozenset(VARIANTS) if only is None else only
     try:
         console.print(f"[bold]microbatch benchmark[/] ({mode.name}): preloading {mode.events:,} events")
         main = lab.preload("main", mode.events, seed=7)
-        naive_set = lab.preload("naive", min(20_000, mode.events), seed=8)
-        records = ceilings.memory_records(main)
+        # The lookups variant's own dataset: the same size and mix, vendor-invoice events (bench/lookups.py).
+        vendor_set = lookups.preload(lab, mode.events, seed=11) if "microbatch_lookups" in wanted else None
+        naive_set = lab.preload("naive", min(20_000, mode.events), seed=8) if "naive" in wanted else None
+        records = ceilings.memory_records(main) if only is None or "pg_ceiling" in wanted else []
         quix_python = quix_script = None
         quix_set = None
-        if with_quix and mode.quix_events:
+        if with_quix and mode.quix_events and "quixstreams" in wanted:
             from bench.quix_env import ensure_quix_venv  # noqa: PLC0415 - only when the peer runs
 
             quix_python = ensure_quix_venv(ROOT)
             quix_script = ROOT / "bench" / "quix_peer.py"
             quix_set = lab.preload("quix", mode.quix_events, seed=9)
-        results: dict[str, list[dict[str, Any]]] = {
-            "kafka_ceiling": [],
-            "kafka_ceiling_decode": [],
-            "pg_ceiling": [],
-            "microbatch": [],
-            "naive": [],
-            "quixstreams": [],
-        }
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
         for repetition in range(1, mode.repetitions + 1):
             console.print(f"repetition {repetition}/{mode.repetitions}")
             # Each step gets its export directory (None without --export); only table writers use it.
@@ -112,11 +120,21 @@ def run(mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None) -
                 ("kafka_ceiling_decode", lambda _: ceilings.kafka_ceiling(lab, main, decode=True)),
                 ("pg_ceiling", lambda where: ceilings.pg_ceiling(lab, main, records, export=where)),
                 ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
-                ("naive", lambda where: ceilings.naive(lab, naive_set, max_seconds=mode.naive_seconds, export=where)),
             ]
+            if vendor_set is not None:  # right after the plain run: lookups / plain is measured side by side
+                steps.append(("microbatch_lookups", lambda _: lookups.run_lookups(lab, vendor_set)))
+            if naive_set is not None:
+                steps.append(
+                    (
+                        "naive",
+                        lambda where: ceilings.naive(lab, naive_set, max_seconds=mode.naive_seconds, export=where),
+                    )
+                )
             if quix_python is not None and quix_script is not None and quix_set is not None:
                 steps.append(("quixstreams", lambda _: variants.quixstreams(lab, quix_set, quix_python, quix_script)))
             for name, step in steps:
+                if name not in wanted:
+                    continue
                 try:
                     figures = step(_export_dir(export, name, repetition))
                 except Exception as exc:
@@ -136,38 +154,57 @@ def run(mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None) -
             },
             "variants": {name: _summary(runs) for name, runs in results.items() if runs},
         }
-        grid = {}
-        for max_records in mode.grid:
-            console.print(f"grid: max_records={max_records}")
-            grid[f"max_records={max_records}"] = variants.run_microbatch(
-                lab,
-                main,
-                {"MICROBATCH_MAX_RECORDS": str(max_records)},
-                label=f"grid{max_records}",
-                export=_export_dir(export, f"grid-max_records={max_records}"),
-            )
-        report["grid"] = grid
-        console.print("flush cost with 1 rejected row in 10,000")
-        report["bad_row"] = ceilings.bad_row_cost(lab, records, rounds=mode.bad_row_rounds)
-        drain_rate = report["variants"]["microbatch"].get("events_per_s", 0)
-        if mode.steady_seconds and drain_rate:
-            report["steady"] = {}
-            for share in (0.5, 0.8):
-                console.print(f"steady at {share:.0%} of the drain rate ({drain_rate * share:,.0f}/s)")
-                report["steady"][f"{share:.0%}"] = variants.steady(lab, drain_rate * share, mode.steady_seconds, {})
-            microbatch = report["variants"]["microbatch"]
-            microbatch["p50_latency_s"] = report["steady"]["50%"]["p50_latency_s"]
-            microbatch["p99_latency_s"] = report["steady"]["50%"]["p99_latency_s"]
-        if mode.rss_events:
-            console.print(f"memory: draining a {mode.rss_events:,}-event backlog")
-            backlog = lab.preload("rss", mode.rss_events, seed=10)
-            report["rss_drain"] = variants.run_microbatch(lab, backlog, {}, label="rss")
-            report["variants"]["microbatch"]["peak_rss_bytes"] = report["rss_drain"]["peak_rss_bytes"]
+        if only is not None:
+            report["settings"]["only"] = sorted(only)
+            report["seconds"] = round(time.monotonic() - started, 1)
+            write_report(report, out, root=ROOT)
+            return report
+        _extras(lab, mode, main, records, report, export=export)
         report["seconds"] = round(time.monotonic() - started, 1)
         write_report(report, out, root=ROOT)
         return report
     finally:
         lab.stop()
+
+
+def _extras(
+    lab: Lab, mode: Mode, main: Dataset, records: list[Record], report: dict[str, Any], *, export: Path | None
+) -> None:
+    """The runs beyond the variants' repetitions: the window grid, the bad-row cost, steady mode, memory."""
+    grid = {}
+    for max_records in mode.grid:
+        console.print(f"grid: max_records={max_records}")
+        grid[f"max_records={max_records}"] = variants.run_microbatch(
+            lab,
+            main,
+            {"MICROBATCH_MAX_RECORDS": str(max_records)},
+            label=f"grid{max_records}",
+            export=_export_dir(export, f"grid-max_records={max_records}"),
+        )
+    report["grid"] = grid
+    console.print("flush cost with 1 rejected row in 10,000")
+    report["bad_row"] = ceilings.bad_row_cost(lab, records, rounds=mode.bad_row_rounds)
+    drain_rate = report["variants"]["microbatch"].get("events_per_s", 0)
+    if mode.steady_seconds and drain_rate:
+        report["steady"] = {}
+        for share in (0.5, 0.8):
+            console.print(f"steady at {share:.0%} of the drain rate ({drain_rate * share:,.0f}/s)")
+            report["steady"][f"{share:.0%}"] = variants.steady(lab, drain_rate * share, mode.steady_seconds, {})
+        microbatch = report["variants"]["microbatch"]
+        microbatch["p50_latency_s"] = report["steady"]["50%"]["p50_latency_s"]
+        microbatch["p99_latency_s"] = report["steady"]["50%"]["p99_latency_s"]
+    if mode.rss_events:
+        console.print(f"memory: draining a {mode.rss_events:,}-event backlog")
+        backlog = lab.preload("rss", mode.rss_events, seed=10)
+        report["rss_drain"] = variants.run_microbatch(lab, backlog, {}, label="rss")
+        report["variants"]["microbatch"]["peak_rss_bytes"] = report["rss_drain"]["peak_rss_bytes"]
+
+
+def _variant_names(text: str) -> frozenset[str]:
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    if not names or names - set(VARIANTS):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose among {', '.join(VARIANTS)}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer (no venv needed)")
     parser.add_argument(
+        "--only",
+        type=_variant_names,
+        default=None,
+        metavar="NAME,...",
+        help=f"run only these variants' repetitions, nothing else ({', '.join(VARIANTS)})",
+    )
+    parser.add_argument(
         "--export",
         type=Path,
         default=None,
@@ -185,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also write the datasets' ledgers and each table-writing variant's final tables there (CSV)",
     )
     args = parser.parse_args(argv)
+    if args.only is not None and args.out.resolve() == (ROOT / "bench" / "results").resolve():
+        parser.error("--only makes a partial report: write it elsewhere (--out DIR), not over the one of record")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.export is not None:
         args.export.mkdir(parents=True, exist_ok=True)
-    report = run(MODES[args.mode], args.out, with_quix=not args.no_quix, export=args.export)
+    report = run(MODES[args.mode], args.out, with_quix=not args.no_quix, export=args.export, only=args.only)
     ok = all(v.get("correct", False) for v in report["variants"].values())
     console.print(f"benchmark finished in {report['seconds']:.0f} s; every variant correct: {ok}")
     return 0 if ok else 1

@@ -1,9 +1,12 @@
 """The benchmark's own servers and data: a Kafka broker, a PostgreSQL cluster with its defaults
-(fsync and synchronous_commit on), preloaded topics with their expected totals, fresh databases."""
+(fsync and synchronous_commit on), preloaded topics with their expected totals, fresh databases.
+Datasets are of the invoice pipeline unless they name another built-in pipeline with a generator
+(vendor-invoices: the lookups variant)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import uuid
@@ -17,6 +20,7 @@ from psycopg import sql
 from rich.console import Console
 
 from bench.export import ledger_path
+from consumer.generators import workload_options
 from consumer.produce import Ledger, ensure_topic, produce_workload
 from consumer.workload import WorkloadOptions
 from devstack.kafka_server import KafkaServer, start_kafka
@@ -36,6 +40,7 @@ class Dataset:
     count: int
     options: WorkloadOptions
     expected: dict[str, Any]
+    pipeline: str = "invoices"  # the built-in pipeline whose events these are
 
 
 @dataclass
@@ -86,14 +91,24 @@ class Lab:
         return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
 
     def preload(
-        self, name: str, count: int, *, seed: int, bad_ratio: float = 0.001, duplicate_ratio: float = 0.005
+        self,
+        name: str,
+        count: int,
+        *,
+        seed: int,
+        bad_ratio: float = 0.001,
+        duplicate_ratio: float = 0.005,
+        pipeline: str = "invoices",
     ) -> Dataset:
-        """Produce `count` invoice events to a new topic (acknowledged) and keep their expected totals;
-        with `export`, also a ledger of every acknowledged message (DIR/<name>.ledger.jsonl)."""
+        """Produce `count` events of `pipeline` (invoices by default) to a new topic (acknowledged) and keep
+        their expected totals; with `export`, also a ledger of every acknowledged message
+        (DIR/<name>.ledger.jsonl)."""
         topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
         ensure_topic(AdminClient({"bootstrap.servers": self.bootstrap}), topic, PARTITIONS)
         expected_file = self.workdir / f"{topic}.expected.json"
-        options = WorkloadOptions(count=count, seed=seed, bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio)
+        options = workload_options(
+            pipeline, count=count, seed=seed, bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio
+        )
         ledger_file = None
         if self.export is not None:
             ledger_file = ledger_path(self.export, name)
@@ -108,7 +123,7 @@ class Lab:
                 on_ack=ledger.record if ledger_file is not None else None,
                 console=self.console,
             )
-        dataset = Dataset(name, topic, count, options, json.loads(expected_file.read_text()))
+        dataset = Dataset(name, topic, count, options, json.loads(expected_file.read_text()), pipeline)
         self.datasets[name] = dataset
         return dataset
 
@@ -117,8 +132,13 @@ class Lab:
         ensure_topic(AdminClient({"bootstrap.servers": self.bootstrap}), topic, PARTITIONS)
         return topic
 
-    def pipeline_file(self, topic: str, group: str, *, with_kafka_timestamp: bool = False) -> Path:
-        """The invoice pipeline reading `topic` as `group` (optionally storing the Kafka timestamp)."""
+    def pipeline_file(
+        self, topic: str, group: str, *, with_kafka_timestamp: bool = False, pipeline: str = "invoices"
+    ) -> Path:
+        """The invoice pipeline reading `topic` as `group` (optionally storing the Kafka timestamp), or
+        another built-in `pipeline` reading `topic` as `group`."""
+        if pipeline != "invoices":
+            return self._other_pipeline_file(pipeline, topic, group)
         text = (builtin_dir() / "invoices.toml").read_text()
         text = text.replace('topics = ["invoice-lines"]', f'topics = ["{topic}"]')
         text = text.replace('group = "microbatch-invoices"', f'group = "{group}"')
@@ -128,6 +148,20 @@ class Lab:
                 "ingested_at = { ingest_time = true }",
                 'kafka_ts = { kafka = "timestamp" }\ningested_at = { ingest_time = true }',
             )
+        path = self.workdir / f"{group}.toml"
+        path.write_text(text)
+        return path
+
+    def _other_pipeline_file(self, pipeline: str, topic: str, group: str) -> Path:
+        text = (builtin_dir() / f"{pipeline}.toml").read_text()
+        for key, value in (
+            ("topics", f'["{topic}"]'),
+            ("group", f'"{group}"'),
+            ("dead_letter_topic", f'"{topic}.dlq"'),
+        ):
+            text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.MULTILINE)
+            if found != 1:
+                raise RuntimeError(f"the built-in {pipeline}.toml has no top-level {key} line")
         path = self.workdir / f"{group}.toml"
         path.write_text(text)
         return path

@@ -24,6 +24,7 @@ from consumer.app import (
     database_error,
     describe,
 )
+from consumer.generators import NoGenerator, workload_options
 from consumer.health import Health, HealthServer
 from consumer.kafka_config import check_passthrough, consumer_config, producer_config
 from consumer.logs import setup_logging
@@ -37,7 +38,6 @@ from consumer.settings import ConfigError, Settings, load_settings
 from consumer.startup import EXIT_GAVE_UP, StartupGaveUp, wait_for_services
 from consumer.telemetry import Telemetry
 from consumer.watchdog import Watchdog
-from consumer.workload import WorkloadOptions
 from pipeline.errors import DatabaseFailure
 from pipeline.spec_loader import PipelineFileError, load_pipeline
 from pipeline.target import Target
@@ -151,13 +151,14 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    """Produce seeded invoice events (good, bad, duplicates) and write the expected totals."""
+    """Produce seeded events (good, bad, duplicates) for an example pipeline, chosen by its name, and
+    write the expected totals; a pipeline without a generator is refused before Kafka is touched."""
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
     spec = load_pipeline(settings.pipeline)
     topic = args.topic or spec.topics[0]
-    options = WorkloadOptions(
-        count=args.count, seed=args.seed, bad_ratio=args.bad_ratio,
+    options = workload_options(
+        spec.name, count=args.count, seed=args.seed, bad_ratio=args.bad_ratio,
         duplicate_ratio=args.duplicate_ratio, items=args.items,
     )  # fmt: skip
     with Ledger.open(args.ledger) as ledger:
@@ -320,18 +321,18 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     init.set_defaults(handler=cmd_init_db)
 
-    produce = commands.add_parser("produce", parents=[config], help="produce seeded invoice events")
+    produce = commands.add_parser("produce", parents=[config], help="produce seeded events for an example pipeline")
     produce.add_argument("--count", type=_positive, required=True, help="messages to produce")
     produce.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
     produce.add_argument("--partitions", type=_positive, default=4, help="partitions when creating the topic")
     produce.add_argument("--bad-ratio", type=_ratio, default=0.0, help="share of invalid messages")
     produce.add_argument("--duplicate-ratio", type=_ratio, default=0.0, help="share of producer duplicates")
     produce.add_argument("--seed", type=int, default=1, help="random seed")
-    produce.add_argument("--items", type=_positive, default=1000, help="distinct item ids")
+    produce.add_argument("--items", type=_positive, help="distinct items (default: 1000; vendor-invoices: 2000)")
     produce.add_argument("--topic", help="topic (default: the pipeline's first topic)")
     produce.add_argument("--expected", type=Path, help="write the expected totals (JSON) here")
     produce.add_argument("--ledger", type=Path, help="append one JSON line per acknowledged message (for the oracle)")
-    produce.add_argument("--pipeline", help="pipeline whose topic to use (default: invoices)")
+    produce.add_argument("--pipeline", help="whose events to make: invoices or vendor-invoices (default: invoices)")
     produce.set_defaults(handler=cmd_produce)
 
     dlq = commands.add_parser("dlq", parents=[config], help="dead-letter topic tools").add_subparsers(
@@ -377,6 +378,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     PipelineFileError,
     StartupError,
     ProduceError,
+    NoGenerator,
 )
 
 

@@ -16,7 +16,7 @@ from consumer.window import Trigger
 
 TRIGGERS = tuple(trigger.value for trigger in Trigger)
 OUTCOMES = ("ok", "bisected", "retry", "failed")
-REASONS = ("invalid_json", "invalid_event", "too_large", "empty", "db_rejected")
+REASONS = ("invalid_json", "invalid_event", "too_large", "empty", "db_rejected", "unknown_reference")
 REBALANCES = ("assign", "revoke", "lost")
 FAILURE_CLASSES = ("transient", "systemic", "dead_letter")
 POSITION_RESETS = ("topic_recreated", "reset", "adopted_kafka_offset")

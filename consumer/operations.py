@@ -124,7 +124,7 @@ def check_config(config_file: Path | None, pipeline_source: str | None) -> list[
     except PipelineFileError as exc:
         return [*results, CheckResult("pipeline", False, str(exc))]
     results.append(CheckResult("pipeline", True, f"{spec.name!r}: {len(spec.fields)} fields, "
-                                                 f"{1 + len(spec.summaries)} tables"))  # fmt: skip
+                                                 f"{1 + len(spec.summaries) + len(spec.lookups)} tables"))  # fmt: skip
     try:
         admin = check_kafka(settings)
         results.append(CheckResult("kafka", True, f"broker reachable at {settings.kafka_bootstrap_servers}"))

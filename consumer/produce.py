@@ -1,4 +1,4 @@
-"""`microbatch produce`: the seeded load generator, with a progress bar and the expected totals.
+"""`microbatch produce`: the seeded load generators, with a progress bar and the expected totals.
 
 Every message counts only once the broker acknowledged it (a delivery report without error); a
 run that ends with unacknowledged messages fails loudly instead of writing wrong totals.
@@ -21,8 +21,9 @@ from confluent_kafka.cimpl import NewTopic
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from consumer.workload import InvoiceWorkload, WorkloadOptions
+from consumer.generators import new_workload
 from consumer.workload import Message as GeneratedMessage
+from consumer.workload import WorkloadOptions
 
 
 class ProduceError(Exception):
@@ -103,7 +104,8 @@ def produce_workload(
     on_ack: Callable[[Message, object], None] | None = None,
     console: Console | None = None,
 ) -> ProduceResult:
-    """Produce `options.count` invoice messages to `topic` (created if missing) and wait for every ack.
+    """Produce `options.count` messages to `topic` (created if missing) and wait for every ack: invoice
+    events, or vendor-invoice events for VendorWorkloadOptions (consumer.generators.new_workload).
 
     `rate` limits messages per second; `expected` receives the totals as JSON; `on_ack(message,
     generated)` is called for every acknowledged message with the generator's record of it.
@@ -121,7 +123,7 @@ def produce_workload(
         **producer_config,
     }
     producer = Producer(config)
-    workload = InvoiceWorkload(options)
+    workload = new_workload(options)
     failures: list[str] = []
     acked = 0
 

@@ -167,6 +167,11 @@ class Settings(BaseModel):
         8, ge=1,
         description="Transactions one flush may use for bisection before writing one message per transaction.",
     )  # fmt: skip
+    lookup_cache_keys: int = Field(
+        100_000, ge=0,
+        description="Natural keys per lookup remembered as having a committed reference row: a window whose keys "
+        "are all known skips the lookup's statement (ids are always read from the table). 0 = off.",
+    )  # fmt: skip
 
     # -- retries and shutdown ------------------------------------------------------------------
     retry_initial_ms: int = Field(

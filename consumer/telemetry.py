@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 from consumer.health import Health
 from consumer.metrics import Metrics
+from pipeline.flush_result import FlushResult
 from pipeline.records import PartitionId, Record
-from pipeline.writer import FlushResult
 
 _PARTITION_OF = attrgetter("topic", "partition")
 # Spans kept per partition; past it the newest span widens (ages then err upwards, memory stays bounded).

@@ -96,32 +96,33 @@ class ExpectedTotals:
         row["lines"] += 1
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "messages": self.messages,
-                "good": self.good,
-                "duplicates": self.duplicates,
-                "bad": self.bad,
-                "bad_by_reason": dict(sorted(self.bad_by_reason.items())),
-                "transactions": self.good,
-                "inventory": {
-                    item: {
-                        "quantity": v["quantity"],
-                        "last_event_at": v["last_event_at"].astimezone(UTC).isoformat(),
-                    }
-                    for item, v in sorted(self.inventory.items())
-                },
-                "item_sales_daily": {
-                    f"{item}|{day}": {
-                        "units": v["units"],
-                        "revenue": str(v["revenue"]),
-                        "lines": v["lines"],
-                    }
-                    for (item, day), v in sorted(self.daily.items())
-                },
+        return orjson.dumps(self.as_dict(), option=orjson.OPT_INDENT_2)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The expected totals as JSON-ready values (decimals as exact strings, instants in UTC)."""
+        return {
+            "messages": self.messages,
+            "good": self.good,
+            "duplicates": self.duplicates,
+            "bad": self.bad,
+            "bad_by_reason": dict(sorted(self.bad_by_reason.items())),
+            "transactions": self.good,
+            "inventory": {
+                item: {
+                    "quantity": v["quantity"],
+                    "last_event_at": v["last_event_at"].astimezone(UTC).isoformat(),
+                }
+                for item, v in sorted(self.inventory.items())
             },
-            option=orjson.OPT_INDENT_2,
-        )
+            "item_sales_daily": {
+                f"{item}|{day}": {
+                    "units": v["units"],
+                    "revenue": str(v["revenue"]),
+                    "lines": v["lines"],
+                }
+                for (item, day), v in sorted(self.daily.items())
+            },
+        }
 
 
 def _with(event: dict[str, Any], **changes: Any) -> bytes:
@@ -133,7 +134,7 @@ def _spliced(event: dict[str, Any], text: bytes) -> bytes:
 
 
 # How each bad kind is made from a good event.
-_BAD_VALUES: dict[str, Callable[[dict[str, Any]], bytes]] = {
+BAD_VALUES: dict[str, Callable[[dict[str, Any]], bytes]] = {
     "truncated_json": lambda e: orjson.dumps(e)[:-7],
     "nan": lambda e: _spliced(e, b"NaN"),
     "not_an_object": lambda e: orjson.dumps([e]),
@@ -148,6 +149,16 @@ _BAD_VALUES: dict[str, Callable[[dict[str, Any]], bytes]] = {
     "huge_integer": lambda e: _spliced(e, b"9" * 10_000),
     "infinity": lambda e: _spliced(e, b"Infinity"),
 }
+
+
+def line_amounts(rng: random.Random, days: int) -> tuple[int, float, datetime]:
+    """An invoice line's quantity (mostly sales, some returns), unit price (0 to 4 decimals) and
+    moment (within `days` of EPOCH, milliseconds, one of OFFSETS), drawn from `rng` in this order."""
+    quantity = rng.randint(1, 20) if rng.random() < 0.9 else -rng.randint(1, 5)
+    price = round(rng.uniform(0.5, 999.99), rng.choice((0, 1, 2, 2, 2, 4)))
+    moment = EPOCH + timedelta(seconds=rng.uniform(0, days * 86400))
+    moment = moment.astimezone(rng.choice(OFFSETS)).replace(microsecond=(moment.microsecond // 1000) * 1000)
+    return quantity, price, moment
 
 
 class InvoiceWorkload:
@@ -168,18 +179,26 @@ class InvoiceWorkload:
             roll = rng.random()
             if roll < opts.bad_ratio:
                 message = self._bad(n)
-                self.totals.bad_by_reason[dict(BAD_KINDS)[message.kind]] += 1
+                self.totals.bad_by_reason[self._reason(message.kind)] += 1
             elif roll < opts.bad_ratio + opts.duplicate_ratio and self._sent_good:
                 message = rng.choice(self._sent_good)
                 self.totals.duplicates += 1
             else:
                 message, event = self._good(n)
-                price = Decimal(message.unit_price or "0")
-                self.totals.add_good(event["item_id"], event["quantity"], price, datetime.fromisoformat(event["ts"]))
+                self._count_good(message, event)
                 if len(self._sent_good) < 10_000:
                     self._sent_good.append(message)
             self.totals.messages += 1
             yield self._with_headers(message)
+
+    def _reason(self, kind: str) -> str:
+        """The dead-letter reason a bad message of `kind` must get."""
+        return dict(BAD_KINDS)[kind]
+
+    def _count_good(self, message: Message, event: dict[str, Any]) -> None:
+        """Add a good (first-sent) event to the expected totals."""
+        price = Decimal(message.unit_price or "0")
+        self.totals.add_good(event["item_id"], event["quantity"], price, datetime.fromisoformat(event["ts"]))
 
     def _with_headers(self, message: Message) -> Message:
         """Some messages carry headers (a trace id; rarely a forged `dlq.reason` that a dead letter
@@ -194,10 +213,7 @@ class InvoiceWorkload:
 
     def _event(self, n: int) -> dict[str, Any]:
         rng, opts = self.rng, self.options
-        quantity = rng.randint(1, 20) if rng.random() < 0.9 else -rng.randint(1, 5)
-        price = round(rng.uniform(0.5, 999.99), rng.choice((0, 1, 2, 2, 2, 4)))
-        moment = EPOCH + timedelta(seconds=rng.uniform(0, opts.days * 86400))
-        moment = moment.astimezone(rng.choice(OFFSETS)).replace(microsecond=(moment.microsecond // 1000) * 1000)
+        quantity, price, moment = line_amounts(rng, opts.days)
         return {
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "invoice_id": f"inv-{self.options.seed}-{n // 5}",
@@ -230,4 +246,4 @@ class InvoiceWorkload:
     def _bad(self, n: int) -> Message:
         kind, _ = self.rng.choice(BAD_KINDS)
         event = self._event(n)
-        return Message(key=event["invoice_id"].encode(), value=_BAD_VALUES[kind](event), good=False, kind=kind)
+        return Message(key=event["invoice_id"].encode(), value=BAD_VALUES[kind](event), good=False, kind=kind)

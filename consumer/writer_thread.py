@@ -31,10 +31,10 @@ from consumer.health import Health
 from consumer.window import Trigger
 from pipeline import failpoints
 from pipeline.decode import DecodedBatch
+from pipeline.flush_result import FlushResult
 from pipeline.records import Batch, PartitionId
 from pipeline.rejects import RejectSink
 from pipeline.target import Target
-from pipeline.writer import FlushResult
 
 T = TypeVar("T")
 # How long the loop thread may keep the GIL while the writer thread wants it back. Each PostgreSQL

@@ -1,4 +1,9 @@
-"""Compare the invoice pipeline's tables with the generator's expected totals (used by demo and tests)."""
+"""Compare the example pipelines' tables with their generators' expected totals (used by demo and tests).
+
+The invoice tables are keyed by the item id the events carry. The vendor-invoice tables are keyed
+by surrogate ids the lookups assign while the consumer runs, so their rows are compared by natural
+key ("vendor|sku", as stored: normalised), read through inventory → items → vendors.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +42,23 @@ def compare_totals(database_url: str, expected: dict[str, Any]) -> list[Check]:
         counts = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM transactions").fetchone()
         inventory = conn.execute("SELECT item_id, quantity, last_event_at FROM inventory").fetchall()
         daily = conn.execute("SELECT item_id, day, units, revenue, lines FROM item_sales_daily").fetchall()
+    return [*_transaction_checks(counts, expected), *_summary_checks(inventory, daily, expected)]
+
+
+def _transaction_checks(counts: tuple[Any, ...] | None, expected: dict[str, Any]) -> list[Check]:
+    """`counts` = (rows, distinct event ids) of `transactions`."""
     rows, distinct = (int(counts[0]), int(counts[1])) if counts else (0, 0)
+    return [
+        Check(
+            "transactions rows", rows == expected["transactions"], f"{rows} rows, expected {expected['transactions']}"
+        ),
+        Check("no event written twice", distinct == rows, f"{rows - distinct} duplicate event ids"),
+    ]
+
+
+def _summary_checks(inventory: list[Any], daily: list[Any], expected: dict[str, Any]) -> list[Check]:
+    """Rows of (item, quantity, last_event_at) and (item, day, units, revenue, lines) against the
+    expected totals; a key read twice (two rows for one natural key) is a difference too."""
     got_inventory = {str(item): (int(qty), last) for item, qty, last in inventory}
     want_inventory = {
         item: (v["quantity"], datetime.fromisoformat(v["last_event_at"])) for item, v in expected["inventory"].items()
@@ -50,13 +71,78 @@ def compare_totals(database_url: str, expected: dict[str, Any]) -> list[Check]:
         key: (v["units"], Decimal(v["revenue"]), v["lines"]) for key, v in expected["item_sales_daily"].items()
     }
     return [
-        Check(
-            "transactions rows", rows == expected["transactions"], f"{rows} rows, expected {expected['transactions']}"
-        ),
-        Check("no event written twice", distinct == rows, f"{rows - distinct} duplicate event ids"),
-        Check("inventory", got_inventory == want_inventory, _diff(got_inventory, want_inventory)),
-        Check("item_sales_daily", got_daily == want_daily, _diff(got_daily, want_daily)),
+        _equal("inventory", got_inventory, want_inventory, len(inventory)),
+        _equal("item_sales_daily", got_daily, want_daily, len(daily)),
     ]
+
+
+def _equal(name: str, got: dict[str, Any], want: dict[str, Any], rows: int) -> Check:
+    if rows != len(got):
+        return Check(name, False, f"{rows - len(got)} rows repeat a key; {_diff(got, want)}")
+    return Check(name, got == want, _diff(got, want))
+
+
+# Summary rows named by natural key; LEFT JOINs, so that a row whose item or vendor is missing shows
+# up as an unexpected key ("?|?") instead of vanishing from the comparison.
+_INVENTORY_BY_KEY = """
+    SELECT coalesce(v.name, '?') || '|' || coalesce(i.sku, '?'), s.quantity, s.last_event_at
+    FROM inventory s
+    LEFT JOIN items i ON i.item_id = s.item_id LEFT JOIN vendors v ON v.vendor_id = i.vendor_id"""
+_DAILY_BY_KEY = """
+    SELECT coalesce(v.name, '?') || '|' || coalesce(i.sku, '?'), s.day, s.units, s.revenue, s.lines
+    FROM item_sales_daily s
+    LEFT JOIN items i ON i.item_id = s.item_id LEFT JOIN vendors v ON v.vendor_id = i.vendor_id"""
+# (rows, distinct natural keys, normalised keys) of each reference table.
+_VENDOR_KEYS = """
+    SELECT count(*), count(DISTINCT name), count(*) FILTER (WHERE name = lower(btrim(name, E' \\t\\r\\n')))
+    FROM vendors"""
+_ITEM_KEYS = """
+    SELECT count(*), count(DISTINCT (vendor_id, sku)), count(*) FILTER (WHERE sku = lower(btrim(sku, E' \\t\\r\\n')))
+    FROM items"""
+# Every reference row is used and every use has its row: items without their vendor or without a
+# transaction, vendors without items, transactions whose ids or SKU disagree with their item's.
+_ORPHANS = """
+    SELECT
+      (SELECT count(*) FROM items i WHERE NOT EXISTS (SELECT FROM vendors v WHERE v.vendor_id = i.vendor_id)),
+      (SELECT count(*) FROM items i WHERE NOT EXISTS (SELECT FROM transactions t WHERE t.item_id = i.item_id)),
+      (SELECT count(*) FROM vendors v WHERE NOT EXISTS (SELECT FROM items i WHERE i.vendor_id = v.vendor_id)),
+      (SELECT count(*) FROM transactions t LEFT JOIN items i ON i.item_id = t.item_id
+        WHERE i.item_id IS NULL OR i.vendor_id IS DISTINCT FROM t.vendor_id OR i.sku IS DISTINCT FROM t.sku)"""
+
+
+def compare_vendor_totals(database_url: str, expected: dict[str, Any]) -> list[Check]:
+    """The vendor-invoices tables against `consumer.vendor_workload`'s expected totals: transactions as
+    for invoices; inventory and item_sales_daily per natural key; `items` and `vendors` hold each
+    expected key exactly once, normalised, and nothing is orphaned (see _ORPHANS)."""
+    with psycopg.connect(database_url) as conn:
+        counts = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM transactions").fetchone()
+        inventory = conn.execute(_INVENTORY_BY_KEY).fetchall()
+        daily = conn.execute(_DAILY_BY_KEY).fetchall()
+        vendors = conn.execute(_VENDOR_KEYS).fetchone()
+        items = conn.execute(_ITEM_KEYS).fetchone()
+        orphans = conn.execute(_ORPHANS).fetchone()
+    return [
+        *_transaction_checks(counts, expected),
+        *_summary_checks(inventory, daily, expected),
+        _reference_check("vendors", vendors, expected["vendors"]),
+        _reference_check("items", items, expected["items"]),
+        _orphan_check(orphans),
+    ]
+
+
+def _reference_check(table: str, counts: tuple[Any, ...] | None, want: int) -> Check:
+    """`counts` = (rows, distinct natural keys, normalised keys) of a reference table."""
+    rows, distinct, normalised = (int(n) for n in counts) if counts else (0, 0, 0)
+    detail = f"{rows} rows, expected {want}"
+    if distinct != rows or normalised != rows:
+        detail += f"; {rows - distinct} keys created twice, {rows - normalised} not normalised"
+    return Check(f"{table} rows, each key once", rows == want == distinct == normalised, detail)
+
+
+def _orphan_check(counts: tuple[Any, ...] | None) -> Check:
+    names = ("items without vendor", "items unused", "vendors unused", "transactions not matching their item")
+    wrong = {name: int(n) for name, n in zip(names, counts or (-1,) * len(names), strict=True) if n}
+    return Check("no orphaned references", not wrong, str(wrong) if wrong else "none")
 
 
 def _diff(got: dict[str, Any], want: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ import orjson
 
 from pipeline.field_types import FIELD_TYPES
 from pipeline.fields import FieldError, FieldFailure, compile_field
+from pipeline.lookup_spec import normaliser
 from pipeline.records import Record, Rejection, RejectReason
 from pipeline.spec import PipelineSpec
 from pipeline.transform import Transform
@@ -108,6 +109,12 @@ class Decoder:
         self.max_message_bytes = max_message_bytes
         self.field_names = tuple(spec.fields)
         self._extracts = tuple(compile_field(name, fs) for name, fs in spec.fields.items())
+        # Lookup keys, normalised here and staged after the fields (WritePlan.staging_columns), so that
+        # PostgreSQL compares plain values. A lookup's key fields are required strings.
+        self._extracts += tuple(
+            _normalised(field, self._extracts[self.field_names.index(field)], normaliser(steps))
+            for field, steps in spec.references.normalised()
+        )
         self.exact = any(
             (kind := FIELD_TYPES[fs.type]).exact is not None and kind.exact(fs) for fs in spec.fields.values()
         )
@@ -191,6 +198,20 @@ class Decoder:
             except Exception as exc:
                 out.reject(index, _failure(record, exc))
         return out
+
+
+def _normalised(
+    field: str, extract: Callable[[dict[str, Any]], Any], normalise: Callable[[str], str]
+) -> Callable[[Any], Any]:
+    """A lookup key's staged value: the field normalised; nothing left of it is not a key."""
+
+    def value(event: dict[str, Any]) -> Any:
+        normalised = normalise(extract(event))
+        if not normalised:
+            raise FieldError(f"{field}: empty once normalised (a lookup key needs a value)")
+        return normalised
+
+    return value
 
 
 def _json_reason(exc: Exception) -> str:

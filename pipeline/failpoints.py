@@ -12,7 +12,7 @@ hit), or with probability p on each hit. Actions:
     raise:<state>  raise a psycopg error with that SQLSTATE (e.g. 08006: connection lost)
 
 When the variable is unset, `hit()` is one dictionary lookup on an empty dict: free on the hot path.
-Points: after_consume, in_assign, in_revoke, mid_copy, before_commit, commit_ack_lost, after_db_commit,
+Points: after_consume, in_assign, in_revoke, mid_copy, after_lookups, before_commit, commit_ack_lost, after_db_commit,
 after_dlq_produce.
 """
 
@@ -29,7 +29,7 @@ from psycopg import errors
 
 ENV = "MICROBATCH_FAILPOINTS"
 POINTS = frozenset(
-    {"after_consume", "in_assign", "in_revoke", "mid_copy", "before_commit", "commit_ack_lost",
+    {"after_consume", "in_assign", "in_revoke", "mid_copy", "after_lookups", "before_commit", "commit_ack_lost",
      "after_db_commit", "after_dlq_produce"}
 )  # fmt: skip
 

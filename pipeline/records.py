@@ -48,6 +48,7 @@ class RejectReason(StrEnum):
     TOO_LARGE = "too_large"
     EMPTY = "empty"
     DB_REJECTED = "db_rejected"
+    UNKNOWN_REFERENCE = "unknown_reference"  # a find-only lookup has no reference row for the event's key
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,7 @@
 """The pipeline definition: which topic, which fields, which tables. Pure data, validated strictly.
 
-A pipeline is declared in a TOML file (see `pipeline/builtin/invoices.toml`) and loaded by
-`pipeline.spec_loader`. Every name that becomes an SQL identifier is checked (pipeline.names) and
-later composed only through `psycopg.sql.Identifier`.
+A pipeline is a TOML file (`pipeline/builtin/invoices.toml`) loaded by pipeline.spec_loader (lookups: lookup_spec).
+Every name that becomes an SQL identifier is checked (pipeline.names), then quoted by `psycopg.sql.Identifier`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from pipeline.aggregates import AGGREGATES, AggregateKind
 from pipeline.expressions import Expression, parse_expression
 from pipeline.field_types import BOUNDS, FIELD_TYPES, LENGTHS
+from pipeline.lookup_refs import References
+from pipeline.lookup_spec import Lookup
 from pipeline.names import check_identifier, check_sql_type, check_topic
 
 KafkaAttribute = Literal["topic", "partition", "offset", "timestamp", "key", "topic_id"]
@@ -277,6 +278,7 @@ class PipelineSpec(_Strict):
     dead_letter_topic: str | None = None
     schema_name: str = Field(default="public", alias="schema")
     fields: dict[str, FieldSpec]
+    lookups: tuple[Lookup, ...] = ()
     raw: RawTable
     summaries: tuple[SummaryTable, ...] = ()
     transform: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -302,19 +304,24 @@ class PipelineSpec(_Strict):
             check_topic(self.dead_letter_topic)
             if self.dead_letter_topic in self.topics:
                 raise ValueError("dead_letter_topic cannot be one of the source topics")
+        self.references.check()
         self._check_raw_columns()
         self._check_dedupe_key()
         for summary in self.summaries:
             self._check_summary(summary)
-        tables = [self.raw.table, *(summary.table for summary in self.summaries)]
+        tables = [self.raw.table, *(s.table for s in self.summaries), *(x.table for x in self.lookups)]
         if len(set(tables)) != len(tables):
             raise ValueError(f"table names clash: {tables}")
         return self
 
+    @property
+    def references(self) -> References:
+        return References(self.fields, self.lookups)  # what raw columns and lookup keys name
+
     def _check_raw_columns(self) -> None:
         for name, column in self.raw.columns.items():
-            if column.field is not None and column.field not in self.fields:
-                raise ValueError(f"raw column {name!r} reads unknown field {column.field!r}")
+            if column.field is not None and (problem := self.references.problem(column.field)) is not None:
+                raise ValueError(f"raw column {name!r} reads {problem}")
             if column.expr is not None:
                 for ref in parse_expression(column.expr).names:
                     if ref not in self.fields:
@@ -327,6 +334,8 @@ class PipelineSpec(_Strict):
                 column = self.raw.columns[name]
                 source, fix = (
                     (f"optional field {column.field!r}", "make it required or give it a default")
+                    if column.field in self.fields
+                    else (f"lookup value {column.field!r}", "use a lookup that never gives null (on_missing)")
                     if column.field is not None
                     else ("Kafka message key", "use a field or the Kafka coordinates")
                     if column.kafka == "key"
@@ -368,7 +377,7 @@ class PipelineSpec(_Strict):
         if spec.type is not None:
             return "timestamp with time zone" if spec.type == "timestamptz" else spec.type
         if spec.field is not None:
-            return self.fields[spec.field].sql_type()
+            return self.references.value_type(spec.field)
         if spec.kafka is not None:
             return KAFKA_TYPES[spec.kafka]
         return "timestamp with time zone"  # ingest_time
@@ -383,8 +392,7 @@ class PipelineSpec(_Strict):
         """True when every inserted row has a non-null value in `column`."""
         spec = self.raw.columns[column]
         if spec.field is not None:
-            field = self.fields[spec.field]
-            return field.required or field.default is not None
+            return self.references.value_required(spec.field)
         if spec.kafka == "key":
             return False
         if spec.expr is not None:

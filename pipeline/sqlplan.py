@@ -19,6 +19,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from pipeline.aggregates import Fold
+from pipeline.lookup_sql import LookupPlan
 from pipeline.spec import KAFKA_TYPES, Aggregate, KeyColumn, PipelineSpec
 from pipeline.tables import Column, TableShape
 
@@ -55,6 +56,7 @@ class WritePlan:
         self.staging_columns: tuple[str, ...] = (
             SEQ_COLUMN,
             *spec.fields,
+            *spec.references.normalised().values(),  # lookup keys, normalised while decoding
             *(KAFKA_PREFIX + attr for attr in dict.fromkeys(c.kafka for c in spec.raw.columns.values() if c.kafka)),
         )
         self.insert_columns = tuple(name for name, col in spec.raw.columns.items() if not col.ingest_time)
@@ -65,7 +67,13 @@ class WritePlan:
             sql.SQL(", ").join(map(sql.Identifier, self.staging_columns)),
         )
         self.copy_types = [_BINARY_TYPES[sql_type] for _, sql_type in self._staging_types()]
-        self.flush = self._flush_statement()
+        self.lookups = LookupPlan(spec, self._field_value, STAGING_TABLE, SEQ_COLUMN)
+        self.flush = self._flush_statement(ranged=True)
+        # The same statement over every staged row: a window written at once needs no range, and
+        # without one PostgreSQL estimates the staged rows from the table's size (it has no
+        # statistics of the temporary table, and guesses a range keeps 0.5%: a join planned for 25
+        # rows is a nested loop).
+        self.flush_all = self._flush_statement(ranged=False)
 
     def qualified(self, table: str) -> sql.Identifier:
         return sql.Identifier(self.schema, table)
@@ -78,6 +86,7 @@ class WritePlan:
         spec = self.spec
         types = [(SEQ_COLUMN, "integer")]
         types += [(name, _staged(field.sql_type())) for name, field in spec.fields.items()]
+        types += [(name, "text") for name in spec.references.normalised().values()]
         types += [(name, KAFKA_TYPES[name.removeprefix(KAFKA_PREFIX)]) for name in self.staging_columns
                   if name.startswith(KAFKA_PREFIX)]  # fmt: skip
         return types
@@ -94,18 +103,22 @@ class WritePlan:
     # -- the flush statement ---------------------------------------------------------------------
 
     def _field_value(self, name: str) -> sql.Composable:
-        """A staged field as its real type (text-staged ones are cast)."""
+        """A staged field as its real type (text-staged ones are cast), qualified: the flush
+        statement joins reference tables, whose columns may share a field's name."""
         sql_type = self.spec.fields[name].sql_type()
+        column = sql.Identifier(STAGING_TABLE, name)
         if _staged(sql_type) == sql_type:
-            return sql.Identifier(name)
-        return sql.SQL("CAST({} AS {})").format(sql.Identifier(name), sql.SQL(sql_type))
+            return column
+        return sql.SQL("CAST({} AS {})").format(column, sql.SQL(sql_type))
 
     def _source_expression(self, column: str) -> sql.Composable:
         spec = self.spec.raw.columns[column]
         if spec.field is not None:
-            return self._field_value(spec.field)
+            if spec.field in self.spec.fields:
+                return self._field_value(spec.field)
+            return self.lookups.value(spec.field)
         if spec.kafka is not None:
-            return sql.Identifier(KAFKA_PREFIX + spec.kafka)
+            return sql.Identifier(STAGING_TABLE, KAFKA_PREFIX + spec.kafka)
         if spec.expr is not None:
             from pipeline.expressions import parse_expression  # noqa: PLC0415 - cached parse
 
@@ -126,20 +139,23 @@ class WritePlan:
                     needed[agg.by] = None
         return tuple(needed)
 
-    def _flush_statement(self) -> sql.Composed:
+    def _flush_statement(self, *, ranged: bool) -> sql.Composed:
         raw = self.spec.raw
         returned = self._returned_columns()
         returning = sql.SQL(", ").join(map(sql.Identifier, returned)) if returned else sql.SQL("1")
         insert = sql.SQL(
-            "INSERT INTO {raw} ({columns}) SELECT {sources} FROM {staging} "
-            "WHERE {seq} >= %(lo)s AND {seq} < %(hi)s "
+            "INSERT INTO {raw} ({columns}) SELECT {sources} FROM {staging}{joins} "
+            "WHERE {range} "
             "ON CONFLICT ({dedupe}) DO NOTHING RETURNING {returning}"
         ).format(
             raw=self.qualified(raw.table),
             columns=sql.SQL(", ").join(map(sql.Identifier, self.insert_columns)),
             sources=sql.SQL(", ").join(self._source_expression(c) for c in self.insert_columns),
             staging=sql.Identifier(STAGING_TABLE),
-            seq=sql.Identifier(SEQ_COLUMN),
+            joins=self.lookups.joins(),
+            range=sql.SQL("{seq} >= %(lo)s AND {seq} < %(hi)s").format(seq=sql.Identifier(STAGING_TABLE, SEQ_COLUMN))
+            if ranged
+            else sql.SQL("TRUE"),
             dedupe=sql.SQL(", ").join(map(sql.Identifier, raw.dedupe_key)),
             returning=returning,
         )

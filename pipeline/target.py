@@ -18,13 +18,14 @@ from pipeline import own_tables
 from pipeline.database import Database, SessionSettings
 from pipeline.decode import DecodedBatch
 from pipeline.errors import DatabaseFailure
+from pipeline.flush_result import FlushResult
 from pipeline.offsets import OffsetsTable, PositionChange, StoredPosition
 from pipeline.records import Batch, PartitionId
 from pipeline.rejects import RejectSink
 from pipeline.schema import Mismatch, init_db, verify
 from pipeline.spec import PipelineSpec
 from pipeline.sqlplan import WritePlan
-from pipeline.writer import BatchWriter, FlushResult
+from pipeline.writer import BatchWriter
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ class Target:
         session: SessionSettings | None = None,
         max_savepoints: int = 64,
         max_transactions: int = 8,
+        lookup_cache_keys: int = 100_000,
     ) -> None:
         self.spec = spec
         self.group = group or spec.group
@@ -50,7 +52,12 @@ class Target:
         self.offsets = OffsetsTable(spec.schema_name, offsets_table, self.group)
         self.upgrades: list[str] = []  # what the last init_tables() changed in microbatch's own tables
         self.writer = BatchWriter(
-            self.database, self.plan, self.offsets, max_savepoints=max_savepoints, max_transactions=max_transactions
+            self.database,
+            self.plan,
+            self.offsets,
+            max_savepoints=max_savepoints,
+            max_transactions=max_transactions,
+            lookup_cache_keys=lookup_cache_keys,
         )
 
     def write(

@@ -6,8 +6,10 @@ The order inside a transaction is the correctness argument; the steps are number
   1. compare-and-set the positions of every partition still to be written (offsets table),
      sent in one round trip with the BEGIN (pipeline mode);
   2. COPY the rows into the session's temp staging table;
-  3+4. one statement inserts the new rows into the raw table and upserts the summaries from what
-     was new;
+  2b. the pipeline's lookups, one statement each (pipeline.lookup_sql): create the reference rows
+     of new keys, and take out the rows a find-only lookup has no reference row for;
+  3+4. one statement inserts the new rows into the raw table (ids joined from the reference
+     tables) and upserts the summaries from what was new;
   5. rejected records go to the reject sink, which returns only once they are durably stored
      (the dead-letter topic acknowledged them), before any position moves past them;
   6. COMMIT.
@@ -38,6 +40,8 @@ from pipeline.bisect import Node, RangeStack
 from pipeline.database import Database
 from pipeline.decode import DecodedBatch
 from pipeline.errors import DatabaseFailure, FailureClass, RowEncodingError, classify, redacted_message
+from pipeline.flush_result import FlushResult
+from pipeline.lookup_cache import KnownKeys
 from pipeline.offsets import OffsetsTable
 from pipeline.records import Batch, PartitionId, Rejection, RejectReason
 from pipeline.rejects import RejectSink
@@ -45,22 +49,6 @@ from pipeline.sqlplan import WritePlan
 
 # Pipeline mode needs libpq 14 or later (the binary wheel bundles a newer one).
 _PIPELINE_SUPPORTED = psycopg.Pipeline.is_supported()
-
-
-@dataclass
-class FlushResult:
-    """What a successful `write` did. `stored_positions`: where the partitions now stand in the offsets table."""
-
-    stored_positions: dict[PartitionId, int] = field(default_factory=dict)
-    inserted: int = 0
-    duplicates: int = 0
-    summary_rows: dict[str, int] = field(default_factory=dict)
-    rejections: list[Rejection] = field(default_factory=list)
-    skipped: int = 0
-    statements: int = 0
-    savepoints: int = 0
-    transactions: int = 0
-    bisected: bool = False  # the bulk write failed on bad data at least once: rows were isolated by bisection
 
 
 class _CopyFailed(Exception):
@@ -130,9 +118,11 @@ class BatchWriter:
         *,
         max_savepoints: int = 64,
         max_transactions: int = 8,
+        lookup_cache_keys: int = 100_000,
     ) -> None:
         if max_savepoints < 2:
             raise ValueError("max_savepoints must be at least 2")
+        self.known = KnownKeys(plan.spec, plan.staging_columns, lookup_cache_keys if plan.spec.lookups else 0)
         self.database = database
         self.plan = plan
         self.offsets = offsets
@@ -220,6 +210,8 @@ class BatchWriter:
             failpoints.hit("before_commit")
             # 6. COMMIT when the block ends.
         failpoints.hit("commit_ack_lost")
+        rejected = run.db_rejections
+        self.known.committed(rows, (row for row in range(first_row, run.stack.resolved) if row not in rejected))
         run.result.transactions += 1  # committed ones only
         run.result.rejections.extend(fresh)
         run.stored.update(committed)
@@ -301,11 +293,11 @@ class BatchWriter:
             run.result.savepoints += 1
             try:
                 with conn.transaction():  # SAVEPOINT … RELEASE, or ROLLBACK TO on error
-                    self._statement(conn, run, node)
+                    misses = self._statement(conn, run, node)
             except psycopg.Error as exc:
                 self._failed(conn, run, node, exc)
             else:
-                stack.succeed(node)
+                self._succeeded(run, node, misses)
 
     def _bulk_statement(self, conn: psycopg.Connection[Any], run: _Run, limit: int) -> None:
         """Every row in one statement, without a SAVEPOINT; bad data raises _BulkFailed.
@@ -319,23 +311,36 @@ class BatchWriter:
         if node is None:  # pragma: no cover - called only with rows left to write
             return
         try:
-            self._statement(conn, run, node)
+            # The node is every row the transaction staged: the statements need no range.
+            misses = self._statement(conn, run, node, whole=True)
         except psycopg.Error as exc:
             self._failed(conn, run, node, exc)
             raise _BulkFailed from exc
-        stack.succeed(node)
+        self._succeeded(run, node, misses)
+
+    @staticmethod
+    def _succeeded(run: _Run, node: Node, misses: dict[int, Rejection]) -> None:
+        """`node` was written; rows whose lookup found no reference row are rejected (known only now:
+        a node that fails rolls its lookups back with it, and its rows are looked up again)."""
+        run.db_rejections.update(misses)
+        run.stack.succeed(node)
 
     def _failed(self, conn: psycopg.Connection[Any], run: _Run, node: Node, exc: psycopg.Error) -> None:
         """A statement over `node` failed: split it, or reject its one row; re-raise what is not bad data."""
         if classify(exc) is not FailureClass.BAD_DATA or conn.broken:
             raise exc
+        self.known.forget()  # a reference row may be gone: the retried ranges look their keys up again
         if node.size == 1:
             run.db_rejections[node.lo] = self._rejection(run, node, exc)
             run.stack.reject(node)
         else:
             run.stack.fail(node)
 
-    def _statement(self, conn: psycopg.Connection[Any], run: _Run, node: Node) -> None:
+    def _statement(
+        self, conn: psycopg.Connection[Any], run: _Run, node: Node, *, whole: bool = False
+    ) -> dict[int, Rejection]:
+        """Write the rows of `node`: its lookups, then the insert-and-upsert statement. Returns the
+        rows (by index) that a find-only lookup found no reference row for: they were not written."""
         if run.copy_per_node:
             self._copy(conn, run.decoded.rows, node.lo, node.hi)
             run.on_progress()
@@ -343,20 +348,42 @@ class BatchWriter:
         if notify is not None:
             run.on_statement = None
             notify()
-        cursor = conn.execute(self.plan.flush, {"lo": node.lo, "hi": node.hi})
+        params = None if whole else {"lo": node.lo, "hi": node.hi}
+        misses = self._lookups(conn, run, node, params)
+        failpoints.hit("after_lookups")
+        cursor = conn.execute(self.plan.flush_all if whole else self.plan.flush, params)
         counts = cursor.fetchone()
         run.on_progress()
         result = run.result
         result.statements += 1
         if counts is None or cursor.description is None:  # pragma: no cover - the statement returns one row
-            return
+            return misses
         # One count per table, named after it (WritePlan.flush): the raw table's, then each summary's.
         by_table = {column.name: int(count) for column, count in zip(cursor.description, counts, strict=True)}
         inserted = by_table.pop(self.plan.spec.raw.table)
         result.inserted += inserted
-        result.duplicates += node.size - inserted
+        result.duplicates += node.size - len(misses) - inserted
         for table, count in by_table.items():
             result.summary_rows[table] = result.summary_rows.get(table, 0) + count
+        return misses
+
+    def _lookups(
+        self, conn: psycopg.Connection[Any], run: _Run, node: Node, params: dict[str, int] | None
+    ) -> dict[int, Rejection]:
+        """Run the lookups' statements (pipeline.lookup_sql) over `node` (`params` None: all staged rows)."""
+        misses: dict[int, Rejection] = {}
+        for step in self.plan.lookups.statements:
+            # Every key has a committed reference row: nothing to create, nothing missing. A single row
+            # always looks up, so that a row is never rejected on what the cache believed.
+            if node.size > 1 and self.known.all_known(step.lookup, run.decoded.rows, node.lo, node.hi):
+                continue
+            cursor = conn.execute(step.statement if params else step.whole, params)
+            run.on_progress()
+            run.result.statements += 1
+            for (row,) in cursor.fetchall() if step.returns_misses else ():
+                record = run.batch.records[run.decoded.row_records[row]]
+                misses[row] = Rejection(record, RejectReason.UNKNOWN_REFERENCE, step.miss_message, "UnknownReference")
+        return misses
 
     @staticmethod
     def _rejection(run: _Run, node: Node, exc: psycopg.Error) -> Rejection:

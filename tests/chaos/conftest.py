@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import CHAOS_ENV, Scenario, Stream
+from tests.support.chaos import CHAOS_ENV, CONTRACTS, Scenario, Stream, own_pipeline
 from tests.support.chaos_report import Report
 from tests.support.consumer_process import ConsumerProcess
 from tests.support.services import KafkaService
@@ -62,19 +62,23 @@ def make_stream(
     tmp_path: Path,
     scenario: Scenario,
 ) -> Iterator[StreamFactory]:
-    """Prepared streams (tables, topic) of this test's own; servers can be swapped for the test's own."""
+    """Prepared streams (tables, topic) of this test's own; servers can be swapped for the test's own, and
+    the invoice pipeline for another built-in one that has an event generator (`pipeline`)."""
     made: list[Stream] = []
 
-    def make(*, partitions: int = 4, bootstrap: str | None = None, database: str | None = None) -> Stream:
+    def make(
+        *, partitions: int = 4, bootstrap: str | None = None, database: str | None = None, pipeline: str = "invoices"
+    ) -> Stream:
+        pipeline_file = invoice_pipeline if pipeline == "invoices" else own_pipeline(pipeline, unique, tmp_path)
         env = {**service_env, **CHAOS_ENV}
         if bootstrap:
             env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         if database:
             env["DATABASE_URL"] = database
         stream = Stream(
-            name=unique, env=env, pipeline=invoice_pipeline, workdir=tmp_path, bootstrap=bootstrap or kafka.bootstrap,
+            name=unique, env=env, pipeline=pipeline_file, workdir=tmp_path, bootstrap=bootstrap or kafka.bootstrap,
             database_url=database or database_url, start_consumer=consumer_factory, scenario=scenario,
-            partitions=partitions,
+            partitions=partitions, contract=CONTRACTS[pipeline],
         ).prepare()  # fmt: skip
         made.append(stream)
         return stream

@@ -1,4 +1,5 @@
-"""T1 (kill -9 at every step, and at random) and T14 (SIGTERM in the middle of things)."""
+"""T1 (kill -9 at every step, and at random; T1L with lookups in the flush) and T14 (SIGTERM in the middle
+of things)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.chaos import Scenario, Stream, iterations
+from tests.support.chaos import FULL, Scenario, Stream, iterations
 from tests.support.consumer_process import ConsumerProcess
 from tests.support.services import wait_until
+
+StreamFactory = Callable[..., Stream]
 
 # Failpoints of the write path; each crash is a real os._exit(137) inside `microbatch run`.
 CRASH_POINTS = ["after_consume", "mid_copy", "before_commit", "after_db_commit", "after_dlq_produce"]
@@ -69,6 +72,44 @@ def test_t1_kill_at_a_failpoint(stream: Stream, scenario: Scenario, point: str) 
     # A crash between a flush's dead-letter produce and its COMMIT re-sends those dead letters.
     stream.verdict(copies_allowed=1 + rounds)
     scenario.check(min_faults=rounds)
+
+
+# The write path of a pipeline with lookups: their find-or-create statements run in the flush
+# transaction, between the COPY and the flush statement (after_lookups).
+LOOKUP_CRASH_POINTS = [*CRASH_POINTS[:2], "after_lookups", *CRASH_POINTS[2:]]
+# Full mode: a scenario per point, 20 crashes each (as T1). Quick mode (`make test`): one scenario that
+# crashes once at each point in turn, on one stream.
+LOOKUP_SCENARIOS = (
+    {point: (point,) for point in LOOKUP_CRASH_POINTS}
+    if FULL
+    else {"each write-path failpoint": tuple(LOOKUP_CRASH_POINTS)}
+)
+
+
+@pytest.mark.scenario("T1L kill -9 at {where} with lookups")
+@pytest.mark.parametrize("where", list(LOOKUP_SCENARIOS))
+def test_t1l_kill_at_a_failpoint_with_lookups(make_stream: StreamFactory, scenario: Scenario, where: str) -> None:
+    """The vendor-invoices pipeline (vendors → items, found or created in the flush, names normalised)
+    fed by its generator: every good event written once with its item's normalised key, the summaries
+    exact per natural key, the bad ones dead-lettered, and `items`/`vendors` one row per distinct key of
+    the written events (none created twice, none orphaned by a crash)."""
+    points = LOOKUP_SCENARIOS[where]
+    rng = random.Random(where)
+    rounds = iterations(quick=1, full=20)
+    stream = make_stream(pipeline="vendor-invoices")
+    stream.produce(4000, seed=11, rate=4000, background=True)
+    for index, point in enumerate(points):
+        crash_rounds(stream, point, rounds, seed=1100 + 100 * index, at=lambda n: rng.randint(1, 3))
+    final = stream.settled_consumer()
+    stream.recover()
+    assert final.terminate() == 0
+    verdict = stream.verdict(copies_allowed=1 + rounds * len(points))
+    references = verdict.references
+    scenario.notes.append(
+        f"{references.get('items', 0):,} items and {references.get('vendors', 0)} vendors, one per distinct "
+        f"normalised key of the written events ({verdict.reference_mismatches} created twice, orphaned or missing)"
+    )
+    scenario.check(min_faults=rounds * len(points))
 
 
 @pytest.mark.scenario("T1 kill -9 in assign and in revoke")

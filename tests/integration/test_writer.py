@@ -13,13 +13,13 @@ from consumer.window import Trigger
 from consumer.workload import InvoiceWorkload, WorkloadOptions
 from consumer.writer_thread import WriterThread
 from pipeline.decode import DecodedBatch
+from pipeline.flush_result import FlushResult
 from pipeline.offsets import PositionConflict
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
 from pipeline.rejects import RejectSink
 from pipeline.spec_loader import load_pipeline
 from pipeline.target import Target
-from pipeline.writer import FlushResult
 
 TOPIC = "invoice-lines"
 

@@ -5,22 +5,29 @@ report `make chaos` writes from the outcomes (tests/chaos/conftest.py)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from psycopg import sql
 
 from consumer.produce import ensure_topic
 from devstack.verify import Read, caught_up, high_watermarks, stored_positions
+from pipeline.spec import PipelineSpec
+from pipeline.spec_loader import builtin_dir, load_pipeline
 from tests.support.consumer_process import MICROBATCH, ConsumerProcess, run_cli
 from tests.support.invoice_rules import DEFAULT_MAX_MESSAGE_BYTES, Invoice
-from tests.support.oracle import Entry, Verdict, check, read_ledger
+from tests.support.oracle import INVOICES, Contract, Entry, Verdict, check, read_ledger
 from tests.support.services import wait_until
+from tests.support.vendor_oracle import VENDOR_INVOICES
 
 FULL = os.environ.get("MICROBATCH_CHAOS") == "full"
 RECOVERY_BOUND_S = 60.0
@@ -76,9 +83,32 @@ CHAOS_ENV = {
 }
 
 
+# The built-in pipelines a stream can run, with the contract the oracle checks them against; their
+# events come from `microbatch produce --pipeline <file>`, which picks the generator by the name.
+CONTRACTS: dict[str, Contract[Any]] = {"invoices": INVOICES, "vendor-invoices": VENDOR_INVOICES}
+
+
+def own_pipeline(name: str, unique: str, directory: Path) -> Path:
+    """The built-in pipeline `name` with a test's own topic (`<name>-<unique>`), dead-letter topic
+    (`<topic>.dlq`) and group (`group-<unique>`), written to `directory`."""
+    text = (builtin_dir() / f"{name}.toml").read_text()
+    topic = f"{name}-{unique}"
+    for key, value in (
+        ("topics", f'["{topic}"]'),
+        ("group", f'"group-{unique}"'),
+        ("dead_letter_topic", f'"{topic}.dlq"'),
+    ):
+        text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.MULTILINE)
+        assert found == 1, f"the built-in {name}.toml has no top-level {key} line"
+    path = directory / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
 @dataclass
 class Stream:
-    """One scenario's topic, dead-letter topic, group, database, ledger and consumers."""
+    """One scenario's topic, dead-letter topic, group, database, ledger and consumers; the names are
+    its pipeline file's, and the oracle checks the tables against that pipeline's `contract`."""
 
     name: str
     env: dict[str, str]
@@ -99,18 +129,23 @@ class Stream:
     exact_recovery: bool = False  # recovered means stored == the high watermark (a re-created topic)
     extra_entries: list[Entry] = field(default_factory=list)  # messages produced by the test itself
     earlier_dead_letters: list[Read] = field(default_factory=list)  # what a deleted dead-letter topic held
+    contract: Contract[Any] = INVOICES
+
+    @cached_property
+    def spec(self) -> PipelineSpec:
+        return load_pipeline(self.pipeline)
 
     @property
     def topic(self) -> str:
-        return f"invoices-{self.name}"
+        return self.spec.topics[0]
 
     @property
     def dead_letter_topic(self) -> str:
-        return f"invoices-{self.name}.dlq"
+        return self.spec.dead_letter_topic or f"{self.topic}.dlq"
 
     @property
     def group(self) -> str:
-        return f"group-{self.name}"
+        return self.spec.group
 
     @property
     def max_message_bytes(self) -> int:
@@ -128,7 +163,7 @@ class Stream:
         self, count: int, *, seed: int, rate: float | None = None, bad_ratio: float = 0.02,
         duplicate_ratio: float = 0.01, background: bool = False,
     ) -> None:  # fmt: skip
-        """Produce invoice events (recorded in a new ledger file); in the background or to completion."""
+        """Produce the pipeline's events (recorded in a new ledger file); in the background or to completion."""
         ledger = self.workdir / f"ledger-{len(self.ledgers)}.jsonl"
         self.ledgers.append(ledger)
         argv = [str(MICROBATCH), "produce", "--pipeline", str(self.pipeline), "--count", str(count),
@@ -207,7 +242,8 @@ class Stream:
     def rows(self) -> int:
         try:
             with psycopg.connect(self.database_url) as conn:
-                row = conn.execute("SELECT count(*) FROM transactions").fetchone()
+                query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(self.spec.raw.table))
+                row = conn.execute(query).fetchone()
         except psycopg.Error:
             return -1
         return int(row[0]) if row else 0
@@ -299,7 +335,7 @@ class Stream:
         found = check(self.ledger(), self.database_url, self.bootstrap, self.topic, self.dead_letter_topic,
                       self.group, self.partitions, max_message_bytes=self.max_message_bytes,
                       rejected_by_database=rejected_by_database, dead_letter_copies_allowed=copies_allowed,
-                      earlier_dead_letters=self.earlier_dead_letters)  # fmt: skip
+                      earlier_dead_letters=self.earlier_dead_letters, contract=self.contract)  # fmt: skip
         self.scenario.verdict = found
         return found
 

@@ -40,6 +40,7 @@ class Row:
     recovery_from: str
     seconds: float
     notes: str = ""
+    reference_mismatches: int = 0  # lookups: reference rows created twice, orphaned or missing (T1L)
 
 
 def row_of(scenario: Scenario, outcome: str, seconds: float) -> Row:
@@ -65,6 +66,7 @@ def row_of(scenario: Scenario, outcome: str, seconds: float) -> Row:
         recovery_from=scenario.recovery_from,
         seconds=round(seconds, 1),
         notes="; ".join(scenario.notes),
+        reference_mismatches=verdict.reference_mismatches if verdict else -1,
     )
 
 

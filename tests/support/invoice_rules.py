@@ -48,8 +48,8 @@ _RFC3339 = re.compile(
 )
 
 
-class _BadJson(ValueError):
-    pass
+class BadJson(ValueError):
+    """The bytes are not JSON the pipelines take (reason `invalid_json`)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ def judge(value: bytes | None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
     if len(value) > max_message_bytes:
         return Judgement("too_large", why=f"{len(value)} bytes")
     try:
-        document = _parse(value)
-    except _BadJson as exc:
+        document = parse_json(value)
+    except BadJson as exc:
         return Judgement("invalid_json", why=str(exc))
     if not isinstance(document, dict):
         return Judgement("invalid_event", why="not an object")
@@ -97,9 +97,11 @@ def judge(value: bytes | None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
     return Judgement(None, invoice)
 
 
-def _parse(value: bytes) -> Any:
+def parse_json(value: bytes) -> Any:
+    """The document in `value`; BadJson when it is not JSON the pipelines take."""
+
     def constant(name: str) -> Any:
-        raise _BadJson(f"{name} is not JSON")
+        raise BadJson(f"{name} is not JSON")
 
     def integer(text: str) -> Any:
         # Integers outside 64 bits are read as doubles; beyond a double they are not JSON we take.
@@ -108,19 +110,19 @@ def _parse(value: bytes) -> Any:
             return number
         as_float = float(text)
         if math.isinf(as_float):
-            raise _BadJson("number beyond a double")
+            raise BadJson("number beyond a double")
         return Decimal(text)
 
     def number(text: str) -> Decimal:
         if math.isinf(float(text)):
-            raise _BadJson("number beyond a double")
+            raise BadJson("number beyond a double")
         return Decimal(text)
 
     try:
         text = value.decode("utf-8")
         return json.loads(text, parse_constant=constant, parse_int=integer, parse_float=number)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise _BadJson(type(exc).__name__) from None
+        raise BadJson(type(exc).__name__) from None
 
 
 def _string(document: dict[str, Any], name: str) -> str:
@@ -131,16 +133,39 @@ def _string(document: dict[str, Any], name: str) -> str:
 
 
 def _invoice(document: dict[str, Any]) -> Invoice:
+    event_id, quantity, price = event_id_of(document), quantity_of(document), unit_price_of(document)
+    return Invoice(
+        event_id=event_id,
+        invoice_id=_string(document, "invoice_id"),
+        user_id=_string(document, "user_id"),
+        item_id=_string(document, "item_id"),
+        quantity=quantity,
+        unit_price=price,
+        occurred_at=parse_timestamp(document.get("ts")),
+    )
+
+
+# The fields the invoice pipelines share (invoices.toml, vendor-invoices.toml): the same rules.
+
+
+def event_id_of(document: dict[str, Any]) -> uuid.UUID:
     raw_id = document.get("event_id")
     if not isinstance(raw_id, str):
         raise ValueError("event_id: not a string")
     try:
-        event_id = uuid.UUID(raw_id)
+        return uuid.UUID(raw_id)
     except ValueError:
         raise ValueError("event_id: not a UUID") from None
+
+
+def quantity_of(document: dict[str, Any]) -> int:
     quantity = document.get("quantity")
     if type(quantity) is not int or not -1_000_000 <= quantity <= 1_000_000 or quantity == 0:
         raise ValueError("quantity: not a non-zero integer within ±1,000,000")
+    return quantity
+
+
+def unit_price_of(document: dict[str, Any]) -> Decimal:
     price = document.get("unit_price")
     if type(price) is int:
         price = Decimal(price)
@@ -151,18 +176,10 @@ def _invoice(document: dict[str, Any]) -> Invoice:
         raise ValueError("unit_price: more than 4 decimal places")
     if not Decimal(0) <= price < Decimal(1_000_000_000):
         raise ValueError("unit_price: outside [0, 1e9)")
-    return Invoice(
-        event_id=event_id,
-        invoice_id=_string(document, "invoice_id"),
-        user_id=_string(document, "user_id"),
-        item_id=_string(document, "item_id"),
-        quantity=quantity,
-        unit_price=price,
-        occurred_at=_timestamp(document.get("ts")),
-    )
+    return price
 
 
-def _timestamp(value: Any) -> datetime:
+def parse_timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("ts: not a string")
     found = _RFC3339.fullmatch(value)

@@ -15,6 +15,10 @@ and its exact key, value and headers. The oracle judges each message itself from
 Every dead letter must carry the reason its message must get, and the original key, value and
 headers byte for byte (for a value dead-lettered without it: its size and sha256 headers).
 (I5, recovery, is measured by the scenario: tests.support.chaos.)
+
+What a message must become, which rows and summaries that makes, and how to read them back, are
+the pipeline's: a `Contract` (the invoice pipeline's, `INVOICES`, unless a check names another,
+e.g. tests.support.vendor_oracle's). A pipeline with lookups also checks its reference tables.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import psycopg
@@ -36,6 +40,7 @@ from tests.support.invoice_rules import DEFAULT_MAX_MESSAGE_BYTES, Invoice, chec
 
 Entry = dict[str, Any]
 Coordinates = tuple[str, int, int]
+E = TypeVar("E")  # a good event as the contract reads it (an Invoice, a VendorLine)
 
 # The headers a dead letter sets itself (any incoming header of the same name is replaced).
 DEAD_LETTER_HEADERS = frozenset(
@@ -85,6 +90,10 @@ class Verdict:
     most_copies: int = 0
     copies_allowed: int = 1
     ledger_duplicates: int = 0
+    # Lookups: reference rows that are not exactly one per distinct normalised key of the written
+    # events (a key created twice, an orphan, a wrong spelling), and how many rows each table holds.
+    reference_mismatches: int = 0
+    references: dict[str, int] = field(default_factory=dict)
     details: list[str] = field(default_factory=list)
 
     @property
@@ -98,6 +107,7 @@ class Verdict:
             and self.duplicated == 0
             and self.row_mismatches == 0
             and self.aggregate_mismatches == 0
+            and self.reference_mismatches == 0
             and self.label_mismatches == 0
             and self.positions_ok
             and self.dead_letters_exact
@@ -105,15 +115,99 @@ class Verdict:
         )
 
 
+@dataclass(frozen=True)
+class Ruling(Generic[E]):
+    """What one message must become: `event` written (good), or dead-lettered with `reason`; and a
+    `complaint` when the generator's label disagrees with the bytes."""
+
+    reason: str | None
+    event: E | None
+    complaint: str | None
+
+
+WrittenRow = tuple[str, Coordinates, tuple[Any, ...]]  # (event id, kafka coordinates, payload)
+
+
+class Contract(Protocol[E]):
+    """One pipeline's contract, as the oracle applies it; written apart from the product."""
+
+    def rule(self, value: bytes | None, kind: str, max_message_bytes: int) -> Ruling[E]:
+        """Judge one message from its bytes (and compare with the generator's label `kind`)."""
+        ...
+
+    def event_id(self, event: E) -> str: ...
+
+    def rows(self, conn: psycopg.Connection[Any]) -> list[WrittenRow]:
+        """Every row of the raw table."""
+        ...
+
+    def same_row(self, event: E, payload: tuple[Any, ...]) -> bool:
+        """Whether a row's payload holds exactly this event."""
+        ...
+
+    def summaries(self, conn: psycopg.Connection[Any]) -> dict[str, dict[Any, Any]]:
+        """Every summary table: key → values, as written."""
+        ...
+
+    def totals(self, events: Iterable[E]) -> dict[str, dict[Any, Any]]:
+        """Every summary table: key → values, as they must be for these events (each counted once)."""
+        ...
+
+    def check_references(self, verdict: Verdict, events: Sequence[E], conn: psycopg.Connection[Any]) -> None:
+        """The lookups' reference tables against the written events (nothing for a pipeline without)."""
+        ...
+
+
+class InvoiceContract:
+    """pipeline/builtin/invoices.toml (tests.support.invoice_rules)."""
+
+    def rule(self, value: bytes | None, kind: str, max_message_bytes: int) -> Ruling[Invoice]:
+        judgement = judge(value, max_message_bytes=max_message_bytes)
+        return Ruling(judgement.reason, judgement.invoice, check_kind(kind, judgement, value, max_message_bytes))
+
+    def event_id(self, event: Invoice) -> str:
+        return str(event.event_id)
+
+    def rows(self, conn: psycopg.Connection[Any]) -> list[WrittenRow]:
+        rows = conn.execute(
+            "SELECT event_id, invoice_id, user_id, item_id, quantity, unit_price, occurred_at, "
+            "kafka_topic, kafka_partition, kafka_offset FROM transactions"
+        ).fetchall()
+        return [(str(row[0]), (str(row[7]), int(row[8]), int(row[9])), tuple(row[:7])) for row in rows]
+
+    def same_row(self, event: Invoice, payload: tuple[Any, ...]) -> bool:
+        return same_row(event, payload)
+
+    def summaries(self, conn: psycopg.Connection[Any]) -> dict[str, dict[Any, Any]]:
+        inventory = {
+            str(r[0]): (int(r[1]), r[2]) for r in conn.execute("SELECT item_id, quantity, last_event_at FROM inventory")
+        }
+        daily = {
+            (str(r[0]), r[1].isoformat()): (int(r[2]), Decimal(r[3]), int(r[4]))
+            for r in conn.execute("SELECT item_id, day, units, revenue, lines FROM item_sales_daily")
+        }
+        return {"inventory": inventory, "item_sales_daily": daily}
+
+    def totals(self, events: Iterable[Invoice]) -> dict[str, dict[Any, Any]]:
+        want = totals(events)
+        return {"inventory": dict(want.inventory), "item_sales_daily": dict(want.daily)}
+
+    def check_references(self, verdict: Verdict, events: Sequence[Invoice], conn: psycopg.Connection[Any]) -> None:
+        return None  # no lookups
+
+
+INVOICES = InvoiceContract()
+
+
 @dataclass
-class _Judged:
-    """The ledger, judged: good invoices by event id, and what each bad message must become.
+class Judged(Generic[E]):
+    """The ledger, judged: good events by event id, and what each bad message must become.
 
     Coordinates map to lists: a topic deleted and re-created (T12) reuses them, once per incarnation.
     """
 
-    invoices: dict[str, Invoice] = field(default_factory=dict)  # event id → the invoice (first copy)
-    good_at: dict[Coordinates, list[Invoice]] = field(default_factory=dict)
+    events: dict[str, E] = field(default_factory=dict)  # event id → the event (first copy)
+    good_at: dict[Coordinates, list[E]] = field(default_factory=dict)
     bad_at: dict[Coordinates, list[tuple[str, Entry]]] = field(default_factory=dict)  # → [(reason, entry)]
     copies: int = 0  # good messages in all, duplicates included
 
@@ -123,27 +217,30 @@ class _Judged:
 
 
 def _judge(
-    ledger: list[Entry], verdict: Verdict, max_message_bytes: int, rejected_by_database: Callable[[Invoice], bool]
-) -> _Judged:
-    judged = _Judged()
+    ledger: list[Entry],
+    verdict: Verdict,
+    max_message_bytes: int,
+    rejected_by_database: Callable[[Any], bool],
+    contract: Contract[Any] = INVOICES,
+) -> Judged[Any]:
+    judged: Judged[Any] = Judged()
     for entry in ledger:
-        value = entry_bytes(entry, "value")
-        judgement = judge(value, max_message_bytes=max_message_bytes)
-        complaint = check_kind(entry["kind"], judgement, value, max_message_bytes)
-        if complaint is not None:
+        ruling = contract.rule(entry_bytes(entry, "value"), entry["kind"], max_message_bytes)
+        if ruling.complaint is not None:
             verdict.label_mismatches += 1
             if verdict.label_mismatches <= 3:
-                verdict.details.append(f"label: {entry['topic']}[{entry['partition']}]@{entry['offset']}: {complaint}")
+                where = f"{entry['topic']}[{entry['partition']}]@{entry['offset']}"
+                verdict.details.append(f"label: {where}: {ruling.complaint}")
         coordinates = (entry["topic"], entry["partition"], entry["offset"])
-        invoice = judgement.invoice
-        if invoice is not None and rejected_by_database(invoice):
+        event = ruling.event
+        if event is not None and rejected_by_database(event):
             judged.bad_at.setdefault(coordinates, []).append(("db_rejected", entry))
-        elif invoice is not None:
+        elif event is not None:
             judged.copies += 1
-            judged.invoices.setdefault(str(invoice.event_id), invoice)
-            judged.good_at.setdefault(coordinates, []).append(invoice)
+            judged.events.setdefault(contract.event_id(event), event)
+            judged.good_at.setdefault(coordinates, []).append(event)
         else:
-            judged.bad_at.setdefault(coordinates, []).append((judgement.reason or "?", entry))
+            judged.bad_at.setdefault(coordinates, []).append((ruling.reason or "?", entry))
     return judged
 
 
@@ -157,67 +254,60 @@ def check(
     partitions: int,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    rejected_by_database: Callable[[Invoice], bool] = lambda invoice: False,
+    rejected_by_database: Callable[[Any], bool] = lambda event: False,
     dead_letter_copies_allowed: int = 1,
     earlier_dead_letters: Sequence[Read] = (),
+    contract: Contract[Any] = INVOICES,
 ) -> Verdict:
-    """Apply I1-I4 and the exact dead-letter check to one stream of invoice events. `earlier_dead_letters`:
-    what the dead-letter topic held before it was deleted (a scenario that deletes it)."""
+    """Apply I1-I4 and the exact dead-letter check to one stream of events of the pipeline `contract`
+    describes (invoices by default). `earlier_dead_letters`: what the dead-letter topic held before
+    it was deleted (a scenario that deletes it)."""
     verdict = Verdict(events=len(ledger), copies_allowed=dead_letter_copies_allowed)
-    judged = _judge(ledger, verdict, max_message_bytes, rejected_by_database)
-    verdict.good, verdict.bad = len(judged.invoices), len(judged.bad())
-    verdict.ledger_duplicates = judged.copies - len(judged.invoices)
-    _check_rows(verdict, judged, database_url)
+    judged = _judge(ledger, verdict, max_message_bytes, rejected_by_database, contract)
+    verdict.good, verdict.bad = len(judged.events), len(judged.bad())
+    verdict.ledger_duplicates = judged.copies - len(judged.events)
+    _check_rows(verdict, judged, database_url, contract)
     letters = [*earlier_dead_letters, *read_topic(bootstrap, dead_letter_topic, timeout=120)]
     _check_dead_letters(verdict, judged, letters, topic)
     _check_positions(verdict, database_url, bootstrap, topic, group, partitions)
     return verdict
 
 
-def _check_rows(verdict: Verdict, judged: _Judged, database_url: str) -> None:
-    """I1 for good events, I2 for rows, I3 for the summaries."""
+def _check_rows(verdict: Verdict, judged: Judged[E], database_url: str, contract: Contract[E]) -> None:
+    """I1 for good events, I2 for rows, I3 for the summaries; and the lookups' reference tables."""
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT event_id, invoice_id, user_id, item_id, quantity, unit_price, occurred_at, "
-            "kafka_topic, kafka_partition, kafka_offset FROM transactions"
-        ).fetchall()
-        inventory = {
-            str(r[0]): (int(r[1]), r[2]) for r in conn.execute("SELECT item_id, quantity, last_event_at FROM inventory")
-        }
-        daily = {
-            (str(r[0]), r[1].isoformat()): (int(r[2]), Decimal(r[3]), int(r[4]))
-            for r in conn.execute("SELECT item_id, day, units, revenue, lines FROM item_sales_daily")
-        }
+        rows = contract.rows(conn)
+        summaries = contract.summaries(conn)
+        contract.check_references(verdict, list(judged.events.values()), conn)
     written: Counter[str] = Counter()
     unexplained: list[str] = []
-    for row in rows:
-        coordinates = (str(row[7]), int(row[8]), int(row[9]))
+    for event_id, coordinates, payload in rows:
         candidates = judged.good_at.get(coordinates, [])
-        written[str(row[0])] += 1
+        written[event_id] += 1
         if not candidates:
             unexplained.append(f"row at {coordinates} matches no good ledger message")
-        elif not any(same_row(invoice, tuple(row[:7])) for invoice in candidates):
+        elif not any(contract.same_row(event, payload) for event in candidates):
             verdict.row_mismatches += 1
-            unexplained.append(f"row at {coordinates} differs from its message: {row[:7]}")
+            unexplained.append(f"row at {coordinates} differs from its message: {payload}")
     twice = sum(count - 1 for count in written.values())
     verdict.duplicated += twice + sum(1 for line in unexplained if "matches no" in line)
     if twice:
         verdict.details.append(f"I2: {twice} event ids written more than once")
     if unexplained:
         verdict.details.append(f"I2: {len(unexplained)} rows not explained exactly, e.g. {unexplained[:3]}")
-    missing = {event_id: invoice for event_id, invoice in judged.invoices.items() if event_id not in written}
+    missing = {event_id: event for event_id, event in judged.events.items() if event_id not in written}
     verdict.lost += len(missing)
     if missing:
-        where = sorted(c for c, found in judged.good_at.items() if any(str(i.event_id) in missing for i in found))
+        where = sorted(c for c, found in judged.good_at.items() if any(contract.event_id(e) in missing for e in found))
         verdict.details.append(f"I1: {len(missing)} good events not written, e.g. at {where[:5]}")
-    want = totals(judged.invoices.values())
-    mismatched = _differences(inventory, want.inventory) + _differences(daily, want.daily)
+    want = contract.totals(judged.events.values())
+    mismatched = [line for table, rows_of in summaries.items() for line in differences(rows_of, want.get(table, {}))]
     verdict.aggregate_mismatches = len(mismatched)
     if mismatched:
         verdict.details.append(f"I3: {len(mismatched)} summary rows differ, e.g. {mismatched[:3]}")
 
 
-def _check_dead_letters(verdict: Verdict, judged: _Judged, letters: list[Read], topic: str) -> None:
+def _check_dead_letters(verdict: Verdict, judged: Judged[Any], letters: list[Read], topic: str) -> None:
     """Every bad message dead-lettered at least once, exactly as it came, with the right reason."""
     verdict.dead_letters = len(letters)
     copies: Counter[tuple[Coordinates, int]] = Counter()
@@ -237,7 +327,7 @@ def _check_dead_letters(verdict: Verdict, judged: _Judged, letters: list[Read], 
             problems.append(f"a dead letter of another topic: {coordinates}")
             continue
         found = judged.bad_at.get(coordinates, [])
-        matches = [n for n, (reason, entry) in enumerate(found) if not _letter_differences(letter, reason, entry)]
+        matches = [n for n, (reason, entry) in enumerate(found) if not _letterdifferences(letter, reason, entry)]
         if matches:
             copies[(coordinates, matches[0])] += 1
             continue
@@ -250,7 +340,7 @@ def _check_dead_letters(verdict: Verdict, judged: _Judged, letters: list[Read], 
             continue
         reason, entry = found[0]
         copies[(coordinates, 0)] += 1
-        problems += [f"{coordinates}: {p}" for p in _letter_differences(letter, reason, entry)]
+        problems += [f"{coordinates}: {p}" for p in _letterdifferences(letter, reason, entry)]
     verdict.dead_letter_mismatches = len(problems)
     verdict.dead_letter_duplicates = sum(count - 1 for count in copies.values())
     verdict.most_copies = max(copies.values(), default=0)
@@ -268,7 +358,7 @@ def _check_dead_letters(verdict: Verdict, judged: _Judged, letters: list[Read], 
         )
 
 
-def _letter_differences(letter: Read, reason: str, entry: Entry) -> list[str]:
+def _letterdifferences(letter: Read, reason: str, entry: Entry) -> list[str]:
     headers = letter.headers
     found: list[str] = []
     if headers.get("dlq.reason") != reason:
@@ -304,7 +394,7 @@ def _check_positions(
         verdict.details.append(f"I4: stored positions differ from high watermarks: {behind}")
 
 
-def _differences(actual: dict[Any, Any], expected: dict[Any, Any]) -> list[str]:
+def differences(actual: dict[Any, Any], expected: dict[Any, Any]) -> list[str]:
     keys = set(actual) | set(expected)
     return [f"{key}: got {actual.get(key)} want {expected.get(key)}" for key in sorted(keys, key=str)
             if actual.get(key) != expected.get(key)]  # fmt: skip

@@ -29,6 +29,7 @@ def test_the_report_is_a_full_run_on_a_clean_commit_and_every_scenario_passed() 
         assert row["live_faults"] == row["faults"] > 0, row
         assert row["recovery_s"] is not None and row["recovery_s"] <= row["recovery_bound_s"], row
         assert (row["lost"], row["duplicated"], row["aggregate_mismatches"]) == (0, 0, 0), row
+        assert row.get("reference_mismatches", 0) == 0, row  # lookups: no key created twice (reports since T1L)
 
 
 def test_the_readme_and_the_markdown_say_what_the_json_says() -> None:

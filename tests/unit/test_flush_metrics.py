@@ -9,8 +9,8 @@ from itertools import pairwise
 from consumer.metrics import FLUSH_BUCKETS, Metrics
 from consumer.settings import Settings
 from consumer.telemetry import Telemetry
+from pipeline.flush_result import FlushResult
 from pipeline.records import Record
-from pipeline.writer import FlushResult
 
 
 def sample(telemetry: Telemetry, name: str, labels: dict[str, str]) -> float | None:

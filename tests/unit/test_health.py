@@ -12,7 +12,7 @@ import pytest
 from consumer.health import Health, HealthServer
 from consumer.metrics import Metrics
 from consumer.telemetry import Telemetry
-from pipeline.writer import FlushResult
+from pipeline.flush_result import FlushResult
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -18,8 +18,8 @@ from consumer.telemetry import Telemetry
 from consumer.topic_watch import CHECK_EVERY_S, TopicWatch
 from consumer.window import Trigger
 from consumer.writer_thread import WriterThread
+from pipeline.flush_result import FlushResult
 from pipeline.records import Batch, Record
-from pipeline.writer import FlushResult
 
 
 @dataclass

@@ -61,7 +61,7 @@ def _without(letter: Read, name: str) -> list[tuple[str, bytes | None]]:
 def _verdict(ledger: list[Entry], letters: list[Read], copies_allowed: int = 1) -> Verdict:
     verdict = Verdict(events=len(ledger), copies_allowed=copies_allowed)
     judged = _judge(ledger, verdict, 1_048_576, lambda invoice: False)
-    verdict.good, verdict.bad = len(judged.invoices), len(judged.bad_at)
+    verdict.good, verdict.bad = len(judged.events), len(judged.bad_at)
     _check_dead_letters(verdict, judged, letters, TOPIC)
     return verdict
 

@@ -1,0 +1,75 @@
+"""Natural keys known to have a committed reference row: a window whose keys are all known skips its
+lookups' statements. Used by the writer thread only.
+
+Most windows of a steady stream carry keys seen before; the find-or-create statement then does
+nothing but cost PostgreSQL a scan, an anti-join and a sort of the window. A key joins the set once
+a transaction that wrote a row carrying it has committed: its reference row exists then, and
+microbatch never deletes one. The ids themselves are never cached: the flush statement always joins
+the reference tables, so a cached key can never put a wrong id in a row.
+
+Should someone delete a reference row anyway, the flush finds no id for its key and the raw
+insert fails on the NOT NULL id column: that is bad data to the writer, which forgets every known
+key (`forget`) before it bisects, so the retried ranges run their lookups again and create the row
+anew. The set is bounded: when it holds `max_keys` keys of one lookup, that lookup's are dropped.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from pipeline.lookup_spec import Lookup
+from pipeline.spec import PipelineSpec
+
+
+class KnownKeys:
+    """Per lookup, the natural keys (as staged: normalised where the lookup normalises) known to exist."""
+
+    def __init__(self, spec: PipelineSpec, staging_columns: Sequence[str], max_keys: int) -> None:
+        self.max_keys = max_keys
+        normalised = spec.references.normalised()
+        place = {column: index for index, column in enumerate(staging_columns)}
+        columns: dict[str, list[int]] = {}
+        for lookup in spec.lookups:
+            found: list[int] = []
+            for source in lookup.key.values():
+                if source in columns:  # an earlier lookup's id: that lookup's own natural key decides it
+                    found += columns[source]
+                else:
+                    found.append(place[normalised.get((source, lookup.normalize), source)])
+            columns[lookup.name] = found
+        # Only lookups that send a statement can skip one (an on_missing = "null" lookup sends none).
+        self._key_of: dict[str, Callable[[tuple[Any, ...]], Any]] = {
+            lookup.name: operator.itemgetter(*columns[lookup.name])
+            for lookup in spec.lookups
+            if lookup.create or lookup.finds_missing
+        }
+        self._known: dict[str, set[Any]] = {name: set() for name in self._key_of}
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_keys > 0
+
+    def all_known(self, lookup: Lookup, rows: Sequence[tuple[Any, ...]], lo: int, hi: int) -> bool:
+        """True when every row in [lo, hi) carries a key of `lookup` known to have a reference row."""
+        if not self.enabled:
+            return False
+        known, key_of = self._known[lookup.name], self._key_of[lookup.name]
+        return all(key_of(rows[index]) in known for index in range(lo, hi))
+
+    def committed(self, rows: Sequence[tuple[Any, ...]], written: Iterable[int]) -> None:
+        """The rows at indexes `written` were written by a transaction that has committed."""
+        if not self.enabled:
+            return
+        indexes = list(written)
+        for name, key_of in self._key_of.items():
+            known = self._known[name]
+            known.update(key_of(rows[index]) for index in indexes)
+            if len(known) > self.max_keys:
+                known.clear()  # bounded: start over rather than grow without limit
+
+    def forget(self) -> None:
+        """Drop every known key (a write failed on bad data: a reference row may be gone)."""
+        for known in self._known.values():
+            known.clear()

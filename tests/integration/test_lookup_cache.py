@@ -1,0 +1,75 @@
+"""The writer's known-keys cache against real PostgreSQL: it saves statements, never correctness."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import orjson
+import psycopg
+
+from pipeline.prepare import Preparer
+from pipeline.records import Batch, Record, Rejection
+from pipeline.spec_loader import load_pipeline
+from pipeline.target import Target
+
+TOPIC = "vendor-invoice-lines"
+
+
+class Collecting:
+    def __init__(self) -> None:
+        self.delivered: list[Rejection] = []
+
+    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+        self.delivered.extend(rejections)
+
+
+def _records(start: int, skus: Sequence[str]) -> list[Record]:
+    return [
+        Record(
+            TOPIC,
+            0,
+            start + n,
+            None,
+            orjson.dumps(
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "invoice_id": "i",
+                    "vendor": "Acme",
+                    "sku": sku,
+                    "quantity": 2,
+                    "unit_price": 1.5,
+                    "ts": "2026-01-01T00:00:00Z",
+                }
+            ),
+        )
+        for n, sku in enumerate(skus)
+    ]
+
+
+def test_known_keys_skip_the_lookups_and_a_deleted_reference_row_is_created_again(database_url: str) -> None:
+    spec = load_pipeline("vendor-invoices")
+    target = Target(spec, database_url, lookup_cache_keys=1000)
+    preparer = Preparer(spec, database_url)
+    try:
+        assert target.init_tables()[1] == []
+        sink = Collecting()
+        first = _records(0, ["A", "B", "a "])
+        done = target.write(Batch(first, {(TOPIC, 0): None}), preparer.prepare(first), sink)
+        assert done.statements == 3  # two lookups and the flush
+        second = _records(3, ["b", "A"])
+        done = target.write(Batch(second, {(TOPIC, 0): 3}), preparer.prepare(second), sink)
+        assert (done.statements, done.inserted) == (1, 2)  # every key known: the flush alone
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM items WHERE sku = 'a'")  # microbatch never does this; a person might
+        third = _records(5, ["a", "b"])
+        done = target.write(Batch(third, {(TOPIC, 0): 5}), preparer.prepare(third), sink)
+        assert done.inserted == 2 and done.bisected and sink.delivered == []
+        with psycopg.connect(database_url) as conn:
+            items = conn.execute("SELECT sku, count(*) FROM items GROUP BY sku ORDER BY sku").fetchall()
+            written = conn.execute("SELECT count(*), count(item_id) FROM transactions").fetchone()
+        assert items == [("a", 1), ("b", 1)]
+        assert written == (7, 7)
+    finally:
+        target.close()
+        preparer.close()
