@@ -73,8 +73,8 @@ VENDOR_BAD_VALUES: dict[str, Callable[[dict[str, Any]], bytes]] = {
 
 
 def normalise(text: str) -> str:
-    """The lookups' normalisation (trim, lower): PostgreSQL's lower(btrim(x, E' \\t\\r\\n')) gives the
-    same for every spelling made here, since they are ASCII and padded with spaces only."""
+    """The lookups' normalisation (trim, lower), as the pipeline does it for every spelling made here
+    (ASCII, padded with spaces only)."""
     return text.strip(" ").lower()
 
 

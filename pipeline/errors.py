@@ -101,6 +101,12 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return None
 
 
+class ReferenceIdConflict(psycopg.errors.ObjectNotInPrerequisiteState):
+    """A lookup's find-or-create hit a unique constraint other than its natural key's, most often the
+    id column's: its identity or sequence is behind ids inserted by hand. That is the schema's
+    state, not the event's: systemic (55000), never a dead letter for the events it would serve."""
+
+
 class RowEncodingError(psycopg.DataError):
     """A row's value could not be encoded for COPY: bad data (data_exception), isolated like any other."""
 

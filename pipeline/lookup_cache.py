@@ -8,9 +8,10 @@ microbatch never deletes one. The ids themselves are never cached: the flush sta
 the reference tables, so a cached key can never put a wrong id in a row.
 
 Should someone delete a reference row anyway, the flush finds no id for its key and the raw
-insert fails on the NOT NULL id column: that is bad data to the writer, which forgets every known
-key (`forget`) before it bisects, so the retried ranges run their lookups again and create the row
-anew. The set is bounded: when it holds `max_keys` keys of one lookup, that lookup's are dropped.
+insert fails on the NOT NULL id column (init-db creates it so; only create lookups whose id reaches
+the raw table are cached): that is bad data to the writer, which forgets every known key (`forget`)
+before it bisects, and a single row always looks up, so the retried rows create the row anew.
+The set is bounded: when it holds `max_keys` keys of one lookup, that lookup's are dropped.
 """
 
 from __future__ import annotations
@@ -39,11 +40,17 @@ class KnownKeys:
                 else:
                     found.append(place[normalised.get((source, lookup.normalize), source)])
             columns[lookup.name] = found
-        # Only lookups that send a statement can skip one (an on_missing = "null" lookup sends none).
+        # Only create lookups whose id reaches a raw column (directly or through a chain) are cached:
+        # a row deleted by hand then fails the write instead of passing silently. A find-only lookup
+        # always looks up: the reference table, not microbatch, decides what exists.
+        reaches = {c.field.partition(".")[0] for c in spec.raw.columns.values() if c.field is not None}
+        for lookup in reversed(spec.lookups):
+            if lookup.name in reaches:
+                reaches.update(lookup.key.values())
         self._key_of: dict[str, Callable[[tuple[Any, ...]], Any]] = {
             lookup.name: operator.itemgetter(*columns[lookup.name])
             for lookup in spec.lookups
-            if lookup.create or lookup.finds_missing
+            if lookup.create and lookup.name in reaches
         }
         self._known: dict[str, set[Any]] = {name: set() for name in self._key_of}
 
@@ -53,7 +60,7 @@ class KnownKeys:
 
     def all_known(self, lookup: Lookup, rows: Sequence[tuple[Any, ...]], lo: int, hi: int) -> bool:
         """True when every row in [lo, hi) carries a key of `lookup` known to have a reference row."""
-        if not self.enabled:
+        if not self.enabled or lookup.name not in self._key_of:
             return False
         known, key_of = self._known[lookup.name], self._key_of[lookup.name]
         return all(key_of(rows[index]) in known for index in range(lo, hi))

@@ -33,9 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
+from pipeline.errors import ReferenceIdConflict
 from pipeline.lookup_spec import Lookup
 from pipeline.spec import PipelineSpec
 from pipeline.tables import Column, TableShape
@@ -56,6 +59,20 @@ class LookupStatement:
     statement: sql.Composed
     whole: sql.Composed  # the same over every staged row: no range, no parameters (see WritePlan.flush_all)
     returns_misses: bool
+
+    def run(self, conn: psycopg.Connection[Any], params: dict[str, int] | None) -> psycopg.Cursor[Any]:
+        """Execute over a range (`params`) or every staged row (None). A create statement conflicts
+        on its natural key without error (ON CONFLICT DO NOTHING): any other unique violation is
+        the table's fault (ReferenceIdConflict), and must not dead-letter the events."""
+        try:
+            return conn.execute(self.statement if params else self.whole, params)
+        except psycopg.errors.UniqueViolation as exc:
+            lookup, constraint = self.lookup, exc.diag.constraint_name or "a unique constraint"
+            raise ReferenceIdConflict(
+                f"lookup {lookup.name!r}: a new row of {lookup.table} collides with an existing one on {constraint}, "
+                f"not on its natural key: the identity of {lookup.id.column} is probably behind ids inserted by "
+                "hand; move it past the largest id (setval on pg_get_serial_sequence of the column)"
+            ) from exc
 
     @property
     def miss_message(self) -> str:

@@ -103,6 +103,11 @@ def verify(conn: psycopg.Connection[Any], plan: WritePlan) -> list[Mismatch]:
             )
             for column in _unfilled(conn, plan.schema, shape.name, shape.filled)
         )
+        problems.extend(
+            Mismatch(shape.name, behind)
+            for column in shape.filled
+            if (behind := _behind(conn, plan.schema, shape.name, column))
+        )
         missing = _missing_privileges(conn, plan.schema, shape.name, shape.privileges)
         if missing:
             problems.append(
@@ -148,6 +153,28 @@ def _unfilled(conn: psycopg.Connection[Any], schema: str, table: str, columns: t
         (schema, table, list(columns)),
     ).fetchall()
     return [str(row[0]) for row in rows]
+
+
+def _behind(conn: psycopg.Connection[Any], schema: str, table: str, column: str) -> str | None:
+    """Why the sequence that fills `column` (an identity or serial) would hand out an id the table
+    already holds (ids inserted by hand), or None. A lookup's new row would then collide on its id."""
+    row = conn.execute(
+        "SELECT s, CASE WHEN has_sequence_privilege(s, 'SELECT') THEN pg_sequence_last_value(s) END "
+        "FROM (SELECT pg_get_serial_sequence(%s, %s)::regclass AS s) AS q WHERE s IS NOT NULL",
+        (f'"{schema}"."{table}"', column),
+    ).fetchone()
+    if row is None:
+        return None
+    largest = conn.execute(
+        sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), sql.Identifier(schema, table))
+    ).fetchone()
+    top = None if largest is None else largest[0]
+    if top is None or (row[1] is not None and int(row[1]) >= int(top)):
+        return None
+    return (
+        f"column {column}'s identity is at {row[1] or 'its start'}, behind the largest {column} ({top}): new rows "
+        f"would collide with existing ids (setval the sequence {row[0]} to {top})"
+    )
 
 
 def _missing_privileges(

@@ -377,7 +377,7 @@ class BatchWriter:
             # always looks up, so that a row is never rejected on what the cache believed.
             if node.size > 1 and self.known.all_known(step.lookup, run.decoded.rows, node.lo, node.hi):
                 continue
-            cursor = conn.execute(step.statement if params else step.whole, params)
+            cursor = step.run(conn, params)
             run.on_progress()
             run.result.statements += 1
             for (row,) in cursor.fetchall() if step.returns_misses else ():

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import orjson
 import psycopg
+import pytest
 
+from pipeline.errors import DatabaseFailure, FailureClass
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record, Rejection
 from pipeline.spec_loader import load_pipeline
@@ -70,6 +72,34 @@ def test_known_keys_skip_the_lookups_and_a_deleted_reference_row_is_created_agai
             written = conn.execute("SELECT count(*), count(item_id) FROM transactions").fetchone()
         assert items == [("a", 1), ("b", 1)]
         assert written == (7, 7)
+    finally:
+        target.close()
+        preparer.close()
+
+
+def test_an_identity_behind_hand_inserted_ids_is_reported_and_stops_instead_of_dead_lettering(
+    database_url: str,
+) -> None:
+    spec = load_pipeline("vendor-invoices")
+    target = Target(spec, database_url)
+    preparer = Preparer(spec, database_url)
+    try:
+        assert target.init_tables()[1] == []
+        with psycopg.connect(database_url, autocommit=True) as conn:  # master data imported with its own ids
+            conn.execute("INSERT INTO vendors (vendor_id, name) SELECT g, 'seeded-' || g FROM generate_series(1, 5) g")
+        problems = [str(m) for m in target.verify_tables()]
+        assert problems == [
+            "table vendors: column vendor_id's identity is at its start, behind the largest vendor_id (5): new rows "
+            "would collide with existing ids (setval the sequence vendors_vendor_id_seq to 5)"
+        ]
+        sink = Collecting()
+        window = _records(0, ["A", "B"])
+        with pytest.raises(DatabaseFailure) as caught:
+            target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), sink)
+        assert (caught.value.failure, caught.value.sqlstate) == (FailureClass.SYSTEMIC, "55000")
+        assert "lookup 'vendor'" in str(caught.value) and "vendors_pkey" in str(caught.value)
+        assert sink.delivered == []  # nothing dead-lettered: the events wait for the fix
+        assert target.stored_positions([(TOPIC, 0)]) == {}
     finally:
         target.close()
         preparer.close()

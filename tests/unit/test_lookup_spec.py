@@ -268,3 +268,25 @@ def test_a_key_that_normalises_to_nothing_is_an_invalid_event() -> None:
     (rejection,) = decoded.rejections
     assert rejection.reason == "invalid_event"
     assert rejection.message == "vendor_name: empty once normalised (a lookup key needs a value)"
+
+
+def test_find_only_lookups_and_lookups_no_raw_column_reads_are_never_cached() -> None:
+    data = _find_only("dead_letter")  # item: find-only
+    data["raw"]["columns"].pop("vendor_id")  # vendor still reaches the raw table through item's key
+    spec = parse_pipeline(data)
+    plan, rows = WritePlan(spec), Decoder(spec).decode([Record("t", 0, 0, None, orjson.dumps(_event("A", "B")))]).rows
+    known = KnownKeys(spec, plan.staging_columns, max_keys=10)
+    known.committed(rows, [0])
+    vendor, item = spec.lookups
+    assert known.all_known(vendor, rows, 0, 1)
+    assert not known.all_known(item, rows, 0, 1)  # find-only: the reference table decides, every time
+    data = _vendor_pipeline()
+    data["raw"]["columns"] = {
+        k: v for k, v in data["raw"]["columns"].items() if k not in {"vendor_id", "item_id", "sku"}
+    }
+    data["summaries"] = []
+    spec = parse_pipeline(data)  # lookups that only register keys: no raw column reads an id
+    plan = WritePlan(spec)
+    known = KnownKeys(spec, plan.staging_columns, max_keys=10)
+    known.committed(rows, [0])
+    assert not any(known.all_known(lookup, rows, 0, 1) for lookup in spec.lookups)
