@@ -18,11 +18,13 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # The dead-letter reason each kind of bad message the generator makes must get (the generator's
 # own table is product code; this one is the test's, written from the pipeline's rules).
@@ -78,23 +80,31 @@ class Judgement:
     why: str = ""
 
 
-def judge(value: bytes | None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Judgement:
-    """The verdict for one message value."""
+def verdict(
+    value: bytes | None, build: Callable[[dict[str, Any]], T], max_message_bytes: int
+) -> tuple[str | None, T | None, str]:
+    """(reason, event, why) for one message value: the checks every pipeline shares (empty, size,
+    JSON, an object), then `build`, whose ValueError makes the message an invalid event."""
     if not value:
-        return Judgement("empty", why="empty value")
+        return "empty", None, "empty value"
     if len(value) > max_message_bytes:
-        return Judgement("too_large", why=f"{len(value)} bytes")
+        return "too_large", None, f"{len(value)} bytes"
     try:
         document = parse_json(value)
     except BadJson as exc:
-        return Judgement("invalid_json", why=str(exc))
+        return "invalid_json", None, str(exc)
     if not isinstance(document, dict):
-        return Judgement("invalid_event", why="not an object")
+        return "invalid_event", None, "not an object"
     try:
-        invoice = _invoice(document)
+        return None, build(document), ""
     except ValueError as exc:
-        return Judgement("invalid_event", why=str(exc))
-    return Judgement(None, invoice)
+        return "invalid_event", None, str(exc)
+
+
+def judge(value: bytes | None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Judgement:
+    """The verdict for one message value."""
+    reason, invoice, why = verdict(value, _invoice, max_message_bytes)
+    return Judgement(reason, invoice, why)
 
 
 def parse_json(value: bytes) -> Any:

@@ -22,12 +22,11 @@ from typing import Any
 
 from tests.support.invoice_rules import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    BadJson,
     event_id_of,
-    parse_json,
     parse_timestamp,
     quantity_of,
     unit_price_of,
+    verdict,
 )
 
 # The dead-letter reason each kind of bad message the vendor generator makes must get (the test's
@@ -92,21 +91,8 @@ class VendorJudgement:
 
 def judge(value: bytes | None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> VendorJudgement:
     """The verdict for one message value."""
-    if not value:
-        return VendorJudgement("empty", why="empty value")
-    if len(value) > max_message_bytes:
-        return VendorJudgement("too_large", why=f"{len(value)} bytes")
-    try:
-        document = parse_json(value)
-    except BadJson as exc:
-        return VendorJudgement("invalid_json", why=str(exc))
-    if not isinstance(document, dict):
-        return VendorJudgement("invalid_event", why="not an object")
-    try:
-        line = _line(document)
-    except ValueError as exc:
-        return VendorJudgement("invalid_event", why=str(exc))
-    return VendorJudgement(None, line)
+    reason, line, why = verdict(value, _line, max_message_bytes)
+    return VendorJudgement(reason, line, why)
 
 
 def _text(document: dict[str, Any], name: str, max_length: int, *, required: bool = True) -> str | None:
