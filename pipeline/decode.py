@@ -110,9 +110,10 @@ class Decoder:
         self.field_names = tuple(spec.fields)
         self._extracts = tuple(compile_field(name, fs) for name, fs in spec.fields.items())
         # Lookup keys, normalised here and staged after the fields (WritePlan.staging_columns), so that
-        # PostgreSQL compares plain values. A lookup's key fields are required strings.
-        self._extracts += tuple(
-            _normalised(field, self._extracts[self.field_names.index(field)], normaliser(steps))
+        # PostgreSQL compares plain values. A lookup's key fields are required strings: each is
+        # normalised from the value its field already decoded (row position 1 + the field's index).
+        self._normalisers = tuple(
+            (1 + self.field_names.index(field), _normalised(field, normaliser(steps)))
             for field, steps in spec.references.normalised()
         )
         self.exact = any(
@@ -156,18 +157,14 @@ class Decoder:
         several = len(self.kafka_attributes) > 1
         limit, exact = self.max_message_bytes, self.exact
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
-        transform = self.transform
+        transform, normalisers = self.transform, self._normalisers
         for index, record in enumerate(records):
             # A `try` costs nothing until something is raised (CPython 3.11+): a record ends in the
             # loop's last statement (a row) or in one `out.reject`, whatever it raises.
             try:
                 value = record.value
-                if not value:
-                    out.reject(index, Rejection(record, RejectReason.EMPTY, "message value is empty", VALIDATION))
-                    continue
-                if len(value) > limit:
-                    message = f"message value is larger than {limit} bytes"
-                    out.reject(index, Rejection(record, RejectReason.TOO_LARGE, message, VALIDATION))
+                if not value or len(value) > limit:
+                    out.reject(index, _size_rejection(record, limit))
                     continue
                 try:
                     event = loads(value)
@@ -186,6 +183,8 @@ class Decoder:
                     if event is None:
                         continue
                 row = [len(rows), *[extract(event) for extract in extracts]]
+                if normalisers:
+                    row += [normalise(row[at]) for at, normalise in normalisers]
                 if kafka_plain is not None:
                     extra = kafka_plain(record)
                     row.extend(extra if several else (extra,))
@@ -200,18 +199,23 @@ class Decoder:
         return out
 
 
-def _normalised(
-    field: str, extract: Callable[[dict[str, Any]], Any], normalise: Callable[[str], str]
-) -> Callable[[Any], Any]:
-    """A lookup key's staged value: the field normalised; nothing left of it is not a key."""
+def _normalised(field: str, normalise: Callable[[str], str]) -> Callable[[str], str]:
+    """A lookup key's staged value, from its field's decoded value: normalised; nothing left of it
+    is not a key."""
 
-    def value(event: dict[str, Any]) -> Any:
-        normalised = normalise(extract(event))
-        if not normalised:
-            raise FieldError(f"{field}: empty once normalised (a lookup key needs a value)")
-        return normalised
+    def value(decoded: str) -> str:
+        if normalised := normalise(decoded):
+            return normalised
+        raise FieldError(f"{field}: empty once normalised (a lookup key needs a value)")
 
     return value
+
+
+def _size_rejection(record: Record, limit: int) -> Rejection:
+    """The rejection of a record whose value is empty or larger than `limit` bytes."""
+    if not record.value:
+        return Rejection(record, RejectReason.EMPTY, "message value is empty", VALIDATION)
+    return Rejection(record, RejectReason.TOO_LARGE, f"message value is larger than {limit} bytes", VALIDATION)
 
 
 def _json_reason(exc: Exception) -> str:

@@ -62,17 +62,17 @@ class KnownKeys:
         """True when every row in [lo, hi) carries a key of `lookup` known to have a reference row."""
         if not self.enabled or lookup.name not in self._key_of:
             return False
-        known, key_of = self._known[lookup.name], self._key_of[lookup.name]
-        return all(key_of(rows[index]) in known for index in range(lo, hi))
+        # map/issuperset: the per-row work stays in C (this runs for every window of a steady stream).
+        return self._known[lookup.name].issuperset(map(self._key_of[lookup.name], rows[lo:hi]))
 
     def committed(self, rows: Sequence[tuple[Any, ...]], written: Iterable[int]) -> None:
         """The rows at indexes `written` were written by a transaction that has committed."""
         if not self.enabled:
             return
-        indexes = list(written)
+        written_rows = list(map(rows.__getitem__, written))
         for name, key_of in self._key_of.items():
             known = self._known[name]
-            known.update(key_of(rows[index]) for index in indexes)
+            known.update(map(key_of, written_rows))
             if len(known) > self.max_keys:
                 known.clear()  # bounded: start over rather than grow without limit
 

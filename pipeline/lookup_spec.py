@@ -34,6 +34,15 @@ def normaliser(steps: tuple[Normalizer, ...]) -> Callable[[str], str]:
     """The function that applies `steps` in order (Python's own str methods: `lower` is Unicode
     lower-casing). Keys are normalised while a window is decoded, on the consumer's loop thread,
     and staged next to the raw value: PostgreSQL then compares plain values."""
+    # Called once per key per event: the usual step lists get one straight-line function each.
+    if steps == ("trim", "lower"):
+        return lambda value: value.strip(TRIM_CHARACTERS).lower()
+    if steps == ("lower", "trim"):
+        return lambda value: value.lower().strip(TRIM_CHARACTERS)
+    if steps == ("trim",):
+        return lambda value: value.strip(TRIM_CHARACTERS)
+    if steps == ("lower",):
+        return str.lower
 
     def normalise(value: str) -> str:
         for step in steps:

@@ -211,7 +211,8 @@ class BatchWriter:
             # 6. COMMIT when the block ends.
         failpoints.hit("commit_ack_lost")
         rejected = run.db_rejections
-        self.known.committed(rows, (row for row in range(first_row, run.stack.resolved) if row not in rejected))
+        span = range(first_row, run.stack.resolved)
+        self.known.committed(rows, [row for row in span if row not in rejected] if rejected else span)
         run.result.transactions += 1  # committed ones only
         run.result.rejections.extend(fresh)
         run.stored.update(committed)

@@ -8,10 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg import sql
 
 from pipeline.decode import Decoder
 from pipeline.lookup_cache import KnownKeys
+from pipeline.lookup_spec import TRIM_CHARACTERS, normaliser
 from pipeline.lookup_sql import LookupPlan
 from pipeline.records import Record
 from pipeline.spec_loader import PipelineFileError, builtin_dir, load_pipeline, parse_pipeline
@@ -290,3 +293,15 @@ def test_find_only_lookups_and_lookups_no_raw_column_reads_are_never_cached() ->
     known = KnownKeys(spec, plan.staging_columns, max_keys=10)
     known.committed(rows, [0])
     assert not any(known.all_known(lookup, rows, 0, 1) for lookup in spec.lookups)
+
+
+@given(value=st.text(alphabet=st.sampled_from(["a", "B", "É", "ß", " ", "\t", "\r", "\n", "\u00a0", "İ"]), max_size=12))
+def test_each_step_list_normalises_as_its_steps_applied_in_order(value: str) -> None:
+    # The usual step lists get straight-line functions (they run once per key per event): each must
+    # give exactly what applying its steps one by one gives.
+    apply = {"trim": lambda v: v.strip(TRIM_CHARACTERS), "lower": str.lower}
+    for steps in [("trim", "lower"), ("lower", "trim"), ("trim",), ("lower",)]:
+        expected = value
+        for step in steps:
+            expected = apply[step](expected)
+        assert normaliser(steps)(value) == expected  # type: ignore[arg-type]
