@@ -373,25 +373,26 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError,
-    PipelineFileError,
-    StartupError,
-    ProduceError,
-    NoGenerator,
-)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, PipelineFileError, StartupError, ProduceError, NoGenerator)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    if handler is not cmd_run:  # `run` drains on SIGTERM; the others stop like on Ctrl-C. Handled, not
+        signal.signal(signal.SIGTERM, _interrupt)  # left default: PID 1 in a container ignores the default
     try:
         return handler(args)
     except USER_ERRORS as exc:
         print(f"microbatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"microbatch: interrupted ({exc.args[0] if exc.args else 'SIGINT'}): stopped", file=sys.stderr)
+        return 143 if exc.args == ("SIGTERM",) else 130
 
 
 if __name__ == "__main__":

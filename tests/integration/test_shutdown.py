@@ -4,6 +4,7 @@ buffered was written; what was cut off is rolled back and written once after a r
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from devstack.postgres_server import PostgresServer
 from pipeline.database import Database, SessionSettings
-from tests.support.consumer_process import ConsumerProcess, run_cli
+from tests.support.consumer_process import MICROBATCH, ConsumerProcess, run_cli
 from tests.support.oracle import check, read_ledger
 from tests.support.services import KafkaService, wait_until
 
@@ -145,3 +146,32 @@ def _caught(url: str, kafka: KafkaService, unique: str) -> bool:
     from devstack.verify import caught_up
 
     return caught_up(url, f"group-{unique}", kafka.bootstrap, f"invoices-{unique}", PARTITIONS)
+
+
+def test_sigterm_stops_produce_promptly_without_a_traceback(
+    kafka: KafkaService, service_env: dict[str, str], invoice_pipeline: Path, unique: str, tmp_path: Path
+) -> None:
+    # In a container the command is PID 1, which ignores a signal it has no handler for: `produce`
+    # (like `dlq replay`) must handle SIGTERM itself, or `podman stop` waits and then kills.
+    topic = f"sigterm-{unique}"
+    log = tmp_path / "produce.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(MICROBATCH), "produce", "--pipeline", str(invoice_pipeline), "--topic", topic, "--count",
+             "1000000", "--rate", "200", "--partitions", "1"],
+            env=service_env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+        wait_until(lambda: topic in admin.list_topics(timeout=5).topics, timeout=30, what="produce to create its topic")
+        started = time.monotonic()
+        process.terminate()
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert code == 143, text
+    assert time.monotonic() - started < 10, text
+    assert "microbatch: interrupted (SIGTERM): stopped" in text
+    assert "Traceback" not in text
