@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup tools check lint format typecheck manifests docs test chaos bench bench-quick bench-ab fuzz unit integration up down demo run clean
+.PHONY: help setup tools images check lint format typecheck manifests docs test chaos bench bench-quick bench-ab fuzz unit integration containers up down demo run clean
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,10 +28,11 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 setup: $(VENV)/.synced tools ## Create .venv from the lock file (uv), install tools, check for Java, Maven, PostgreSQL
 	@$(PY) -m devstack preflight
 
-check: lint typecheck manifests ## Static gates: ruff lint + format check, mypy --strict, Kubernetes manifests and alert rules
-lint: $(VENV)/.synced ## ruff lint and format check
+check: lint typecheck manifests ## Static gates: ruff lint + format check, hadolint, mypy --strict, Kubernetes manifests and alert rules
+lint: $(VENV)/.synced ## ruff lint and format check; hadolint on the Dockerfile and the local images' Containerfiles
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/hadolint Dockerfile images/*/Containerfile
 format: $(VENV)/.synced ## Apply ruff's formatting and safe fixes
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
@@ -49,8 +50,14 @@ manifests: $(VENV)/.synced ## deploy/kubernetes rendered and checked: kubernetes
 docs: $(VENV)/.synced ## Regenerate the settings and metrics reference in README.md from the code
 	@$(PY) -m consumer.docs --write README.md
 
-test: setup check ## Everything on a fresh machine: set-up, static gates, unit, integration and quick chaos tests
+test: setup check images ## Everything on a fresh machine: set-up, static gates, images, unit, integration, container and quick chaos tests
 	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests
+
+images: setup ## Build (or find cached) the local container images: Kafka, PostgreSQL, Prometheus, microbatch (podman, as root)
+	@$(PY) -m devstack.images
+
+containers: images ## The container tests only: the image end to end, Testcontainers, the compose stack
+	@MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests/containers
 
 chaos: setup ## The full fault-injection suite (≈20 min); writes chaos-report.md and chaos-report.json
 	@MICROBATCH_CHAOS=full MICROBATCH_CHAOS_REPORT_DIR=$(CURDIR) MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests/chaos
@@ -79,9 +86,11 @@ up: setup ## Start local Kafka + PostgreSQL in the background; writes .devstack/
 down: ## Stop what `make up` started and delete its data
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else rm -rf .devstack; fi
 
-tools: ## Install Prometheus and docker-compose (v1, validates compose files without a daemon) from Debian's packages
+tools: ## Install Prometheus, docker-compose v1, podman and debootstrap from Debian's packages; configure podman
 	@missing=""; command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v podman >/dev/null || missing="$$missing podman"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing from Debian's packages"; \
@@ -90,6 +99,9 @@ tools: ## Install Prometheus and docker-compose (v1, validates compose files wit
 	    echo "note:$$missing not installed and cannot be (needs root and apt-get): those tests will be skipped"; \
 	  fi; \
 	fi
+	@# podman sets rlimits on every container by default, which this kind of sandbox forbids: turn that off.
+	@if [ "$$(id -u)" = 0 ] && command -v podman >/dev/null; then $(PYTHON) -c 'import sys; sys.path.insert(0, "."); \
+	  from devstack.engine import configure; configure() and print("podman: default_ulimits = [] in /etc/containers/containers.conf")'; fi
 
 run: up ## Run the long-lived consumer against the local services (Ctrl-C to stop)
 	@set -a; . .devstack/env; set +a; $(VENV)/bin/microbatch init-db && exec $(VENV)/bin/microbatch run

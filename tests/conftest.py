@@ -14,7 +14,8 @@ pytest_plugins = ["tests.support.fixtures", "tests.support.required", "pytester"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under integration/ and chaos/ talk to real servers; chaos/ are fault-injection scenarios."""
+    """Tests under integration/, chaos/, bench/ and containers/ talk to real servers; chaos/ are fault-injection
+    scenarios; containers/ run the local images."""
     for item in items:
         path = str(item.path)
         if "/tests/integration/" in path or "/tests/chaos/" in path:
@@ -23,6 +24,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.chaos)
         if "/tests/bench/" in path:
             item.add_marker(pytest.mark.integration)
+        if "/tests/containers/" in path:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.containers)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumer.produce import ensure_topic
-from devstack.containers import docker_available
 from devstack.process import pid_alive
 from tests.support.services import KafkaService, PostgresService, wait_until
 
@@ -111,21 +109,3 @@ def test_dev_stack_up_writes_env_and_down_leaves_nothing() -> None:
     )
     assert not state.exists()
     scratch.rmdir()
-
-
-def test_testcontainers_path_when_a_docker_daemon_answers() -> None:
-    if not docker_available():
-        pytest.skip("no Docker daemon answers here; the local-process path is used instead")
-    from devstack.containers import start_kafka_container, start_postgres_container
-
-    bootstrap, stop_kafka, _ = start_kafka_container()
-    try:
-        assert AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).brokers
-    finally:
-        stop_kafka()
-    url, stop_pg = start_postgres_container()
-    try:
-        with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
-    finally:
-        stop_pg()

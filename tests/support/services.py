@@ -76,8 +76,8 @@ def postgres_service() -> Iterator[PostgresService]:
         yield PostgresService(os.environ[DATABASE_ENV], source)
         return
     if source is Source.TESTCONTAINERS:
-        url, stop = start_postgres_container()
-        SERVICE_LOG.append("PostgreSQL: postgres:15 (Testcontainers)")
+        url, stop, label = start_postgres_container()
+        SERVICE_LOG.append(f"PostgreSQL: {label} (Testcontainers)")
         try:
             yield PostgresService(url, source)
         finally:

@@ -124,7 +124,7 @@ def test_the_pod_is_hardened(pod: dict[str, Any]) -> None:
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
     }  # fmt: skip
-    assert f"--uid {security['runAsUser']}" in (ROOT / "Dockerfile").read_text(), "runAsUser is the image's own user"
+    assert f"USER {security['runAsUser']}:" in (ROOT / "Dockerfile").read_text(), "runAsUser is the image's own user"
 
 
 def test_probes_port_and_grace_period(objects: list[dict[str, Any]], pod: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ markers =
     chaos: faults
     bench: benchmarks
 """
-ALLOWED = "tests/integration/test_services.py"
+ALLOWED = "tests/containers/test_backend.py"
 
 
 def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]) -> pytest.RunResult:
@@ -47,11 +47,11 @@ def test_an_allow_listed_skip_passes_and_prints_its_reason(
 ) -> None:
     skipping = (
         "import pytest\n\n@pytest.mark.integration\n"
-        "def test_testcontainers_path_when_a_docker_daemon_answers():\n    pytest.skip('no daemon')\n"
+        "def test_kafka_and_postgres_in_containers():\n    pytest.skip('podman is not installed')\n"
     )
     result = _run(pytester, monkeypatch, {"test_a.py": PASSING, ALLOWED: skipping})
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines([f"*allowed skip: {ALLOWED}::test_testcontainers_path*container engine*"])
+    result.stdout.fnmatch_lines([f"*allowed skip: {ALLOWED}::test_kafka_and*container engine*here: podman is*"])
 
 
 def test_a_run_without_any_integration_pass_fails(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

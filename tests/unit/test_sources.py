@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
 
+from devstack.engine import configure
 from devstack.preflight import missing_tools
 from devstack.sources import Source, choose_source
 
@@ -31,6 +35,24 @@ def test_local_processes_when_no_daemon_answers() -> None:
 
 def test_docker_can_be_switched_off() -> None:
     assert choose_source({"MICROBATCH_NO_DOCKER": "1"}, "KAFKA_BOOTSTRAP_SERVERS", _never) is Source.LOCAL
+
+
+@pytest.mark.parametrize(("forced", "source"), [("containers", Source.TESTCONTAINERS), ("local", Source.LOCAL)])
+def test_the_container_pass_forces_its_backend_without_probing(forced: str, source: Source) -> None:
+    assert choose_source({"MICROBATCH_SERVICES": forced}, "DATABASE_URL", _never) is source
+
+
+def test_podman_is_told_to_leave_rlimits_alone_once(tmp_path: Path) -> None:
+    absent = tmp_path / "absent" / "containers.conf"
+    assert configure(absent) is True
+    assert tomllib.loads(absent.read_text())["containers"]["default_ulimits"] == []
+    kept = tmp_path / "containers.conf"
+    kept.write_text('[engine]\ncgroup_manager = "cgroupfs"\n\n[containers]\nlog_driver = "k8s-file"\n')
+    assert configure(kept) is True
+    assert configure(kept) is False  # idempotent
+    conf = tomllib.loads(kept.read_text())
+    assert conf["engine"] == {"cgroup_manager": "cgroupfs"}
+    assert conf["containers"] == {"log_driver": "k8s-file", "default_ulimits": []}
 
 
 def test_preflight_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

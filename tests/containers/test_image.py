@@ -1,0 +1,129 @@
+"""The image a user deploys (Dockerfile, built by `make images` on the local base) run as a container
+against Kafka and PostgreSQL containers: 50,000 invoice events with duplicates and poison, a SIGKILL
+mid-stream and a restart, a SIGTERM mid-stream (`podman stop`) and a restart; totals, dead letters and
+positions exact (tests/support/oracle.py). The container turns healthy, runs as UID 10001 and has a
+read-only root filesystem."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from devstack.engine import run
+from devstack.images import microbatch_image
+from devstack.process import free_port
+from devstack.verify import high_watermarks, stored_positions
+from tests.support.consumer_process import run_cli
+from tests.support.oracle import check, read_ledger
+from tests.support.podman import Container
+from tests.support.services import KafkaService, wait_until
+
+PARTITIONS = 4
+SHUTDOWN_S = 10
+UID = "10001"
+
+
+@pytest.fixture
+def mounted(invoice_pipeline: Path) -> Iterator[Path]:
+    """The test's pipeline file where UID 10001 inside the container can read it (pytest's tmp dirs are 0700)."""
+    where = Path(tempfile.mkdtemp(prefix="microbatch-image-test-", dir="/tmp"))
+    where.chmod(0o755)
+    shutil.copy(invoice_pipeline, where / "pipeline.toml")
+    (where / "pipeline.toml").chmod(0o644)
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def _env(service_env: dict[str, str], port: int) -> dict[str, str]:
+    keep = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "MICROBATCH_KAFKA_CONFIG")
+    return {key: service_env[key] for key in keep} | {
+        "MICROBATCH_METRICS_HOST": "127.0.0.1", "MICROBATCH_METRICS_PORT": str(port),
+        "MICROBATCH_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S),
+        # Small windows: the drain takes long enough for a kill to land mid-stream.
+        "MICROBATCH_MAX_RECORDS": "500", "MICROBATCH_MAX_WAIT_MS": "100",
+    }  # fmt: skip
+
+
+def _rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM transactions").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _produce(service_env: dict[str, str], pipeline: Path, ledger: Path, count: int, seed: int) -> None:
+    result = run_cli(service_env, "produce", "--pipeline", str(pipeline), "--count", str(count), "--partitions",
+                     str(PARTITIONS), "--ledger", str(ledger), "--duplicate-ratio", "0.01", "--bad-ratio", "0.005",
+                     "--seed", str(seed))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_image_drains_exactly_through_sigkill_and_sigterm(
+    kafka: KafkaService, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
+    mounted: Path, unique: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    image, name = microbatch_image(), f"microbatch-test-{uuid.uuid4().hex[:8]}"
+    env = _env(service_env, free_port())
+    volume = ("--read-only", "-v", f"{mounted}:/config:ro")
+    topic, group = f"invoices-{unique}", f"group-{unique}"
+    flags = [item for key, value in env.items() for item in ("-e", f"{key}={value}")]
+    init = run("run", "--rm", "--network", "host", *volume, *flags, image, "init-db", "--pipeline",
+               "/config/pipeline.toml", check=False)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    ledgers = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    _produce(service_env, invoice_pipeline, ledgers[0], 50_000, seed=3)
+    total = sum(high_watermarks(kafka.bootstrap, topic, PARTITIONS).values())
+
+    def caught_up() -> bool:
+        return stored_positions(database_url, group) == high_watermarks(kafka.bootstrap, topic, PARTITIONS)
+
+    consumer = Container.start(name, image, "run", "--pipeline", "/config/pipeline.toml", env=env, options=volume)
+    try:
+        # Identity and root filesystem, from the running container.
+        assert consumer.exec("id", "-u").stdout.strip() == UID
+        assert consumer.inspect()["HostConfig"]["ReadonlyRootfs"] is True
+        denied = consumer.exec("/app/.venv/bin/python", "-c", "open('/app/written', 'w')")
+        assert denied.returncode != 0 and "Read-only file system" in denied.stderr, denied.stderr
+        wait_until(consumer.healthy, timeout=60, what="the container's health check to pass", interval=1.0)
+
+        # SIGKILL mid-stream, then the same container started again.
+        wait_until(lambda: _rows(database_url) >= 2_000, timeout=120, what="the first windows to be written")
+        run("kill", "-s", "KILL", name)
+        at_kill = _rows(database_url)
+        assert at_kill < 49_000, f"the kill landed after the drain ({at_kill} rows): nothing was mid-stream"
+        wait_until(lambda: not consumer.running(), timeout=30, what="the killed container to stop")
+        assert consumer.state()["ExitCode"] == 137
+        run("start", name)
+        wait_until(caught_up, timeout=240, what=f"the restarted container to drain all {total} messages")
+
+        # SIGTERM (podman stop, with more time than shutdown_timeout_s) mid-stream: exit 0 within it.
+        _produce(service_env, invoice_pipeline, ledgers[1], 20_000, seed=4)
+        before = _rows(database_url)
+        wait_until(lambda: _rows(database_url) >= before + 1_000, timeout=120, what="the second stream to start")
+        started = time.monotonic()
+        run("stop", "-t", str(SHUTDOWN_S * 3), name, timeout=SHUTDOWN_S * 3 + 30)
+        stopped_in = time.monotonic() - started
+        assert consumer.state()["ExitCode"] == 0, consumer.logs()[-3000:]
+        assert stopped_in < SHUTDOWN_S, f"podman stop took {stopped_in:.1f} s (shutdown_timeout_s {SHUTDOWN_S})"
+        assert "shut down cleanly" in consumer.logs()
+        run("start", name)
+        wait_until(caught_up, timeout=240, what="the container to drain the second stream after its restart")
+        wait_until(consumer.healthy, timeout=60, what="the restarted container's health check", interval=1.0)
+    finally:
+        logs = consumer.logs()
+        consumer.remove()
+    verdict = check(read_ledger(ledgers), database_url, kafka.bootstrap, topic, f"{topic}.dlq", group, PARTITIONS,
+                    dead_letter_copies_allowed=3)  # fmt: skip
+    assert verdict.ok, verdict.details
+    assert verdict.ledger_duplicates > 300 and verdict.bad > 200, "the workload has duplicates and poison"
+    assert "Traceback" not in logs
+    print(
+        f"image {image}: {verdict.good} rows, {verdict.bad} dead letters; SIGKILL at {at_kill} rows; "
+        f"SIGTERM exit 0 in {stopped_in:.1f} s"
+    )
