@@ -1,14 +1,16 @@
 """The Testcontainers backend: Kafka and PostgreSQL in containers, through any engine that answers the
 Docker API (Docker, or podman's `system service` socket: devstack.engine.api_socket).
 
-The images default to the local ones `make images` builds (devstack.images); MICROBATCH_KAFKA_IMAGE and
-MICROBATCH_POSTGRES_IMAGE choose others of the same style (apache/kafka:4.x, postgres:15). Both run on
+The images are the local ones `make images` builds (devstack.images) when the engine has them, else the
+public apache/kafka:4.1.1 and postgres:15 (a machine with Docker pulls them); MICROBATCH_KAFKA_IMAGE and
+MICROBATCH_POSTGRES_IMAGE choose others of the same style. Both run on
 the host's network, listening on 127.0.0.1 at free ports: Kafka must advertise the address clients
 reach, which a published port only reveals after the start, and a published port listens on every
 interface. So testcontainers' generic `DockerContainer` is used rather than its Kafka and PostgreSQL
 modules (whose set-up assumes published ports); readiness is checked by protocol, as for local
-processes. Ryuk (testcontainers' reaper) is an image that cannot be pulled here: it is disabled, and
-every container is stopped and removed by the caller's stop function.
+processes. Ryuk (testcontainers' reaper) is an image that cannot be pulled here: it is disabled; every
+container is stopped and removed by the caller's stop function, and is named under
+DEVSTACK_CONTAINER_PREFIX so that a test session removes what a killed run left (container_name).
 """
 
 from __future__ import annotations
@@ -29,12 +31,36 @@ from devstack.process import free_port, wait_for
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # read when testcontainers is imported
 
 
+PUBLIC_KAFKA = "apache/kafka:4.1.1"
+PUBLIC_POSTGRES = "postgres:15"
+
+
+def _local_or(local: str, public: str) -> str:
+    """`local` when the engine has it (made by `make images`), else the public image of the same style."""
+    import docker  # noqa: PLC0415 - optional: present with the test dependencies only
+
+    client = docker.from_env()
+    try:
+        client.images.get(local)
+        return local
+    except docker.errors.ImageNotFound:
+        return public
+    finally:
+        client.close()
+
+
 def kafka_image() -> str:
-    return os.environ.get("MICROBATCH_KAFKA_IMAGE", images.KAFKA)
+    return os.environ.get("MICROBATCH_KAFKA_IMAGE") or _local_or(images.KAFKA, PUBLIC_KAFKA)
 
 
 def postgres_image() -> str:
-    return os.environ.get("MICROBATCH_POSTGRES_IMAGE", images.POSTGRES)
+    return os.environ.get("MICROBATCH_POSTGRES_IMAGE") or _local_or(images.POSTGRES, PUBLIC_POSTGRES)
+
+
+def container_name(kind: str) -> str:
+    """A name under DEVSTACK_CONTAINER_PREFIX (set per test session), so that what a killed run
+    leaves behind can be found and removed by name."""
+    return f"{os.environ.get('DEVSTACK_CONTAINER_PREFIX', 'microbatch-tc')}-{kind}-{secrets.token_hex(4)}"
 
 
 def docker_available(timeout: int = 3) -> bool:
@@ -57,12 +83,14 @@ def docker_available(timeout: int = 3) -> bool:
             gc.collect()
 
 
-def _start(image: str, env: dict[str, str]) -> Any:
+def _start(image: str, kind: str, env: dict[str, str], command: str | None = None) -> Any:
     from testcontainers.core.container import DockerContainer  # noqa: PLC0415
 
-    container: Any = DockerContainer(image).with_kwargs(network_mode="host")
+    container: Any = DockerContainer(image).with_kwargs(network_mode="host").with_name(container_name(kind))
     for name, value in env.items():
         container.with_env(name, value)
+    if command is not None:
+        container.with_command(command)
     container.start()
     return container
 
@@ -79,7 +107,7 @@ def start_kafka_container(timeout: float = 120.0) -> tuple[str, Callable[[], Non
     image = kafka_image()
     port, controller = free_port(), free_port()
     bootstrap = f"127.0.0.1:{port}"
-    container = _start(image, {
+    container = _start(image, "kafka", {
         "KAFKA_NODE_ID": "1",
         "KAFKA_PROCESS_ROLES": "broker,controller",
         "KAFKA_LISTENERS": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
@@ -109,10 +137,10 @@ def start_postgres_container(timeout: float = 60.0) -> tuple[str, Callable[[], N
     """Start PostgreSQL 15; return (libpq URL of a superuser, stop function, label)."""
     image = postgres_image()
     port, password = free_port(), secrets.token_hex(12)
-    container = _start(image, {
-        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "postgres",
-        "PGPORT": str(port), "POSTGRES_LISTEN_ADDRESSES": "127.0.0.1",
-    })  # fmt: skip
+    # On the host's network: 127.0.0.1 only (a command-line setting, which the official image passes on too).
+    container = _start(image, "postgres", {
+        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "postgres", "PGPORT": str(port),
+    }, command="-c listen_addresses=127.0.0.1")  # fmt: skip
     url = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
 
     def ready() -> bool:

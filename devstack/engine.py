@@ -57,8 +57,9 @@ def configure(conf: Path = CONTAINERS_CONF) -> bool:
     if re.search(r"^\s*default_ulimits\s*=", text, flags=re.MULTILINE):
         return False
     comment = "# microbatch (make tools): this sandbox forbids setting rlimits, and podman sets defaults on every run"
-    if re.search(r"^\s*\[containers\]\s*$", text, flags=re.MULTILINE):
-        text = re.sub(r"^(\s*\[containers\]\s*)$", rf"\1\n{comment}\n{ULIMITS}", text, count=1, flags=re.MULTILINE)
+    table = r"^(\s*\[\s*containers\s*\][ \t]*(?:#.*)?)$"  # the header, also spaced or with a comment
+    if re.search(table, text, flags=re.MULTILINE):
+        text = re.sub(table, rf"\1\n{comment}\n{ULIMITS}", text, count=1, flags=re.MULTILINE)
     else:
         text = f"{text.rstrip()}\n\n[containers]\n{comment}\n{ULIMITS}\n".lstrip()
     conf.parent.mkdir(parents=True, exist_ok=True)
@@ -91,12 +92,17 @@ def api_socket(timeout: float = 30.0) -> Iterator[str]:
         shutil.rmtree(where, ignore_errors=True)
 
 
-def run(*args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`podman ARGS`, output captured; a failure (with `check`) raises DevstackError with its stderr."""
+def run(
+    *args: str, timeout: float = 300.0, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`podman ARGS`, output captured; a failure (with `check`) raises DevstackError with its stderr.
+    `env` is added to podman's environment: `-e NAME` then passes a value without putting it on the
+    command line (where `ps` shows it), which is how secrets reach containers."""
     binary = podman()
     if binary is None:
         raise DevstackError("podman is not installed")
-    result = subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout, check=False,
+                            env={**os.environ, **env} if env else None)  # fmt: skip
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip()
         raise DevstackError(f"podman {' '.join(args[:2])} failed ({result.returncode}): {detail[-1500:]}")

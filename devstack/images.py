@@ -164,7 +164,7 @@ def build(image: str, context: Path, containerfile: Path, digest: str, *, args: 
 
 def _kafka(services: str) -> None:
     source = ROOT / "images" / "kafka"
-    digest = _hash([services, _files_hash([source])])
+    digest = _hash([services, KAFKA_VERSION, _files_hash([source])])
     if _label(KAFKA) == digest:
         return
     with tempfile.TemporaryDirectory(prefix="microbatch-kafka-image-") as tmp:
@@ -173,7 +173,7 @@ def _kafka(services: str) -> None:
             shutil.copy2(item, context / item.name)
         resolved = subprocess.run(
             ["mvn", "-B", "-q", "-f", str(source / "pom.xml"), "dependency:copy-dependencies",
-             f"-DoutputDirectory={context / 'libs'}"],
+             f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={context / 'libs'}"],  # one version: the tag's
             capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
         if resolved.returncode != 0:
@@ -192,8 +192,9 @@ def build_all(only: frozenset[str] | None = None) -> dict[str, str]:
         if "microbatch" in wanted:
             inputs = ("Dockerfile", "pyproject.toml", "uv.lock", "README.md", "consumer", "pipeline")
             sources = [ROOT / name for name in inputs]
-            digest = _hash([base, _files_hash(sources)])
-            build(microbatch_image(), ROOT, ROOT / "Dockerfile", digest, args={"BASE_IMAGE": BASE.name, **_labels()})
+            labels = _labels()  # the revision label must name the commit built: hashed like the files
+            digest = _hash([base, _files_hash(sources), *labels.values()])
+            build(microbatch_image(), ROOT, ROOT / "Dockerfile", digest, args={"BASE_IMAGE": BASE.name, **labels})
             images.append(microbatch_image())
     if wanted & {"services", "kafka", "postgres", "prometheus"}:
         services = build_rootfs(SERVICES)

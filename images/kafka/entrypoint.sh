@@ -4,7 +4,8 @@
 #   KAFKA_FOO_BAR=x     -> foo.bar=x       (one underscore: a dot)
 #   KAFKA_FOO__BAR=x    -> foo_bar=x       (two: an underscore)
 #   KAFKA_FOO___BAR=x   -> foo-bar=x       (three: a dash)
-# KAFKA_HEAP_OPTS and KAFKA_OPTS go to the JVM; CLUSTER_ID names the cluster when the log directory
+# (values must be single lines). KAFKA_HEAP_OPTS and KAFKA_OPTS go to the JVM; KAFKA_HEALTHCHECK_BOOTSTRAP
+# is where the health check connects (default localhost:9092); CLUSTER_ID names the cluster when the log directory
 # is formatted (once: a restarted container keeps its data). Java runs as PID 1 and shuts the broker
 # down cleanly on SIGTERM.
 set -euo pipefail
@@ -16,7 +17,9 @@ mkdir -p "$data"
   echo "log.dirs=$data"
   while IFS='=' read -r name _; do
     case "$name" in
-      KAFKA_HEAP_OPTS | KAFKA_OPTS | KAFKA_LOG_DIRS) continue ;;
+      # Not broker properties: the JVM's, this script's, and those the official image skips too.
+      KAFKA_HEAP_OPTS | KAFKA_OPTS | KAFKA_LOG_DIRS | KAFKA_HEALTHCHECK_BOOTSTRAP | KAFKA_VERSION) continue ;;
+      KAFKA_LOG4J_* | KAFKA_JMX_*) continue ;;
       KAFKA_*) ;;
       *) continue ;;
     esac

@@ -25,11 +25,13 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     exit 1
   fi
   password_file="$(mktemp)"
+  trap 'rm -f "$password_file"' EXIT  # also when initdb fails
   printf '%s' "$POSTGRES_PASSWORD" > "$password_file"
   chown postgres "$password_file"
   as_postgres "$bin/initdb" -D "$PGDATA" -U "$user" --pwfile="$password_file" -E UTF8 --locale=C.UTF-8 \
     --auth-local=trust --auth-host=scram-sha-256 >/dev/null
   rm -f "$password_file"
+  trap - EXIT
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
   if [ "$database" != postgres ]; then
     # A server on the socket only, as the official image does, to create the database.

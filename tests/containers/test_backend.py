@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from tests.support.services import KafkaService, PostgresService
@@ -32,18 +33,25 @@ def test_kafka_and_postgres_in_containers(kafka: KafkaService, postgres: Postgre
     assert listening == "127.0.0.1"
 
 
+@pytest.mark.timeout(900)
 def test_an_integration_module_passes_with_its_services_in_containers(engine: str) -> None:
     env = {key: value for key, value in os.environ.items()
            if key not in {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"} and not key.startswith("PYTEST_")}  # fmt: skip
     env.update(DOCKER_HOST=engine, MICROBATCH_SERVICES="containers", MICROBATCH_REQUIRE_INTEGRATION="1")
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", REPEATED_MODULE, "-k", "50k or sigkill", "-p", "no:cacheprovider", "-q"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
+    argv = [sys.executable, "-m", "pytest", REPEATED_MODULE, "-k", "50k or sigkill", "-p", "no:cacheprovider", "-q"]
+    with subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as nested:
+        try:
+            output, _ = nested.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            # SIGTERM, not SIGKILL: the nested session's fixtures then stop their containers (tests/conftest.py).
+            nested.terminate()
+            output, _ = nested.communicate(timeout=120)
+            pytest.fail(f"the second pass did not finish in 600 s:\n{output[-3000:]}")
     print(f"second pass of {REPEATED_MODULE} in containers: {time.monotonic() - started:.0f} s")
-    assert result.returncode == 0, output[-4000:]
-    assert "(Testcontainers)" in output and "local process" not in output, output[-4000:]
+    assert nested.returncode == 0, output[-4000:]
+    assert "(Testcontainers)" in output and "(local" not in output, output[-4000:]
     summary = re.search(r"^=*\s*(\d+ passed[^\n]*) in [\d.]+s", output, flags=re.MULTILINE)
     assert summary is not None and not re.search(r"failed|skipped|error", summary.group(1)), output[-2000:]

@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from devstack.containers import container_name
 from devstack.engine import run
 
 
@@ -22,11 +23,17 @@ class Container:
     name: str
 
     @classmethod
-    def start(cls, name: str, image: str, *args: str, env: dict[str, str], options: tuple[str, ...] = ()) -> Container:
-        """`podman run -d` on the host network (servers listen on 127.0.0.1 at the ports they are given)."""
-        flags = [item for key, value in env.items() for item in ("-e", f"{key}={value}")]
-        run("run", "-d", "--name", name, "--network", "host", *options, *flags, image, *args)
-        return cls(name)
+    def named(cls, kind: str) -> Container:
+        """A container to be, named under the session's prefix (tests/containers/conftest.py removes
+        whatever is left under it at the end)."""
+        return cls(container_name(kind))
+
+    def start(self, image: str, *args: str, env: dict[str, str], options: tuple[str, ...] = ()) -> Container:
+        """`podman run -d` on the host network (servers listen on 127.0.0.1 at the ports they are given).
+        `env`'s values reach the container through podman's environment, never its command line."""
+        names = [item for key in env for item in ("-e", key)]
+        run("run", "-d", "--name", self.name, "--network", "host", *options, *names, image, *args, env=env)
+        return self
 
     def inspect(self) -> dict[str, Any]:
         found: list[dict[str, Any]] = json.loads(run("inspect", self.name).stdout)

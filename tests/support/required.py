@@ -19,7 +19,7 @@ SERVER_MARKERS = ("integration", "chaos", "bench")
 ALLOWED_SKIPS: dict[str, str] = {}
 # node id prefix → why its tests may skip; the skip's own reason is printed beside it.
 ALLOWED_PREFIXES: dict[str, str] = {
-    "tests/containers/": "needs a container engine (podman as root, or Docker) and the images of make images",
+    "tests/containers/": "needs podman, as root (make tools installs it where it can)",
 }
 
 

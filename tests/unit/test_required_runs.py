@@ -51,7 +51,7 @@ def test_an_allow_listed_skip_passes_and_prints_its_reason(
     )
     result = _run(pytester, monkeypatch, {"test_a.py": PASSING, ALLOWED: skipping})
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines([f"*allowed skip: {ALLOWED}::test_kafka_and*container engine*here: podman is*"])
+    result.stdout.fnmatch_lines([f"*allowed skip: {ALLOWED}::test_kafka_and*needs podman*here: podman is*"])
 
 
 def test_a_run_without_any_integration_pass_fails(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

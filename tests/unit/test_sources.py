@@ -53,6 +53,10 @@ def test_podman_is_told_to_leave_rlimits_alone_once(tmp_path: Path) -> None:
     conf = tomllib.loads(kept.read_text())
     assert conf["engine"] == {"cgroup_manager": "cgroupfs"}
     assert conf["containers"] == {"log_driver": "k8s-file", "default_ulimits": []}
+    spaced = tmp_path / "spaced.conf"
+    spaced.write_text('[ containers ]  # ours\nlog_driver = "k8s-file"\n')
+    assert configure(spaced) is True
+    assert tomllib.loads(spaced.read_text())["containers"]["default_ulimits"] == []  # one table, still TOML
 
 
 def test_preflight_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
