@@ -39,7 +39,8 @@ def test_an_integration_module_passes_with_its_services_in_containers(engine: st
            if key not in {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"} and not key.startswith("PYTEST_")}  # fmt: skip
     env.update(DOCKER_HOST=engine, MICROBATCH_SERVICES="containers", MICROBATCH_REQUIRE_INTEGRATION="1")
     started = time.monotonic()
-    argv = [sys.executable, "-m", "pytest", REPEATED_MODULE, "-k", "50k or sigkill", "-p", "no:cacheprovider", "-q"]
+    argv = [sys.executable, "-m", "pytest", REPEATED_MODULE, "-k", "50k or sigkill", "-p", "no:cacheprovider",
+            "-q", "--tb=short"]  # fmt: skip
     with subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as nested:
@@ -51,7 +52,8 @@ def test_an_integration_module_passes_with_its_services_in_containers(engine: st
             output, _ = nested.communicate(timeout=120)
             pytest.fail(f"the second pass did not finish in 600 s:\n{output[-3000:]}")
     print(f"second pass of {REPEATED_MODULE} in containers: {time.monotonic() - started:.0f} s")
-    assert nested.returncode == 0, output[-4000:]
+    # Enough of the tail to hold a failed verdict with its timeline (tests/support/timeline.py).
+    assert nested.returncode == 0, output[-12000:]
     assert "(Testcontainers)" in output and "(local" not in output, output[-4000:]
     summary = re.search(r"^=*\s*(\d+ passed[^\n]*) in [\d.]+s", output, flags=re.MULTILINE)
     assert summary is not None and not re.search(r"failed|skipped|error", summary.group(1)), output[-2000:]

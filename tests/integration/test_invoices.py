@@ -18,6 +18,7 @@ from tests.support.consumer_process import MICROBATCH, ConsumerProcess, run_cli
 from tests.support.kafka_io import metrics_port, scrape
 from tests.support.oracle import Verdict, check, read_ledger
 from tests.support.services import KafkaService, wait_until
+from tests.support.timeline import timeline
 
 PARTITIONS = 4
 
@@ -42,11 +43,12 @@ def _rows(database_url: str) -> int:
 
 
 def _verdict(kafka: KafkaService, database_url: str, unique: str, ledgers: list[Path], copies: int = 1) -> Verdict:
-    """The oracle over everything produced (tests/support/oracle.py): rows, summaries, dead letters, positions."""
+    """The oracle over everything produced (tests/support/oracle.py): rows, summaries, dead letters, positions.
+    A failure also prints the consumers' position decisions (their logs sit beside the first ledger)."""
     topic = f"invoices-{unique}"
     found = check(read_ledger(ledgers), database_url, kafka.bootstrap, topic, f"{topic}.dlq", f"group-{unique}",
                   PARTITIONS, dead_letter_copies_allowed=copies)  # fmt: skip
-    assert found.ok, found.details
+    assert found.ok, f"{found.details}\n{timeline(ledgers[0].parent, database_url, kafka.bootstrap, topic, PARTITIONS)}"
     return found
 
 
