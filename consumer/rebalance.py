@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from consumer.flow import FlowControl
 from consumer.handover import Handover
@@ -23,6 +23,13 @@ from pipeline.errors import DatabaseFailure
 from pipeline.offsets import PositionConflict
 
 log = logging.getLogger("microbatch.loop")
+# Where a partition that could not be placed yet is assigned: an absolute offset, never a logical one
+# (END, BEGINNING, STORED). librdkafka resolves a logical offset with an offset lookup, and a lookup
+# that answers after our seek to the stored position is retried 500 ms later from the logical offset:
+# the fetch position then jumps to the end of the log, and the records between were never delivered
+# (librdkafka 2.x, reproduced; it lost 2,400 records in CI before this). The partition stays paused and
+# its records are dropped until it is placed and sought (a fetch refused as out of range places it).
+UNPLACED_OFFSET = 0
 
 
 class Rebalance:
@@ -63,8 +70,8 @@ class Rebalance:
                 start = placement.start if placement is not None and placement.halt is None else None
                 topic_id = placement.topic_id if placement is not None else None
                 self._positions.assign(pid, start, known=start is not None, topic_id=topic_id)
-                # A partition not placed yet starts paused at the end: nothing of it is read until it is.
-                assigned.append(TopicPartition(pid[0], pid[1], start if start is not None else OFFSET_END))
+                # A partition not placed yet starts paused: nothing of it is read until it is placed.
+                assigned.append(TopicPartition(pid[0], pid[1], start if start is not None else UNPLACED_OFFSET))
                 if start is None:
                     waiting.append(TopicPartition(pid[0], pid[1]))
             consumer.incremental_assign(assigned)
@@ -87,11 +94,14 @@ class Rebalance:
                 )
         except Exception:
             log.exception("on_assign failed; the partitions are paused and will be placed again")
-            # Own them, unplaced: step 3 of the loop places them (the binding may have assigned them
-            # from Kafka's committed offsets, which are only advisory; their records are dropped).
-            for tp in partitions:
-                if (tp.topic, tp.partition) not in self._positions:
-                    self._positions.assign((tp.topic, tp.partition), None, known=False)
+            # Own them, unplaced: step 3 of the loop places them. Assigned here at an absolute offset:
+            # left unassigned, the binding would assign them at Kafka's committed offsets (a lookup).
+            for tp in partitions:  # whatever this callback had decided for them
+                self._positions.assign((tp.topic, tp.partition), None, known=False)
+            with contextlib.suppress(Exception):  # fails for partitions assigned before the error: they are
+                consumer.incremental_assign(  # then at their placed or unplaced offset already
+                    [TopicPartition(tp.topic, tp.partition, UNPLACED_OFFSET) for tp in partitions]
+                )
             with contextlib.suppress(Exception):
                 consumer.pause(partitions)
 

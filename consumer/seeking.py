@@ -153,7 +153,9 @@ class Seeker:
     def out_of_range(self, pid: PartitionId, message: str) -> None:
         """The broker refused the fetch position (auto.offset.reset = error): place the partition again."""
         if pid in self._positions:
-            log.warning("%s[%d]: %s; placing it again", pid[0], pid[1], message)
+            # A partition not placed yet fetches from a placeholder (consumer/rebalance.py): not news.
+            level = logging.WARNING if pid in self._positions.known() else logging.DEBUG
+            log.log(level, "%s[%d]: %s; placing it again", pid[0], pid[1], message)
             self.forget([pid])
 
     def seek_unknown(self, *, now: bool = False, halted: bool = False) -> None:
