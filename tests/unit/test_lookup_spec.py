@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
+from pipeline import decode
 from pipeline.decode import Decoder
 from pipeline.lookup_cache import KnownKeys
 from pipeline.lookup_spec import TRIM_CHARACTERS, normaliser
@@ -305,3 +306,19 @@ def test_each_step_list_normalises_as_its_steps_applied_in_order(value: str) -> 
         for step in steps:
             expected = apply[step](expected)
         assert normaliser(steps)(value) == expected  # type: ignore[arg-type]
+
+
+def test_a_repeated_key_is_normalised_once_and_staged_as_one_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode, "NORMALISED_MEMO_SIZE", 2)
+    spec = load_pipeline("vendor-invoices")
+    events = [_event(" ACME ", "Sku-1"), _event("acme", "SKU-1 "), _event(" ACME ", "sku-1"), _event(" \t ", "x"),
+              _event("Beta", "B"), _event("Gamma", "G"), _event(" ACME ", "Sku-1")]  # fmt: skip
+    decoded = Decoder(spec).decode([Record("t", 0, n, None, orjson.dumps(e)) for n, e in enumerate(events)])
+    vendor_at, sku_at = len(spec.fields) + 1, len(spec.fields) + 2  # staged after the fields (and _mb_seq)
+    vendors = [row[vendor_at] for row in decoded.rows]
+    assert vendors == ["acme", "acme", "acme", "beta", "gamma", "acme"]
+    assert [row[sku_at] for row in decoded.rows] == ["sku-1", "sku-1", "sku-1", "b", "g", "sku-1"]
+    assert vendors[0] is vendors[2]  # " ACME " twice: one string object (its hash computed once)
+    assert decoded.row_records == [0, 1, 2, 4, 5, 6]  # the empty key is still refused, memo or not
+    # The memo is bounded: full at 2 values, it starts over (and still answers right).
+    assert vendors[5] == "acme" and vendors[5] is not vendors[0]
