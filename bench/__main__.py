@@ -85,7 +85,8 @@ def _export_dir(export: Path | None, name: str, repetition: int = 1) -> Path | N
 
 
 VARIANTS = (
-    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "microbatch", "microbatch_lookups", "naive", "quixstreams",
+    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "microbatch", "microbatch_lookups", "microbatch_same_items",
+    "naive", "quixstreams",
 )  # fmt: skip
 
 
@@ -101,6 +102,13 @@ def run(
         main = lab.preload("main", mode.events, seed=7)
         # The lookups variant's own dataset: the same size and mix, vendor-invoice events (bench/lookups.py).
         vendor_set = lookups.preload(lab, mode.events, seed=11) if "microbatch_lookups" in wanted else None
+        # Its control: plain invoices with as many distinct items as it has (vendor, sku) pairs, so that
+        # lookups / same items is the cost of the lookups alone (summaries of the same cardinality).
+        same_set = (
+            lab.preload("same-items", mode.events, seed=7, items=lookups.PAIRS)
+            if "microbatch_same_items" in wanted
+            else None
+        )
         naive_set = lab.preload("naive", min(20_000, mode.events), seed=8) if "naive" in wanted else None
         records = ceilings.memory_records(main) if only is None or "pg_ceiling" in wanted else []
         quix_python = quix_script = None
@@ -123,6 +131,10 @@ def run(
             ]
             if vendor_set is not None:  # right after the plain run: lookups / plain is measured side by side
                 steps.append(("microbatch_lookups", lambda _: lookups.run_lookups(lab, vendor_set)))
+            if same_set is not None:
+                steps.append(
+                    ("microbatch_same_items", lambda _: variants.run_microbatch(lab, same_set, {}, label="same-items"))
+                )
             if naive_set is not None:
                 steps.append(
                     (

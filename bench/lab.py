@@ -106,15 +106,16 @@ class Lab:
         bad_ratio: float = 0.001,
         duplicate_ratio: float = 0.005,
         pipeline: str = "invoices",
+        items: int | None = None,
     ) -> Dataset:
-        """Produce `count` events of `pipeline` (invoices by default) to a new topic (acknowledged) and keep
-        their expected totals; with `export`, also a ledger of every acknowledged message
-        (DIR/<name>.ledger.jsonl)."""
+        """Produce `count` events of `pipeline` (invoices by default; `items` distinct items, None: the
+        generator's default) to a new topic (acknowledged) and keep their expected totals; with `export`,
+        also a ledger of every acknowledged message (DIR/<name>.ledger.jsonl)."""
         topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
         ensure_topic(AdminClient({"bootstrap.servers": self.bootstrap}), topic, PARTITIONS)
         expected_file = self.workdir / f"{topic}.expected.json"
         options = workload_options(
-            pipeline, count=count, seed=seed, bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio
+            pipeline, count=count, seed=seed, bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio, items=items
         )
         ledger_file = None
         if self.export is not None:

@@ -20,6 +20,7 @@ from consumer.vendor_workload import VendorWorkloadOptions, item_universe
 
 PIPELINE = "vendor-invoices"
 KNOWN_SHARE = 0.95  # of the pairs the dataset uses, created before the run
+PAIRS = VendorWorkloadOptions.items  # distinct (vendor, sku) pairs: its same-items control has as many items
 
 
 def preload(lab: Lab, count: int, *, seed: int) -> Dataset:

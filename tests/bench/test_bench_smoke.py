@@ -41,13 +41,22 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "latest.json").read_text())
     assert {"machine", "versions", "variants", "ratios", "targets"} <= set(report)
-    for name in ("microbatch", "microbatch_lookups", "pg_ceiling", "kafka_ceiling", "kafka_ceiling_decode", "naive"):
+    for name in (
+        "microbatch",
+        "microbatch_lookups",
+        "microbatch_same_items",
+        "pg_ceiling",
+        "kafka_ceiling",
+        "kafka_ceiling_decode",
+        "naive",
+    ):
         figures = report["variants"][name]
         assert figures["events_per_s"] > 0, (name, figures)
         assert figures["correct"] is True, (name, figures)  # the harness's own verdict: secondary
     lookups = report["variants"]["microbatch_lookups"]  # 95% of its pairs exist before the run, 5% are created
     assert lookups["items_before"] + lookups["pairs_created_in_run"] == lookups["pairs"] > 0, lookups
     assert report["ratios"]["lookups_vs_plain"] > 0
+    assert report["ratios"]["lookups_vs_same_items"] > 0
     microbatch = report["variants"]["microbatch"]
     assert set(microbatch["cpu_us_per_event"]) == {"consumer", "postgres", "broker"}
     assert microbatch["peak_rss_bytes"] > 0
