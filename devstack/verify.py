@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.deadletter import header_dict
 from consumer.messages import normalize_headers
@@ -155,16 +155,38 @@ def _diff(got: dict[str, Any], want: dict[str, Any]) -> str:
     return f"{len(missing)} missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}, {len(changed)} differ {sample}"
 
 
-def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[tuple[str, int], int]:
-    """The next offset to be written in each partition (what a caught-up consumer has stored)."""
+_LEADER_NOT_READY = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+)
+
+
+def high_watermarks(
+    bootstrap: str, topic: str, partitions: int, *, timeout: float = 30.0
+) -> dict[tuple[str, int], int]:
+    """The next offset to be written in each partition (what a caught-up consumer has stored).
+
+    A retriable broker answer (a leader not elected yet, as just after a broker restart or thaw) is
+    asked again until `timeout` seconds have passed; then, or on any other error, KafkaException.
+    """
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "microbatch-watermark-probe"})
     try:
-        return {
-            (topic, p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        }
+        return {(topic, p): _high_watermark(consumer, TopicPartition(topic, p), timeout) for p in range(partitions)}
     finally:
         consumer.close()
+
+
+def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+        except KafkaException as exc:
+            # The binding builds this error without librdkafka's retriable flag, so the codes are named.
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and error.code() in _LEADER_NOT_READY
+            if not transient or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def stored_positions(database_url: str, group: str, table: str = "microbatch_offsets") -> dict[tuple[str, int], int]:
