@@ -83,8 +83,8 @@ def database_error(settings: Settings, error: DatabaseFailure) -> StartupError:
         )
     if error.sqlstate == "42501":
         return StartupError(
-            f"PostgreSQL at {target} refused access: {error}. Grant the consumer's role "
-            "SELECT, INSERT, UPDATE on the pipeline's tables and the offsets table."
+            f"PostgreSQL at {target} refused access: {error}. Grant the consumer's role what it needs: "
+            "`microbatch init-db --grant-to ROLE`, run as the tables' owner."
         )
     return StartupError(f"PostgreSQL at {target} failed: {error} (SQLSTATE {error.sqlstate})")
 

@@ -129,22 +129,19 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
     target = build_target(settings)
     try:
-        created, mismatches = target.init_tables()
+        created, mismatches = target.init_tables(grant_to=args.grant_to)
     except DatabaseFailure as error:
         raise database_error(settings, error) from None
     finally:
         target.close()
     for table in created:
         print(f"created table {target.spec.schema_name}.{table}")
-    for note in target.upgrades:
-        print(note)
+    for line in (*target.upgrades, *target.granted):
+        print(line)
     if mismatches:
         for mismatch in mismatches:
             print(f"mismatch: {mismatch}", file=sys.stderr)
-        print(
-            "existing tables differ from the pipeline; nothing was altered or dropped",
-            file=sys.stderr,
-        )
+        print("existing tables differ from the pipeline; nothing was altered or dropped", file=sys.stderr)
         return 1
     print(f"schema ready for pipeline {target.spec.name!r} ({len(created)} table(s) created)")
     return 0
@@ -310,15 +307,15 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--config", type=Path, help=CONFIG_HELP)
     root.add_argument("--version", action="version", version=f"microbatch {__version__}")
-    config = _config_parent()
+    config, pipelined = _config_parent(), argparse.ArgumentParser(add_help=False)
+    pipelined.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     commands = root.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", parents=[config], help="consume until SIGTERM/SIGINT")
-    run.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
+    run = commands.add_parser("run", parents=[config, pipelined], help="consume until SIGTERM/SIGINT")
     run.set_defaults(handler=cmd_run)
 
-    init = commands.add_parser("init-db", parents=[config], help="create the pipeline's tables (idempotent)")
-    init.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
+    init = commands.add_parser("init-db", parents=[config, pipelined], help="create the pipeline's tables (idempotent)")
+    init.add_argument("--grant-to", metavar="ROLE", help="also GRANT this role what the consumer needs, nothing more")
     init.set_defaults(handler=cmd_init_db)
 
     produce = commands.add_parser("produce", parents=[config], help="produce seeded events for an example pipeline")
@@ -352,23 +349,24 @@ def parser() -> argparse.ArgumentParser:
         dest="positions_command", required=True
     )
     reset = positions.add_parser(
-        "reset", parents=[config], help="move stored positions (audited; safe while consumers run)"
+        "reset", parents=[config, pipelined], help="move stored positions (audited; safe while consumers run)"
     )
     reset.add_argument("--topic", required=True, help="the topic whose stored positions to move")
     reset.add_argument("--partition", type=int, help="only this partition (default: all of the topic's)")
     reset.add_argument("--to", required=True, help="earliest, latest, an offset, or an RFC 3339 timestamp")
     reset.add_argument("--dry-run", action="store_true", help="print what would move, write nothing")
-    reset.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     reset.set_defaults(handler=cmd_positions_reset)
 
-    status = commands.add_parser("status", parents=[config], help="positions, lag and dead letters per partition")
+    status = commands.add_parser(
+        "status", parents=[config, pipelined], help="positions, lag and dead letters per partition"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     status.set_defaults(handler=cmd_status)
 
-    check = commands.add_parser("check-config", parents=[config], help="validate configuration and connectivity")
+    check = commands.add_parser(
+        "check-config", parents=[config, pipelined], help="validate configuration and connectivity"
+    )
     check.add_argument("file", nargs="?", type=Path, help="config file (TOML); default: --config or none")
-    check.add_argument("--pipeline", help="pipeline TOML file or built-in name (default: invoices)")
     check.set_defaults(handler=cmd_check_config)
     return root
 

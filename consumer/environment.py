@@ -9,11 +9,14 @@ ENV_PREFIX = "MICROBATCH_"
 CONFIG_ENV = "MICROBATCH_CONFIG"  # names the config file when --config is absent
 # The two connection settings are also read from their conventional plain names.
 PLAIN_ENV = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "database_url": "DATABASE_URL"}
-# Environment variables with our prefix that are not settings of the consumer: the config file, fault
+# The credentials can also come from files (a mounted Secret): setting → the variable naming its file.
+SECRET_FILE_ENV = {"database_url": "MICROBATCH_DATABASE_URL_FILE", "kafka_config": "MICROBATCH_KAFKA_CONFIG_FILE"}
+# Environment variables with our prefix that are not settings of the consumer: the config file, secret files, fault
 # injection, the dev stack's cache and service choice, and what `make test`, `make chaos`, `make fuzz` set.
 KNOWN_NON_SETTINGS = frozenset({
     CONFIG_ENV, "MICROBATCH_FAILPOINTS", "MICROBATCH_CACHE", "MICROBATCH_NO_DOCKER",
     "MICROBATCH_REQUIRE_INTEGRATION", "MICROBATCH_CHAOS", "MICROBATCH_CHAOS_REPORT_DIR", "MICROBATCH_FUZZ",
+    *SECRET_FILE_ENV.values(),
 })  # fmt: skip
 # Kubernetes service links: for each Service of the namespace it injects <NAME>_SERVICE_HOST,
 # <NAME>_SERVICE_PORT*, <NAME>_PORT=tcp://… and <NAME>_PORT_<n>_TCP*; a Service named "microbatch…"

@@ -1,10 +1,11 @@
-"""Every setting of the consumer, from (highest first) the environment, a TOML config file, defaults.
+"""Every setting of the consumer, from (highest first) secret files, the environment, a TOML config file,
+defaults.
 
 The environment is read by explicit names only: `MICROBATCH_<NAME>` for every setting, plus the plain
-`KAFKA_BOOTSTRAP_SERVERS` and `DATABASE_URL`. A bare `LOG_LEVEL` or a Kubernetes service link such as
-`METRICS_PORT=tcp://10.0.0.1:9108` is not ours and is ignored. The config file (`--config`, else
-`MICROBATCH_CONFIG`) uses the plain setting names. The README's configuration reference is generated
-from this model (`make docs`), so the description of a field is its documentation.
+`KAFKA_BOOTSTRAP_SERVERS` and `DATABASE_URL`, and the credentials' files (consumer.secret_files). A bare
+`LOG_LEVEL` or a Kubernetes service link such as `METRICS_PORT=tcp://10.0.0.1:9108` is not ours and is
+ignored. The config file (`--config`, else `MICROBATCH_CONFIG`) uses the plain setting names. The README's
+configuration reference is generated from this model (`make docs`), so a field's description is its doc.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from consumer.environment import (
     is_service_link,
     is_service_link_value,
 )
+from consumer.secret_files import read_secret_files
 from consumer.window import LIMITS
 
 # A connect attempt and a round trip on top of the longest single wait of one flush step: the liveness
@@ -269,6 +271,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         config_file = Path(os.environ[CONFIG_ENV])
     values = _read_config_file(config_file) if config_file is not None else {}
     from_env = _read_environment(environ, values)
+    read_secret_files(os.environ, values, from_env, lambda problem: ConfigError(f"invalid configuration:\n  {problem}"))
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:

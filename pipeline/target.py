@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from pipeline import own_tables
+from pipeline import grants, own_tables
 from pipeline.database import Database, SessionSettings
 from pipeline.decode import DecodedBatch
 from pipeline.errors import DatabaseFailure
@@ -51,6 +51,7 @@ class Target:
         self.database = Database(database_url, session, setup=[self.plan.create_staging])
         self.offsets = OffsetsTable(spec.schema_name, offsets_table, self.group)
         self.upgrades: list[str] = []  # what the last init_tables() changed in microbatch's own tables
+        self.granted: list[str] = []  # the GRANT statements the last init_tables() ran
         self.writer = BatchWriter(
             self.database,
             self.plan,
@@ -97,8 +98,11 @@ class Target:
         older schema version (empty: ready to run)."""
 
         def check(conn: psycopg.Connection[Any]) -> list[Mismatch]:
+            lacking = grants.missing_privileges(conn, self.plan)
+            if lacking and lacking[0].what == "schema":
+                return lacking  # nothing in the schema can be seen without USAGE on it
             outdated = own_tables.check(conn, self.plan.schema, self.plan.offsets_table)
-            found = verify(conn, self.plan)
+            found = verify(conn, self.plan) + lacking
             if not outdated:
                 return found
             # What the upgrade changes in the offsets table (its new columns) is init-db's to mend too.
@@ -109,15 +113,22 @@ class Target:
 
         return self._guard(check)
 
-    def init_tables(self) -> tuple[list[str], list[Mismatch]]:
+    def init_tables(self, grant_to: str | None = None) -> tuple[list[str], list[Mismatch]]:
         """Create missing tables and upgrade microbatch's own in place, verify the rest; never alters or
-        drops a pipeline's tables. Returns (the tables created, mismatches); what the upgrade of
-        microbatch's own tables changed is in `upgrades`."""
+        drops a pipeline's tables. With `grant_to`, also GRANT that role what the consumer needs
+        (pipeline.grants), in the same transaction: a consumer never sees the tables without its
+        privileges. Returns (the tables created, mismatches, including what `grant_to` still lacks); what
+        the upgrade of microbatch's own tables changed is in `upgrades`, the GRANTs run in `granted`.
+        DatabaseFailure, e.g. when the role does not exist."""
 
         def init(conn: psycopg.Connection[Any]) -> tuple[list[str], list[Mismatch]]:
             with conn.transaction():
                 self.upgrades = own_tables.migrate(conn, self.plan.schema, self.plan.offsets_table)
-                return init_db(conn, self.plan)
+                created, mismatches = init_db(conn, self.plan)
+                if grant_to is not None:
+                    self.granted = grants.grant(conn, self.plan, grant_to)
+                    mismatches += grants.missing_privileges(conn, self.plan, grant_to)
+                return created, mismatches
 
         return self._guard(init)
 

@@ -122,7 +122,7 @@ def test_missing_privileges_are_named_with_the_grant_to_run(
         result = run_cli(env, "run", "--pipeline", str(invoice_pipeline))
         assert result.returncode == 2
         assert_clear(
-            result.stdout, result.stderr, "lacks INSERT, UPDATE", "GRANT SELECT, INSERT, UPDATE ON public.transactions"
+            result.stdout, result.stderr, "lacks INSERT, UPDATE", "GRANT INSERT, UPDATE ON TABLE public.transactions"
         )
         check = run_cli(env, "check-config", "--pipeline", str(invoice_pipeline))
         assert check.returncode == 2

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.runtime_role import as_owner
+
 MICROBATCH = Path(sys.executable).with_name("microbatch")
 # The consumer's last words on a clean shutdown (consumer/runner.py).
 FINAL_COUNTS = re.compile(r"shut down cleanly: (\d+) flushes, (\d+) rows written, (\d+) duplicates skipped")
@@ -82,7 +84,9 @@ class ConsumerProcess:
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-    """Run a short `microbatch` command and capture its output; a Python warning in it fails the test."""
+    """Run a short `microbatch` command and capture its output; a Python warning in it fails the test.
+    `init-db` of `service_env` runs as the owner and grants the runtime role (tests.support.runtime_role)."""
+    env, args = as_owner(env, args)
     result = subprocess.run(
         [str(MICROBATCH), *args],
         env=env,

@@ -21,6 +21,7 @@ from devstack.kafka_server import KafkaServer, start_kafka
 from devstack.postgres_server import PostgresServer
 from pipeline.spec_loader import builtin_dir
 from tests.support.consumer_process import ConsumerProcess
+from tests.support.runtime_role import OWNER_ENV, RUNTIME_ENV, ensure_runtime_role, runtime_url
 from tests.support.services import (
     KafkaService,
     PostgresService,
@@ -40,6 +41,7 @@ def kafka() -> Iterator[KafkaService]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresService]:
     with postgres_service() as service:
+        ensure_runtime_role(service.url)
         yield service
 
 
@@ -82,12 +84,15 @@ def invoice_pipeline(tmp_path: Path, unique: str) -> Path:
 
 
 @pytest.fixture
-def service_env(kafka: KafkaService, database_url: str) -> dict[str, str]:
+def service_env(kafka: KafkaService, postgres: PostgresService, database_url: str) -> dict[str, str]:
     """Environment for `microbatch` subprocesses pointing at this test's services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROBATCH_")}
+    runtime = runtime_url(database_url, postgres.ca)
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
-        DATABASE_URL=database_url,
+        # The consumer runs as the least-privilege runtime role; `init-db` as the owner (runtime_role.as_owner).
+        DATABASE_URL=runtime,
+        **{OWNER_ENV: database_url, RUNTIME_ENV: runtime},
         MICROBATCH_LOG_LEVEL="INFO",
         # Several consumers may run at once: each picks a free port and logs it.
         MICROBATCH_METRICS_PORT="0",

@@ -32,6 +32,11 @@ class PostgresService:
     source: Source
     server: PostgresServer | None = None
 
+    @property
+    def ca(self) -> Path | None:
+        """The test CA that signed the server's certificate (None: the server has no TLS of ours)."""
+        return None
+
 
 def _scratch(prefix: str) -> Path:
     # Under /tmp (mode 1777) so the postgres user can reach it; pytest's own tmp dirs are 0700.

@@ -17,7 +17,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from consumer.environment import env_names
+from consumer.environment import SECRET_FILE_ENV, env_names
 from consumer.settings import Settings, load_settings
 from devstack.kubernetes import (
     ALERTS,
@@ -155,21 +155,26 @@ def test_resources_come_from_the_benchmark_of_record(pod: dict[str, Any]) -> Non
     assert memory(limits["memory"]) >= 2 * peak_rss
 
 
-def test_the_database_url_comes_from_a_secret_that_is_not_committed(
+def test_the_credentials_come_from_mounted_secrets_that_are_not_committed(
     objects: list[dict[str, Any]], pod: dict[str, Any]
 ) -> None:
     (container,) = pod["containers"]
-    (database,) = [e for e in container["env"] if e["name"] == "DATABASE_URL"]
-    assert set(database) == {"name", "valueFrom"} and "secretKeyRef" in database["valueFrom"]
+    files = {e["name"]: e["value"] for e in container["env"]}
+    assert set(files) == set(SECRET_FILE_ENV.values()), "credentials as files, never as plain variables"
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert set(secrets.values()) == {"microbatch-database", "microbatch-kafka"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"] if m["name"] in secrets}
+    assert sorted(str(Path(path).parent) for path in files.values()) == sorted(mounts.values())
+    assert all(m.get("readOnly") for m in container["volumeMounts"] if m["name"] in secrets)
     assert not any(o["kind"] == "Secret" for o in objects)
-    assert "DATABASE_URL" not in settings_env(objects)
+    assert not {"DATABASE_URL", *SECRET_FILE_ENV.values()} & set(settings_env(objects))
 
 
 def test_the_consumer_reads_exactly_this_environment(objects: list[dict[str, Any]], pod: dict[str, Any],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     env = settings_env(objects)
     names = [*env, *(e["name"] for e in pod["containers"][0]["env"])]
-    readable = {var for name in Settings.model_fields for var in env_names(name)}
+    readable = {var for name in Settings.model_fields for var in env_names(name)} | set(SECRET_FILE_ENV.values())
     assert [name for name in names if name not in readable] == []
     for key in list(os.environ):
         if key.startswith("MICROBATCH_") or key in readable:
@@ -177,6 +182,8 @@ def test_the_consumer_reads_exactly_this_environment(objects: list[dict[str, Any
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("DATABASE_URL", "postgresql://microbatch@db:5432/microbatch")
+    for name in SECRET_FILE_ENV.values():
+        monkeypatch.delenv(name, raising=False)
     settings = load_settings()
     assert settings.pipeline == "/etc/microbatch/pipeline.toml" and settings.metrics_port == 9108
 
