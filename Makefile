@@ -86,8 +86,9 @@ up: setup ## Start local Kafka + PostgreSQL in the background; writes .devstack/
 down: ## Stop what `make up` started and delete its data
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else rm -rf .devstack; fi
 
-tools: ## Install Prometheus, docker-compose v1, podman and debootstrap from Debian's packages; configure podman
+tools: ## Install Prometheus, docker-compose v1, podman, debootstrap and openssl (the test PKI) from Debian's packages; configure podman
 	@missing=""; command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v podman >/dev/null || missing="$$missing podman"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \

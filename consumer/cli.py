@@ -28,7 +28,7 @@ from consumer.generators import NoGenerator, workload_options
 from consumer.health import Health, HealthServer
 from consumer.kafka_config import check_passthrough, consumer_config, producer_config
 from consumer.logs import setup_logging
-from consumer.loop import EXIT_OK, RunLoop
+from consumer.loop import EXIT_OK, KafkaRefused, RunLoop
 from consumer.metrics import REASONS, Metrics
 from consumer.operations import check_config, collect_status
 from consumer.position_reset import reset_command
@@ -371,7 +371,9 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, PipelineFileError, StartupError, ProduceError, NoGenerator)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, PipelineFileError, StartupError, ProduceError, NoGenerator, KafkaRefused,
+)  # fmt: skip
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

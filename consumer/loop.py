@@ -52,6 +52,13 @@ POLL_INTERVAL_S = 0.1
 CLOSE_BUDGET_S = 3.0
 # The broker refused a fetch position (auto.offset.reset = error): the partition is placed again.
 OUT_OF_RANGE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
+# A missing ACL: no retry mends it, and warning about it at every poll would hide it. The loop ends (what
+# is buffered was never stored, so it is read again) and the command exits 2 with one line.
+NOT_AUTHORIZED = frozenset({KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED})
+
+
+class KafkaRefused(Exception):
+    """The broker refused the consumer's principal (a missing ACL); str() says what to grant."""
 
 
 @dataclass
@@ -167,6 +174,12 @@ class RunLoop:
                 records.append(to_record(message))
             elif error.fatal():
                 raise KafkaException(error)
+            elif error.code() in NOT_AUTHORIZED:
+                where = f" for topic {message.topic()}" if message.topic() else ""
+                raise KafkaRefused(
+                    f"Kafka refused the consumer ({error.str()}{where}): grant its principal READ on the topics "
+                    f"{', '.join(self.options.topics)} and on its group"
+                )
             elif error.code() in OUT_OF_RANGE and message.topic() is not None:
                 refused[(message.topic() or "", message.partition() or 0)] = error.str()
             else:

@@ -111,7 +111,9 @@ def produce_workload(
     generated)` is called for every acknowledged message with the generator's record of it.
     """
     bootstrap = str(producer_config["bootstrap.servers"])
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # The producer's own address and credentials (security.*, sasl.*, ssl.*), not its tuning.
+    admin = AdminClient({k: v for k, v in producer_config.items()
+                         if k == "bootstrap.servers" or k.startswith(("security.", "sasl.", "ssl."))})  # fmt: skip
     try:
         ensure_topic(admin, topic, partitions)
     except KafkaException as exc:

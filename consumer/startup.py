@@ -127,6 +127,11 @@ def _create(admin: AdminClient, topic: str) -> None:
         error: KafkaError = exc.args[0]
         if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return
+        if error.code() in {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}:
+            raise StartupError(
+                f"the dead-letter topic {topic} does not exist and Kafka does not allow the consumer to create it "
+                f"({error.str()}): create it beforehand, or grant the consumer's principal CREATE on it"
+            ) from None
         if error.code() in CREATE_REFUSALS:
             raise StartupError(
                 f"cannot create the dead-letter topic {topic} ({error.str()}): create it yourself, with the "

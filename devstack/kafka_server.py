@@ -2,6 +2,11 @@
 
 The jars come from Maven Central through `devstack/kafka/pom.xml` and are cached under
 `$MICROBATCH_CACHE` (default `~/.cache/microbatch`), so only the first start on a machine downloads.
+
+With a `KafkaSecurity` the broker also listens on SASL_SSL (SCRAM-SHA-512, the PKI's certificate) and,
+by default, authorizes with the StandardAuthorizer: the PLAINTEXT and CONTROLLER listeners stay
+unauthenticated (principal User:ANONYMOUS, a super user, for test set-up and the broker itself), the
+SCRAM users get only what ACLs grant (devstack/kafka_acls.py).
 """
 
 from __future__ import annotations
@@ -9,9 +14,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,7 @@ from devstack.process import (
     terminate,
     wait_for,
 )
+from devstack.tls import TestPki
 
 KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("kafka") / "pom.xml"
@@ -105,9 +113,31 @@ def _silent_logger() -> object:
     return logger
 
 
+# SCRAM names and passwords go into a StorageTool argument `[name=...,password=...]`: keep to safe characters.
+_SCRAM_SAFE = re.compile(r"[A-Za-z0-9._~@+-]+")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """What `start_kafka` adds for a secured broker.
+
+    `pki`: the server certificate for the SASL_SSL listener (keystore) and the truststore.
+    `users`: SCRAM-SHA-512 username -> password, created when the storage is formatted; names and
+    passwords are limited to letters, digits and `._~@+-`. `authorizer`: run the StandardAuthorizer with
+    `allow.everyone.if.no.acl.found=false` and `super.users=User:ANONYMOUS` (the PLAINTEXT/CONTROLLER side).
+    """
+
+    pki: TestPki
+    users: Mapping[str, str]
+    authorizer: bool = True
+
+
 @dataclass
 class KafkaServer:
-    """A broker process started by `start_kafka`. `bootstrap` is what clients connect to."""
+    """A broker process started by `start_kafka`. `bootstrap` is what clients connect to.
+
+    `sasl_bootstrap` is the SASL_SSL listener's address when started with `security`, else None.
+    """
 
     workdir: Path
     port: int
@@ -115,10 +145,16 @@ class KafkaServer:
     pid: int
     startup_seconds: float
     process: subprocess.Popen[bytes] | None = None
+    sasl_port: int | None = None
+    security: KafkaSecurity | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        return None if self.sasl_port is None else f"127.0.0.1:{self.sasl_port}"
 
     @property
     def log(self) -> Path:
@@ -144,9 +180,9 @@ class KafkaServer:
             self.process.wait(timeout=10)
 
     def restart(self, *, hard: bool = False) -> None:
-        """Stop and start the same broker (same ports and data) and wait until it is ready again."""
+        """Stop and start the same broker (same ports, data, SCRAM users, ACLs) and wait until it is ready again."""
         self.stop(hard=hard)
-        fresh = _launch(self.workdir, self.port, self.controller_port)
+        fresh = _launch(self.workdir, self.port, self.controller_port, sasl_port=self.sasl_port)
         self.pid, self.process, self.startup_seconds = (
             fresh.pid,
             fresh.process,
@@ -164,7 +200,8 @@ def _java() -> str:
     return java
 
 
-def _properties(workdir: Path, port: int, controller_port: int) -> str:
+def _properties(workdir: Path, port: int, controller_port: int, sasl: tuple[int, KafkaSecurity] | None) -> str:
+    """server.properties; `sasl` = (SASL_SSL port, security) adds the secured listener (module docstring)."""
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -185,20 +222,74 @@ def _properties(workdir: Path, port: int, controller_port: int) -> str:
         "group.initial.rebalance.delay.ms": "0",
         "log.cleaner.dedupe.buffer.size": "33554432",
     }
+    if sasl is not None:
+        sasl_port, security = sasl
+        settings["listeners"] += f",SASL_SSL://127.0.0.1:{sasl_port}"
+        settings["advertised.listeners"] += f",SASL_SSL://127.0.0.1:{sasl_port}"
+        settings["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+        settings.update(_security_properties(security))
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-def start_kafka(workdir: Path, *, port: int | None = None, timeout: float = STARTUP_TIMEOUT_S) -> KafkaServer:
+def _security_properties(security: KafkaSecurity) -> dict[str, str]:
+    pki = security.pki
+    settings = {
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(pki.keystore),
+        "ssl.keystore.password": pki.store_password,
+        "ssl.key.password": pki.store_password,
+        "ssl.truststore.type": "PKCS12",
+        "ssl.truststore.location": str(pki.truststore),
+        "ssl.truststore.password": pki.store_password,
+        "ssl.client.auth": "none",
+    }
+    if security.authorizer:
+        settings |= {
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+    return settings
+
+
+def _scram_arguments(users: Mapping[str, str]) -> list[str]:
+    """`--add-scram SCRAM-SHA-512=[name=...,password=...]` per user (Kafka 4.1 `kafka-storage format`)."""
+    arguments = []
+    for name, password in users.items():
+        if not (_SCRAM_SAFE.fullmatch(name) and _SCRAM_SAFE.fullmatch(password)):
+            raise DevstackError(
+                f"SCRAM user {name!r}: names and passwords may only use letters, digits and ._~@+- "
+                "(they are passed to kafka-storage format --add-scram)"
+            )
+        arguments += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+    return arguments
+
+
+def start_kafka(
+    workdir: Path,
+    *,
+    port: int | None = None,
+    timeout: float = STARTUP_TIMEOUT_S,
+    security: KafkaSecurity | None = None,
+) -> KafkaServer:
     """Format a fresh KRaft log directory under `workdir` and start a broker on free ports.
 
     Blocks until the broker answers at protocol level; raises DevstackError (with the log's tail)
-    when it does not within `timeout` seconds.
+    when it does not within `timeout` seconds. With `security`, also a SASL_SSL listener on another
+    free port (`KafkaServer.sasl_bootstrap`), its SCRAM users and, unless disabled, the authorizer.
     """
+    scram = _scram_arguments(security.users) if security is not None else []  # checked before anything is made
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     controller_port = free_port()
-    (workdir / "server.properties").write_text(_properties(workdir, port, controller_port))
+    sasl = (free_port(), security) if security is not None else None
+    sasl_port = sasl[0] if sasl is not None else None
+    (workdir / "server.properties").write_text(_properties(workdir, port, controller_port, sasl))
     (workdir / "log4j2.properties").write_text(_LOG4J2)
     lib = kafka_libdir()
     fmt = subprocess.run(
@@ -213,6 +304,7 @@ def start_kafka(workdir: Path, *, port: int | None = None, timeout: float = STAR
             "-c",
             str(workdir / "server.properties"),
             "--standalone",
+            *scram,
         ],
         capture_output=True,
         text=True,
@@ -221,7 +313,7 @@ def start_kafka(workdir: Path, *, port: int | None = None, timeout: float = STAR
     )
     if fmt.returncode != 0:
         raise DevstackError(f"kafka storage format failed: {fmt.stderr.strip() or fmt.stdout.strip()}")
-    return _launch(workdir, port, controller_port, timeout=timeout)
+    return _launch(workdir, port, controller_port, timeout=timeout, sasl_port=sasl_port, security=security)
 
 
 def _cluster_id() -> str:
@@ -231,7 +323,23 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _launch(workdir: Path, port: int, controller_port: int, *, timeout: float = STARTUP_TIMEOUT_S) -> KafkaServer:
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _launch(
+    workdir: Path,
+    port: int,
+    controller_port: int,
+    *,
+    timeout: float = STARTUP_TIMEOUT_S,
+    sasl_port: int | None = None,
+    security: KafkaSecurity | None = None,
+) -> KafkaServer:
     lib = kafka_libdir()
     argv = [
         _java(), "-Xms256m", "-Xmx768m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
@@ -242,10 +350,10 @@ def _launch(workdir: Path, port: int, controller_port: int, *, timeout: float = 
     ]  # fmt: skip
     started = time.monotonic()
     process = start_detached(argv, log=workdir / "kafka.log")
-    server = KafkaServer(workdir, port, controller_port, process.pid, 0.0, process)
+    server = KafkaServer(workdir, port, controller_port, process.pid, 0.0, process, sasl_port, security)
     try:
         wait_for(
-            lambda: broker_ready(server.bootstrap),
+            lambda: broker_ready(server.bootstrap) and (sasl_port is None or _listening(sasl_port)),
             timeout=timeout,
             what=f"Kafka broker on {server.bootstrap}",
             interval=0.5,

@@ -2,6 +2,10 @@
 
 `initdb` refuses to run as root, so when we are root the server runs as the `postgres` user in a
 directory that user owns. Authentication is `trust` on 127.0.0.1 only: this is a test server.
+
+With `tls` (a devstack.tls.TestPki) the server also speaks TLS, and members of the NOLOGIN role
+`microbatch_password_login` must come over TLS with a SCRAM password (pg_hba `hostssl ... scram-sha-256`;
+`hostnossl ... reject`); every other role, the `postgres` superuser included, is trusted as without tls.
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
 
 from devstack import DevstackError
 from devstack.process import free_port, wait_for
+from devstack.tls import TestPki
 
 PG_MAJOR = "15"
 DATABASE = "microbatch"
+# With tls: members of this role must log in over TLS with a password (see the module docstring).
+TLS_LOGIN_ROLE = "microbatch_password_login"
 
 
 def pg_bindir() -> Path:
@@ -65,10 +73,14 @@ def _chown_to_server_user(path: Path) -> None:
 
 @dataclass
 class PostgresServer:
-    """A running cluster started by `start_postgres`; `url` is a libpq URL for the test database."""
+    """A running cluster started by `start_postgres`; `url` is a libpq URL for the test database.
+
+    `tls` is the PKI the server was started with (None: no TLS, as before).
+    """
 
     workdir: Path
     port: int
+    tls: TestPki | None = None
 
     @property
     def datadir(self) -> Path:
@@ -108,6 +120,26 @@ class PostgresServer:
         self.stop(mode)
         self.start()
 
+    def tls_url(
+        self,
+        user: str,
+        password: str,
+        database: str = DATABASE,
+        *,
+        sslmode: str = "verify-full",
+        root_cert: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> str:
+        """A libpq URL logging `user` in with `password` over TCP with `sslmode` (user, password and
+        database percent-encoded). `sslrootcert` is `root_cert`, by default the server's own CA;
+        raises DevstackError when neither exists (the server was started without tls)."""
+        root = root_cert or (self.tls.ca_cert if self.tls is not None else None)
+        if root is None:
+            raise DevstackError("tls_url needs root_cert: this PostgreSQL server was started without tls")
+        query = urlencode({"sslmode": sslmode, "sslrootcert": str(root)}, quote_via=quote)
+        credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+        return f"postgresql://{credentials}@{host}:{self.port}/{quote(database, safe='')}?{query}"
+
     @property
     def admin_url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
@@ -126,18 +158,43 @@ class PostgresServer:
         return str(row[0]) if row else "unknown"
 
 
-def start_postgres(workdir: Path, *, port: int | None = None, durable: bool = False) -> PostgresServer:
+def _configure_tls(server: PostgresServer, tls: TestPki) -> list[str]:
+    """Copy the server's certificate and key into the data directory (owned by the server user, the key
+    0600 as PostgreSQL demands), put the password-login rules first in pg_hba.conf; return the settings."""
+    copies = []
+    for source, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key")):
+        target = server.datadir / name
+        shutil.copyfile(source, target)
+        target.chmod(0o600 if name == "server.key" else 0o644)
+        _chown_to_server_user(target)
+        copies.append(target)
+    hba = server.datadir / "pg_hba.conf"
+    rules = (
+        f"# devstack (tls): members of {TLS_LOGIN_ROLE} need TLS and a password; these come first\n"
+        f"hostssl   all  +{TLS_LOGIN_ROLE}  127.0.0.1/32  scram-sha-256\n"
+        f"hostnossl all  +{TLS_LOGIN_ROLE}  127.0.0.1/32  reject\n"
+    )
+    hba.write_text(rules + hba.read_text())
+    cert, key = copies
+    return ["ssl = on", f"ssl_cert_file = '{cert}'", f"ssl_key_file = '{key}'"]
+
+
+def start_postgres(
+    workdir: Path, *, port: int | None = None, durable: bool = False, tls: TestPki | None = None
+) -> PostgresServer:
     """initdb a new cluster under `workdir`, start it on a free port and create the test database.
 
     `durable=False` turns off fsync and synchronous commit: fine for tests, never for benchmarks of
-    record (those pass durable=True and keep PostgreSQL's defaults).
+    record (those pass durable=True and keep PostgreSQL's defaults). `tls` turns on TLS with that PKI's
+    server certificate and creates the NOLOGIN role `microbatch_password_login`, whose members may only
+    log in over TLS with a password (module docstring); without it nothing changes.
     """
     bindir = pg_bindir()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     _check_reachable(workdir)
     _chown_to_server_user(workdir)
-    server = PostgresServer(workdir, port or free_port())
+    server = PostgresServer(workdir, port or free_port(), tls)
     (workdir / "run").mkdir(exist_ok=True)
     _chown_to_server_user(workdir / "run")
     init = subprocess.run(
@@ -170,12 +227,16 @@ def start_postgres(workdir: Path, *, port: int | None = None, durable: bool = Fa
     ]
     if not durable:
         settings += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+    if tls is not None:
+        settings += _configure_tls(server, tls)
     with (server.datadir / "postgresql.conf").open("a") as conf:
         conf.write("\n# devstack\n" + "\n".join(settings) + "\n")
     try:
         server.start()
         with psycopg.connect(server.admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+            if tls is not None:
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(TLS_LOGIN_ROLE)))
     except (DevstackError, psycopg.Error):
         server.stop("immediate")
         raise

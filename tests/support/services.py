@@ -15,6 +15,7 @@ from devstack.containers import docker_available, start_kafka_container, start_p
 from devstack.kafka_server import KafkaServer, start_kafka
 from devstack.postgres_server import PostgresServer, start_postgres
 from devstack.sources import DATABASE_ENV, KAFKA_ENV, Source, choose_source
+from devstack.tls import make_test_pki
 
 SERVICE_LOG: list[str] = []
 
@@ -35,7 +36,7 @@ class PostgresService:
     @property
     def ca(self) -> Path | None:
         """The test CA that signed the server's certificate (None: the server has no TLS of ours)."""
-        return None
+        return self.server.tls.ca_cert if self.server is not None and self.server.tls is not None else None
 
 
 def _scratch(prefix: str) -> Path:
@@ -88,17 +89,23 @@ def postgres_service() -> Iterator[PostgresService]:
         finally:
             stop()
         return
-    server, workdir = start_local_postgres()
-    SERVICE_LOG.append(f"PostgreSQL: {server.version()} on port {server.port} (local process, data {workdir})")
+    server, workdir = start_local_postgres(tls=True)
+    SERVICE_LOG.append(
+        f"PostgreSQL: {server.version()} on port {server.port} (local process, data {workdir}; TLS with the test "
+        "CA: the consumers connect with sslmode=verify-full)"
+    )
     try:
         yield PostgresService(server.url, source, server)
     finally:
         stop_local_postgres(server, workdir)
 
 
-def start_local_postgres(*, durable: bool = False) -> tuple[PostgresServer, Path]:
+def start_local_postgres(*, durable: bool = False, tls: bool = False) -> tuple[PostgresServer, Path]:
+    """A local cluster; with `tls`, a certificate from a test CA made for it (PostgresServer.tls)."""
     workdir = _scratch("microbatch-pg-")
-    return start_postgres(workdir, durable=durable), workdir
+    workdir.chmod(0o755)  # the server (the postgres user) reads its certificate from here
+    pki = make_test_pki(workdir / "pki") if tls else None
+    return start_postgres(workdir / "cluster" if tls else workdir, durable=durable, tls=pki), workdir
 
 
 def stop_local_postgres(server: PostgresServer, workdir: Path) -> None:
