@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import ceilings, lookups, variants
+from bench import ceilings, lookups, secure, variants
 from bench.lab import Dataset, Lab
 from bench.measure import machine
 from bench.report import versions, write_report
@@ -85,8 +85,8 @@ def _export_dir(export: Path | None, name: str, repetition: int = 1) -> Path | N
 
 
 VARIANTS = (
-    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "microbatch", "microbatch_lookups", "microbatch_same_items",
-    "naive", "quixstreams",
+    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "microbatch", "microbatch_secure", "microbatch_lookups",
+    "microbatch_same_items", "naive", "quixstreams",
 )  # fmt: skip
 
 
@@ -128,6 +128,8 @@ def run(
                 ("kafka_ceiling_decode", lambda _: ceilings.kafka_ceiling(lab, main, decode=True)),
                 ("pg_ceiling", lambda where: ceilings.pg_ceiling(lab, main, records, export=where)),
                 ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
+                # Right after the plain run, on its dataset: secure / plain is the cost of TLS, SASL and ACLs.
+                ("microbatch_secure", lambda where: secure.run_secure(lab, main, export=where)),
             ]
             if vendor_set is not None:  # right after the plain run: lookups / plain is measured side by side
                 steps.append(("microbatch_lookups", lambda _: lookups.run_lookups(lab, vendor_set)))

@@ -19,12 +19,14 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from rich.console import Console
 
+from bench import secure
 from bench.export import ledger_path
 from consumer.generators import workload_options
 from consumer.produce import Ledger, ensure_topic, produce_workload
 from consumer.workload import WorkloadOptions
-from devstack.kafka_server import KafkaServer, start_kafka
+from devstack.kafka_server import KafkaSecurity, KafkaServer, start_kafka
 from devstack.postgres_server import PostgresServer, start_postgres
+from devstack.tls import make_test_pki
 from devstack.verify import high_watermarks
 from pipeline.spec_loader import builtin_dir
 
@@ -56,13 +58,18 @@ class Lab:
     def start(cls, console: Console, *, export: Path | None = None) -> Lab:
         workdir = Path(tempfile.mkdtemp(prefix="microbatch-bench-", dir="/tmp"))
         workdir.chmod(0o755)
-        kafka = start_kafka(workdir / "kafka")
+        # Both servers also speak TLS (Kafka: a SASL_SSL listener; PostgreSQL: ssl = on) for the secured
+        # variant (bench/secure.py); every other variant connects in plain text, as before.
+        pki = make_test_pki(workdir / "pki")
+        kafka = start_kafka(workdir / "kafka", security=KafkaSecurity(pki, secure.KAFKA_USERS))
         try:
-            postgres = start_postgres(workdir / "postgres", durable=True)
+            postgres = start_postgres(workdir / "postgres", durable=True, tls=pki)
+            lab = cls(workdir, kafka, postgres, console, export=export)
+            secure.prepare(lab)
         except Exception:
             kafka.stop()
             raise
-        return cls(workdir, kafka, postgres, console, export=export)
+        return lab
 
     def stop(self) -> None:
         self.kafka.stop()
@@ -94,7 +101,7 @@ class Lab:
             conn.execute("CHECKPOINT")
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         info = psycopg.conninfo.conninfo_to_dict(self.postgres.url)
-        info["dbname"] = name
+        info.update(dbname=name, sslmode="disable")  # plain text: only the secured variant pays for TLS
         return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
 
     def preload(

@@ -17,11 +17,12 @@ from bench.lab import Lab
 
 MB = 1024 * 1024
 ORDER = [
-    "microbatch", "microbatch_lookups", "microbatch_same_items", "pg_ceiling", "kafka_ceiling", "kafka_ceiling_decode",
-    "quixstreams", "naive",
+    "microbatch", "microbatch_secure", "microbatch_lookups", "microbatch_same_items", "pg_ceiling", "kafka_ceiling",
+    "kafka_ceiling_decode", "quixstreams", "naive",
 ]  # fmt: skip
 LABELS = {
     "microbatch": "microbatch (defaults)",
+    "microbatch_secure": "microbatch over SASL_SSL + verified TLS, runtime role",
     "microbatch_lookups": "microbatch + lookups (vendor-invoices)",
     "microbatch_same_items": "microbatch, as many items as lookups' pairs (control)",
     "pg_ceiling": "PostgreSQL ceiling (same write path, no Kafka)",
@@ -67,7 +68,10 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
         return round(mine / other, 2) if mine and other else None
 
     lookups, same_items = _rate(report, "microbatch_lookups"), _rate(report, "microbatch_same_items")
+    secured = _rate(report, "microbatch_secure")
     return {
+        # secure / plain: the same dataset over SASL_SSL, ACLs and verified TLS, right after the plain run.
+        "secure_vs_plain": round(secured / mine, 2) if secured and mine else None,
         "vs_pg_ceiling": over("pg_ceiling"),
         "vs_kafka_ceiling": over("kafka_ceiling"),
         "vs_kafka_ceiling_decode": over("kafka_ceiling_decode"),
@@ -187,6 +191,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"of which {_fmt(lookups.get('items_before'))} exist before the run and "
             f"{_fmt(lookups.get('pairs_created_in_run'))} are created during it: lookups / plain = "
             f"**{_fmt(r.get('lookups_vs_plain'))}** (medians, measured side by side in each repetition).",
+            "",
+        ]
+    if report["variants"].get("microbatch_secure"):
+        lines += [
+            "Security: microbatch over Kafka's SASL_SSL listener (SCRAM-SHA-512, the StandardAuthorizer, the "
+            "documented ACLs) and PostgreSQL over TLS (sslmode=verify-full) as the least-privilege runtime role, "
+            f"on the plain variant's dataset right after it: secure / plain = **{_fmt(r.get('secure_vs_plain'))}**.",
             "",
         ]
     same_items = report["variants"].get("microbatch_same_items")

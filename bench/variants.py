@@ -48,22 +48,29 @@ def run_microbatch(
     export: Path | None = None,
     binary: Path = MICROBATCH,
     prepare: Callable[[str], dict[str, Any]] | None = None,
+    grant_to: str | None = None,
+    consumer_env: Callable[[str], dict[str, str]] | None = None,
 ) -> Figures:
     """Drain `dataset` with a real `microbatch run` (of `binary`: another checkout's, to compare two
     commits) on the dataset's pipeline: events/s from its first poll to its last commit. With `export`,
     its tables go there once the process has stopped. `prepare(url)`, if given, runs after init-db and
-    before the consumer starts (untimed); the figures it returns are reported with the run's."""
+    before the consumer starts (untimed); the figures it returns are reported with the run's. `grant_to`:
+    init-db grants that runtime role; `consumer_env(url)`: what the consumer's environment (not init-db's)
+    gets on top, e.g. the runtime role's URL and the broker's SASL_SSL listener."""
     url = lab.fresh_database()
     group = f"mb-{label}-{uuid.uuid4().hex[:6]}"
     pipeline_file = lab.pipeline_file(dataset.topic, group, pipeline=dataset.pipeline)
     env = _env(lab, url, env_extra)
-    _init_db(pipeline_file, env, binary)
+    _init_db(pipeline_file, env, binary, *(("--grant-to", grant_to) if grant_to else ()))
     prepared = prepare(url) if prepare is not None else {}
     log_path = lab.workdir / f"{group}.log"
     wal_before = wal_bytes(url)
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(binary), "run", "--pipeline", str(pipeline_file)], env=env, stdout=log, stderr=subprocess.STDOUT
+            [str(binary), "run", "--pipeline", str(pipeline_file)],
+            env={**env, **(consumer_env(url) if consumer_env is not None else {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + timeout
@@ -126,9 +133,9 @@ def _env(lab: Lab, url: str, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _init_db(pipeline_file: Path, env: dict[str, str], binary: Path = MICROBATCH) -> None:
+def _init_db(pipeline_file: Path, env: dict[str, str], binary: Path = MICROBATCH, *extra: str) -> None:
     result = subprocess.run(
-        [str(binary), "init-db", "--pipeline", str(pipeline_file)],
+        [str(binary), "init-db", "--pipeline", str(pipeline_file), *extra],
         env=env,
         capture_output=True,
         text=True,

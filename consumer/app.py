@@ -83,8 +83,9 @@ def database_error(settings: Settings, error: DatabaseFailure) -> StartupError:
         )
     if error.sqlstate == "42501":
         return StartupError(
-            f"PostgreSQL at {target} refused access: {error}. Grant the consumer's role what it needs: "
-            "`microbatch init-db --grant-to ROLE`, run as the tables' owner."
+            f"PostgreSQL at {target} refused access: {error}. The consumer's role gets what it needs from "
+            "`microbatch init-db --grant-to ROLE`, run as the tables' owner (which needs CREATE on the schema, "
+            "and on the database when the schema does not exist yet)."
         )
     return StartupError(f"PostgreSQL at {target} failed: {error} (SQLSTATE {error.sqlstate})")
 
@@ -187,6 +188,7 @@ def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: R
     kafka = Consumer(config)
     options = LoopOptions(
         topics=target.spec.topics,
+        group=target.group,
         policy=WindowPolicy(**{limit.setting: getattr(settings, limit.setting) for limit in LIMITS}),
         consume_batch=settings.consume_batch,
         placement=Rules(

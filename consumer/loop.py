@@ -67,6 +67,7 @@ class LoopOptions:
 
     topics: Sequence[str]
     policy: WindowPolicy
+    group: str = ""  # named in errors only
     consume_batch: int = 1000
     placement: Rules = field(default_factory=Rules)
     shutdown_timeout_s: float = 30.0
@@ -178,7 +179,7 @@ class RunLoop:
                 where = f" for topic {message.topic()}" if message.topic() else ""
                 raise KafkaRefused(
                     f"Kafka refused the consumer ({error.str()}{where}): grant its principal READ on the topics "
-                    f"{', '.join(self.options.topics)} and on its group"
+                    f"{', '.join(self.options.topics)} and on its group {self.options.group}"
                 )
             elif error.code() in OUT_OF_RANGE and message.topic() is not None:
                 refused[(message.topic() or "", message.partition() or 0)] = error.str()

@@ -82,6 +82,8 @@ _LOGIN_REFUSALS = (
             r"FATAL:\s+(no pg_hba\.conf entry|role \".*\" (does not exist|is not permitted to log in)"
             r"|\w+ authentication failed)|server does not support SSL, but SSL was required"
             r"|SSL (error: certificate verify failed|connection is required)"
+            r"|server certificate for .* does not match host name|root certificate file \".*\" does not exist"
+            r"|could not read root certificate file"
         ),
         "28000",
     ),
@@ -171,6 +173,10 @@ def redacted_message(exc: BaseException, limit: int = 300) -> str:
     if classify(exc) is FailureClass.BAD_DATA:
         text = _QUOTED.sub(_mask_value, text)
         text = _DIGITS.sub("…", text)
+    elif isinstance(exc, psycopg.ProgrammingError) and sqlstate_of(exc) is None:
+        # libpq could not parse the connection string, and quotes the part it could not read: maybe the
+        # password (`invalid percent-encoded token: "p%zz…"`).
+        text = _QUOTED.sub(lambda match: f'{match.group("word") or ""}"…"', text)
     return text[:limit]
 
 

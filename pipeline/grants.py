@@ -3,8 +3,8 @@
 The owner role runs `init-db` (DDL); the runtime role gets USAGE on the schema, TEMPORARY on the database
 (the staging tables are temporary), the privileges each table's shape names (SELECT, INSERT, UPDATE on the
 pipeline's tables and the offsets table; SELECT or SELECT, INSERT on a lookup's reference table), SELECT
-and INSERT on the audit of position events, SELECT on the schema version, and USAGE on a serial column's
-sequence (an identity column needs none). Nothing else: no CREATE, DELETE, TRUNCATE or ownership.
+and INSERT on the audit of position events, SELECT on the schema version, SELECT on the sequence of a
+reference table's id (and USAGE when it is a serial's). Nothing else: no CREATE, DELETE, TRUNCATE, ownership.
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def runtime_grants(conn: psycopg.Connection[Any], plan: WritePlan) -> list[Grant
     for shape in shapes(plan):
         if _exists(conn, schema, shape.name):
             grants.append(Grant("TABLE", (schema, shape.name), shape.privileges))
-            grants += [Grant("SEQUENCE", sequence, ("USAGE",)) for sequence in _serials(conn, schema, shape.name)]
+            grants += [
+                Grant("SEQUENCE", (seq_schema, name), ("SELECT", "USAGE") if serial else ("SELECT",))
+                for seq_schema, name, serial in _sequences(conn, schema, shape.name)
+            ]
     for table, privileges in ((EVENTS_TABLE, ("SELECT", "INSERT")), (VERSION_TABLE, ("SELECT",))):
         if _exists(conn, schema, table):
             grants.append(Grant("TABLE", (schema, table), privileges))
@@ -85,6 +88,9 @@ def grant(conn: psycopg.Connection[Any], plan: WritePlan, role: str) -> list[str
 def missing_privileges(conn: psycopg.Connection[Any], plan: WritePlan, role: str | None = None) -> list[Mismatch]:
     """Each runtime privilege `role` (None: the session's user) lacks, with the GRANT that mends it.
     Without USAGE on the schema nothing in it can be seen: that one is reported alone."""
+    present = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (f'"{plan.schema}"',)).fetchone()
+    if not present or not present[0]:
+        return []  # no schema yet: the table checks report its tables missing, which init-db mends
     usage = Grant("SCHEMA", (plan.schema,), ("USAGE",))
     found = [usage] if usage.missing(conn, role) else runtime_grants(conn, plan)
     problems = []
@@ -103,13 +109,16 @@ def _exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
     return bool(row and row[0] is not None)
 
 
-def _serials(conn: psycopg.Connection[Any], schema: str, table: str) -> list[tuple[str, str]]:
-    """The sequences of `table`'s serial columns (not identity columns: those need no privilege)."""
+def _sequences(conn: psycopg.Connection[Any], schema: str, table: str) -> list[tuple[str, str, bool]]:
+    """(schema, name, is a serial's) of each sequence that fills a column of `table`. A serial's needs
+    USAGE (nextval); an identity's none to insert, and SELECT on either lets the start-up check read how
+    far it is (pipeline.schema: ids inserted by hand behind it)."""
     rows = conn.execute(
-        "SELECT sn.nspname, s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
-        "JOIN pg_namespace sn ON sn.oid = s.relnamespace JOIN pg_class t ON t.oid = d.refobjid "
-        "JOIN pg_namespace tn ON tn.oid = t.relnamespace WHERE d.deptype = 'a' AND tn.nspname = %s "
+        "SELECT sn.nspname, s.relname, d.deptype = 'a' FROM pg_depend d "
+        "JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' JOIN pg_namespace sn ON sn.oid = s.relnamespace "
+        "JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
+        "WHERE d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') AND tn.nspname = %s "
         "AND t.relname = %s ORDER BY s.relname",
         (schema, table),
     ).fetchall()
-    return [(str(row[0]), str(row[1])) for row in rows]
+    return [(str(row[0]), str(row[1]), bool(row[2])) for row in rows]

@@ -42,11 +42,19 @@ def _exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
     return bool(row and row[0] is not None)
 
 
+def ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """CREATE SCHEMA only when it is missing: PostgreSQL asks for CREATE on the database before it reads
+    IF NOT EXISTS, and an owner role with CREATE on an existing schema only has no such privilege."""
+    row = conn.execute("SELECT to_regnamespace(%s) IS NULL", (f'"{schema}"',)).fetchone()
+    if row and row[0]:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+
+
 def migrate(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> list[str]:
     """Create or upgrade microbatch's own tables to SCHEMA_VERSION, in the caller's transaction;
     returns a line per change made."""
     notes: list[str] = []
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    ensure_schema(conn, schema)
     current = _version(conn, schema, offsets_table)
     if current is None and _exists(conn, schema, offsets_table):
         conn.execute(

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pipeline import own_tables
 from pipeline.sqlplan import WritePlan
 from pipeline.tables import TableShape
 
@@ -67,7 +68,7 @@ def init_db(conn: psycopg.Connection[Any], plan: WritePlan) -> tuple[list[str], 
     """
     created: list[str] = []
     with conn.transaction():
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.schema)))
+        own_tables.ensure_schema(conn, plan.schema)
         existing = _existing_tables(conn, plan.schema)
         for shape in shapes(plan):
             if shape.name not in existing:
@@ -152,12 +153,13 @@ def _behind(conn: psycopg.Connection[Any], schema: str, table: str, column: str)
     """Why the sequence that fills `column` (an identity or serial) would hand out an id the table
     already holds (ids inserted by hand), or None. A lookup's new row would then collide on its id."""
     row = conn.execute(
-        "SELECT s, CASE WHEN has_sequence_privilege(s, 'SELECT') THEN pg_sequence_last_value(s) END "
-        "FROM (SELECT pg_get_serial_sequence(%s, %s)::regclass AS s) AS q WHERE s IS NOT NULL",
+        "SELECT s, pg_sequence_last_value(s) "
+        "FROM (SELECT pg_get_serial_sequence(%s, %s)::regclass AS s) AS q "
+        "WHERE s IS NOT NULL AND has_sequence_privilege(s, 'SELECT,USAGE')",
         (f'"{schema}"."{table}"', column),
     ).fetchone()
     if row is None:
-        return None
+        return None  # no sequence, or one this role may not read (init-db, run by the owner, checks it)
     largest = conn.execute(
         sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), sql.Identifier(schema, table))
     ).fetchone()

@@ -21,7 +21,7 @@ from tests.support.bench_export import check_variant, ledger
 
 pytestmark = pytest.mark.bench
 
-TABLE_WRITERS = {"microbatch", "pg_ceiling", "naive"}  # exported in every mode
+TABLE_WRITERS = {"microbatch", "microbatch_secure", "pg_ceiling", "naive"}  # exported in every mode
 KAFKA_CEILINGS = ("kafka_ceiling", "kafka_ceiling_decode")  # read the main dataset, write nothing
 MAIN_DATASET = "main"
 
@@ -43,6 +43,7 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert {"machine", "versions", "variants", "ratios", "targets"} <= set(report)
     for name in (
         "microbatch",
+        "microbatch_secure",
         "microbatch_lookups",
         "microbatch_same_items",
         "pg_ceiling",
@@ -57,6 +58,7 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert lookups["items_before"] + lookups["pairs_created_in_run"] == lookups["pairs"] > 0, lookups
     assert report["ratios"]["lookups_vs_plain"] > 0
     assert report["ratios"]["lookups_vs_same_items"] > 0
+    assert report["ratios"]["secure_vs_plain"] > 0
     microbatch = report["variants"]["microbatch"]
     assert set(microbatch["cpu_us_per_event"]) == {"consumer", "postgres", "broker"}
     assert microbatch["peak_rss_bytes"] > 0

@@ -28,12 +28,13 @@ def _as_user(url: str, user: str) -> str:
 
 @pytest.fixture
 def owner_url(database_url: str) -> Iterator[str]:
-    """An owner role (not a superuser) that owns this test's database: it runs `init-db`."""
+    """An owner role as docs/OPERATIONS.md sets it up: not a superuser, not the database's owner, CREATE on
+    the schema only. It runs `init-db`."""
     database = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
     owner = f"owner_{database[-12:]}"
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
-        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(owner)))
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(owner)))
     try:
         yield _as_user(database_url, owner)
     finally:
@@ -123,13 +124,23 @@ def test_the_consumer_runs_status_and_replay_work_as_the_runtime_role(
     assert status.returncode == 0, status.stderr
     replay = run_cli(service_env, "dlq", "replay", "--pipeline", str(invoice_pipeline), "--dry-run")
     assert replay.returncode == 0, replay.stderr
-    reset = run_cli(service_env, "positions", "reset", "--pipeline", str(invoice_pipeline), "--topic", topic,
-                    "--to", "latest", "--dry-run")  # fmt: skip
-    assert reset.returncode == 0, reset.stderr
     assert consumer.terminate() == 0
     verdict = check(read_ledger([ledger]), database_url, kafka.bootstrap, topic, f"{topic}.dlq", group, PARTITIONS)
     assert verdict.ok, verdict.details
     assert verdict.dead_letters > 0, "the stream had bad messages: the dead-letter path ran as the runtime role"
+    # positions reset moves stored positions and audits each move: UPDATE and INSERT, nothing more.
+    events = "SELECT count(*) FROM microbatch_position_events WHERE consumer_group = %s"
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute(events, (group,)).fetchone()
+    reset = run_cli(service_env, "positions", "reset", "--pipeline", str(invoice_pipeline), "--topic", topic,
+                    "--to", "earliest")  # fmt: skip
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    with psycopg.connect(database_url) as conn:
+        audited = conn.execute(events, (group,)).fetchone()
+        stored = conn.execute("SELECT sum(next_offset) FROM microbatch_offsets WHERE consumer_group = %s",
+                              (group,)).fetchone()  # fmt: skip
+    assert audited is not None and before is not None and audited[0] - before[0] == PARTITIONS, (before, audited)
+    assert stored is not None and stored[0] == 0, stored
 
 
 def test_check_config_and_run_name_each_missing_privilege(
@@ -148,7 +159,7 @@ def test_check_config_and_run_name_each_missing_privilege(
         assert "public.microbatch_position_events: the consumer's role lacks INSERT" in output, output
         assert "--grant-to" in output, output
 
-    with psycopg.connect(owner_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True) as conn:  # the database's owner: a superuser here
         database = sql.Identifier(str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]))
         conn.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC, {}").format(database, role))
     result = run_cli(service_env, "check-config", "--pipeline", str(invoice_pipeline), timeout=120)

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from confluent_kafka.admin import AclOperation, AdminClient, NewTopic  # type: ignore[attr-defined]
 
@@ -165,6 +166,12 @@ def test_a_whole_run_over_sasl_ssl_and_tls_with_exact_acls_writes_everything_and
     wrong = run_cli(stream.env(service_env, "microbatch", password=WRONG_PASSWORD), "run", "--pipeline", str(pipeline))
     printed["a wrong password's error"] = wrong.stdout + wrong.stderr
     assert wrong.returncode == 2
+    wrong_url = service_env["DATABASE_URL"].replace(RUNTIME_PASSWORD, WRONG_PASSWORD)
+    assert wrong_url != service_env["DATABASE_URL"]
+    wrong_env = {**{k: v for k, v in env.items() if k != "MICROBATCH_DATABASE_URL_FILE"}, "DATABASE_URL": wrong_url}
+    refused = run_cli(wrong_env, "check-config", "--pipeline", str(pipeline))
+    printed["a wrong database password's error"] = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "refused the login" in refused.stdout, refused.stdout + refused.stderr
     secrets = [*USERS.values(), RUNTIME_PASSWORD, WRONG_PASSWORD]
     leaks = [(where, text[max(0, text.find(secret) - 80):][:200]) for where, text in printed.items()
              for secret in secrets if secret in text]  # fmt: skip
@@ -196,16 +203,23 @@ def test_a_wrong_kafka_credential_or_certificate_is_one_clear_line_and_exit_2(
     assert not [secret for secret in (*USERS.values(), WRONG_PASSWORD) if secret in output]
 
 
-def test_a_postgresql_certificate_from_another_ca_is_refused_clearly(
-    stream: SecureStream, service_env: dict[str, str], invoice_pipeline: Path, tmp_path: Path
+@pytest.mark.parametrize("mistake", ["another CA", "another host name"])
+def test_a_postgresql_certificate_that_does_not_verify_stops_the_consumer_with_one_line(
+    service_env: dict[str, str], invoice_pipeline: Path, tmp_path: Path, mistake: str
 ) -> None:
-    assert "sslmode=verify-full" in service_env["DATABASE_URL"], "the session's server speaks TLS"
-    other = make_other_ca(tmp_path / "other")
-    env = {**service_env, "DATABASE_URL": service_env["DATABASE_URL"].replace(
-        service_env["DATABASE_URL"].split("sslrootcert=")[1].split(" ")[0], str(other))}  # fmt: skip
-    result = run_cli(env, "check-config", "--pipeline", str(invoice_pipeline), timeout=120)
-    assert result.returncode == 2 and "certificate verify failed" in result.stdout, result.stdout + result.stderr
-    assert RUNTIME_PASSWORD not in result.stdout + result.stderr
+    assert run_cli(service_env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
+    info = psycopg.conninfo.conninfo_to_dict(service_env["DATABASE_URL"])
+    assert info.get("sslmode") == "verify-full", "the session's server speaks TLS with the test CA"
+    if mistake == "another CA":
+        info["sslrootcert"], cause = str(make_other_ca(tmp_path / "other")), "certificate verify failed"
+    else:  # connect to 127.0.0.1, but expect the certificate to name db.example
+        info.update(host="db.example", hostaddr="127.0.0.1")
+        cause = 'does not match host name "db.example"'
+    env = {**service_env, "DATABASE_URL": psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})}
+    result = run_cli(env, "run", "--pipeline", str(invoice_pipeline), timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and cause in output and "Traceback" not in output, output
+    assert RUNTIME_PASSWORD not in output
 
 
 @pytest.mark.parametrize("missing", ["READ on the group", "CREATE of the dead-letter topic"])

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pipeline.errors import FailureClass, classify, classify_sqlstate, redacted_message
+from pipeline.errors import DatabaseFailure, FailureClass, classify, classify_sqlstate, redacted_message, sqlstate_of
 
 T, B, S = FailureClass.TRANSIENT, FailureClass.BAD_DATA, FailureClass.SYSTEMIC
 
@@ -65,3 +65,22 @@ def test_bad_data_messages_lose_their_values_but_keep_object_names() -> None:
 
 def test_messages_are_truncated() -> None:
     assert len(redacted_message(errors.UndefinedColumn("x" * 1000), limit=50)) == 50
+
+
+def test_a_connection_string_libpq_cannot_parse_is_reported_without_the_part_it_quotes() -> None:
+    try:
+        psycopg.connect("postgresql://app:p%zzSecretPw@127.0.0.1:1/db", connect_timeout=1)
+    except psycopg.Error as exc:
+        failure = DatabaseFailure.of(exc)
+    assert "SecretPw" not in str(failure) and "percent-encoded" in str(failure), str(failure)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'server certificate for "127.0.0.1" (and 1 other name) does not match host name "db.example"',
+        'root certificate file "/etc/ca.pem" does not exist',
+    ],
+)
+def test_tls_verification_failures_are_refused_logins_not_outages(message: str) -> None:
+    assert sqlstate_of(psycopg.OperationalError(f"connection failed: {message}")) == "28000"

@@ -87,12 +87,15 @@ def test_a_directory_is_not_a_secret_file(tmp_path: Path, monkeypatch: pytest.Mo
         load_settings()
 
 
-def test_the_url_from_both_a_variable_and_a_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "MICROBATCH_DATABASE_URL"])
+def test_the_url_from_both_a_variable_and_a_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
     path = tmp_path / "url"
     path.write_text("postgresql://a")
-    monkeypatch.setenv("DATABASE_URL", "postgresql://b")
+    monkeypatch.setenv(variable, "postgresql://b")
     monkeypatch.setenv("MICROBATCH_DATABASE_URL_FILE", str(path))
-    with pytest.raises(ConfigError, match="both DATABASE_URL and MICROBATCH_DATABASE_URL_FILE"):
+    with pytest.raises(ConfigError, match=f"both {variable} and MICROBATCH_DATABASE_URL_FILE"):
         load_settings()
 
 
@@ -104,3 +107,12 @@ def test_the_command_line_reports_a_missing_secret_file_without_a_traceback(
     printed = capsys.readouterr()
     assert "MICROBATCH_KAFKA_CONFIG_FILE" in printed.out and "does not exist" in printed.out
     assert "Traceback" not in printed.out + printed.err
+
+
+def test_a_url_file_wins_over_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('database_url = "postgresql://from-config/x"\n')
+    path = tmp_path / "url"
+    path.write_text(f"postgresql://app:{PASSWORD}@from-file/x")
+    monkeypatch.setenv("MICROBATCH_DATABASE_URL_FILE", str(path))
+    assert load_settings(config).database_url.get_secret_value() == f"postgresql://app:{PASSWORD}@from-file/x"
