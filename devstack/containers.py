@@ -20,12 +20,13 @@ import os
 import secrets
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from devstack import images
-from devstack.kafka_server import broker_ready
+from devstack.kafka_server import KafkaSecurity, broker_ready, listening, security_properties
 from devstack.process import free_port, wait_for
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # read when testcontainers is imported
@@ -83,12 +84,16 @@ def docker_available(timeout: int = 3) -> bool:
             gc.collect()
 
 
-def _start(image: str, kind: str, env: dict[str, str], command: str | None = None) -> Any:
+def _start(
+    image: str, kind: str, env: dict[str, str], command: str | None = None, volumes: dict[Path, Path] | None = None
+) -> Any:
     from testcontainers.core.container import DockerContainer  # noqa: PLC0415
 
     container: Any = DockerContainer(image).with_kwargs(network_mode="host").with_name(container_name(kind))
     for name, value in env.items():
         container.with_env(name, value)
+    for host, inside in (volumes or {}).items():
+        container.with_volume_mapping(str(host), str(inside), "ro")
     if command is not None:
         container.with_command(command)
     container.start()
@@ -102,15 +107,13 @@ def _stopper(container: Any) -> Callable[[], None]:
     return stop
 
 
-def start_kafka_container(timeout: float = 120.0) -> tuple[str, Callable[[], None], str]:
-    """Start a KRaft broker; return (bootstrap servers, stop function, label). Ready at protocol level."""
-    image = kafka_image()
-    port, controller = free_port(), free_port()
+def _kafka_env(port: int, controller: int) -> dict[str, str]:
+    """A one-node KRaft broker of the image, PLAINTEXT on `port` (127.0.0.1, the host's network)."""
     bootstrap = f"127.0.0.1:{port}"
-    container = _start(image, "kafka", {
+    return {
         "KAFKA_NODE_ID": "1",
         "KAFKA_PROCESS_ROLES": "broker,controller",
-        "KAFKA_LISTENERS": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+        "KAFKA_LISTENERS": f"PLAINTEXT://{bootstrap},CONTROLLER://127.0.0.1:{controller}",
         "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{bootstrap}",
         "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
         "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -123,7 +126,15 @@ def start_kafka_container(timeout: float = 120.0) -> tuple[str, Callable[[], Non
         "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
         "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
         "KAFKA_HEALTHCHECK_BOOTSTRAP": bootstrap,
-    })  # fmt: skip
+    }
+
+
+def start_kafka_container(timeout: float = 120.0) -> tuple[str, Callable[[], None], str]:
+    """Start a KRaft broker; return (bootstrap servers, stop function, label). Ready at protocol level."""
+    image = kafka_image()
+    port, controller = free_port(), free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    container = _start(image, "kafka", _kafka_env(port, controller))
     try:
         wait_for(lambda: broker_ready(bootstrap), timeout=timeout, what=f"Kafka container {image} on {bootstrap}",
                  interval=0.5)  # fmt: skip
@@ -131,6 +142,39 @@ def start_kafka_container(timeout: float = 120.0) -> tuple[str, Callable[[], Non
         container.stop()
         raise
     return bootstrap, _stopper(container), f"container {image}"
+
+
+def start_secure_kafka_container(
+    security: KafkaSecurity, timeout: float = 120.0
+) -> tuple[str, str, Callable[[], None], str]:
+    """A KRaft broker of the image with a SASL_SSL listener too: SCRAM users at format time
+    (SCRAM_SHA_512_USERS), the PKI's directory mounted read-only, the same properties as a local
+    broker's (devstack.kafka_server.security_properties). Returns (PLAINTEXT bootstrap, SASL_SSL
+    bootstrap, stop function, label); ready when both listeners answer."""
+    image = kafka_image()
+    port, controller, sasl_port = free_port(), free_port(), free_port()
+    bootstrap, sasl_bootstrap = f"127.0.0.1:{port}", f"127.0.0.1:{sasl_port}"
+    mounted = Path("/etc/kafka/pki")
+    env = _kafka_env(port, controller) | {
+        "KAFKA_LISTENERS": f"PLAINTEXT://{bootstrap},CONTROLLER://127.0.0.1:{controller},SASL_SSL://{sasl_bootstrap}",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{bootstrap},SASL_SSL://{sasl_bootstrap}",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "SCRAM_SHA_512_USERS": " ".join(f"{name}:{password}" for name, password in security.users.items()),
+        **{_env_name(key): value for key, value in security_properties(security, mounted).items()},
+    }
+    container = _start(image, "kafka", env, volumes={security.pki.directory: mounted})
+    try:
+        wait_for(lambda: broker_ready(bootstrap) and listening(sasl_port), timeout=timeout,
+                 what=f"Kafka container {image} on {bootstrap} and {sasl_bootstrap}", interval=0.5)  # fmt: skip
+    except BaseException:
+        container.stop()
+        raise
+    return bootstrap, sasl_bootstrap, _stopper(container), f"container {image} (SASL_SSL)"
+
+
+def _env_name(key: str) -> str:
+    """The image's variable for broker property `key` (images/kafka/entrypoint.sh decodes it back)."""
+    return "KAFKA_" + key.replace("_", "__").replace("-", "___").replace(".", "_").upper()
 
 
 def start_postgres_container(timeout: float = 60.0) -> tuple[str, Callable[[], None], str]:

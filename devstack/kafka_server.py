@@ -227,23 +227,29 @@ def _properties(workdir: Path, port: int, controller_port: int, sasl: tuple[int,
         settings["listeners"] += f",SASL_SSL://127.0.0.1:{sasl_port}"
         settings["advertised.listeners"] += f",SASL_SSL://127.0.0.1:{sasl_port}"
         settings["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
-        settings.update(_security_properties(security))
+        settings.update(security_properties(security))
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-def _security_properties(security: KafkaSecurity) -> dict[str, str]:
+def security_properties(security: KafkaSecurity, pki_dir: Path | None = None) -> dict[str, str]:
+    """The broker properties of the SASL_SSL listener's security (not the listener itself); `pki_dir`: where
+    the PKI's directory is seen by the broker (a container's mount), when not where it is here."""
     pki = security.pki
+
+    def seen(path: Path) -> str:
+        return str(path if pki_dir is None else pki_dir / path.relative_to(pki.directory))
+
     settings = {
         "sasl.enabled.mechanisms": "SCRAM-SHA-512",
         "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
             "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         ),
         "ssl.keystore.type": "PKCS12",
-        "ssl.keystore.location": str(pki.keystore),
+        "ssl.keystore.location": seen(pki.keystore),
         "ssl.keystore.password": pki.store_password,
         "ssl.key.password": pki.store_password,
         "ssl.truststore.type": "PKCS12",
-        "ssl.truststore.location": str(pki.truststore),
+        "ssl.truststore.location": seen(pki.truststore),
         "ssl.truststore.password": pki.store_password,
         "ssl.client.auth": "none",
     }
@@ -323,7 +329,7 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
             return True
@@ -353,7 +359,7 @@ def _launch(
     server = KafkaServer(workdir, port, controller_port, process.pid, 0.0, process, sasl_port, security)
     try:
         wait_for(
-            lambda: broker_ready(server.bootstrap) and (sasl_port is None or _listening(sasl_port)),
+            lambda: broker_ready(server.bootstrap) and (sasl_port is None or listening(sasl_port)),
             timeout=timeout,
             what=f"Kafka broker on {server.bootstrap}",
             interval=0.5,

@@ -6,8 +6,10 @@
 #   KAFKA_FOO___BAR=x   -> foo-bar=x       (three: a dash)
 # (values must be single lines). KAFKA_HEAP_OPTS and KAFKA_OPTS go to the JVM; KAFKA_HEALTHCHECK_BOOTSTRAP
 # is where the health check connects (default localhost:9092); CLUSTER_ID names the cluster when the log directory
-# is formatted (once: a restarted container keeps its data). Java runs as PID 1 and shuts the broker
-# down cleanly on SIGTERM.
+# is formatted (once: a restarted container keeps its data). SCRAM_SHA_512_USERS="alice:pw1 bob:pw2" creates
+# those SCRAM-SHA-512 users at that format (for a SASL_SSL listener configured with KAFKA_* as above;
+# names and passwords of letters, digits and ._~@+-). Java runs as PID 1 and shuts the broker down
+# cleanly on SIGTERM.
 set -euo pipefail
 
 config=/var/lib/kafka/server.properties
@@ -34,8 +36,13 @@ mkdir -p "$data"
 } > "$config"
 
 if [ ! -f "$data/meta.properties" ]; then
+  scram=()
+  for user in ${SCRAM_SHA_512_USERS:-}; do
+    scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+  done
   java -cp '/opt/kafka/libs/*' -Dlog4j2.configurationFile=/opt/kafka/config/log4j2.properties \
-    kafka.tools.StorageTool format --cluster-id="${CLUSTER_ID:-5L6g3nShT-eMCtK--X86sw}" -c "$config" >/dev/null
+    kafka.tools.StorageTool format --cluster-id="${CLUSTER_ID:-5L6g3nShT-eMCtK--X86sw}" -c "$config" \
+    "${scram[@]}" >/dev/null
 fi
 
 # shellcheck disable=SC2086  # the option strings are meant to split into arguments

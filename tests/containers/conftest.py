@@ -21,6 +21,7 @@ from devstack.containers import start_kafka_container, start_postgres_container
 from devstack.engine import api_socket, run, why_unavailable
 from devstack.images import build_all
 from devstack.sources import Source
+from tests.support.runtime_role import ensure_runtime_role
 from tests.support.services import SERVICE_LOG, KafkaService, PostgresService
 
 # The reasons a machine may lack for these tests (devstack.engine.why_unavailable); others fail.
@@ -76,4 +77,5 @@ def kafka(engine: str) -> Iterator[KafkaService]:
 @pytest.fixture(scope="session")
 def postgres(engine: str) -> Iterator[PostgresService]:
     with _container(engine, start_postgres_container, "PostgreSQL") as url:
+        ensure_runtime_role(url)  # the consumers under test run as the runtime role (tests/support/runtime_role.py)
         yield PostgresService(url, Source.TESTCONTAINERS)

@@ -23,6 +23,7 @@ from devstack.verify import high_watermarks, stored_positions
 from tests.support.consumer_process import run_cli
 from tests.support.oracle import check, read_ledger
 from tests.support.podman import Container
+from tests.support.runtime_role import OWNER_ENV, RUNTIME_ROLE
 from tests.support.services import KafkaService, wait_until
 
 PARTITIONS = 4
@@ -75,8 +76,10 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
     volume = ("--read-only", "-v", f"{mounted}:/config:ro")
     topic, group = f"invoices-{unique}", f"group-{unique}"
     names = [item for key in env for item in ("-e", key)]  # values through podman's environment, not argv
+    # init-db as the owner, granting the runtime role the consumer then runs as.
     init = run("run", "--rm", "--network", "host", *volume, *names, image, "init-db", "--pipeline",
-               "/config/pipeline.toml", check=False, env=env)  # fmt: skip
+               "/config/pipeline.toml", "--grant-to", RUNTIME_ROLE, check=False,
+               env={**env, "DATABASE_URL": service_env[OWNER_ENV]})  # fmt: skip
     assert init.returncode == 0, init.stderr
     ledgers = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
     _produce(service_env, invoice_pipeline, ledgers[0], 50_000, seed=3)

@@ -31,6 +31,7 @@ from tests.support.vendor_oracle import VENDOR_INVOICES
 
 FULL = os.environ.get("MICROBATCH_CHAOS") == "full"
 RECOVERY_BOUND_S = 60.0
+LOAD_GAP_S = 5.0  # how long a fault waits for work in hand (Stream.inject)
 
 
 def iterations(quick: int, full: int) -> int:
@@ -262,7 +263,13 @@ class Stream:
         return self.backlog() > 0
 
     def inject(self, action: Callable[[], object], *, live: bool | None = None) -> None:
-        """Inject one instantaneous fault: counted as live when the stream was under load just before."""
+        """Inject one instantaneous fault: counted as live when the stream was under load just before.
+        A consumer that caught up since `ensure_load` (a fast one, between two of the producer's
+        batches) gets up to LOAD_GAP_S for new work to arrive, so that the fault hits work in hand."""
+        if live is None:
+            deadline = time.monotonic() + LOAD_GAP_S
+            while not self.under_load() and time.monotonic() < deadline:
+                time.sleep(0.005)
         hit = self.under_load() if live is None else live
         action()
         self.scenario.fault(live=hit)
