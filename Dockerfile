@@ -30,12 +30,14 @@ RUN --mount=type=secret,id=ca --mount=type=cache,target=/root/.cache/uv \
     /opt/uv/bin/uv sync --frozen --no-dev --no-install-project --python python3
 
 # 2. The project itself, installed as a wheel (--no-editable): nothing in /app points back at /src.
+#    --reinstall-package: built from these sources every time. uv's cache keys a local project by its
+#    pyproject.toml only, and would otherwise install the wheel of an earlier build of the same version.
 COPY README.md ./
 COPY consumer ./consumer
 COPY pipeline ./pipeline
 RUN --mount=type=secret,id=ca --mount=type=cache,target=/root/.cache/uv \
     if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi; \
-    /opt/uv/bin/uv sync --frozen --no-dev --no-editable --python python3
+    /opt/uv/bin/uv sync --frozen --no-dev --no-editable --reinstall-package microbatch --python python3
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0

@@ -7,6 +7,8 @@ read-only root filesystem."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +29,17 @@ from tests.support.runtime_role import OWNER_ENV, RUNTIME_ROLE
 from tests.support.services import KafkaService, wait_until
 
 PARTITIONS = 4
+ROOT = Path(__file__).resolve().parents[2]
+# A digest of the consumer and pipeline packages' Python files, as imported (names relative to each package).
+SOURCE_DIGEST = (
+    "import hashlib, pathlib, consumer, pipeline\n"
+    "digest = hashlib.sha256()\n"
+    "for package in (consumer, pipeline):\n"
+    "    root = pathlib.Path(package.__file__).parent\n"
+    "    for path in sorted(root.rglob('*.py')):\n"
+    "        digest.update(f'{package.__name__}/{path.relative_to(root)}'.encode() + path.read_bytes())\n"
+    "print(digest.hexdigest())"
+)
 SHUTDOWN_S = 10
 UID = "10001"
 
@@ -93,6 +106,10 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
         consumer.start(image, "run", "--pipeline", "/config/pipeline.toml", env=env, options=volume)
         # Identity and root filesystem, from the running container.
         assert consumer.exec("id", "-u").stdout.strip() == UID
+        # The code in the image is this checkout's (a build cache once installed an older wheel).
+        installed = consumer.exec("/app/.venv/bin/python", "-c", SOURCE_DIGEST).stdout.strip()
+        assert installed == subprocess.run([sys.executable, "-c", SOURCE_DIGEST], capture_output=True, text=True,
+                                           check=True, timeout=60, cwd=ROOT).stdout.strip()  # fmt: skip
         assert consumer.inspect()["HostConfig"]["ReadonlyRootfs"] is True
         denied = consumer.exec("/app/.venv/bin/python", "-c", "open('/app/written', 'w')")
         assert denied.returncode != 0 and "Read-only file system" in denied.stderr, denied.stderr

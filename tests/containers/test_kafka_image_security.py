@@ -66,7 +66,8 @@ def _delivered(config: dict[str, object], name: str) -> KafkaError | None:
 def test_the_broker_image_serves_sasl_ssl_with_scram_users_and_acls(broker: tuple[str, str, KafkaSecurity]) -> None:
     plain, sasl, security = broker
     name, group_id = f"secure-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
-    AdminClient({"bootstrap.servers": plain}).create_topics([NewTopic(name, 1, 1)])[name].result(DEADLINE_S)
+    admin = AdminClient({"bootstrap.servers": plain})  # kept: a collected client cancels its requests
+    admin.create_topics([NewTopic(name, 1, 1)])[name].result(DEADLINE_S)
     grant(plain, "alice", [topic(name, AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE),
                            group(group_id, AclOperation.READ)])  # fmt: skip
 
