@@ -32,6 +32,7 @@ from tests.support.vendor_oracle import VENDOR_INVOICES
 FULL = os.environ.get("MICROBATCH_CHAOS") == "full"
 RECOVERY_BOUND_S = 60.0
 LOAD_GAP_S = 5.0  # how long a fault waits for work in hand (Stream.inject)
+INJECT_SEEDS = 9_000_000  # seeds of the productions inject starts; the scenarios' own are far below
 
 
 def iterations(quick: int, full: int) -> int:
@@ -131,6 +132,7 @@ class Stream:
     extra_entries: list[Entry] = field(default_factory=list)  # messages produced by the test itself
     earlier_dead_letters: list[Read] = field(default_factory=list)  # what a deleted dead-letter topic held
     contract: Contract[Any] = INVOICES
+    top_ups: int = 0  # productions started by `inject` to put work in hand (seeds of their own)
 
     @cached_property
     def spec(self) -> PipelineSpec:
@@ -264,11 +266,14 @@ class Stream:
 
     def inject(self, action: Callable[[], object], *, live: bool | None = None) -> None:
         """Inject one instantaneous fault: counted as live when the stream was under load just before.
-        A consumer that caught up since `ensure_load` (a fast one, between two of the producer's
-        batches) gets up to LOAD_GAP_S for new work to arrive, so that the fault hits work in hand."""
+        A consumer that caught up since `ensure_load` (a fast one, or the production just ended) gets up
+        to LOAD_GAP_S for new work to arrive, produced here when none is, so that the fault hits work in hand."""
         if live is None:
             deadline = time.monotonic() + LOAD_GAP_S
             while not self.under_load() and time.monotonic() < deadline:
+                if not self.producing():  # the production ended and the consumer caught up: more work
+                    self.top_ups += 1
+                    self.keep_fed(seed=INJECT_SEEDS + self.top_ups)
                 time.sleep(0.005)
         hit = self.under_load() if live is None else live
         action()

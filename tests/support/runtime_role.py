@@ -39,6 +39,7 @@ def runtime_url(database_url: str, ca: Path | None) -> str:
     """`database_url` as the runtime role; with `ca`, over TLS verifying the server's certificate and name."""
     info = psycopg.conninfo.conninfo_to_dict(database_url)
     info.update(user=RUNTIME_ROLE, password=RUNTIME_PASSWORD)
+    info.pop("sslmode", None)
     if ca is not None:
         info.update(sslmode="verify-full", sslrootcert=str(ca))
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
