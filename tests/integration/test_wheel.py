@@ -76,7 +76,8 @@ def test_the_installed_microbatch_knows_its_version_and_runs_init_db_and_check_c
     installed: Installed, service_env: dict[str, str], database_url: str, tmp_path: Path
 ) -> None:
     # Nothing from the checkout: no PYTHONPATH, and a working directory outside it.
-    env = {key: value for key, value in service_env.items() if key != "PYTHONPATH"}
+    # As the database's owner: this is about the installation, init-db creates tables (the roles are test_roles').
+    env = {key: value for key, value in service_env.items() if key != "PYTHONPATH"} | {"DATABASE_URL": database_url}
     python = installed.venv / "bin" / "python"
     where = _run([python, "-c", "import pipeline.spec_loader as s; print(s.builtin_dir())"], 60, env=env, cwd=tmp_path)
     assert Path(where.stdout.strip()).is_relative_to(installed.venv), "the venv must use its own installed copy"
