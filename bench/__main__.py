@@ -56,6 +56,9 @@ MODES = {
 }
 
 
+REPLAY = {"MICROBATCH_DURABILITY": "replay"}
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(float(run[key]) for run in runs if key in run))
 
@@ -85,8 +88,8 @@ def _export_dir(export: Path | None, name: str, repetition: int = 1) -> Path | N
 
 
 VARIANTS = (
-    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "microbatch", "microbatch_secure", "microbatch_lookups",
-    "microbatch_same_items", "naive", "quixstreams",
+    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "raw_ingest", "microbatch", "microbatch_replay",
+    "microbatch_secure", "microbatch_lookups", "microbatch_same_items", "naive", "quixstreams",
 )  # fmt: skip
 
 
@@ -110,7 +113,7 @@ def run(
             else None
         )
         naive_set = lab.preload("naive", min(20_000, mode.events), seed=8) if "naive" in wanted else None
-        records = ceilings.memory_records(main) if only is None or "pg_ceiling" in wanted else []
+        records = ceilings.memory_records(main) if wanted & {"pg_ceiling", "raw_ingest"} else []
         quix_python = quix_script = None
         quix_set = None
         if with_quix and mode.quix_events and "quixstreams" in wanted:
@@ -127,7 +130,10 @@ def run(
                 ("kafka_ceiling", lambda _: ceilings.kafka_ceiling(lab, main, decode=False)),
                 ("kafka_ceiling_decode", lambda _: ceilings.kafka_ceiling(lab, main, decode=True)),
                 ("pg_ceiling", lambda where: ceilings.pg_ceiling(lab, main, records, export=where)),
+                ("raw_ingest", lambda _: ceilings.raw_ingest_ceiling(lab, main, records)),
                 ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
+                # Right after the plain run: replay / fsync is what synchronous_commit = off buys.
+                ("microbatch_replay", lambda w: variants.run_microbatch(lab, main, REPLAY, label="replay", export=w)),
                 # Right after the plain run, on its dataset: secure / plain is the cost of TLS, SASL and ACLs.
                 ("microbatch_secure", lambda where: secure.run_secure(lab, main, export=where)),
             ]
@@ -204,6 +210,8 @@ def _extras(
         for share in (0.5, 0.8):
             console.print(f"steady at {share:.0%} of the drain rate ({drain_rate * share:,.0f}/s)")
             report["steady"][f"{share:.0%}"] = variants.steady(lab, drain_rate * share, mode.steady_seconds, {})
+        console.print("steady at 50% with durability = replay")  # end-to-end latency of the same load, replay
+        report["steady"]["50% replay"] = variants.steady(lab, drain_rate * 0.5, mode.steady_seconds, REPLAY)
         microbatch = report["variants"]["microbatch"]
         microbatch["p50_latency_s"] = report["steady"]["50%"]["p50_latency_s"]
         microbatch["p99_latency_s"] = report["steady"]["50%"]["p99_latency_s"]

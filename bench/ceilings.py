@@ -2,6 +2,7 @@
 
 kafka_ceiling   consume(n) touching every value (and the same plus JSON decoding), no database
 pg_ceiling      microbatch's write path fed from pre-decoded rows in memory, no Kafka
+raw_ingest      the same rows binary-COPYed straight into the raw table: the physical ceiling
 bad_row_cost    a flush with one row the database rejects, against a clean one
 naive           per message: INSERT + upserts + COMMIT + synchronous Kafka commit
 """
@@ -11,22 +12,26 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 from confluent_kafka import Consumer
+from psycopg import sql
 
 from bench.export import export_tables, write_records
 from bench.lab import PARTITIONS, Dataset, Lab
 from bench.measure import CpuClock, wal_bytes
 from consumer.workload import InvoiceWorkload
-from devstack.verify import compare_totals
+from devstack.verify import compare_totals, transaction_checks
+from pipeline.copydata import encode_copy_data
 from pipeline.decode import Decoder
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record
 from pipeline.spec_loader import load_pipeline
+from pipeline.sqlplan import KAFKA_PREFIX
 from pipeline.target import Target
 
 Figures = dict[str, Any]
@@ -143,6 +148,76 @@ def pg_ceiling(
         "cpu_us_per_event": cpu,
         "wal_bytes_per_event": round(wal / len(records), 1),
         "correct": correct,
+    }
+
+
+def raw_ingest_ceiling(lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000) -> Figures:
+    """The true physical ceiling: the rows microbatch would insert (each valid event's first copy),
+    binary-COPYed straight into the same raw table (its primary key and columns, ingested_at by its
+    default), one transaction per `batch_size` events: no staging table, no dedupe, no summaries, no
+    positions. Decoded and encoded beforehand; only the COPYs and COMMITs are timed. events/s counts
+    every event of the dataset (duplicates and invalid ones too), as microbatch's rate does.
+
+    `records` must be `memory_records(dataset)`."""
+    url = lab.fresh_database()
+    target = Target(load_pipeline(), url, group="raw-ceiling")
+    target.init_tables()
+    plan, raw = target.plan, target.spec.raw
+    columns = plan.insert_columns
+    where = {name: index for index, name in enumerate(plan.staging_columns)}
+    sources = [where[raw.columns[c].field or f"{KAFKA_PREFIX}{raw.columns[c].kafka}"] for c in columns]
+    key = columns.index(raw.dedupe_key[0])  # the invoice pipeline's: event_id
+    target.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        types: dict[str, str] = dict(conn.execute(
+            "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name = %s", (raw.table,)
+        ).fetchall())  # fmt: skip
+        parsed = {"uuid": uuid.UUID, "numeric": Decimal}
+        casts = [parsed.get(types[c]) for c in columns]
+        preparer, seen, chunks = Preparer(load_pipeline(), url), set(), []
+        for start in range(0, len(records), batch_size):
+            rows = []
+            for staged in preparer.decode(records[start : start + batch_size]).rows:
+                values = zip((staged[i] for i in sources), casts, strict=True)
+                row = tuple(v if cast is None else cast(v) for v, cast in values)
+                if row[key] not in seen:  # microbatch inserts an event's first copy only
+                    seen.add(row[key])
+                    rows.append(row)
+            chunks.append(encode_copy_data(conn.cursor(), [types[c] for c in columns], rows))
+        preparer.close()
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            plan.qualified(raw.table), sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        wal_before = wal_bytes(url)
+        clock_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
+        own_before = time.process_time()
+        started = time.monotonic()
+        for data in chunks:
+            with conn.transaction(), conn.cursor().copy(copy) as writer:
+                writer.write(data or b"")
+        seconds = time.monotonic() - started
+        own = time.process_time() - own_before
+        clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
+        wal = wal_bytes(url) - wal_before
+        counts = conn.execute(
+            sql.SQL("SELECT count(*), count(DISTINCT event_id), sum(quantity) FROM {}").format(
+                plan.qualified(raw.table)
+            )
+        ).fetchone()
+    assert counts is not None  # noqa: S101 - an aggregate returns one row
+    quantity = sum(item["quantity"] for item in dataset.expected["inventory"].values())
+    checks = [check.ok for check in transaction_checks(counts[:2], dataset.expected)]
+    cpu = clock_before.per_event_us(clock_after, len(records))
+    cpu["consumer"] = round(own * 1e6 / len(records), 2)  # sending the bytes encoded beforehand
+    return {
+        "events": len(records),
+        "rows": int(counts[0]),
+        "quantity": int(counts[2] or 0),
+        "seconds": round(seconds, 3),
+        "events_per_s": round(len(records) / seconds),
+        "cpu_us_per_event": cpu,
+        "wal_bytes_per_event": round(wal / len(records), 1),
+        "correct": all(checks) and int(counts[2] or 0) == quantity,
     }
 
 

@@ -59,6 +59,7 @@ def build_target(settings: Settings, spec: PipelineSpec | None = None) -> Target
         max_savepoints=settings.max_savepoints,
         max_transactions=settings.max_bisect_transactions,
         lookup_cache_keys=settings.lookup_cache_keys,
+        synchronous_commit=settings.durability == "fsync",
     )
 
 

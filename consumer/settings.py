@@ -28,6 +28,7 @@ from consumer.environment import (
     is_service_link_value,
 )
 from consumer.secret_files import read_secret_files
+from consumer.settings_errors import format_validation_error
 from consumer.window import LIMITS
 
 # A connect attempt and a round trip on top of the longest single wait of one flush step: the liveness
@@ -173,6 +174,13 @@ class Settings(BaseModel):
         100_000, ge=0,
         description="Natural keys per lookup remembered as having a committed reference row: a window whose keys "
         "are all known skips the lookup's statement (ids are always read from the table). 0 = off.",
+    )  # fmt: skip
+    durability: Literal["fsync", "replay"] = Field(
+        "fsync",
+        description="fsync: a flush's COMMIT returns once PostgreSQL has its WAL on disk. replay: the flush "
+        "transaction runs with synchronous_commit = off, so a database crash may lose the last commits, rows "
+        "and positions together, and those messages are read again from Kafka (needs auto_offset_reset = "
+        "earliest and adopt_kafka_offsets = false).",
     )  # fmt: skip
 
     # -- retries and shutdown ------------------------------------------------------------------
@@ -344,6 +352,13 @@ def inconsistencies(settings: Settings) -> list[str]:
         problems.append(
             f"retry_initial_ms ({settings.retry_initial_ms}) must not exceed retry_max_ms ({settings.retry_max_ms})"
         )
+    if settings.durability == "replay" and (settings.adopt_kafka_offsets or settings.auto_offset_reset != "earliest"):
+        # A crash may lose a partition's first stored row: it must start again where its messages are.
+        problems.append(
+            "durability = replay needs auto_offset_reset = earliest and adopt_kafka_offsets = false: a database "
+            "crash may lose a partition's first stored position, and it must then start again at the log's "
+            "beginning, not at the end or at a Kafka commit that outlived the rows"
+        )
     problems += _liveness_problems(settings)
     return problems
 
@@ -369,31 +384,3 @@ def _liveness_problems(settings: Settings) -> list[str]:
 
 def _prefixed_names() -> frozenset[str]:
     return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
-
-
-def _shown_value(name: str, value: object) -> str:
-    """The rejected value, when it is short and cannot be a secret."""
-    secret = name in {"database_url", "kafka_config"} or any(w in name for w in ("password", "secret", "token"))
-    if secret or not isinstance(value, str | int | float | bool) or len(str(value)) > 60:
-        return ""
-    return f" = {value!r}"
-
-
-def format_validation_error(
-    exc: ValidationError, from_env: Mapping[str, str] | None = None, config_file: Path | None = None
-) -> str:
-    """One line per problem: the setting and where it came from (its env var, or the config file and
-    key), then what is wrong. A value from the environment is shown unless it may be a secret."""
-    lines = ["invalid configuration:"]
-    for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else "(config)"
-        key = ".".join(str(part) for part in error["loc"]) or name
-        message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
-        var = (from_env or {}).get(key if len(error["loc"]) > 1 else name)
-        if var:
-            lines.append(f"  {key} (env {var}){_shown_value(name, error.get('input'))}: {message}")
-        elif config_file is not None:
-            lines.append(f"  config file {config_file}: {key}: {message}")
-        else:
-            lines.append(f"  {key}: {message}")
-    return "\n".join(lines)

@@ -42,10 +42,10 @@ def compare_totals(database_url: str, expected: dict[str, Any]) -> list[Check]:
         counts = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM transactions").fetchone()
         inventory = conn.execute("SELECT item_id, quantity, last_event_at FROM inventory").fetchall()
         daily = conn.execute("SELECT item_id, day, units, revenue, lines FROM item_sales_daily").fetchall()
-    return [*_transaction_checks(counts, expected), *_summary_checks(inventory, daily, expected)]
+    return [*transaction_checks(counts, expected), *_summary_checks(inventory, daily, expected)]
 
 
-def _transaction_checks(counts: tuple[Any, ...] | None, expected: dict[str, Any]) -> list[Check]:
+def transaction_checks(counts: tuple[Any, ...] | None, expected: dict[str, Any]) -> list[Check]:
     """`counts` = (rows, distinct event ids) of `transactions`."""
     rows, distinct = (int(counts[0]), int(counts[1])) if counts else (0, 0)
     return [
@@ -122,7 +122,7 @@ def compare_vendor_totals(database_url: str, expected: dict[str, Any]) -> list[C
         items = conn.execute(_ITEM_KEYS).fetchone()
         orphans = conn.execute(_ORPHANS).fetchone()
     return [
-        *_transaction_checks(counts, expected),
+        *transaction_checks(counts, expected),
         *_summary_checks(inventory, daily, expected),
         _reference_check("vendors", vendors, expected["vendors"]),
         _reference_check("items", items, expected["items"]),

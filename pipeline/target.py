@@ -44,6 +44,7 @@ class Target:
         max_savepoints: int = 64,
         max_transactions: int = 8,
         lookup_cache_keys: int = 100_000,
+        synchronous_commit: bool = True,
     ) -> None:
         self.spec = spec
         self.group = group or spec.group
@@ -59,6 +60,7 @@ class Target:
             max_savepoints=max_savepoints,
             max_transactions=max_transactions,
             lookup_cache_keys=lookup_cache_keys,
+            synchronous_commit=synchronous_commit,
         )
 
     def write(

@@ -22,6 +22,10 @@ Savepoints per transaction are capped (`max_savepoints`, PostgreSQL caches 64 su
 backend): past the cap the resolved prefix is committed and the rest continues in a new
 transaction; after `max_transactions` of those, the remaining rows are written one message per
 transaction.
+With `synchronous_commit` off (the `replay` durability) each transaction sets it off for itself: a
+database crash may then lose the last commits, rows and positions together (a suffix of the WAL), and
+the consumer reads those messages again (the compare-and-set fails, or the positions read back are
+behind). Nothing outside this transaction may trust its positions before they are durable.
 Transient and systemic errors are not handled here: the transaction rolls back and they surface
 as `DatabaseFailure` for the caller to retry or halt.
 """
@@ -119,6 +123,7 @@ class BatchWriter:
         max_savepoints: int = 64,
         max_transactions: int = 8,
         lookup_cache_keys: int = 100_000,
+        synchronous_commit: bool = True,
     ) -> None:
         if max_savepoints < 2:
             raise ValueError("max_savepoints must be at least 2")
@@ -128,6 +133,7 @@ class BatchWriter:
         self.offsets = offsets
         self.max_savepoints = max_savepoints
         self.max_transactions = max_transactions
+        self.synchronous_commit = synchronous_commit
 
     def write(
         self,
@@ -239,6 +245,8 @@ class BatchWriter:
         with ExitStack() as transaction:
             with batched:
                 transaction.enter_context(psycopg.Transaction(conn))
+                if not self.synchronous_commit:  # durability = replay: see the module docstring
+                    conn.execute("SET LOCAL synchronous_commit = off")
                 check = self.offsets.compare_and_set(conn, expected, targets, topic_ids)
             check()
             yield
@@ -254,12 +262,7 @@ class BatchWriter:
             raise _CopyFailed from exc
 
     def _copy(
-        self,
-        conn: psycopg.Connection[Any],
-        rows: list[tuple[Any, ...]],
-        lo: int,
-        hi: int,
-        encoded: bytes | None = None,
+        self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int, encoded: bytes | None = None
     ) -> None:
         """COPY rows [lo, hi) into staging: the bytes encoded ahead when they are exactly those rows."""
         if encoded is not None and lo == 0 and hi == len(rows):
@@ -389,10 +392,4 @@ class BatchWriter:
     @staticmethod
     def _rejection(run: _Run, node: Node, exc: psycopg.Error) -> Rejection:
         record = run.batch.records[run.decoded.row_records[node.lo]]
-        return Rejection(
-            record,
-            RejectReason.DB_REJECTED,
-            redacted_message(exc),
-            type(exc).__name__,
-            exc.sqlstate,
-        )
+        return Rejection(record, RejectReason.DB_REJECTED, redacted_message(exc), type(exc).__name__, exc.sqlstate)

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bench_export import check_variant, ledger
+from tests.support.bench_export import check_variant, good_events, ledger
 
 pytestmark = pytest.mark.bench
 
-TABLE_WRITERS = {"microbatch", "microbatch_secure", "pg_ceiling", "naive"}  # exported in every mode
+# Exported in every mode.
+TABLE_WRITERS = {"microbatch", "microbatch_replay", "microbatch_secure", "pg_ceiling", "naive"}
 KAFKA_CEILINGS = ("kafka_ceiling", "kafka_ceiling_decode")  # read the main dataset, write nothing
 MAIN_DATASET = "main"
 
@@ -43,10 +44,12 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert {"machine", "versions", "variants", "ratios", "targets"} <= set(report)
     for name in (
         "microbatch",
+        "microbatch_replay",
         "microbatch_secure",
         "microbatch_lookups",
         "microbatch_same_items",
         "pg_ceiling",
+        "raw_ingest",
         "kafka_ceiling",
         "kafka_ceiling_decode",
         "naive",
@@ -72,6 +75,9 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert len(acknowledged) == report["settings"]["events"]
     for name in KAFKA_CEILINGS:
         assert report["variants"][name]["events"] == len(acknowledged), name
+    raw = report["variants"]["raw_ingest"]  # the same records as pg_ceiling's (checked below), raw rows only
+    assert (raw["rows"], raw["quantity"]) == good_events(acknowledged), raw
+    assert report["ratios"]["replay_vs_fsync"] > 0 and report["ratios"]["vs_raw_ingest"] > 0
     exported = sorted(path for path in export.iterdir() if (path / "dataset.txt").exists())
     assert {_base(path) for path in exported} >= TABLE_WRITERS, [path.name for path in export.iterdir()]
     for directory in exported:

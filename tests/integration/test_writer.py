@@ -283,3 +283,31 @@ def test_the_writer_thread_signals_the_hand_over_before_the_statement_ends(
     assert outcome.result.inserted == 50
     assert writer.commits() == [{(TOPIC, 0): 100}]
     assert pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 100}
+
+
+@pytest.mark.parametrize(("synchronous_commit", "inside"), [(True, "on"), (False, "off")])
+def test_durability_replay_turns_synchronous_commit_off_for_the_flush_transaction_only(
+    database_url: str, synchronous_commit: bool, inside: str
+) -> None:
+    # The session's own default is on (the test server's is off), so what the writer sets is what shows.
+    url = psycopg.conninfo.make_conninfo(database_url, options="-c synchronous_commit=on")
+    target = Target(load_pipeline(), url, synchronous_commit=synchronous_commit)
+    preparer = Preparer(target.spec, url)
+    try:
+        target.init_tables()
+        seen: list[str] = []
+
+        def show() -> None:
+            row = target.database.connection().execute("SHOW synchronous_commit").fetchone()
+            seen.append(str(row[0]) if row else "?")
+
+        batch = records(30, seed=16, partition=1)
+        result = target.write(Batch(batch, {(TOPIC, 1): None}), preparer.decode(batch), Collecting(), on_statement=show)
+        assert result.inserted + result.duplicates == len(batch) - len(result.rejections)
+        assert seen == [inside], "inside the flush transaction"
+        after = target.database.connection().execute("SHOW synchronous_commit").fetchone()
+        assert after == ("on",), "SET LOCAL: the session's setting is back once the transaction ended"
+        assert target.stored_positions([(TOPIC, 1)])[(TOPIC, 1)].offset == 30
+    finally:
+        target.close()
+        preparer.close()

@@ -164,6 +164,12 @@ def _judge(entries: list[Entry]) -> _Judged:
     return judged
 
 
+def good_events(entries: list[Entry]) -> tuple[int, int]:
+    """(distinct valid events, their summed quantity): what a raw table holds once each is written once."""
+    first = _judge(entries).first
+    return len(first), sum(invoice.quantity for invoice in first.values())
+
+
 def check_export(tables: Tables, entries: list[Entry], *, complete: bool) -> list[str]:
     """Every problem found in one variant's tables against the ledger it consumed; [] when exact."""
     judged = _judge(entries)

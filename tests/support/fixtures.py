@@ -140,6 +140,21 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def own_durable_postgres() -> Iterator[PostgresServer]:
+    """Like own_postgres, with PostgreSQL's durable defaults (fsync and synchronous_commit on), and the WAL
+    writer's longest delay (10 s): a commit made with synchronous_commit off then sits in memory long
+    enough that a crash loses it (what the `replay` durability must survive)."""
+    server, workdir = start_local_postgres(durable=True)
+    try:
+        with psycopg.connect(server.admin_url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+            conn.execute("SELECT pg_reload_conf()")
+        yield server
+    finally:
+        stop_local_postgres(server, workdir)
+
+
+@pytest.fixture
 def own_kafka() -> Iterator[KafkaServer]:
     """A Kafka broker of this test's own (a local process, whatever KAFKA_BOOTSTRAP_SERVERS says), so it
     can be restarted without disturbing others."""

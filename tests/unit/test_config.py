@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,14 @@ def test_settings_that_contradict_each_other_are_refused_with_the_reason(monkeyp
     assert load_settings().idle_in_transaction_timeout_ms == 0
     with pytest.raises(ConfigError, match=r"retry_initial_ms \(5000\) must not exceed retry_max_ms \(1000\)"):
         load_settings(retry_initial_ms=5000, retry_max_ms=1000)
+
+
+@pytest.mark.parametrize("other", [{"auto_offset_reset": "latest"}, {"adopt_kafka_offsets": True}])
+def test_durability_replay_refuses_a_start_that_would_skip_lost_commits(other: dict[str, Any]) -> None:
+    assert load_settings(durability="replay").durability == "replay"
+    assert load_settings(**other).durability == "fsync"  # each alone is fine
+    with pytest.raises(ConfigError, match="durability = replay needs auto_offset_reset = earliest"):
+        load_settings(durability="replay", **other)
 
 
 def test_config_file_mistakes(tmp_path: Path) -> None:
