@@ -1,6 +1,7 @@
-"""`make bench` / `make bench-quick`: microbatch side by side with the physical ceilings, a naive
-per-message consumer and quixstreams, and with its own lookups variant (vendor-invoices, bench/lookups.py),
-on this machine, in one run. Writes bench/results/latest.json, BENCHMARKS.md and bench/results/chart.png.
+"""`make bench` / `make bench-quick`: microbatch side by side with the physical ceilings (our write path's
+and raw ingest), a naive per-message consumer, quixstreams and Kafka Connect's JDBC sink (bench/connect_peer.py),
+and with its own variants (durability = replay, secured, lookups: bench/lookups.py), on this machine, in one
+run. Writes bench/results/latest.json, BENCHMARKS.md and bench/results/chart.png.
 
 Variants are interleaved (every repetition runs each once) and medians are reported; every run is
 checked for correctness against the generator's expected totals. PostgreSQL keeps its defaults
@@ -16,17 +17,18 @@ memory runs): e.g. `--only microbatch,microbatch_lookups --out /tmp/bench` measu
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
-from bench import ceilings, lookups, secure, variants
+from bench import ceilings, connect_peer, lookups, secure, variants
 from bench.lab import Dataset, Lab
 from bench.measure import machine
 from bench.report import versions, write_report
@@ -47,12 +49,13 @@ class Mode:
     rss_events: int
     grid: tuple[int, ...]
     bad_row_rounds: int
+    connect_events: int  # Kafka Connect's dataset (0: not run); large enough for its JIT to warm up
 
 
 MODES = {
-    "full": Mode("full", 1_000_000, 3, 15.0, 200_000, 60.0, 2_000_000, (1000, 20_000), 5),
-    "quick": Mode("quick", 100_000, 3, 5.0, 30_000, 10.0, 0, (1000, 20_000), 3),
-    "smoke": Mode("smoke", 20_000, 1, 2.0, 0, 0.0, 0, (), 1),
+    "full": Mode("full", 500_000, 3, 15.0, 200_000, 30.0, 2_000_000, (1000, 20_000), 5, 300_000),
+    "quick": Mode("quick", 100_000, 3, 5.0, 30_000, 10.0, 0, (1000, 20_000), 3, 100_000),
+    "smoke": Mode("smoke", 20_000, 1, 2.0, 0, 0.0, 0, (), 1, 0),
 }
 
 
@@ -89,70 +92,101 @@ def _export_dir(export: Path | None, name: str, repetition: int = 1) -> Path | N
 
 VARIANTS = (
     "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "raw_ingest", "microbatch", "microbatch_replay",
-    "microbatch_secure", "microbatch_lookups", "microbatch_same_items", "naive", "quixstreams",
+    "microbatch_secure", "microbatch_lookups", "microbatch_same_items", "naive", "connect_insert", "connect_upsert",
+    "quixstreams",
 )  # fmt: skip
+CONNECT_MODES: dict[str, Literal["insert", "upsert"]] = {"connect_insert": "insert", "connect_upsert": "upsert"}
+
+
+Step = Callable[[Path | None], dict[str, Any]]  # a variant's run, given its export directory (or None)
+
+
+@dataclass
+class Datasets:
+    """What the variants read, preloaded (and prepared) before the first repetition."""
+
+    main: Dataset
+    records: list[Record]  # main's events regenerated in memory, for the ceilings fed from memory
+    vendor: Dataset | None = None  # the lookups variant's own (bench/lookups.py)
+    same_items: Dataset | None = None  # its control: as many distinct items as it has (vendor, sku) pairs
+    naive: Dataset | None = None
+    quix: tuple[Dataset, Path, Path] | None = None  # and the peer's python and script
+    connect: Dataset | None = None
+
+
+def _datasets(lab: Lab, mode: Mode, wanted: frozenset[str], *, with_quix: bool, with_connect: bool) -> Datasets:
+    console.print(f"[bold]microbatch benchmark[/] ({mode.name}): preloading {mode.events:,} events")
+    main = lab.preload("main", mode.events, seed=7)
+    sets = Datasets(main, ceilings.memory_records(main) if wanted & {"pg_ceiling", "raw_ingest"} else [])
+    if "microbatch_lookups" in wanted:
+        sets.vendor = lookups.preload(lab, mode.events, seed=11)
+    if "microbatch_same_items" in wanted:  # lookups / same items: the lookups' cost at the same cardinality
+        sets.same_items = lab.preload("same-items", mode.events, seed=7, items=lookups.PAIRS)
+    if "naive" in wanted:
+        sets.naive = lab.preload("naive", min(20_000, mode.events), seed=8)
+    if with_quix and mode.quix_events and "quixstreams" in wanted:
+        from bench.quix_env import ensure_quix_venv  # noqa: PLC0415 - only when the peer runs
+
+        python = ensure_quix_venv(ROOT)
+        sets.quix = (lab.preload("quix", mode.quix_events, seed=9), python, ROOT / "bench" / "quix_peer.py")
+    if with_connect and mode.connect_events and wanted & set(CONNECT_MODES):
+        connect_peer.prefetch()  # the worker's and the sink's jars, from Maven Central once per machine
+        sets.connect = lab.preload("connect", mode.connect_events, seed=12)
+        connect_peer.schemaful_copy(lab, sets.connect)  # untimed: the sink needs schemaful records
+    return sets
+
+
+def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
+    """One repetition's runs, in order: those measured side by side follow what they are compared with."""
+    main, records = sets.main, sets.records
+    steps: list[tuple[str, Step]] = [
+        ("kafka_ceiling", lambda _: ceilings.kafka_ceiling(lab, main, decode=False)),
+        ("kafka_ceiling_decode", lambda _: ceilings.kafka_ceiling(lab, main, decode=True)),
+        ("pg_ceiling", lambda where: ceilings.pg_ceiling(lab, main, records, export=where)),
+        ("raw_ingest", lambda _: ceilings.raw_ingest_ceiling(lab, main, records)),
+        ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
+        # Right after the plain run: replay / fsync is what synchronous_commit = off buys.
+        ("microbatch_replay", lambda w: variants.run_microbatch(lab, main, REPLAY, label="replay", export=w)),
+        # Right after the plain run, on its dataset: secure / plain is the cost of TLS, SASL and ACLs.
+        ("microbatch_secure", lambda where: secure.run_secure(lab, main, export=where)),
+    ]
+    if (vendor := sets.vendor) is not None:  # right after the plain run: lookups / plain, side by side
+        steps.append(("microbatch_lookups", lambda _: lookups.run_lookups(lab, vendor)))
+    if (same := sets.same_items) is not None:
+        steps.append(("microbatch_same_items", lambda _: variants.run_microbatch(lab, same, {}, label="same-items")))
+    if (naive := sets.naive) is not None:
+        steps.append(("naive", lambda where: ceilings.naive(lab, naive, max_seconds=mode.naive_seconds, export=where)))
+    if (connect := sets.connect) is not None:
+        for name, sink in CONNECT_MODES.items():
+            steps.append((name, functools.partial(_connect_step, lab, connect, sink)))
+    if (quix := sets.quix) is not None:
+        steps.append(("quixstreams", lambda _: variants.quixstreams(lab, *quix)))
+    return steps
+
+
+def _connect_step(lab: Lab, dataset: Dataset, sink: Literal["insert", "upsert"], _: Path | None) -> dict[str, Any]:
+    return connect_peer.run_connect(lab, dataset, sink)
 
 
 def run(
-    mode: Mode, out: Path, *, with_quix: bool, export: Path | None = None, only: frozenset[str] | None = None
+    mode: Mode,
+    out: Path,
+    *,
+    with_quix: bool,
+    with_connect: bool = True,
+    export: Path | None = None,
+    only: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """The benchmark; `only`: just the repetitions of these variants (None: everything)."""
     started = time.monotonic()
     lab = Lab.start(console, export=export)
     wanted = frozenset(VARIANTS) if only is None else only
     try:
-        console.print(f"[bold]microbatch benchmark[/] ({mode.name}): preloading {mode.events:,} events")
-        main = lab.preload("main", mode.events, seed=7)
-        # The lookups variant's own dataset: the same size and mix, vendor-invoice events (bench/lookups.py).
-        vendor_set = lookups.preload(lab, mode.events, seed=11) if "microbatch_lookups" in wanted else None
-        # Its control: plain invoices with as many distinct items as it has (vendor, sku) pairs, so that
-        # lookups / same items is the cost of the lookups alone (summaries of the same cardinality).
-        same_set = (
-            lab.preload("same-items", mode.events, seed=7, items=lookups.PAIRS)
-            if "microbatch_same_items" in wanted
-            else None
-        )
-        naive_set = lab.preload("naive", min(20_000, mode.events), seed=8) if "naive" in wanted else None
-        records = ceilings.memory_records(main) if wanted & {"pg_ceiling", "raw_ingest"} else []
-        quix_python = quix_script = None
-        quix_set = None
-        if with_quix and mode.quix_events and "quixstreams" in wanted:
-            from bench.quix_env import ensure_quix_venv  # noqa: PLC0415 - only when the peer runs
-
-            quix_python = ensure_quix_venv(ROOT)
-            quix_script = ROOT / "bench" / "quix_peer.py"
-            quix_set = lab.preload("quix", mode.quix_events, seed=9)
+        sets = _datasets(lab, mode, wanted, with_quix=with_quix, with_connect=with_connect)
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
         for repetition in range(1, mode.repetitions + 1):
             console.print(f"repetition {repetition}/{mode.repetitions}")
-            # Each step gets its export directory (None without --export); only table writers use it.
-            steps: list[tuple[str, Callable[[Path | None], dict[str, Any]]]] = [
-                ("kafka_ceiling", lambda _: ceilings.kafka_ceiling(lab, main, decode=False)),
-                ("kafka_ceiling_decode", lambda _: ceilings.kafka_ceiling(lab, main, decode=True)),
-                ("pg_ceiling", lambda where: ceilings.pg_ceiling(lab, main, records, export=where)),
-                ("raw_ingest", lambda _: ceilings.raw_ingest_ceiling(lab, main, records)),
-                ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
-                # Right after the plain run: replay / fsync is what synchronous_commit = off buys.
-                ("microbatch_replay", lambda w: variants.run_microbatch(lab, main, REPLAY, label="replay", export=w)),
-                # Right after the plain run, on its dataset: secure / plain is the cost of TLS, SASL and ACLs.
-                ("microbatch_secure", lambda where: secure.run_secure(lab, main, export=where)),
-            ]
-            if vendor_set is not None:  # right after the plain run: lookups / plain is measured side by side
-                steps.append(("microbatch_lookups", lambda _: lookups.run_lookups(lab, vendor_set)))
-            if same_set is not None:
-                steps.append(
-                    ("microbatch_same_items", lambda _: variants.run_microbatch(lab, same_set, {}, label="same-items"))
-                )
-            if naive_set is not None:
-                steps.append(
-                    (
-                        "naive",
-                        lambda where: ceilings.naive(lab, naive_set, max_seconds=mode.naive_seconds, export=where),
-                    )
-                )
-            if quix_python is not None and quix_script is not None and quix_set is not None:
-                steps.append(("quixstreams", lambda _: variants.quixstreams(lab, quix_set, quix_python, quix_script)))
-            for name, step in steps:
+            for name, step in _steps(lab, mode, sets):
                 if name not in wanted:
                     continue
                 try:
@@ -163,7 +197,7 @@ def run(
                 console.print(f"  {name:22} {figures.get('events_per_s', figures.get('error'))}")
         report: dict[str, Any] = {
             "machine": machine(),
-            "versions": versions(lab, quix_python),
+            "versions": versions(lab, sets.quix[1] if sets.quix else None),
             "settings": {
                 "mode": mode.name,
                 "events": mode.events,
@@ -179,7 +213,7 @@ def run(
             report["seconds"] = round(time.monotonic() - started, 1)
             write_report(report, out, root=ROOT)
             return report
-        _extras(lab, mode, main, records, report, export=export)
+        _extras(lab, mode, sets.main, sets.records, report, export=export)
         report["seconds"] = round(time.monotonic() - started, 1)
         write_report(report, out, root=ROOT)
         return report
@@ -236,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=ROOT / "bench" / "results", help="where latest.json and chart.png go"
     )
     parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer (no venv needed)")
+    parser.add_argument("--no-connect", action="store_true", help="skip the Kafka Connect peer (no JVM worker)")
     parser.add_argument(
         "--only",
         type=_variant_names,
@@ -256,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.export is not None:
         args.export.mkdir(parents=True, exist_ok=True)
-    report = run(MODES[args.mode], args.out, with_quix=not args.no_quix, export=args.export, only=args.only)
+    report = run(
+        MODES[args.mode], args.out, with_quix=not args.no_quix, with_connect=not args.no_connect, export=args.export,
+        only=args.only,
+    )  # fmt: skip
     ok = all(v.get("correct", False) for v in report["variants"].values())
     console.print(f"benchmark finished in {report['seconds']:.0f} s; every variant correct: {ok}")
     return 0 if ok else 1

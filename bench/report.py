@@ -228,6 +228,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if not fig:
             continue
         cpu = fig.get("cpu_us_per_event", {})
+        cpu = {"consumer": cpu.get("connect"), **cpu} if "connect" in cpu else cpu  # the Connect JVM is its consumer
         cpu_text = " / ".join(_fmt(cpu.get(k)) for k in ("consumer", "postgres", "broker")) if cpu else "—"
         rss = f"{fig['peak_rss_bytes'] / MB:.0f} MB" if fig.get("peak_rss_bytes") else "—"
         flush = (

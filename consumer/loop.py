@@ -3,7 +3,8 @@
 One step (`RunLoop.step`), in order:
   1. beat (liveness);
   2. account for the write that ended, if any: its commits, its metrics, or its failure (`Handover`);
-  3. reposition partitions whose stored position is unknown (`Seeker`);
+  3. reposition partitions whose stored position is unknown, or behind what this consumer wrote once
+     the database connection was opened again (the server may have lost its latest commits: `Seeker`);
   4. consume a batch from Kafka (rebalance callbacks run inside: `Rebalance`);
   5. accept the records that belong in the window (`Positions.accept`), into the `Window`;
   6. write: retry what failed when its time has come, or hand a closed window over (`Handover`);
@@ -143,6 +144,8 @@ class RunLoop:
         if self.writer.finished:  # 2.
             self.handover.settle()
         self.handover.apply_commits()
+        if not self.writer.busy:  # the database may have lost commits since the connection was last opened
+            self.seeker.recheck_after_reconnect()
         if self.positions.unknown():  # 3. (a write in flight is accounted for first: its records stay dropped)
             self.handover.settle()
             self.seeker.seek_unknown()

@@ -63,6 +63,7 @@ class Seeker:
         self._telemetry, self._flow, self._clock = telemetry, flow, clock
         self._next_seek_at = 0.0
         self._audited: set[tuple[PartitionId, str, str]] = set()  # halts already audited (once per halt)
+        self._opened_seen: int | None = None  # the writer's connections opened, when last looked at
 
     def stored(self, pids: Sequence[PartitionId]) -> dict[PartitionId, StoredPosition]:
         """Stored positions of `pids`, read on the writer thread. Raises DatabaseFailure."""
@@ -212,6 +213,23 @@ class Seeker:
         except KafkaException as exc:
             log.debug("re-assigning %s not possible yet: %s", partition, exc)
             return False
+
+    def recheck_after_reconnect(self) -> None:
+        """Once the writer's connection was opened again (the server restarted, failed over or dropped
+        it), re-read every stored position before trusting it: a crash may have lost commits this
+        consumer made (durability = replay, a standby that lacks them), of partitions no write touches
+        now too. Those behind are read again (`behind`, `forget`). Call with no write in flight."""
+        opened = self._writer.connections_opened()
+        if self._opened_seen is None or opened == self._opened_seen:
+            self._opened_seen = opened
+            return
+        try:
+            behind = self.behind()
+        except DatabaseFailure:
+            return  # unreachable again: looked at on a later turn
+        self._opened_seen = opened
+        if behind:
+            self.forget(behind)
 
     def behind(self) -> list[PartitionId]:
         """Re-read every trusted stored position; adopt those ahead of ours, return those behind or gone.

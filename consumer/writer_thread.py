@@ -102,6 +102,10 @@ class WriterThread:
         """A write was submitted and its outcome not yet collected."""
         return self._in_flight is not None
 
+    def connections_opened(self) -> int:
+        """How many database connections the writer has opened (an int read: safe from the loop thread)."""
+        return self._target.connections_opened
+
     @property
     def finished(self) -> bool:
         """True when a write was submitted and has ended (wait() will not block)."""

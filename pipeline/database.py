@@ -48,6 +48,9 @@ class Database:
         self.settings = settings or SessionSettings()
         self._setup = tuple(setup)
         self._conn: psycopg.Connection[Any] | None = None
+        # Connections opened so far: a new one may face a server that restarted and lost recent commits
+        # (synchronous_commit off) or a promoted standby; what was believed committed is then read again.
+        self.opened = 0
 
     def connection(self) -> psycopg.Connection[Any]:
         """An open connection; raises psycopg.OperationalError when the server cannot be reached."""
@@ -84,6 +87,7 @@ class Database:
             conn.close()
             raise
         self._conn = conn
+        self.opened += 1
         return conn
 
     def discard(self) -> None:

@@ -11,7 +11,9 @@ Should someone delete a reference row anyway, the flush finds no id for its key 
 insert fails on the NOT NULL id column (init-db creates it so; only create lookups whose id reaches
 the raw table are cached): that is bad data to the writer, which forgets every known key (`forget`)
 before it bisects, and a single row always looks up, so the retried rows create the row anew.
-The set is bounded: when it holds `max_keys` keys of one lookup, that lookup's are dropped.
+The set is bounded: when it holds `max_keys` keys of one lookup, that lookup's are dropped. It is
+also dropped whenever the writer opens a new connection: the server may have restarted and lost its
+latest commits (synchronous_commit off), reference rows with them.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class KnownKeys:
         # Only create lookups whose id reaches a raw column (directly or through a chain) are cached:
         # a row deleted by hand then fails the write instead of passing silently. A find-only lookup
         # always looks up: the reference table, not microbatch, decides what exists.
-        reaches = {c.field.partition(".")[0] for c in spec.raw.columns.values() if c.field is not None}
+        # Its id itself, not one of its columns (`item.description`): only the id's column is NOT NULL.
+        reaches = {c.field for c in spec.raw.columns.values() if c.field is not None and "." not in c.field}
         for lookup in reversed(spec.lookups):
             if lookup.name in reaches:
                 reaches.update(lookup.key.values())

@@ -78,6 +78,11 @@ class Target:
             batch, decoded, sink, on_commit=on_commit, on_statement=on_statement, on_progress=on_progress
         )
 
+    @property
+    def connections_opened(self) -> int:
+        """Connections opened so far (a new one may face a server that lost its latest commits)."""
+        return self.database.opened
+
     def stored_positions(self, partitions: Iterable[PartitionId]) -> dict[PartitionId, StoredPosition]:
         """Stored positions (absent: no row). Raises DatabaseFailure when the database fails."""
         return self._guard(lambda conn: self.offsets.read(conn, partitions))
@@ -91,6 +96,9 @@ class Target:
 
         def reset(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
+                # Durable whatever the session's default: a lost placement (a first row, a reset) would
+                # start a partition from the wrong place; its commit also flushes every earlier one.
+                conn.execute("SET LOCAL synchronous_commit = on")
                 self.offsets.reset(conn, changes)
 
         self._guard(reset)

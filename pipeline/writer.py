@@ -134,6 +134,7 @@ class BatchWriter:
         self.max_savepoints = max_savepoints
         self.max_transactions = max_transactions
         self.synchronous_commit = synchronous_commit
+        self._known_since = 0  # the connection the known keys were learnt on (Database.opened)
 
     def write(
         self,
@@ -187,6 +188,9 @@ class BatchWriter:
     def _transaction(self, run: _Run, sink: RejectSink, *, per_message: bool) -> dict[PartitionId, int]:
         """One transaction resolving as much of the batch as its savepoint budget allows."""
         conn = self.database.connection()
+        if self.database.opened != self._known_since:  # a new connection: reference rows may have been lost
+            self.known.forget()
+            self._known_since = self.database.opened
         start = run.committed_records
         partitions = {record.partition_id for record in run.batch.records[start:]}
         rows = run.decoded.rows

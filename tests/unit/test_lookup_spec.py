@@ -285,10 +285,13 @@ def test_find_only_lookups_and_lookups_no_raw_column_reads_are_never_cached() ->
     assert known.all_known(vendor, rows, 0, 1)
     assert not known.all_known(item, rows, 0, 1)  # find-only: the reference table decides, every time
     data = _vendor_pipeline()
-    data["raw"]["columns"] = {
-        k: v for k, v in data["raw"]["columns"].items() if k not in {"vendor_id", "item_id", "sku"}
-    }
+    data["raw"]["columns"] = {k: v for k, v in data["raw"]["columns"].items() if k not in {"vendor_id", "item_id"}}
     data["summaries"] = []
+    spec = parse_pipeline(data)  # only `item.sku` is read (a column of the row, not the id): never cached
+    known = KnownKeys(spec, WritePlan(spec).staging_columns, max_keys=10)
+    known.committed(rows, [0])
+    assert not any(known.all_known(lookup, rows, 0, 1) for lookup in spec.lookups)
+    data["raw"]["columns"].pop("sku")
     spec = parse_pipeline(data)  # lookups that only register keys: no raw column reads an id
     plan = WritePlan(spec)
     known = KnownKeys(spec, plan.staging_columns, max_keys=10)
