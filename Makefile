@@ -62,10 +62,10 @@ containers: images ## The container tests only: the image end to end, Testcontai
 chaos: setup ## The full fault-injection suite (≈20 min); writes chaos-report.md and chaos-report.json
 	@MICROBATCH_CHAOS=full MICROBATCH_CHAOS_REPORT_DIR=$(CURDIR) MICROBATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest tests/chaos
 
-bench: setup ## The benchmark of record (≤15 min): bench/results/latest.json, BENCHMARKS.md, bench/results/chart.png
+bench: setup ## The benchmark of record (≈20 min, with Kafka Connect and quixstreams): bench/results/latest.json, BENCHMARKS.md, bench/results/chart.png
 	@$(PY) -m bench --mode full
 
-bench-quick: setup ## A quick benchmark (≤3 min), same outputs
+bench-quick: setup ## A quick benchmark of every variant (≈10 min), same outputs
 	@$(PY) -m bench --mode quick
 
 bench-ab: setup ## Drain rate of this checkout against AGAINST=<rev>, interleaved in one run
