@@ -2,9 +2,9 @@
 
 The other commit is checked out in a git worktree under /tmp with its own virtual environment (from
 its own lock file); both drain the same preloaded topic, alternately (the order flips every round),
-each into a fresh database, with default settings. Prints every run, the medians and the ratio
-new / old; every run is checked for correctness (exact totals). Nothing is committed or written in
-this checkout.
+each into a fresh database, with default settings. Prints every run, the medians and the ratios
+new / old of the drain rate and of the consumer's CPU per event; every run is checked for
+correctness (exact totals). Nothing is committed or written in this checkout.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     old = checkout(args.against)
     lab = Lab.start(console)
     rates: dict[str, list[float]] = {"old": [], "new": []}
+    cpu: dict[str, list[float]] = {"old": [], "new": []}  # the consumer's CPU µs per event
     try:
         dataset = lab.preload("ab", args.events, seed=7)
         for round_ in range(args.rounds):
@@ -60,13 +61,20 @@ def main(argv: list[str] | None = None) -> int:
                 if not figures["correct"]:
                     raise SystemExit(f"{name} (round {round_ + 1}) wrote wrong totals")
                 rates[name].append(figures["events_per_s"])
-                console.print(f"round {round_ + 1} {name}: {figures['events_per_s']:,} events/s")
+                cpu[name].append(figures["cpu_us_per_event"]["consumer"])
+                console.print(
+                    f"round {round_ + 1} {name}: {figures['events_per_s']:,} events/s, "
+                    f"consumer CPU {cpu[name][-1]} µs/event"
+                )
     finally:
         lab.stop()
     old_rate, new_rate = statistics.median(rates["old"]), statistics.median(rates["new"])
     print(f"old {args.against}: median {old_rate:,.0f} events/s (runs {rates['old']})")
     print(f"new (this checkout): median {new_rate:,.0f} events/s (runs {rates['new']})")
     print(f"new / old = {new_rate / old_rate:.3f}")
+    old_cpu, new_cpu = round(statistics.median(cpu["old"]), 2), round(statistics.median(cpu["new"]), 2)
+    print(f"consumer CPU µs/event: old {old_cpu} (runs {cpu['old']}), new {new_cpu} (runs {cpu['new']})")
+    print(f"consumer CPU new / old = {new_cpu / old_cpu:.3f}")
     return 0
 
 

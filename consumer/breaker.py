@@ -38,10 +38,11 @@ class DeadLetterBreaker:
         """Why committing `outcomes` (True = rejected) would trip the breaker, or None if it may go ahead."""
         policy = self.policy
         consecutive = self._consecutive
-        for rejected in outcomes:
-            consecutive = consecutive + 1 if rejected else 0
-            if consecutive >= policy.max_consecutive:
-                return f"{consecutive} consecutive messages rejected (limit {policy.max_consecutive})"
+        if any(outcomes):  # else no run of rejections grows (scanned in C: a clean batch costs no loop)
+            for rejected in outcomes:
+                consecutive = consecutive + 1 if rejected else 0
+                if consecutive >= policy.max_consecutive:
+                    return f"{consecutive} consecutive messages rejected (limit {policy.max_consecutive})"
         combined = [*self._recent, *outcomes][-policy.window :]
         if len(combined) >= policy.min_records:
             ratio = sum(combined) / len(combined)
@@ -51,6 +52,10 @@ class DeadLetterBreaker:
 
     def record(self, outcomes: Sequence[bool]) -> None:
         """Remember `outcomes` as committed."""
+        if outcomes and not any(outcomes):  # a clean batch: the run of rejections ends
+            self._recent.extend(outcomes)
+            self._consecutive = 0
+            return
         for rejected in outcomes:
             self._recent.append(rejected)
             self._consecutive = self._consecutive + 1 if rejected else 0

@@ -29,7 +29,7 @@ from consumer.flow import FlowControl
 from consumer.handover import EXIT_HALTED, Handover
 from consumer.housekeeping import Housekeeping
 from consumer.log_facts import LogFacts
-from consumer.messages import to_record
+from consumer.messages import to_records
 from consumer.pending import Pending
 from consumer.placement import Rules
 from consumer.positions import Positions
@@ -170,21 +170,18 @@ class RunLoop:
         return POLL_INTERVAL_S if left is None else min(POLL_INTERVAL_S, left)
 
     def _accept(self, messages: Sequence[Message]) -> None:
-        records = []
+        records, errors = to_records(messages)
         refused: dict[PartitionId, str] = {}
-        for message in messages:
-            error = message.error()
-            if error is None:
-                records.append(to_record(message))
-            elif error.fatal():
+        for message, error in errors:
+            if error.fatal():
                 raise KafkaException(error)
-            elif error.code() in NOT_AUTHORIZED:
+            if error.code() in NOT_AUTHORIZED:
                 where = f" for topic {message.topic()}" if message.topic() else ""
                 raise KafkaRefused(
                     f"Kafka refused the consumer ({error.str()}{where}): grant its principal READ on the topics "
                     f"{', '.join(self.options.topics)} and on its group {self.options.group}"
                 )
-            elif error.code() in OUT_OF_RANGE and message.topic() is not None:
+            if error.code() in OUT_OF_RANGE and message.topic() is not None:
                 refused[(message.topic() or "", message.partition() or 0)] = error.str()
             else:
                 log.warning("kafka: %s", error.str())

@@ -4,24 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 
 from pipeline.records import Header, Record
 
 
-def to_record(message: Message) -> Record:
-    """The record of a consumed message (no error)."""
-    kind, stamp = message.timestamp()
-    headers = message.headers()
-    return Record(
-        message.topic() or "",
-        message.partition() or 0,
-        message.offset() or 0,
-        message.key(),
-        message.value(),
-        normalize_headers(headers) if headers else (),
-        stamp if kind != TIMESTAMP_NOT_AVAILABLE else None,
-    )
+def to_records(messages: Iterable[Message]) -> tuple[list[Record], list[tuple[Message, KafkaError]]]:
+    """The records of the consumed messages without an error, in order, and the messages with one.
+
+    The loop's first pass over every message, so written for speed: one frame for the whole batch,
+    headers as the binding hands them out (a list of (str, bytes | None) pairs) copied in C.
+    """
+    records: list[Record] = []
+    errors: list[tuple[Message, KafkaError]] = []
+    append, new, no_stamp = records.append, tuple.__new__, TIMESTAMP_NOT_AVAILABLE
+    for message in messages:
+        if (error := message.error()) is not None:
+            errors.append((message, error))
+            continue
+        kind, stamp = message.timestamp()
+        headers = message.headers()
+        pairs: tuple[Header, ...] = ()
+        if headers:
+            pairs = tuple(headers) if type(headers) is list else normalize_headers(headers)  # type: ignore[arg-type]
+        # tuple.__new__ builds the named tuple without its Python-level __new__ (0.3 µs per record).
+        append(
+            new(
+                Record,
+                (
+                    message.topic() or "",
+                    message.partition() or 0,
+                    message.offset() or 0,
+                    message.key(),
+                    message.value(),
+                    pairs,
+                    stamp if kind != no_stamp else None,
+                ),
+            )
+        )
+    return records, errors
 
 
 def normalize_headers(headers: object) -> tuple[Header, ...]:

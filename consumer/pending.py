@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from consumer.window import Trigger
-from pipeline.records import PartitionId, Record
+from pipeline.records import PartitionId, Record, records_bytes
 
 
 def _ordered(records: Iterable[Record]) -> list[Record]:
@@ -30,7 +30,7 @@ class Pending:
 
     @property
     def bytes(self) -> int:
-        return sum(record.size for record in self.records)
+        return records_bytes(self.records)
 
     def partitions(self) -> set[PartitionId]:
         return {record.partition_id for record in self.records}

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.records import Batch, PartitionId, Record, partition_spans
+from pipeline.records import Batch, PartitionId, Record, ordered_runs, partition_spans
 
 
 @dataclass
@@ -131,15 +131,20 @@ class Positions:
     def unwritten(self, records: Sequence[Record]) -> list[Record]:
         """The buffered records still to write: owned, position known, at or after the stored
         position and before the fetch position (a record at or after it will be delivered again,
-        after a seek: the copy buffered earlier is stale)."""
+        after a seek: the copy buffered earlier is stale). `records` are ordered by (topic,
+        partition, offset), as pending records are: a run of one partition whose first and last
+        records are in bounds is kept whole."""
         owned = self._owned
-        kept = []
-        for record in records:
-            state = owned.get((record.topic, record.partition))
-            if state is None or not state.known or state.fetch is None or record.offset >= state.fetch:
+        kept: list[Record] = []
+        for pid, run in ordered_runs(records):
+            state = owned.get(pid)
+            if state is None or not state.known or state.fetch is None:
                 continue
-            if state.stored is None or record.offset >= state.stored:
-                kept.append(record)
+            fetch, stored = state.fetch, state.stored
+            if run[-1].offset < fetch and (stored is None or run[0].offset >= stored):
+                kept += run
+            else:
+                kept += [r for r in run if r.offset < fetch and (stored is None or r.offset >= stored)]
         return kept
 
     def batch(self, records: Sequence[Record]) -> Batch:

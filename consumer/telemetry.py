@@ -12,9 +12,9 @@ from typing import NamedTuple
 from consumer.health import Health
 from consumer.metrics import Metrics
 from pipeline.flush_result import FlushResult
-from pipeline.records import PartitionId, Record
+from pipeline.records import PARTITION_OF, PartitionId, Record, records_bytes
 
-_PARTITION_OF = attrgetter("topic", "partition")
+_TOPIC_OF = attrgetter("topic")
 # Spans kept per partition; past it the newest span widens (ages then err upwards, memory stays bounded).
 MAX_SPANS = 1024
 
@@ -52,7 +52,7 @@ class Unwritten:
                 and tail.offset - head.offset == len(records) - 1):  # fmt: skip
             self._note(head, tail.offset)  # the common case: one partition, contiguous offsets; no scan
             return
-        for _, run in groupby(records, key=_PARTITION_OF):
+        for _, run in groupby(records, key=PARTITION_OF):
             first = next(run)
             last = deque(run, maxlen=1)  # noqa: B031 - one pass: next() took the first, this keeps the last
             self._note(first, last[0].offset if last else first.offset)
@@ -97,7 +97,7 @@ class Telemetry:
             return
         self.unwritten.accepted(records)
         topic = records[0].topic
-        if all(record.topic == topic for record in records):  # one topic: no per-record bookkeeping
+        if len(set(map(_TOPIC_OF, records))) == 1:  # one topic: no per-record bookkeeping
             self.metrics.messages_consumed.labels(topic).inc(len(records))
             self.metrics.bytes_consumed.labels(topic).inc(size)
             return
@@ -118,7 +118,7 @@ class Telemetry:
         m.flushes.labels(trigger, outcome).inc()
         m.flush_duration.labels(outcome).observe(seconds)
         m.batch_records.observe(len(records))
-        m.batch_bytes.observe(sum(record.size for record in records))
+        m.batch_bytes.observe(records_bytes(records))
         m.rows_written.labels(raw_table).inc(result.inserted)
         for table, rows in result.summary_rows.items():
             m.rows_written.labels(table).inc(rows)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import chain
 
-from pipeline.records import PartitionId, Record
+from pipeline.records import PartitionId, Record, partition_runs, records_bytes
 
 Clock = Callable[[], float]
 
@@ -110,11 +111,9 @@ class Window:
         if self._opened_at is None:
             self._opened_at = self._clock()
         partitions = self._partitions
-        size = 0
-        for record in records:
-            partitions.setdefault((record.topic, record.partition), []).append(record)
-            value, key = record.value, record.key
-            size += (len(value) if value else 0) + (len(key) if key else 0)
+        for pid, run in partition_runs(records):
+            partitions.setdefault(pid, []).extend(run)
+        size = records_bytes(records)
         self._records += len(records)
         self._bytes += size
         return size
@@ -139,7 +138,8 @@ class Window:
 
     def take(self) -> list[Record]:
         """Close the window: its records ordered by (topic, partition, offset); start a new one."""
-        records = [record for pid in sorted(self._partitions) for record in self._partitions[pid]]
+        partitions = self._partitions
+        records = list(chain.from_iterable(partitions[pid] for pid in sorted(partitions)))
         self._partitions.clear()
         self._records = self._bytes = 0
         self._opened_at = None
@@ -152,7 +152,7 @@ class Window:
             records = self._partitions.pop(pid, [])
             dropped += len(records)
             self._records -= len(records)
-            self._bytes -= sum(record.size for record in records)
+            self._bytes -= records_bytes(records)
         if self._records == 0:
             self._opened_at = None
         return dropped

@@ -27,9 +27,10 @@ from typing import Any
 import orjson
 
 from pipeline.field_types import FIELD_TYPES
-from pipeline.fields import FieldError, FieldFailure, compile_field
+from pipeline.fields import FieldError, FieldFailure
 from pipeline.lookup_spec import normaliser
 from pipeline.records import Record, Rejection, RejectReason
+from pipeline.row_compiler import compile_row
 from pipeline.spec import PipelineSpec
 from pipeline.transform import Transform
 
@@ -108,7 +109,7 @@ class Decoder:
         self.transform = transform
         self.max_message_bytes = max_message_bytes
         self.field_names = tuple(spec.fields)
-        self._extracts = tuple(compile_field(name, fs) for name, fs in spec.fields.items())
+        self._read_row = compile_row(spec.fields)
         # Lookup keys, normalised here and staged after the fields (WritePlan.staging_columns), so that
         # PostgreSQL compares plain values. A lookup's key fields are required strings: each is
         # normalised from the value its field already decoded (row position 1 + the field's index).
@@ -153,7 +154,7 @@ class Decoder:
         self._topic_ids = topic_ids or {}
         out = DecodedBatch()
         rows, row_records = out.rows, out.row_records
-        extracts, kafka_plain, kafka_readers = self._extracts, self._kafka_plain, self._kafka_readers
+        read_row, kafka_plain, kafka_readers = self._read_row, self._kafka_plain, self._kafka_readers
         several = len(self.kafka_attributes) > 1
         limit, exact = self.max_message_bytes, self.exact
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
@@ -182,15 +183,15 @@ class Decoder:
                     event = _hooked(transform, event, index, record, out)
                     if event is None:
                         continue
-                row = [len(rows), *[extract(event) for extract in extracts]]
+                row = read_row(event, len(rows))
                 if normalisers:
-                    row += [normalise(row[at]) for at, normalise in normalisers]
+                    row += tuple([normalise(row[at]) for at, normalise in normalisers])
                 if kafka_plain is not None:
                     extra = kafka_plain(record)
-                    row.extend(extra if several else (extra,))
+                    row += extra if several else (extra,)
                 elif kafka_readers:
-                    row.extend([read(record) for read in kafka_readers])
-                rows.append(tuple(row))
+                    row += tuple([read(record) for read in kafka_readers])
+                rows.append(row)
                 row_records.append(index)
             except FieldError as exc:
                 out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, str(exc), "FieldError"))

@@ -47,7 +47,7 @@ from pipeline.errors import DatabaseFailure, FailureClass, RowEncodingError, cla
 from pipeline.flush_result import FlushResult
 from pipeline.lookup_cache import KnownKeys
 from pipeline.offsets import OffsetsTable
-from pipeline.records import Batch, PartitionId, Rejection, RejectReason
+from pipeline.records import PARTITION_OF, Batch, PartitionId, Rejection, RejectReason
 from pipeline.rejects import RejectSink
 from pipeline.sqlplan import WritePlan
 
@@ -192,7 +192,7 @@ class BatchWriter:
             self.known.forget()
             self._known_since = self.database.opened
         start = run.committed_records
-        partitions = {record.partition_id for record in run.batch.records[start:]}
+        partitions = set(map(PARTITION_OF, run.batch.records[start:]))
         rows = run.decoded.rows
         first_row = run.stack.resolved
         limit = min(len(rows), first_row + 1) if per_message else len(rows)
