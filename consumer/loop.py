@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient
 
+from consumer import collector
 from consumer.flow import FlowControl
 from consumer.handover import EXIT_HALTED, Handover
 from consumer.housekeeping import Housekeeping
@@ -123,6 +124,7 @@ class RunLoop:
     def run(self) -> int:
         """Consume until stopped; returns EXIT_OK when everything buffered was written."""
         r = self.rebalance
+        collector.settle()  # start-up is over: what exists now lives as long as the loop
         self.kafka.subscribe(list(self.options.topics), on_assign=r.on_assign, on_revoke=r.on_revoke,
                              on_lost=r.on_lost)  # fmt: skip
         try:

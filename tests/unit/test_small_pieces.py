@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from decimal import Decimal
 
 import orjson
 
+from consumer import collector
 from consumer.backoff import Backoff
 from consumer.logs import JsonFormatter, MaskingFormatter, mask_secrets
 from consumer.positions import Positions
@@ -126,3 +128,17 @@ def test_accept_a_batch_matches_accepting_one_by_one() -> None:
         owned.assign(("t", 1), None, known=False)
     assert whole.accept(batch) == [r for r in batch if one_by_one.accept([r])]
     assert whole.assigned_at(("t", 0)) == 10
+
+
+def test_the_collector_is_settled_once_with_startup_frozen() -> None:
+    collector._settled = False
+    before = gc.get_threshold()
+    try:
+        collector.settle()
+        assert gc.get_threshold() == (collector.YOUNG_THRESHOLD, *collector.OLDER_THRESHOLDS)
+        assert gc.get_freeze_count() > 0
+        gc.set_threshold(700, 10, 10)
+        collector.settle()  # a second loop in the same process changes nothing
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)
