@@ -171,6 +171,7 @@ def _variant_notes(report: dict[str, Any]) -> list[str]:
             f"{_fmt(steady.get('50%', {}).get('p99_latency_s'), ' s')}.",
             "",
         ]
+    notes += _cpu_note(report)
     lookups = report["variants"].get("microbatch_lookups")
     if lookups:
         notes += [
@@ -199,6 +200,24 @@ def _variant_notes(report: dict[str, Any]) -> list[str]:
             "",
         ]
     return notes
+
+
+def _cpu_note(report: dict[str, Any]) -> list[str]:
+    """Where the consumer's CPU goes, from this run's floors: the same process's work with nothing but
+    consuming (and parsing) to do."""
+    variants = report["variants"]
+    own = {name: variants.get(name, {}).get("cpu_us_per_event", {}).get("consumer") for name in variants}
+    plain, floor, parsed = own.get("microbatch"), own.get("kafka_ceiling"), own.get("kafka_ceiling_decode")
+    if plain is None or floor is None or parsed is None:
+        return []
+    return [
+        f"Consumer CPU: {_fmt(plain)} µs per event. Of that, taking the messages out of Kafka costs "
+        f"{_fmt(floor)} µs per event even with nothing else to do (the Kafka ceiling's own CPU), and "
+        f"{_fmt(parsed)} µs with JSON parsing. The rest ({_fmt(round(plain - parsed, 2))} µs) is validating "
+        "each field, encoding COPY rows, and the window's bookkeeping, on the loop thread; the writer thread "
+        "sends bytes that are ready. The README's Performance section has the profile.",
+        "",
+    ]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
