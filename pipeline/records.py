@@ -82,14 +82,22 @@ def partition_runs(records: Iterable[Record]) -> Iterator[tuple[PartitionId, lis
 
 
 def ordered_runs(records: Sequence[Record]) -> Iterator[tuple[PartitionId, Sequence[Record]]]:
-    """`partition_runs` of records ordered by (topic, partition, ...), as a batch's are: each run is
-    found by bisection (a few comparisons per partition, none per record) and sliced off."""
-    start, end = 0, len(records)
+    """`partition_runs` of records ordered by (topic, partition, offset), as a batch's are: each run is
+    found by bisection (a few comparisons per partition, none per record) and sliced off.
+
+    Raises ValueError when the records are visibly not in that order (a run that ends in another
+    partition, a partition after a greater one, a run whose offsets go down): a caller's broken
+    promise stops the loop rather than attribute a record to the wrong partition.
+    """
+    start, end, previous = 0, len(records), None
     while start < end:
         pid = PARTITION_OF(records[start])
         stop = bisect_right(records, pid, start, end, key=PARTITION_OF)
-        yield pid, records[start:stop]
-        start = stop
+        run = records[start:stop]
+        if (previous is not None and pid <= previous) or PARTITION_OF(run[-1]) != pid or run[-1].offset < run[0].offset:
+            raise ValueError(f"records are not ordered by (topic, partition, offset) around {pid}")
+        yield pid, run
+        start, previous = stop, pid
 
 
 def records_bytes(records: Iterable[Record]) -> int:

@@ -5,6 +5,7 @@ positions (stored, fetch, unknown, released), each pass gives what the per-recor
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,3 +79,17 @@ def test_per_run_passes_equal_the_per_record_rule(batches: list[list[Record]], d
     assert {pid: end for pid, (_, end) in spans.items()} == next_positions(unwritten)
     for pid, (first, _) in spans.items():
         assert first == min(r.offset for r in unwritten if r.partition_id == pid)
+
+
+def test_records_visibly_out_of_order_stop_the_pass_instead_of_joining_the_wrong_run() -> None:
+    a100, b5, a101 = Record("a", 0, 100, None, b"x"), Record("b", 0, 5, None, b"x"), Record("a", 0, 101, None, b"x")
+    positions = Positions()
+    positions.assign(("a", 0), 100)
+    positions.assign(("b", 0), 5)
+    positions.accept([a100, b5, a101])
+    for disordered in ([a100, b5, a101], [b5, a100], [a101, a100]):
+        with pytest.raises(ValueError, match="not ordered"):
+            positions.unwritten(disordered)
+        with pytest.raises(ValueError, match="not ordered"):
+            partition_spans(disordered)
+    assert positions.unwritten([a100, a101, b5]) == [a100, a101, b5]
