@@ -33,15 +33,14 @@ def test_t15_a_message_too_large_for_the_dead_letter_producer(make_stream: Strea
         stream.produce(4000, seed=150 + n, rate=3000, background=True)
         stream.wait_progress()
         stream.ensure_load(seed=160 + n)
-        live = stream.under_load()
         huge = b'{"event_id": "' + b"9" * 2_000_000 + b'"}'
-        stream.extra_entries += produce_recorded(
-            stream.bootstrap,
-            stream.topic,
-            [(n % stream.partitions, "truncated_json", (b"huge", huge, [("trace", b"t")]))],
-        )
-        scenario.fault(live=live)
-        stream.fault_ended()
+
+        def send_huge(partition: int = n % stream.partitions, huge: bytes = huge) -> None:
+            stream.extra_entries += produce_recorded(
+                stream.bootstrap, stream.topic, [(partition, "truncated_json", (b"huge", huge, [("trace", b"t")]))]
+            )
+
+        stream.inject(send_huge)  # judged live just before it, after new work arrived if the consumer caught up
     stream.recover()
     assert consumer.running(), "the consumer crashed on a message too large to dead-letter"
     assert consumer.terminate() == 0

@@ -31,7 +31,7 @@ from tests.support.vendor_oracle import VENDOR_INVOICES
 
 FULL = os.environ.get("MICROBATCH_CHAOS") == "full"
 RECOVERY_BOUND_S = 60.0
-LOAD_GAP_S = 5.0  # how long a fault waits for work in hand (Stream.inject)
+LOAD_GAP_S = 15.0  # how long a fault waits for work in hand (Stream.inject): a new producer starts in seconds
 INJECT_SEEDS = 9_000_000  # seeds of the productions inject starts; the scenarios' own are far below
 
 
