@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from bench import ceilings, connect_peer, lookups, secure, variants
+from bench import ceilings, connect_peer, lookups, profile, secure, variants
 from bench.lab import Dataset, Lab
-from bench.measure import machine
+from bench.measure import machine, source
 from bench.report import versions, write_report
 from pipeline.records import Record
 
@@ -178,7 +178,7 @@ def run(
     only: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """The benchmark; `only`: just the repetitions of these variants (None: everything)."""
-    started = time.monotonic()
+    started, code = time.monotonic(), source(ROOT)  # the commit, read before the outputs are rewritten
     lab = Lab.start(console, export=export)
     wanted = frozenset(VARIANTS) if only is None else only
     try:
@@ -196,6 +196,7 @@ def run(
                 results[name].append(figures)
                 console.print(f"  {name:22} {figures.get('events_per_s', figures.get('error'))}")
         report: dict[str, Any] = {
+            "source": code,
             "machine": machine(),
             "versions": versions(lab, sets.quix[1] if sets.quix else None),
             "settings": {
@@ -224,7 +225,8 @@ def run(
 def _extras(
     lab: Lab, mode: Mode, main: Dataset, records: list[Record], report: dict[str, Any], *, export: Path | None
 ) -> None:
-    """The runs beyond the variants' repetitions: the window grid, the bad-row cost, steady mode, memory."""
+    """The runs beyond the variants' repetitions: the window grid, the bad-row cost, steady mode, memory,
+    and where the consumer's CPU goes (bench/profile.py)."""
     grid = {}
     for max_records in mode.grid:
         console.print(f"grid: max_records={max_records}")
@@ -254,6 +256,11 @@ def _extras(
         backlog = lab.preload("rss", mode.rss_events, seed=10)
         report["rss_drain"] = variants.run_microbatch(lab, backlog, {}, label="rss")
         report["variants"]["microbatch"]["peak_rss_bytes"] = report["rss_drain"]["peak_rss_bytes"]
+    console.print("profile: one more drain of the main dataset, sampled by py-spy")
+    try:
+        report["profile"] = profile.profile_consumer(lab, main)
+    except Exception as exc:  # the report says why; the variants' figures stand without it
+        report["profile"] = {"error": f"{type(exc).__name__}: {exc}"[:800]}
 
 
 def _variant_names(text: str) -> frozenset[str]:

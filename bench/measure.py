@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,4 +143,17 @@ def machine() -> dict[str, object]:
         "memory_bytes": memory,
         "kernel": platform.release(),
         "python": platform.python_version(),
+    }
+
+
+def source(root: Path) -> dict[str, object]:
+    """The commit the benchmark runs on, and whether tracked files differed from it when it started."""
+
+    def git(*args: str) -> str:
+        found = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        return found.stdout.strip() if found.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
     }

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,13 +51,15 @@ def run_microbatch(
     prepare: Callable[[str], dict[str, Any]] | None = None,
     grant_to: str | None = None,
     consumer_env: Callable[[str], dict[str, str]] | None = None,
+    observe: Callable[[int], AbstractContextManager[object]] | None = None,
 ) -> Figures:
     """Drain `dataset` with a real `microbatch run` (of `binary`: another checkout's, to compare two
     commits) on the dataset's pipeline: events/s from its first poll to its last commit. With `export`,
     its tables go there once the process has stopped. `prepare(url)`, if given, runs after init-db and
     before the consumer starts (untimed); the figures it returns are reported with the run's. `grant_to`:
     init-db grants that runtime role; `consumer_env(url)`: what the consumer's environment (not init-db's)
-    gets on top, e.g. the runtime role's URL and the broker's SASL_SSL listener."""
+    gets on top, e.g. the runtime role's URL and the broker's SASL_SSL listener. `observe(pid)`: a context
+    held around the drain, from the first poll to the last commit (bench/profile.py samples it)."""
     url = lab.fresh_database()
     group = f"mb-{label}-{uuid.uuid4().hex[:6]}"
     pipeline_file = lab.pipeline_file(dataset.topic, group, pipeline=dataset.pipeline)
@@ -80,7 +83,7 @@ def run_microbatch(
         clock_before = CpuClock.read(process.pid, lab.postgres_pid, lab.kafka.pid)
         started_at = _log_time(log_path.read_text()) or time.time()
         total = sum(lab.high_watermarks(dataset.topic).values())
-        with PositionWatch(url, group) as positions:
+        with PositionWatch(url, group) as positions, (observe or _unobserved)(process.pid):
             while positions.total() < total:
                 _alive(process, log_path, deadline)
                 time.sleep(0.02)
@@ -110,6 +113,10 @@ def run_microbatch(
         **({"failed_checks": failed} if failed else {}),
         **prepared,
     }
+
+
+def _unobserved(pid: int) -> AbstractContextManager[object]:
+    return nullcontext()
 
 
 def verify(url: str, dataset: Dataset) -> list[Check]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import groupby
 from operator import attrgetter
 from typing import NamedTuple
 
 from consumer.health import Health
 from consumer.metrics import Metrics
 from pipeline.flush_result import FlushResult
-from pipeline.records import PARTITION_OF, PartitionId, Record, records_bytes
+from pipeline.records import PartitionId, Record, partition_runs, records_bytes
 
 _TOPIC_OF = attrgetter("topic")
 # Spans kept per partition; past it the newest span widens (ages then err upwards, memory stays bounded).
@@ -52,10 +51,8 @@ class Unwritten:
                 and tail.offset - head.offset == len(records) - 1):  # fmt: skip
             self._note(head, tail.offset)  # the common case: one partition, contiguous offsets; no scan
             return
-        for _, run in groupby(records, key=PARTITION_OF):
-            first = next(run)
-            last = deque(run, maxlen=1)  # noqa: B031 - one pass: next() took the first, this keeps the last
-            self._note(first, last[0].offset if last else first.offset)
+        for _, run in partition_runs(records):
+            self._note(run[0], run[-1].offset)
 
     def _note(self, first: Record, last: int) -> None:
         stamp = first.timestamp_ms if first.timestamp_ms is not None else int(self._wall() * 1000)

@@ -41,7 +41,9 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "latest.json").read_text())
-    assert {"machine", "versions", "variants", "ratios", "targets"} <= set(report)
+    assert {"source", "machine", "versions", "variants", "ratios", "targets"} <= set(report)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert report["source"]["commit"] == head  # the report names the commit it ran on
     for name in (
         "microbatch",
         "microbatch_replay",
@@ -67,7 +69,14 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert microbatch["peak_rss_bytes"] > 0
     assert report["ratios"]["vs_naive"] > 1, "batching must beat one transaction per message"
     assert report["bad_row"]["statements_with_one_bad_row"] <= 30
+    profile = report["profile"]  # where the consumer's CPU goes: py-spy over one more drain, by stage
+    assert profile.get("run", {}).get("correct") is True and profile["samples"] > 0, profile
+    stages = profile["stages"]
+    assert stages["field checks"]["share"] + stages["JSON and decode loop"]["share"] > 0, stages
+    assert sum(stage["share"] for stage in stages.values()) == pytest.approx(1.0, abs=0.01)
     assert (out / "BENCHMARKS.md").read_text().startswith("# Benchmarks")
+    assert f"on commit `{head[:12]}`" in (out / "BENCHMARKS.md").read_text()
+    assert "## Where the consumer's CPU goes" in (out / "BENCHMARKS.md").read_text()
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The test's own check, from the ledgers and the exported tables.

@@ -264,18 +264,22 @@ class Stream:
         """True when the consumer has work in hand now: unwritten messages it is buffering or flushing."""
         return self.backlog() > 0
 
+    def load_in_hand(self) -> bool:
+        """Just before a fault: whether the consumer has unwritten work in hand. A consumer that caught up
+        since `ensure_load` (a fast one, or the production just ended) gets up to LOAD_GAP_S for new work to
+        arrive, produced here when none is, so that the fault hits work in hand."""
+        deadline = time.monotonic() + LOAD_GAP_S
+        while not self.under_load() and time.monotonic() < deadline:
+            if not self.producing():  # the production ended and the consumer caught up: more work
+                self.top_ups += 1
+                self.keep_fed(seed=INJECT_SEEDS + self.top_ups)
+            time.sleep(0.005)
+        return self.under_load()
+
     def inject(self, action: Callable[[], object], *, live: bool | None = None) -> None:
-        """Inject one instantaneous fault: counted as live when the stream was under load just before.
-        A consumer that caught up since `ensure_load` (a fast one, or the production just ended) gets up
-        to LOAD_GAP_S for new work to arrive, produced here when none is, so that the fault hits work in hand."""
-        if live is None:
-            deadline = time.monotonic() + LOAD_GAP_S
-            while not self.under_load() and time.monotonic() < deadline:
-                if not self.producing():  # the production ended and the consumer caught up: more work
-                    self.top_ups += 1
-                    self.keep_fed(seed=INJECT_SEEDS + self.top_ups)
-                time.sleep(0.005)
-        hit = self.under_load() if live is None else live
+        """Inject one instantaneous fault: counted as live when the stream was under load just before
+        (`load_in_hand`), or as `live` says."""
+        hit = self.load_in_hand() if live is None else live
         action()
         self.scenario.fault(live=hit)
         self.fault_ended()
