@@ -10,7 +10,7 @@ on by the table in consumer.failures). A write, whatever started it, goes one wa
   2. the previous write's outcome is accounted for; if it failed, ours wait behind its records;
   3. `Positions` makes the batch (the records with the positions they move) and the writer thread
      writes it: one transaction (compare-and-set, COPY, insert and upserts, dead letters, COMMIT);
-  4. each COMMIT's positions are applied to `Positions` and told to Kafka (advisory).
+  4. each COMMIT's positions are applied to `Positions` and told to Kafka (advisory, at most once a second).
 
 Loop thread only (the writer thread is reached through WriterThread).
 """
@@ -41,6 +41,11 @@ EXIT_HALTED = 3
 # statement before it decodes more (WriterThread.wait_for_handover). Measured per 5,000-event write:
 # BEGIN + compare-and-set 2.2 → 0.9 ms, COPY 8.7 → 5.6 ms; the statement, which decoding overlaps, ~2 ms slower.
 HANDOVER_WAIT_S = 0.1
+# The advisory Kafka commit goes at most this often, with the latest stored position of each partition. One
+# OffsetCommit per COMMIT flooded the group coordinator when bad rows made a bisection commit thousands of small
+# transactions per window: the group's heartbeats queued behind them until the session expired (the
+# partitions lost mid-window), and close() waited on them past the shutdown deadline.
+ADVISORY_INTERVAL_S = 1.0
 CANCEL_WAIT_S = 2.0  # after asking PostgreSQL to cancel a write at the shutdown deadline
 
 
@@ -59,8 +64,9 @@ class Handover:
         flow: FlowControl,
         telemetry: Telemetry,
         raw_table: str,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._kafka, self._preparer, self._writer = kafka, preparer, writer
+        self._kafka, self._preparer, self._writer, self._clock = kafka, preparer, writer, clock
         self.pending, self._positions, self._seeker = pending, positions, seeker
         self._flow, self._telemetry = flow, telemetry
         self._raw_table = raw_table
@@ -70,6 +76,8 @@ class Handover:
         self.on_commit: Callable[[], None] = lambda: None  # told after each COMMIT (the database answered)
         self.deadline: float | None = None  # monotonic time by which waits end (set at shutdown)
         self.cut = False  # a write was left unfinished at the deadline
+        self._advisory: dict[PartitionId, int] = {}  # stored positions Kafka was not told yet (`advise`)
+        self._advised_at = float("-inf")
 
     def unwritten(self) -> int:
         """Pending records still to write."""
@@ -183,19 +191,31 @@ class Handover:
         return False
 
     def apply_commits(self) -> None:
-        """4. Each COMMIT's positions: remembered, and told to Kafka (advisory: lag tools read it)."""
+        """4. Each COMMIT's positions: remembered, and told to Kafka (advisory: lag tools read it), the latest
+        of each partition, at most once per ADVISORY_INTERVAL_S."""
         for positions in self._writer.commits():
             self._positions.committed(positions)
             self.on_commit()
-            offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
-            if offsets:
-                try:
-                    self._kafka.commit(offsets=offsets, asynchronous=True)
-                except KafkaException as exc:
-                    log.debug("advisory kafka commit failed: %s", exc)
+            self._advisory.update(positions)
+        if self._advisory and self._clock() - self._advised_at >= ADVISORY_INTERVAL_S:
+            self.advise()
+
+    def advise(self) -> None:
+        """Tell Kafka the stored positions it was not told yet, in one asynchronous commit (advisory: nothing
+        here trusts it, placement reads the database)."""
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._advisory.items()]
+        self._advisory.clear()
+        self._advised_at = self._clock()
+        if offsets:
+            try:
+                self._kafka.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:
+                log.debug("advisory kafka commit failed: %s", exc)
 
     def release(self, window: Window, pids: set[PartitionId]) -> None:
-        """Forget partitions no longer owned: their buffered records and positions."""
+        """Forget partitions no longer owned: their buffered records and positions. What was stored for them
+        is told to Kafka first: their next owner may have nothing to write for a while (lag tools read it)."""
+        self.advise()
         window.drop(pids)
         self.pending.drop(pids)
         self._positions.release(pids)

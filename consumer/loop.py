@@ -107,7 +107,8 @@ class RunLoop:
         seeker = Seeker(kafka, writer, positions, facts=LogFacts(admin, kafka), rules=options.placement,
                         window=window, pending=pending, telemetry=telemetry, flow=flow, clock=clock)  # fmt: skip
         self.handover = Handover(kafka, preparer, writer, pending=pending, positions=positions, seeker=seeker,
-                                 flow=flow, telemetry=telemetry, raw_table=target.spec.raw.table)  # fmt: skip
+                                 flow=flow, telemetry=telemetry, raw_table=target.spec.raw.table,
+                                 clock=clock)  # fmt: skip
         self.seeker, self.writer, self.preparer = seeker, writer, preparer
         self.rebalance = Rebalance(self.handover, positions=positions, seeker=seeker, window=window, flow=flow,
                                    telemetry=telemetry)  # fmt: skip
