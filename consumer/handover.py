@@ -196,21 +196,25 @@ class Handover:
         for positions in self._writer.commits():
             self._positions.committed(positions)
             self.on_commit()
-            self._advisory.update(positions)
+            # Only partitions still owned: a write that ended after its partition was released must not
+            # tell Kafka an old position once another member owns it.
+            self._advisory.update({pid: offset for pid, offset in positions.items() if pid in self._positions})
         if self._advisory and self._clock() - self._advised_at >= ADVISORY_INTERVAL_S:
             self.advise()
 
     def advise(self) -> None:
-        """Tell Kafka the stored positions it was not told yet, in one asynchronous commit (advisory: nothing
-        here trusts it, placement reads the database)."""
+        """Tell Kafka the stored positions it was not told yet, in one asynchronous commit. Advisory: placement
+        trusts the stored positions; a Kafka commit only ever seeds a partition with no stored row, when
+        `adopt_kafka_offsets` is set, and it is sent after the COMMIT that stored a row."""
+        if not self._advisory:
+            return
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._advisory.items()]
         self._advisory.clear()
         self._advised_at = self._clock()
-        if offsets:
-            try:
-                self._kafka.commit(offsets=offsets, asynchronous=True)
-            except KafkaException as exc:
-                log.debug("advisory kafka commit failed: %s", exc)
+        try:
+            self._kafka.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.debug("advisory kafka commit failed: %s", exc)
 
     def release(self, window: Window, pids: set[PartitionId]) -> None:
         """Forget partitions no longer owned: their buffered records and positions. What was stored for them

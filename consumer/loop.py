@@ -137,6 +137,7 @@ class RunLoop:
         finally:
             self.handover.closing = True
             self.handover.settle()
+            self.handover.advise()  # the last stored positions, before leaving the group (close() waits for it)
             self.kafka.close()
             self.writer.close()
             self.preparer.close()

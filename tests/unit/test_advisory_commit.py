@@ -94,4 +94,13 @@ def test_what_was_stored_is_told_before_a_partition_is_released() -> None:
     handover.apply_commits()
     assert kafka.commits == [{("t", 2): 5}]  # within the interval: kept
     handover.release(Window(WindowPolicy(), clock=clock), {("t", 2)})
-    assert kafka.commits == [{("t", 2): 5}, {("t", 2): 9}]  # revoked (or closing): told before it goes
+    assert kafka.commits == [{("t", 2): 5}, {("t", 2): 9}]  # revoked: told before it goes
+
+
+def test_a_commit_that_ends_after_its_partition_was_released_is_not_told() -> None:
+    handover, kafka, writer, clock, _ = _rig()
+    handover.release(Window(WindowPolicy(), clock=clock), {("t", 1)})
+    assert kafka.commits == [], "nothing was stored: nothing to tell"
+    writer.reported = [{("t", 0): 4, ("t", 1): 50}]  # a write still running when t1 was released
+    handover.apply_commits()
+    assert kafka.commits == [{("t", 0): 4}]  # t1 may belong to another member by now
