@@ -28,10 +28,11 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from bench import ceilings, connect_peer, lookups, profile, secure, variants
+from bench import ceilings, commit_cost, connect_peer, lookups, profile, secure, variants
 from bench.lab import Dataset, Lab
 from bench.measure import machine, source
 from bench.report import versions, write_report
+from consumer.window import LIMITS
 from pipeline.records import Record
 
 console = Console(stderr=True)
@@ -60,6 +61,7 @@ MODES = {
 
 
 REPLAY = {"MICROBATCH_DURABILITY": "replay"}
+WINDOW_RECORDS = next(limit.default for limit in LIMITS if limit.setting == "max_records")
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
@@ -238,6 +240,11 @@ def _extras(
             export=_export_dir(export, f"grid-max_records={max_records}"),
         )
     report["grid"] = grid
+    plain = report["variants"].get("microbatch", {})
+    console.print("what a durable COMMIT waits for, after a window's WAL")
+    report["commit_wait"] = commit_cost.commit_wait(
+        lab.fresh_database(), rows=WINDOW_RECORDS, wal_bytes_per_row=plain.get("wal_bytes_per_event") or 500
+    )
     console.print("flush cost with 1 rejected row in 10,000")
     report["bad_row"] = ceilings.bad_row_cost(lab, records, rounds=mode.bad_row_rounds)
     drain_rate = report["variants"]["microbatch"].get("events_per_s", 0)

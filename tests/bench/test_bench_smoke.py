@@ -87,6 +87,10 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     raw = report["variants"]["raw_ingest"]  # the same records as pg_ceiling's (checked below), raw rows only
     assert (raw["rows"], raw["quantity"]) == good_events(acknowledged), raw
     assert report["ratios"]["replay_vs_fsync"] > 0 and report["ratios"]["vs_raw_ingest"] > 0
+    commit = report["commit_wait"]  # what a durable COMMIT waits for: the most replay can save
+    assert commit["wal_bytes_per_transaction"] > 0 and commit["fsync_commit_s"] > 0 and commit["replay_commit_s"] > 0
+    assert report["ratios"]["replay_most_saves"] is not None
+    assert "All that replay removes is the durable COMMIT's wait" in (out / "BENCHMARKS.md").read_text()
     exported = sorted(path for path in export.iterdir() if (path / "dataset.txt").exists())
     assert {_base(path) for path in exported} >= TABLE_WRITERS, [path.name for path in export.iterdir()]
     for directory in exported:
