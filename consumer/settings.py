@@ -168,7 +168,8 @@ class Settings(BaseModel):
     )  # fmt: skip
     max_bisect_transactions: int = Field(
         8, ge=1,
-        description="Transactions one flush may use for bisection before writing one message per transaction.",
+        description="Transactions one flush may use for bisection over all its remaining rows; after them, each "
+        "transaction takes a slice of max_savepoints rows.",
     )  # fmt: skip
     lookup_cache_keys: int = Field(
         100_000, ge=0,

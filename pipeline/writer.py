@@ -20,8 +20,8 @@ the SAVEPOINT and its RELEASE are two more round trips. If it fails on bad data 
 halves, each under its own SAVEPOINT, down to single rows: the leaves are the per-message writes.
 Savepoints per transaction are capped (`max_savepoints`, PostgreSQL caches 64 subtransactions per
 backend): past the cap the resolved prefix is committed and the rest continues in a new
-transaction; after `max_transactions` of those, the remaining rows are written one message per
-transaction.
+transaction; after `max_transactions` of those, each transaction takes the next `max_savepoints`
+rows only (not one message per transaction: 4,000 commits for a window with 4.5% bad rows).
 With `synchronous_commit` off (the `replay` durability) each transaction sets it off for itself: a
 database crash may then lose the last commits, rows and positions together (a suffix of the WAL), and
 the consumer reads those messages again (the compare-and-set fails, or the positions read back are
@@ -165,9 +165,9 @@ class BatchWriter:
             run.on_progress = on_progress
         try:
             while run.committed_records < len(batch.records):
-                per_message = run.result.transactions >= self.max_transactions
+                sliced = run.result.transactions >= self.max_transactions
                 try:
-                    committed = self._transaction(run, sink, per_message=per_message)
+                    committed = self._transaction(run, sink, sliced=sliced)
                 except _CopyFailed:
                     run.result.bisected = run.copy_per_node = True
                     continue
@@ -185,8 +185,9 @@ class BatchWriter:
         run.result.skipped = len(decoded.skipped)
         return run.result
 
-    def _transaction(self, run: _Run, sink: RejectSink, *, per_message: bool) -> dict[PartitionId, int]:
-        """One transaction resolving as much of the batch as its savepoint budget allows."""
+    def _transaction(self, run: _Run, sink: RejectSink, *, sliced: bool) -> dict[PartitionId, int]:
+        """One transaction resolving as much of the batch (`sliced`: of its next `max_savepoints`
+        rows) as its savepoint budget allows."""
         conn = self.database.connection()
         if self.database.opened != self._known_since:  # a new connection: reference rows may have been lost
             self.known.forget()
@@ -195,7 +196,7 @@ class BatchWriter:
         partitions = set(map(PARTITION_OF, run.batch.records[start:]))
         rows = run.decoded.rows
         first_row = run.stack.resolved
-        limit = min(len(rows), first_row + 1) if per_message else len(rows)
+        limit = min(len(rows), first_row + self.max_savepoints) if sliced else len(rows)
         # 1. compare-and-set: this transaction owns these partitions' ranges, or nobody writes.
         targets = {pid: run.batch.to_positions[pid] for pid in partitions}
         with self._begin(conn, {pid: run.stored.get(pid) for pid in partitions}, targets, run.batch.topic_ids):
@@ -206,7 +207,7 @@ class BatchWriter:
                     self._copy_bulk(conn, rows, first_row, limit, run.decoded.copy_data)
                     run.on_progress()
                 # 3+4. the insert-and-upsert statement, bisected on bad data.
-                self._bisect(conn, run, limit, budget=1 if per_message else self.max_savepoints)
+                self._bisect(conn, run, limit, budget=self.max_savepoints)
             boundary = run.record_boundary()
             committed = run.positions_at(boundary, partitions)
             if committed != targets:
@@ -293,7 +294,7 @@ class BatchWriter:
     def _bisect(self, conn: psycopg.Connection[Any], run: _Run, limit: int, budget: int) -> None:
         """Resolve ranges left to right until `limit` rows are resolved or the budget is spent."""
         stack = run.stack
-        if not run.result.bisected and not run.copy_per_node and budget > 1:
+        if not run.result.bisected and not run.copy_per_node:
             self._bulk_statement(conn, run, limit)
             return
         while budget > 0 and (node := stack.next(limit)) is not None:
