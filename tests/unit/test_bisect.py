@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -67,6 +68,35 @@ def test_a_budget_below_the_depth_resolves_nothing_but_keeps_what_it_learned() -
     assert stack.resolved == 0
     node = stack.next(1024)
     assert node is not None and (node.lo, node.hi) == (0, 128)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_slices_after_whole_range_transactions_find_every_bad_row_and_always_progress(seed: int) -> None:
+    # The writer's transactions: a few over everything left, then slices of `budget` rows, each with
+    # `budget` attempts; pending ranges (some known bad, with siblings) cross the slices' limits.
+    rng = random.Random(seed)
+    n, budget = rng.randrange(1, 600), rng.choice((2, 3, 4, 8, 64))
+    bad = {row for row in range(n) if rng.random() < rng.choice((0.01, 0.1, 0.5, 1.0))}
+    stack, rejected, transactions = RangeStack(n), [], 0
+    while stack.resolved < n:
+        before = stack.resolved
+        sliced = transactions >= 2
+        limit = min(n, before + budget) if sliced else n
+        attempts = budget
+        while attempts > 0 and (node := stack.next(limit)) is not None:
+            attempts -= 1
+            assert before <= node.lo < node.hi <= limit
+            if not bad & set(range(node.lo, node.hi)):
+                stack.succeed(node)
+            elif node.size == 1:
+                rejected.append(node.lo)
+                stack.reject(node)
+            else:
+                stack.fail(node)
+        # A transaction over everything may spend its budget above the first row; a slice may not.
+        assert stack.resolved > before or not sliced, "every slice resolves at least one row"
+        transactions += 1
+    assert rejected == sorted(bad)
 
 
 def test_limit_splits_ranges_so_single_rows_can_go_one_by_one() -> None:
