@@ -7,6 +7,9 @@ An entry gives everything microbatch needs to know about a type, in one place:
   or `FieldError` with a reason that never quotes the value (it ends up in dead-letter headers);
 - `fast(spec)`: optional: the common, valid case in a few comparisons, returning `MISSING` to ask
   the slow path. It must accept nothing that `check` refuses, and return what `check` would;
+- `condition(spec)`: optional: a fast check that returns valid values unchanged, written as one
+  Python expression (pipeline.conditions), which the compiled row reader inlines; `fast` is then
+  made from it;
 - `exact(spec)`: optional: True when the field needs the digits of a JSON number exactly as written
   (a double holds 15): the pipeline then reads fractional numbers as `decimal.Decimal`
   (pipeline.decode), and every check of a number must accept a Decimal.
@@ -28,6 +31,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from pipeline.conditions import Condition, as_check
 from pipeline.registry import Registry
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -37,7 +41,8 @@ DOUBLE_DIGITS = 15  # significant decimal digits a double always reproduces exac
 NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE = 131_072, 16_383
 MISSING: Any = object()
 Check = Callable[[Any], Any]
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# What str(uuid.UUID(text)) returns unchanged (lowercase): other spellings take the exact check.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 LENGTHS = frozenset({"min_length", "max_length"})
 BOUNDS = frozenset({"min", "max", "min_exclusive", "max_exclusive", "nonzero"})
 
@@ -71,6 +76,14 @@ class FieldType:
     fast: Callable[[Rules], Check] | None = None
     rules: frozenset[str] = frozenset()
     exact: Callable[[Rules], bool] | None = None
+    condition: Callable[[Rules], Condition] | None = None
+
+    def __post_init__(self) -> None:
+        if self.condition is not None:
+            if self.fast is not None:
+                raise ValueError(f"field type {self.name}: give a fast check or a condition, not both")
+            condition = self.condition
+            object.__setattr__(self, "fast", lambda rules: as_check(condition(rules), MISSING))
 
 
 FIELD_TYPES: Registry[FieldType] = Registry()
@@ -121,16 +134,11 @@ def _string(rules: Rules) -> Check:
     return check
 
 
-def _fast_string(rules: Rules) -> Check:
+def _string_condition(rules: Rules) -> Condition:
     low = rules.min_length or 0
     high = rules.max_length if rules.max_length is not None else math.inf
-
-    def fast(value: Any) -> Any:
-        if type(value) is str and low <= len(value) <= high and "\x00" not in value:
-            return value
-        return MISSING
-
-    return fast
+    expression = 'type(value) is str and low <= len(value) <= high and "\\x00" not in value'
+    return Condition(expression, {"low": low, "high": high})
 
 
 # -- integer ------------------------------------------------------------------------------------------
@@ -164,16 +172,11 @@ def _integer(rules: Rules) -> Check:
     return check
 
 
-def _fast_integer(rules: Rules) -> Check:
+def _integer_condition(rules: Rules) -> Condition:
     low, high = _integer_bounds(rules)
-    nonzero = rules.nonzero
-
-    def fast(value: Any) -> Any:
-        if type(value) is int and low <= value <= high and (value or not nonzero):
-            return value
-        return MISSING
-
-    return fast
+    if rules.nonzero:
+        return Condition("type(value) is int and low <= value <= high and value != 0", {"low": low, "high": high})
+    return Condition("type(value) is int and low <= value <= high", {"low": low, "high": high})
 
 
 def _integer_sql(rules: Rules) -> str:
@@ -261,17 +264,18 @@ def _fast_decimal(rules: Rules) -> Check:
     integer_digits = rules.precision - (rules.scale or 0) if rules.precision is not None else 1000
     low, high = _float_bounds(rules)
     nonzero = rules.nonzero
+    # Bounds inside ±10**integer_digits make counting the digits before the point needless.
+    bounded = math.isfinite(low) and math.isfinite(high) and max(-low, high) < 10**integer_digits
+    places = scale + 1  # the point and the digits after it
 
     def fast(value: Any) -> Any:
-        if type(value) is not float or not low < value < high or (nonzero and not value):
-            return MISSING
-        text = repr(value)
-        whole, _, fraction = text.partition(".")
-        if "e" in fraction or "e" in whole or len(fraction) > scale:
-            return MISSING
-        if len(whole.lstrip("-").lstrip("0")) > integer_digits:
-            return MISSING
-        return text
+        if type(value) is float and low < value < high and (value or not nonzero):
+            text = repr(value)  # finite and without an exponent: it has a point ("1.0")
+            point = text.find(".")
+            whole_ok = bounded or len(text[:point].lstrip("-").lstrip("0")) <= integer_digits
+            if "e" not in text and len(text) - point <= places and whole_ok:
+                return text
+        return MISSING
 
     return fast
 
@@ -326,15 +330,8 @@ def _uuid(rules: Rules) -> Check:
     return check
 
 
-def _fast_uuid(rules: Rules) -> Check:
-    match = _CANONICAL_UUID.fullmatch
-
-    def fast(value: Any) -> Any:
-        if type(value) is str and len(value) == 36 and match(value):
-            return value
-        return MISSING
-
-    return fast
+def _uuid_condition(rules: Rules) -> Condition:
+    return Condition("type(value) is str and len(value) == 36 and match(value)", {"match": _CANONICAL_UUID.fullmatch})
 
 
 def _timestamp(rules: Rules) -> Check:
@@ -383,11 +380,11 @@ def _fixed(sql_type: str) -> Callable[[Rules], str]:
     return lambda rules: sql_type
 
 
-register(FieldType("string", _fixed("text"), _string, _fast_string, LENGTHS))
-register(FieldType("integer", _integer_sql, _integer, _fast_integer, BOUNDS))
+register(FieldType("string", _fixed("text"), _string, rules=LENGTHS, condition=_string_condition))
+register(FieldType("integer", _integer_sql, _integer, rules=BOUNDS, condition=_integer_condition))
 register(FieldType("decimal", _decimal_sql, _decimal, _fast_decimal, BOUNDS | {"precision", "scale"}, _decimal_exact))
 register(FieldType("float", _fixed("double precision"), _float, None, BOUNDS))
 register(FieldType("boolean", _fixed("boolean"), _boolean))
-register(FieldType("uuid", _fixed("uuid"), _uuid, _fast_uuid))
+register(FieldType("uuid", _fixed("uuid"), _uuid, condition=_uuid_condition))
 register(FieldType("timestamp", _fixed("timestamp with time zone"), _timestamp, _fast_timestamp))
 register(FieldType("enum", _fixed("text"), _enum, None, frozenset({"values"})))

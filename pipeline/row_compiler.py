@@ -3,16 +3,18 @@
 Reading an event through one extractor per field costs two Python frames per field (the extractor,
 then its type's fast check) and a comprehension's frame per event; for the seven fields of the
 invoice pipeline that was about a quarter of decoding. `compile_row` writes the loop out instead:
-one function whose body reads each top-level field and calls its type's fast check directly (one
-frame per field), then falls back to the field's own extractor (`compile_field`) for a value the
-fast check does not take (missing, a default, the exact reason it is wrong).
+one function whose body reads each top-level field and tests it with its type's condition written
+in (pipeline.conditions: no frame at all), or calls its type's fast check directly (one frame),
+then falls back to the field's own extractor (`compile_field`) for a value the fast path does not
+take (missing, a default, the exact reason it is wrong).
 
 Contract: `compile_row(fields)(event, seq)` returns `(seq, *[extract(event) for extract in
 compile_field(...)])` and raises what that raises, for any event. Anything the compiled body raises
 sends the event through that reference path again, so failures carry the extractor's message.
 
-The generated source contains identifiers of its own making only (v0, fast0, ...): field names and
-paths reach it as values in its namespace, never as text.
+The generated source contains identifiers of its own making (v0, fast0, c0_low, ...) and the field
+types' own condition text: field names, paths and rule values reach it as values in its namespace,
+never as text.
 """
 
 from __future__ import annotations
@@ -45,7 +47,17 @@ def compile_row(fields: Mapping[str, FieldSpec]) -> RowReader:
     for i, (name, spec) in enumerate(fields.items()):
         namespace[f"extract{i}"] = extracts[i]
         kind, path = FIELD_TYPES[spec.type], spec.path or name
-        if kind.fast is not None and "." not in path:
+        if kind.condition is not None and "." not in path:
+            # The type's condition written into the body: no call at all for a valid value.
+            test, constants = kind.condition(spec).inlined(f"v{i}", f"c{i}_")
+            namespace.update(constants)
+            namespace[f"key{i}"] = path
+            body += [
+                f"        v{i} = event.get(key{i}, MISSING)",
+                f"        if not ({test}):",
+                f"            v{i} = extract{i}(event)",
+            ]
+        elif kind.fast is not None and "." not in path:
             namespace[f"key{i}"], namespace[f"fast{i}"] = path, kind.fast(spec)
             body += [
                 f"        v{i} = fast{i}(event.get(key{i}, MISSING))",

@@ -1,0 +1,101 @@
+"""Fast checks written as conditions (pipeline/conditions.py): the inlined text and the check made
+from it are the same test, renaming touches identifiers only, and every registered condition accepts
+only values its type's exact check returns unchanged."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.conditions import Condition, as_check
+from pipeline.field_types import FIELD_TYPES, MISSING, FieldError, FieldType
+from pipeline.spec import FieldSpec
+
+SHORT = Condition("type(value) is str and len(value) <= high", {"high": 3})
+
+
+def test_the_check_made_from_a_condition_returns_the_value_or_missing() -> None:
+    check = as_check(SHORT, MISSING)
+    assert check("abc") == "abc"
+    assert check("abcd") is MISSING
+    assert check(12) is MISSING
+
+
+def test_inlining_renames_whole_identifiers_and_keeps_constants_as_values() -> None:
+    condition = Condition("value_count == value and highest > high", {"high": 1, "highest": 2})
+    text, namespace = condition.inlined("v3", "c3_")
+    assert text == "value_count == v3 and c3_highest > c3_high"
+    assert namespace == {"c3_high": 1, "c3_highest": 2}
+
+
+@pytest.mark.parametrize("name", ["value", "High", "1st", "a-b", ""])
+def test_a_constant_must_be_a_lowercase_identifier_other_than_value(name: str) -> None:
+    with pytest.raises(ValueError, match="condition constant"):
+        Condition("value", {name: 1})
+
+
+def test_a_field_type_takes_a_fast_check_or_a_condition_not_both() -> None:
+    def condition(rules: Any) -> Condition:
+        return SHORT
+
+    with pytest.raises(ValueError, match="not both"):
+        FieldType("both", lambda rules: "text", lambda rules: str, lambda rules: str, condition=condition)
+    kind = FieldType("short", lambda rules: "text", lambda rules: str, condition=condition)
+    assert kind.fast is not None and kind.fast(FieldSpec(type="string"))("ab") == "ab"
+
+
+SPECS = [
+    FieldSpec(type="string"),
+    FieldSpec(type="string", min_length=1, max_length=4),
+    FieldSpec(type="integer"),
+    FieldSpec(type="integer", min=Decimal(-5), max_exclusive=Decimal("7.5"), nonzero=True),
+    FieldSpec(type="uuid"),
+]
+VALUES = st.one_of(
+    st.text(max_size=40),
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.sampled_from(["00000000-0000-0000-0000-00000000000A", "0000000-00000-0000-0000-000000000000", True, 0, None]),
+    st.uuids().map(str),
+    st.floats(allow_nan=True),
+)
+
+
+@settings(max_examples=1500, deadline=None, database=None, derandomize=True)
+@given(value=VALUES)
+def test_every_registered_condition_accepts_only_what_its_check_returns_unchanged(value: Any) -> None:
+    for spec in SPECS:
+        kind = FIELD_TYPES[spec.type]
+        assert kind.condition is not None and kind.fast is not None
+        accepted = kind.fast(spec)(value)
+        if accepted is MISSING:
+            continue
+        assert accepted is value
+        try:
+            checked = kind.check(spec)(value)
+        except FieldError as exc:
+            raise AssertionError(f"{spec.type} accepted {value!r}, which its check refuses: {exc}") from None
+        assert checked == value and type(checked) is type(value)
+
+
+DECIMALS = [
+    FieldSpec(type="decimal"),
+    FieldSpec(type="decimal", precision=14, scale=4, min=Decimal(0), max_exclusive=Decimal(10**9)),
+    FieldSpec(type="decimal", precision=6, scale=2),  # digits before the point counted: no bounds
+    FieldSpec(type="decimal", precision=4, scale=4, min=Decimal("-0.5"), max=Decimal("0.5"), nonzero=True),
+]
+
+
+@settings(max_examples=1500, deadline=None, database=None, derandomize=True)
+@given(value=st.one_of(st.floats(), st.decimals(places=3, allow_nan=False).map(float), st.integers(-(10**6), 10**6)))
+def test_the_decimal_fast_check_returns_what_its_exact_check_returns(value: Any) -> None:
+    # Not a condition (it returns text, not the value): the same property, for the text it returns.
+    for spec in DECIMALS:
+        kind = FIELD_TYPES["decimal"]
+        assert kind.fast is not None
+        accepted = kind.fast(spec)(value)
+        if accepted is not MISSING:
+            assert accepted == kind.check(spec)(value), (spec, value)
