@@ -23,6 +23,7 @@ consumer instead of being skipped. `GuardedSink` puts the circuit breaker in fro
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -271,10 +272,7 @@ class GuardedSink:
         self.breaker = breaker
 
     def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
-        rejected = {(r.record.topic, r.record.partition, r.record.offset) for r in rejections}
-        outcomes = (
-            [(r.topic, r.partition, r.offset) in rejected for r in resolved] if rejected else [False] * len(resolved)
-        )
+        outcomes = rejected_flags(rejections, resolved)
         reason = self.breaker.check(outcomes)
         if reason is not None:
             raise BreakerOpen(reason)
@@ -282,6 +280,28 @@ class GuardedSink:
         # Recorded before the COMMIT: if that COMMIT then fails, the retry counts these records
         # again, which can only make the breaker stricter, never let more through.
         self.breaker.record(outcomes)
+
+
+_POSITION = operator.attrgetter("topic", "partition", "offset")
+
+
+def rejected_flags(rejections: Sequence[Rejection], resolved: Sequence[Record]) -> list[bool]:
+    """For each record of `resolved`, whether one of `rejections` rejects it (same topic, partition
+    and offset).
+
+    The rejections' records are normally the very objects in `resolved` (the writer hands both out
+    of one batch): then they are matched by identity, in C, instead of building a position per
+    resolved record (0.16 µs each). When not every rejection is found exactly once that way, by
+    position. The two agree whenever no two records of `resolved` share a position, as in a batch.
+    """
+    if not rejections:
+        return [False] * len(resolved)
+    identities = {id(rejection.record) for rejection in rejections}
+    flags = list(map(identities.__contains__, map(id, resolved)))
+    if flags.count(True) == len(identities) == len(rejections):
+        return flags
+    positions = set(map(_POSITION, (rejection.record for rejection in rejections)))
+    return list(map(positions.__contains__, map(_POSITION, resolved)))
 
 
 def header_dict(headers: Sequence[Header] | None) -> dict[str, str]:

@@ -26,8 +26,8 @@ With `synchronous_commit` off (the `replay` durability) each transaction sets it
 database crash may then lose the last commits, rows and positions together (a suffix of the WAL), and
 the consumer reads those messages again (the compare-and-set fails, or the positions read back are
 behind). Nothing outside this transaction may trust its positions before they are durable.
-Transient and systemic errors are not handled here: the transaction rolls back and they surface
-as `DatabaseFailure` for the caller to retry or halt.
+Transient and systemic errors are not handled here: the transaction rolls back and they surface as
+`DatabaseFailure` for the caller to retry or halt.
 """
 
 from __future__ import annotations
@@ -186,14 +186,14 @@ class BatchWriter:
         return run.result
 
     def _transaction(self, run: _Run, sink: RejectSink, *, sliced: bool) -> dict[PartitionId, int]:
-        """One transaction resolving as much of the batch (`sliced`: of its next `max_savepoints`
-        rows) as its savepoint budget allows."""
+        """One transaction resolving what its savepoints allow of the batch (`sliced`: its next max_savepoints rows)."""
         conn = self.database.connection()
         if self.database.opened != self._known_since:  # a new connection: reference rows may have been lost
             self.known.forget()
             self._known_since = self.database.opened
         start = run.committed_records
-        partitions = set(map(PARTITION_OF, run.batch.records[start:]))
+        # The batch's partitions are its to_positions' keys: no pass over its records for a whole batch.
+        partitions = set(run.batch.to_positions) if start == 0 else set(map(PARTITION_OF, run.batch.records[start:]))
         rows = run.decoded.rows
         first_row = run.stack.resolved
         limit = min(len(rows), first_row + self.max_savepoints) if sliced else len(rows)

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.breaker import BreakerPolicy, DeadLetterBreaker
-from consumer.deadletter import GuardedSink, HaltOnReject, dead_letter_headers
+from consumer.deadletter import GuardedSink, HaltOnReject, dead_letter_headers, rejected_flags
 from consumer.outcomes import BreakerOpen, HaltingReject
 from pipeline.records import Record, Rejection, RejectReason
 
@@ -97,3 +99,30 @@ def test_halt_on_reject_names_the_message_and_what_to_do() -> None:
     with pytest.raises(HaltingReject, match=r"orders\[3\]@7 is invalid .*set dead_letter_topic"):
         HaltOnReject().deliver([rejection()], [])
     HaltOnReject().deliver([], [])  # nothing rejected: nothing to refuse
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(batches=st.lists(st.lists(st.booleans(), max_size=40), max_size=8), window=st.integers(1, 50))
+def test_breaker_remembers_outcomes_as_one_at_a_time_would(batches: list[list[bool]], window: int) -> None:
+    breaker = DeadLetterBreaker(BreakerPolicy(window=window))
+    recent: list[bool] = []
+    consecutive = 0
+    for outcomes in batches:
+        breaker.record(outcomes)
+        for rejected in outcomes:  # the reference: one outcome at a time
+            recent.append(rejected)
+            consecutive = consecutive + 1 if rejected else 0
+        assert breaker._consecutive == consecutive
+        assert list(breaker._recent) == recent[-window:]
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(chosen=st.lists(st.integers(0, 29), max_size=12), copies=st.booleans())
+def test_rejected_flags_mark_the_rejected_records_by_identity_or_by_position(chosen: list[int], copies: bool) -> None:
+    resolved = [Record("orders", offset % 3, offset, None, b"v") for offset in range(30)]
+    # copies=True: the rejections hold equal records that are not the same objects (the fallback)
+    rejections = [
+        Rejection(Record(*resolved[i]) if copies else resolved[i], RejectReason.INVALID_JSON, "why", "E")
+        for i in chosen
+    ]
+    assert rejected_flags(rejections, resolved) == [offset in set(chosen) for offset in range(30)]
