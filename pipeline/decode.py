@@ -109,7 +109,6 @@ class Decoder:
         self.transform = transform
         self.max_message_bytes = max_message_bytes
         self.field_names = tuple(spec.fields)
-        self._read_row = compile_row(spec.fields)
         # Lookup keys, normalised here and staged after the fields (WritePlan.staging_columns), so that
         # PostgreSQL compares plain values. A lookup's key fields are required strings: each is
         # normalised from the value its field already decoded (row position 1 + the field's index).
@@ -130,9 +129,16 @@ class Decoder:
             self._topic_id_reader(", ".join(names)) if attr == "topic_id" else _kafka_reader(attr, ", ".join(names))
             for attr, names in columns.items()
         )
-        # Topic, partition and offset are copied as they are: one C call for all of them.
+        # Topic, partition and offset are copied as they are: one C call for all of them, or, with no
+        # lookup key staged between the fields and them, by the row reader itself. Joining two
+        # tuples per row cost 0.45 µs per event, a tenth of decoding.
         plain = self.kafka_attributes and all(a in {"topic", "partition", "offset"} for a in self.kafka_attributes)
         self._kafka_plain = operator.attrgetter(*self.kafka_attributes) if plain else None
+        folded = plain and not self._normalisers
+        items = tuple(Record._fields.index(attribute) for attribute in self.kafka_attributes) if folded else ()
+        self._read_row = compile_row(spec.fields, items)
+        if folded:
+            self._kafka_plain, self._kafka_readers = None, ()
 
     def _topic_id_reader(self, columns: str) -> Callable[[Record], Any]:
         where = f"{columns} (kafka topic_id)"
@@ -183,7 +189,7 @@ class Decoder:
                     event = _hooked(transform, event, index, record, out)
                     if event is None:
                         continue
-                row = read_row(event, len(rows))
+                row = read_row(event, len(rows), record)
                 if normalisers:
                     row += tuple([normalise(row[at]) for at, normalise in normalisers])
                 if kafka_plain is not None:

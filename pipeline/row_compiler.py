@@ -8,8 +8,9 @@ in (pipeline.conditions: no frame at all), or calls its type's fast check direct
 then falls back to the field's own extractor (`compile_field`) for a value the fast path does not
 take (missing, a default, the exact reason it is wrong).
 
-Contract: `compile_row(fields)(event, seq)` returns `(seq, *[extract(event) for extract in
-compile_field(...)])` and raises what that raises, for any event. Anything the compiled body raises
+Contract: `compile_row(fields, items)(event, seq, record)` returns `(seq, *[extract(event) for
+extract in compile_field(...)], *[record[i] for i in items])` and raises what that raises, for any
+event. Anything the compiled body raises
 sends the event through that reference path again, so failures carry the extractor's message.
 
 The generated source contains identifiers of its own making (v0, fast0, c0_low, ...) and the field
@@ -19,29 +20,31 @@ never as text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline.field_types import FIELD_TYPES, MISSING
 from pipeline.fields import Extract, compile_field
 from pipeline.spec import FieldSpec
 
-RowReader = Callable[[dict[str, Any], int], tuple[Any, ...]]
+RowReader = Callable[[dict[str, Any], int, Sequence[Any]], tuple[Any, ...]]
 
 
-def reference_row(extracts: tuple[Extract, ...]) -> RowReader:
+def reference_row(extracts: tuple[Extract, ...], record_items: Sequence[int] = ()) -> RowReader:
     """The row read one extractor at a time: what a compiled reader must equal."""
 
-    def row(event: dict[str, Any], seq: int) -> tuple[Any, ...]:
-        return (seq, *[extract(event) for extract in extracts])
+    def row(event: dict[str, Any], seq: int, record: Sequence[Any] = ()) -> tuple[Any, ...]:
+        return (seq, *[extract(event) for extract in extracts], *[record[i] for i in record_items])
 
     return row
 
 
-def compile_row(fields: Mapping[str, FieldSpec]) -> RowReader:
-    """The function reading every field of an event into `(seq, value, ...)`, in `fields`' order."""
+def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> RowReader:
+    """The function reading every field of an event into `(seq, value, ..., record[i], ...)`, in
+    `fields`' order then `record_items`' (items of the record the event came from, copied as they are:
+    the decoder's Kafka columns, so that a row is built as one tuple rather than joined from two)."""
     extracts = tuple(compile_field(name, spec) for name, spec in fields.items())
-    reference = reference_row(extracts)
+    reference = reference_row(extracts, record_items)
     namespace: dict[str, Any] = {"MISSING": MISSING, "reference": reference}
     body, values = [], []
     for i, (name, spec) in enumerate(fields.items()):
@@ -67,13 +70,14 @@ def compile_row(fields: Mapping[str, FieldSpec]) -> RowReader:
         else:
             body.append(f"        v{i} = extract{i}(event)")
         values.append(f"v{i}, ")
+    values += [f"record[{int(item)}], " for item in record_items]
     source = "\n".join(
         [
-            "def row(event, seq):",
+            "def row(event, seq, record=()):",
             "    try:",
             *body,
             "    except Exception:",  # the reference path raises the extractor's own error
-            "        return reference(event, seq)",
+            "        return reference(event, seq, record)",
             f"    return (seq, {''.join(values)})",
         ]
     )

@@ -16,10 +16,12 @@ from pipeline.row_compiler import compile_row, reference_row
 from pipeline.spec_loader import load_pipeline
 from tests.support.decode_cases import ENTROPY, Entropy, document, pipeline
 
+RECORD = ("invoice-lines", 3, 99)  # the items of a record that the reader may copy after the fields
+
 
 def outcome(read: Any, event: Any) -> tuple[str, Any]:
     try:
-        return "row", read(event, 7)
+        return "row", read(event, 7, RECORD)
     except Exception as exc:  # compared as (type, message): what a rejection is made of
         return "raised", (type(exc).__name__, str(exc))
 
@@ -29,8 +31,9 @@ def outcome(read: Any, event: Any) -> tuple[str, Any]:
 @given(e=ENTROPY)
 def test_the_compiled_reader_returns_and_raises_what_the_extractors_do(e: Entropy) -> None:
     spec = pipeline(e)
-    compiled = compile_row(spec.fields)
-    reference = reference_row(tuple(compile_field(name, fs) for name, fs in spec.fields.items()))
+    items: tuple[int, ...] = e.pick(((), (2,), (0, 1, 2)))
+    compiled = compile_row(spec.fields, items)
+    reference = reference_row(tuple(compile_field(name, fs) for name, fs in spec.fields.items()), items)
     for _ in range(4):
         body, _ = document(e, spec)
         try:
@@ -42,11 +45,11 @@ def test_the_compiled_reader_returns_and_raises_what_the_extractors_do(e: Entrop
 
 def test_an_invoice_event_reads_to_its_row_and_a_missing_field_is_named() -> None:
     spec = load_pipeline("invoices")
-    read = compile_row(spec.fields)
+    read = compile_row(spec.fields, (2, 1))
     message = next(InvoiceWorkload(WorkloadOptions(count=1, seed=3, bad_ratio=0.0)).messages())
     event = orjson.loads(message.value)
     kind, row = outcome(read, event)
     assert kind == "row" and row[0] == 7 and row[1] == event["event_id"] and row[5] == event["quantity"]
-    assert len(row) == 1 + len(spec.fields)
+    assert len(row) == 1 + len(spec.fields) + 2 and row[-2:] == (99, 3)
     kind, (error, text) = outcome(read, {**event, "item_id": None})
     assert (kind, error) == ("raised", "FieldError") and text.startswith("item_id: "), text
