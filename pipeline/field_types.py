@@ -80,10 +80,20 @@ class FieldType:
 
     def __post_init__(self) -> None:
         if self.condition is not None:
-            if self.fast is not None:
+            if self.fast is not None and not isinstance(self.fast, _ConditionCheck):
                 raise ValueError(f"field type {self.name}: give a fast check or a condition, not both")
-            condition = self.condition
-            object.__setattr__(self, "fast", lambda rules: as_check(condition(rules), MISSING))
+            # Made again on every construction: dataclasses.replace(kind, condition=...) stays consistent.
+            object.__setattr__(self, "fast", _ConditionCheck(self.condition))
+
+
+@dataclass(frozen=True)
+class _ConditionCheck:
+    """A type's `fast`, made from its `condition`."""
+
+    condition: Callable[[Rules], Condition]
+
+    def __call__(self, rules: Rules) -> Check:
+        return as_check(self.condition(rules), MISSING)
 
 
 FIELD_TYPES: Registry[FieldType] = Registry()

@@ -99,3 +99,21 @@ def test_the_decimal_fast_check_returns_what_its_exact_check_returns(value: Any)
         accepted = kind.fast(spec)(value)
         if accepted is not MISSING:
             assert accepted == kind.check(spec)(value), (spec, value)
+
+
+def test_string_literals_and_attributes_are_not_renamed() -> None:
+    condition = Condition('value.real == high and "value high" != value', {"high": 2})
+    text, _ = condition.inlined("v0", "c0_")
+    assert text == 'v0.real == c0_high and "value high" != v0'
+    check = as_check(Condition("value.real == missing", {"missing": 4}), MISSING)  # a constant named `missing`
+    assert check(4) == 4 and check(5) is MISSING
+
+
+def test_a_type_derived_with_replace_takes_its_new_condition() -> None:
+    import dataclasses
+
+    longer = dataclasses.replace(
+        FIELD_TYPES["string"], name="word", condition=lambda rules: Condition("type(value) is str and len(value) > 3")
+    )
+    assert longer.fast is not None and longer.fast(FieldSpec(type="string"))("abcd") == "abcd"
+    assert longer.fast(FieldSpec(type="string"))("abc") is MISSING
