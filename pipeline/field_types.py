@@ -270,20 +270,20 @@ def _float_bounds(rules: Rules) -> tuple[float, float]:
 def _fast_decimal(rules: Rules) -> Check:
     # Only plain floats (digits, one dot, no exponent) well inside the bounds take the fast path.
     scale = _scale(rules)
-    scale = 1000 if scale is None else scale
+    places = (1000 if scale is None else scale) + 1  # the point and the digits after it
     integer_digits = rules.precision - (rules.scale or 0) if rules.precision is not None else 1000
     low, high = _float_bounds(rules)
     nonzero = rules.nonzero
     # Bounds inside ±10**integer_digits make counting the digits before the point needless.
     bounded = math.isfinite(low) and math.isfinite(high) and max(-low, high) < 10**integer_digits
-    places = scale + 1  # the point and the digits after it
 
     def fast(value: Any) -> Any:
         if type(value) is float and low < value < high and (value or not nonzero):
-            text = repr(value)  # finite and without an exponent: it has a point ("1.0")
+            text = repr(value)  # finite: an exponent ("1e+16") or a point ("1.0")
             point = text.find(".")
-            whole_ok = bounded or len(text[:point].lstrip("-").lstrip("0")) <= integer_digits
-            if "e" not in text and len(text) - point <= places and whole_ok:
+            if "e" in text or len(text) - point > places:
+                return MISSING
+            if bounded or len(text[:point].lstrip("-").lstrip("0")) <= integer_digits:
                 return text
         return MISSING
 

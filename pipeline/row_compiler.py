@@ -10,8 +10,8 @@ take (missing, a default, the exact reason it is wrong).
 
 Contract: `compile_row(fields, items)(event, seq, record)` returns `(seq, *[extract(event) for
 extract in compile_field(...)], *[record[i] for i in items])` and raises what that raises, for any
-event. Anything the compiled body raises
-sends the event through that reference path again, so failures carry the extractor's message.
+event. Anything the compiled body raises sends the event through that reference path again, so
+failures carry the extractor's message.
 
 The generated source contains identifiers of its own making (v0, fast0, c0_low, ...) and the field
 types' own condition text: field names, paths and rule values reach it as values in its namespace,

@@ -4,10 +4,12 @@ of things)."""
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 from collections.abc import Callable
 
+import psycopg
 import pytest
 
 from tests.support.chaos import FULL, Scenario, Stream, iterations
@@ -110,6 +112,41 @@ def test_t1l_kill_at_a_failpoint_with_lookups(make_stream: StreamFactory, scenar
         f"normalised key of the written events ({verdict.reference_mismatches} created twice, orphaned or missing)"
     )
     scenario.check(min_faults=rounds * len(points))
+
+
+# A failure storm: the database refuses one event in 16 (its event id starts with "a"). Windows then
+# take many transactions: bisection under small budgets, then slices of max_savepoints rows, each
+# committing its resolved prefix and dead-lettering its refused rows before its COMMIT.
+STORM_CHECK = "CHECK (left(event_id::text, 1) <> 'a')"
+STORM_ENV = {"MICROBATCH_MAX_SAVEPOINTS": "16", "MICROBATCH_MAX_BISECT_TRANSACTIONS": "2"}
+_TRANSACTIONS = re.compile(r"bisection isolated \d+ rejected row\(s\) .* (\d+) transaction\(s\)")
+
+
+@pytest.mark.scenario("T1S kill -9 at before_commit in a failure storm")
+def test_t1s_kill_between_the_commits_of_a_failure_storm(stream: Stream, scenario: Scenario) -> None:
+    """Every crash lands before one of a storm window's many COMMITs (the crash@n-th one, n up to 40):
+    what earlier transactions of that window committed stays written once, the rest is read again."""
+    with psycopg.connect(stream.database_url, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE transactions ADD CONSTRAINT storm {STORM_CHECK}")
+    stream.env.update(STORM_ENV)
+    rng = random.Random("storm")
+    rounds = iterations(quick=2, full=12)
+    stream.produce(4000, seed=71, rate=3000, background=True)
+    crash_rounds(stream, "before_commit", rounds, seed=700, at=lambda n: rng.randint(2, 40))
+    final = stream.settled_consumer()
+    stream.recover()
+    assert final.terminate() == 0
+    refused = lambda invoice: str(invoice.event_id).startswith("a")  # noqa: E731 - STORM_CHECK, for the oracle
+    stream.verdict(rejected_by_database=refused, copies_allowed=1 + rounds)
+    per_flush = [int(n) for c in stream.consumers for n in _TRANSACTIONS.findall(c.output())]
+    assert per_flush, "no flush isolated a refused row: the storm did not happen"
+    sliced = sum(1 for n in per_flush if n > int(STORM_ENV["MICROBATCH_MAX_BISECT_TRANSACTIONS"]))
+    scenario.notes.append(
+        f"{len(per_flush)} completed flushes isolated refused rows, in up to {max(per_flush)} transactions each; "
+        f"{sliced} went on in slices of max_savepoints rows"
+    )
+    assert sliced, f"no flush went past its bisection transactions into slices: {per_flush}"
+    scenario.check(min_faults=rounds)
 
 
 @pytest.mark.scenario("T1 kill -9 in assign and in revoke")
