@@ -3,6 +3,9 @@
 The run is not one of the measured repetitions (sampling slows it a little); its figure is a share of
 the samples, per stage of the loop, and what that share is in µs per event. py-spy sees the Python
 threads only: librdkafka's own threads are in the measured consumer CPU of the variants, not here.
+Only the thread holding the GIL is sampled (py-spy --gil): without that, a thread waiting for the GIL,
+a lock or a condition was sometimes counted as busy, and the samples added up to a third more than
+the CPU the process used.
 
 Stages, from the sampled stacks (the first rule that matches a sample, in this order):
   writer thread        the flush transaction: COPY, upserts, positions, commit (psycopg)
@@ -12,7 +15,7 @@ Stages, from the sampled stacks (the first rule that matches a sample, in this o
   messages → records   confluent-kafka messages into Records (consumer/messages)
   window bookkeeping   positions, the window, telemetry for each consume() batch (the rest of accept)
   Kafka consume()      the loop's own frame: consume() itself (librdkafka → Python messages) and the step
-  handover             waiting for a write and accounting for it (consumer/handover)
+  handover             handing a window to the writer and accounting for its outcome (consumer/handover)
   other                metrics server, housekeeping, the garbage collector, ...
 """
 
@@ -89,13 +92,13 @@ def summarise(lines: Iterable[str], *, events: int, rate_hz: int = RATE_HZ) -> d
 
 @contextmanager
 def sampled(pid: int, out: Path, rate_hz: int = RATE_HZ) -> Iterator[None]:
-    """py-spy samples `pid` (all its Python threads, busy ones only) while the block runs; raw stacks go
-    to `out` when it stops (SIGINT is py-spy's documented way to stop and write)."""
+    """py-spy samples `pid` (whichever of its Python threads holds the GIL) while the block runs; raw
+    stacks go to `out` when it stops (SIGINT is py-spy's documented way to stop and write)."""
     if not PY_SPY.exists():
         raise RuntimeError(f"{PY_SPY} is missing: `make setup` installs the dev dependencies, py-spy among them")
     spy = subprocess.Popen(
         [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
-         "--rate", str(rate_hz), "--threads", "--nonblocking"],
+         "--rate", str(rate_hz), "--threads", "--nonblocking", "--gil"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -131,7 +134,7 @@ def markdown(profile: dict[str, Any]) -> list[str]:
         f"py-spy, {profile['samples']:,} samples at {profile['rate_hz']} Hz over one more drain of the main dataset "
         f"({profile['events']:,} events, {run.get('events_per_s', 0):,} events/s under the sampler, "
         f"{'verified' if run.get('correct') else 'NOT verified'}; its process used {measured} µs of CPU per event). "
-        "py-spy sees the Python threads only, not librdkafka's, and its samples add up to "
+        "py-spy sees the Python thread holding the GIL only, not librdkafka's threads, and its samples add up to "
         f"{profile['sampled_us_per_event']} µs per event: read the shares, and their µs as that share of the "
         "run's measured CPU. Stages as bench/profile.py defines them.",
         "",
