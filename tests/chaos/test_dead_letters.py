@@ -57,11 +57,13 @@ def test_t16_dead_letter_topic_deleted_and_re_created(make_stream: StreamFactory
     stream.produce(3000, seed=170, rate=2000, bad_ratio=0, background=True)  # nothing to dead-letter yet
     consumer = stream.consumer()
     stream.wait_progress()
-    live = stream.under_load()
     delete_topics(stream.bootstrap, stream.dead_letter_topic)
     stream.produce(4000, seed=171, rate=2000, bad_ratio=0.05, background=True)
     wait_until(lambda: halted(consumer), timeout=90, what="the consumer to halt on the missing dead-letter topic")
     assert consumer.running(), "the consumer crashed when its dead-letter topic disappeared"
+    # The fault hits when a dead letter finds no topic: judged then, with the stream still produced (before,
+    # it was judged before the deletion, where a consumer that had caught up made it look idle).
+    live = stream.under_load()
     stream.wait_produced()
     # The fault lasts while the stream is produced: nothing moves past an undelivered dead letter.
     halted_at = stored_positions(stream.database_url, stream.group)
