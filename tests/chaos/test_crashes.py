@@ -129,7 +129,7 @@ _TRANSACTIONS = re.compile(r"bisection isolated \d+ rejected row\(s\) .* (\d+) t
 @pytest.mark.scenario("T1S kill -9 at before_commit in a failure storm")
 def test_t1s_kill_between_the_commits_of_a_failure_storm(stream: Stream, scenario: Scenario) -> None:
     """Each consumer crashes before its n-th COMMIT (n from 2 to 40). A storm window takes dozens of
-    transactions (up to 63 each in the report of record), so most crashes land between two COMMITs of one
+    transactions (up to 62 each in the report of record), so most crashes land between two COMMITs of one
     window: what its earlier transactions committed stays written once, the rest is read again. Which
     crashes did is not observed (a window that does not finish logs nothing); that flushes went on in
     slices is asserted."""
