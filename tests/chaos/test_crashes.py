@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.chaos import FULL, Scenario, Stream, iterations
 from tests.support.consumer_process import ConsumerProcess
+from tests.support.invoice_rules import Invoice
 from tests.support.services import wait_until
 
 StreamFactory = Callable[..., Stream]
@@ -126,6 +127,11 @@ STORM_ENV = {
 _TRANSACTIONS = re.compile(r"bisection isolated \d+ rejected row\(s\) .* (\d+) transaction\(s\)")
 
 
+def _refused_in_the_storm(invoice: Invoice) -> bool:
+    """STORM_CHECK, for the oracle: PostgreSQL's `event_id::text` is the UUID's lowercase text."""
+    return str(invoice.event_id).startswith("a")
+
+
 @pytest.mark.scenario("T1S kill -9 at before_commit in a failure storm")
 def test_t1s_kill_between_the_commits_of_a_failure_storm(stream: Stream, scenario: Scenario) -> None:
     """Each consumer crashes before its n-th COMMIT (n from 2 to 40). A storm window takes dozens of
@@ -143,8 +149,7 @@ def test_t1s_kill_between_the_commits_of_a_failure_storm(stream: Stream, scenari
     final = stream.settled_consumer()
     stream.recover()
     assert final.terminate() == 0
-    refused = lambda invoice: str(invoice.event_id).startswith("a")  # noqa: E731 - STORM_CHECK, for the oracle
-    stream.verdict(rejected_by_database=refused, copies_allowed=1 + rounds)
+    stream.verdict(rejected_by_database=_refused_in_the_storm, copies_allowed=1 + rounds)
     per_flush = [int(n) for c in stream.consumers for n in _TRANSACTIONS.findall(c.output())]
     assert per_flush, "no flush isolated a refused row: the storm did not happen"
     sliced = sum(1 for n in per_flush if n > int(STORM_ENV["MICROBATCH_MAX_BISECT_TRANSACTIONS"]))
