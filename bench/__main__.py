@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from bench import ceilings, commit_cost, connect_peer, lookups, profile, secure, variants
+from bench import ceilings, commit_cost, connect_peer, lookups, pg_profile, profile, secure, variants
 from bench.lab import Dataset, Lab
 from bench.measure import machine, source
 from bench.report import versions, write_report
@@ -228,7 +228,8 @@ def _extras(
     lab: Lab, mode: Mode, main: Dataset, records: list[Record], report: dict[str, Any], *, export: Path | None
 ) -> None:
     """The runs beyond the variants' repetitions: the window grid, the bad-row cost, steady mode, memory,
-    and where the consumer's CPU goes (bench/profile.py)."""
+    where PostgreSQL's time goes in a flush (bench/pg_profile.py) and where the consumer's CPU goes
+    (bench/profile.py)."""
     grid = {}
     for max_records in mode.grid:
         console.print(f"grid: max_records={max_records}")
@@ -245,6 +246,11 @@ def _extras(
     report["commit_wait"] = commit_cost.commit_wait(
         lab.fresh_database(), rows=WINDOW_RECORDS, wal_bytes_per_row=plain.get("wal_bytes_per_event") or 500
     )
+    console.print("where PostgreSQL's time goes in a flush (EXPLAIN ANALYZE)")
+    try:
+        report["pg_profile"] = pg_profile.profile_flush(lab, records)
+    except Exception as exc:  # the report says why; the variants' figures stand without it
+        report["pg_profile"] = {"error": f"{type(exc).__name__}: {exc}"[:800]}
     console.print("flush cost with 1 rejected row in 10,000")
     report["bad_row"] = ceilings.bad_row_cost(lab, records, rounds=mode.bad_row_rounds)
     drain_rate = report["variants"]["microbatch"].get("events_per_s", 0)

@@ -103,6 +103,19 @@ def memory_records(dataset: Dataset) -> list[Record]:
     return [Record(dataset.topic, n % PARTITIONS, n // PARTITIONS, m.key, m.value) for n, m in enumerate(messages)]
 
 
+def windows(records: list[Record], batch_size: int) -> list[Batch]:
+    """`records` in windows of `batch_size`, each ordered by partition then offset, as the consumer
+    hands them over: each window's stored positions are where the one before it left them."""
+    out: list[Batch] = []
+    positions: dict[tuple[str, int], int | None] = {}
+    for start in range(0, len(records), batch_size):
+        chunk = sorted(records[start : start + batch_size], key=lambda r: (r.partition, r.offset))
+        batch = Batch(chunk, {r.partition_id: positions.get(r.partition_id) for r in chunk})
+        positions.update(batch.to_positions)
+        out.append(batch)
+    return out
+
+
 def pg_ceiling(
     lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000, *, export: Path | None = None
 ) -> Figures:
@@ -115,13 +128,8 @@ def pg_ceiling(
     target = Target(load_pipeline(), url, group="ceiling")
     target.init_tables()
     preparer = Preparer(target.spec, url)
-    batches = []
-    positions: dict[tuple[str, int], int | None] = {}
-    for start in range(0, len(records), batch_size):
-        chunk = sorted(records[start : start + batch_size], key=lambda r: (r.partition, r.offset))
-        batch = Batch(chunk, {r.partition_id: positions.get(r.partition_id) for r in chunk})
-        positions.update(batch.to_positions)
-        batches.append((batch, preparer.prepare(chunk)))  # rows and COPY bytes ready: only database work is timed
+    # Rows and COPY bytes made ready first: only the database's work is timed.
+    batches = [(batch, preparer.prepare(batch.records)) for batch in windows(records, batch_size)]
     preparer.close()
     wal_before = wal_bytes(url)
     clock_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)

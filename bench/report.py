@@ -13,7 +13,7 @@ import confluent_kafka
 import orjson
 import psycopg
 
-from bench import profile
+from bench import pg_profile, profile
 from bench.commit_cost import most_replay_saves
 from bench.lab import Lab
 
@@ -343,6 +343,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
         ]
     lines += profile.markdown(report.get("profile", {}))
+    lines += pg_profile.markdown(report.get("pg_profile", {}))
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in report["targets"]:
         met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")

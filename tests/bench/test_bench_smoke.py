@@ -77,6 +77,12 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert (out / "BENCHMARKS.md").read_text().startswith("# Benchmarks")
     assert f"on commit `{head[:12]}`" in (out / "BENCHMARKS.md").read_text()
     assert "## Where the consumer's CPU goes" in (out / "BENCHMARKS.md").read_text()
+    pg = report["pg_profile"]  # PostgreSQL's side of a flush: EXPLAIN ANALYZE of the last windows' statements
+    steps = {step["step"]: step for step in pg.get("steps", [])}
+    raw_insert = steps.get("transactions: insert, on conflict nothing", {})
+    assert 0 < raw_insert.get("rows", 0) <= pg["events_per_window"] and raw_insert["wal_bytes_per_row"] > 0, pg
+    assert {"inventory: insert, on conflict update", "item_sales_daily: insert, on conflict update"} <= set(steps), pg
+    assert "## Where PostgreSQL's time goes in a flush" in (out / "BENCHMARKS.md").read_text()
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The test's own check, from the ledgers and the exported tables.
