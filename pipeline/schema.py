@@ -44,7 +44,7 @@ def shapes(plan: WritePlan) -> list[TableShape]:
 
 
 def create_table_sql(plan: WritePlan, shape: TableShape) -> sql.Composed:
-    """CREATE TABLE IF NOT EXISTS with the shape's columns and its key as the primary key."""
+    """CREATE TABLE IF NOT EXISTS with the shape's columns, its key as the primary key, and its fillfactor."""
     columns = []
     for column in shape.columns:
         parts = [sql.Identifier(column.name), sql.SQL(column.type)]
@@ -58,7 +58,12 @@ def create_table_sql(plan: WritePlan, shape: TableShape) -> sql.Composed:
     columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, shape.key))))
     if shape.unique:
         columns.append(sql.SQL("UNIQUE ({})").format(sql.SQL(", ").join(map(sql.Identifier, shape.unique))))
-    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(plan.qualified(shape.name), sql.SQL(", ").join(columns))
+    create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+        plan.qualified(shape.name), sql.SQL(", ").join(columns)
+    )
+    if shape.fillfactor is None:
+        return create
+    return sql.SQL("{} WITH (fillfactor = {})").format(create, sql.Literal(shape.fillfactor))
 
 
 def init_db(conn: psycopg.Connection[Any], plan: WritePlan) -> tuple[list[str], list[Mismatch]]:

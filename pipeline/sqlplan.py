@@ -27,6 +27,10 @@ STAGING_TABLE = "_mb_stage"
 SEQ_COLUMN = "_mb_seq"
 KAFKA_PREFIX = "_mb_kafka_"
 INS = "_mb_ins"
+# Summary rows are updated in place, window after window. With room left on each page, PostgreSQL
+# writes a row's new version beside the old one and adds no index entry (a HOT update); on full
+# pages (the default, 100) an update moves the row and adds an index entry.
+SUMMARY_FILLFACTOR = 80
 
 
 # Binary COPY type names for each staging column type.
@@ -213,7 +217,7 @@ class WritePlan:
                 by_type = None if agg.by is None else self.spec.column_type(agg.by)
                 result = agg.type or agg.kind.result_type(self._operand_type(agg))
                 columns += agg.kind.columns(name, _canonical(result), by_type)
-            shapes.append(TableShape(summary.table, tuple(columns), tuple(summary.key)))
+            shapes.append(TableShape(summary.table, tuple(columns), tuple(summary.key), fillfactor=SUMMARY_FILLFACTOR))
         return shapes
 
     def offsets_shape(self) -> TableShape:

@@ -27,7 +27,8 @@ class TableShape:
     `key`: the primary key (the conflict target of the raw insert and of summary upserts);
     `unique`: one more UNIQUE constraint (a reference table's natural key, which lookups conflict on);
     `privileges`: what the consumer's role needs on it; `filled`: columns PostgreSQL must fill
-    itself (an identity or a default), because microbatch never writes them.
+    itself (an identity or a default), because microbatch never writes them; `fillfactor`: how full
+    a new page is filled (None: PostgreSQL's default, 100), for tables whose rows are updated.
     """
 
     name: str
@@ -36,3 +37,4 @@ class TableShape:
     unique: tuple[str, ...] = ()
     privileges: tuple[str, ...] = ("SELECT", "INSERT", "UPDATE")
     filled: tuple[str, ...] = ()
+    fillfactor: int | None = None
