@@ -5,7 +5,9 @@ profile (bench/profile.py) is half of the picture; this is the other half. A fre
 filled through the write path itself (`Target.write`, the code a run uses) with every window of the
 records but the last `profiled`. Each of those is then COPYed into the session's staging table, its
 flush statement run under EXPLAIN (ANALYZE, WAL, FORMAT JSON) and committed, so the tables are as
-large as at the end of a run. (The offsets' compare-and-set, one row per partition, is left out.)
+large as at the end of a run. (The offsets' compare-and-set, one row per partition, is left out, and
+so is planning: the writer's connection prepares a statement once it has run five times, psycopg's
+default.)
 
 The statement's data-modifying CTEs are Insert nodes: the raw table's (INSERT ... ON CONFLICT DO
 NOTHING RETURNING, reading the staging table) and one per summary (an aggregate and a sort of the
@@ -86,7 +88,6 @@ def summarise(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
     rest = [max(0.0, w["execution_ms"] - sum(n["input_ms"] + n["write_ms"] for n in w["inserts"])) for w in measured]
     steps += [
         step("rest of the statement (counting its rows)", rest),
-        step("planning", [w["planning_ms"] for w in measured]),
         step("COMMIT (durable)", [w["commit_ms"] for w in measured]),
     ]
     total = sum(s["ms"] for s in steps)
@@ -98,14 +99,14 @@ def summarise(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def profile_flush(lab: Lab, records: list[Record], *, profiled: int = 5, batch_size: int = 5000) -> dict[str, Any]:
     """The write path's steps over the last `profiled` windows of `records` (fewer when `records` hold
     fewer than twice as many): see the module docstring."""
-    url = lab.fresh_database()
-    target = Target(load_pipeline(), url, group="pg-profile")
-    target.init_tables()
-    preparer = Preparer(target.spec, url)
     batches = windows(records, batch_size)
     profiled = min(profiled, len(batches) // 2)  # at least as many windows written before as profiled
     if profiled < 1:
         raise ValueError(f"{len(records):,} records: at least two windows of {batch_size:,} are needed")
+    url = lab.fresh_database()
+    target = Target(load_pipeline(), url, group="pg-profile")
+    target.init_tables()
+    preparer = Preparer(target.spec, url)
     try:
         for batch in batches[:-profiled]:
             target.write(batch, preparer.prepare(batch.records), NoSink())
@@ -143,7 +144,6 @@ def _window(conn: psycopg.Connection[Any], plan: WritePlan, copy_data: bytes | N
         "copy_ms": (copied - started) * 1000,
         "explain_wall_ms": (explained - copied) * 1000,
         "execution_ms": float(result["Execution Time"]),
-        "planning_ms": float(result["Planning Time"]),
         "commit_ms": (committed - explained) * 1000,
         "inserts": list(inserts(result["Plan"])),
     }
