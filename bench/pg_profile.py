@@ -142,7 +142,6 @@ def _window(conn: psycopg.Connection[Any], plan: WritePlan, copy_data: bytes | N
     result = document[0]
     return {
         "copy_ms": (copied - started) * 1000,
-        "explain_wall_ms": (explained - copied) * 1000,
         "execution_ms": float(result["Execution Time"]),
         "commit_ms": (committed - explained) * 1000,
         "inserts": list(inserts(result["Plan"])),
