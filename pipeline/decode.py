@@ -6,6 +6,11 @@ should accept. Whatever else goes wrong with one record (a check, a Kafka attrib
 hook raising anything) rejects that record as `invalid_event`, with the exception's type as the
 error class: `decode()` never raises for any input.
 
+Two paths give the same verdicts. The fast one (pipeline.struct_reader) parses a document with
+msgspec straight into the pipeline's fields and runs the fields' checks on them; whatever it cannot
+read as it is (a value to normalise, a field to refuse, a key it has not learned, not JSON at all)
+takes the reference path below, which gives the exact reason.
+
 orjson decides what is valid JSON and reads numbers as doubles. A pipeline with a field that needs
 more digits than a double holds (a decimal of precision above 15, or of no precision: the `exact`
 of its type) reads each valid document a second time with the standard library, with every number
@@ -32,6 +37,7 @@ from pipeline.lookup_spec import normaliser
 from pipeline.records import Record, Rejection, RejectReason
 from pipeline.row_compiler import compile_row
 from pipeline.spec import PipelineSpec
+from pipeline.struct_reader import struct_reader
 from pipeline.transform import Transform
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
@@ -132,6 +138,10 @@ class Decoder:
         folded = plain and not self._normalisers
         items = tuple(Record._fields.index(attribute) for attribute in self.kafka_attributes) if folded else ()
         self._read_row = compile_row(spec.fields, items)
+        # The fast path, for the pipelines whose documents it can read (pipeline.struct_reader): a
+        # hook sees the parsed dict and an exact pipeline needs the standard library's parser.
+        eligible = transform is None and not self.exact
+        self._struct = struct_reader(spec.fields, items) if eligible else None
         self._kafka_plain = operator.attrgetter(*self.kafka_attributes) if plain and not folded else None
         self._kafka_readers = (
             ()
@@ -162,11 +172,9 @@ class Decoder:
         self._topic_ids = topic_ids or {}
         out = DecodedBatch()
         rows, row_records = out.rows, out.row_records
-        read_row, kafka_plain, kafka_readers = self._read_row, self._kafka_plain, self._kafka_readers
+        kafka_plain, kafka_readers = self._kafka_plain, self._kafka_readers
         several = len(self.kafka_attributes) > 1
-        limit, exact = self.max_message_bytes, self.exact
-        loads, decode_error = orjson.loads, orjson.JSONDecodeError
-        transform, normalisers = self.transform, self._normalisers
+        limit, normalisers, struct = self.max_message_bytes, self._normalisers, self._struct
         for index, record in enumerate(records):
             # A `try` costs nothing until something is raised (CPython 3.11+): a record ends in the
             # loop's last statement (a row) or in one `out.reject`, whatever it raises.
@@ -175,23 +183,9 @@ class Decoder:
                 if not value or len(value) > limit:
                     out.reject(index, _size_rejection(record, limit))
                     continue
-                try:
-                    event = loads(value)
-                except decode_error as exc:
-                    reason = _json_reason(exc)
-                    out.reject(index, Rejection(record, RejectReason.INVALID_JSON, reason, "JSONDecodeError"))
-                    continue
-                if type(event) is not dict:
-                    message = "event is not a JSON object"
-                    out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, message, VALIDATION))
-                    continue
-                if exact:
-                    event = _exact_loads(value)
-                if transform is not None:
-                    event = _hooked(transform, event, index, record, out)
-                    if event is None:
-                        continue
-                row = read_row(event, len(rows), record)
+                row = None if struct is None else struct.read(value, len(rows), record)
+                if row is None and (row := self._reference_row(value, index, record, out)) is None:
+                    continue  # rejected, or skipped by the hook
                 if normalisers:
                     row += tuple([normalise(row[at]) for at, normalise in normalisers])
                 if kafka_plain is not None:
@@ -206,6 +200,28 @@ class Decoder:
             except Exception as exc:
                 out.reject(index, _failure(record, exc))
         return out
+
+    def _reference_row(self, value: bytes, index: int, record: Record, out: DecodedBatch) -> tuple[Any, ...] | None:
+        """The row of `record` read by the reference path (orjson, the hook, the compiled row reader),
+        or None once its verdict is given in `out` (a rejection, or skipped by the hook). Raises what
+        the row reader raises."""
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            out.reject(index, Rejection(record, RejectReason.INVALID_JSON, _json_reason(exc), "JSONDecodeError"))
+            return None
+        if type(event) is not dict:
+            out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, "event is not a JSON object", VALIDATION))
+            return None
+        if self._struct is not None:
+            self._struct.learn(event)
+        if self.exact:
+            event = _exact_loads(value)
+        if self.transform is not None:
+            event = _hooked(self.transform, event, index, record, out)
+            if event is None:
+                return None
+        return self._read_row(event, len(out.rows), record)
 
 
 # Distinct key values remembered per normalised key field (then forgotten all at once): a stream
