@@ -9,8 +9,9 @@ the CPU the process used.
 
 Stages, from the sampled stacks (the first rule that matches a sample, in this order):
   writer thread        the flush transaction: COPY, upserts, positions, commit (psycopg)
-  field checks         the compiled row reader and each type's check (pipeline/row_compiler, field_types)
-  JSON and decode      orjson and the decode loop around the field checks (pipeline/decode)
+  field checks         the compiled row readers and each type's check (pipeline/row_compiler,
+                       struct_reader, field_types)
+  JSON and decode      msgspec or orjson and the decode loop around the field checks (pipeline/decode)
   COPY encoding        psycopg's binary COPY encoder, ahead of the write (pipeline/copydata)
   messages → records   confluent-kafka messages into Records (consumer/messages)
   window bookkeeping   positions, the window, telemetry for each consume() batch (the rest of accept)
@@ -49,7 +50,7 @@ def _inside(*needles: str) -> Rule:
 
 STAGES: tuple[tuple[str, Rule], ...] = (
     ("writer thread (flush transaction)", _any("WriterThread._write", "_worker (concurrent/futures")),
-    ("field checks", _inside("<row reader", "(pipeline/field_types.py")),
+    ("field checks", _inside("<row reader", "<struct row reader", "(pipeline/field_types.py")),
     ("JSON and decode loop", _any("Decoder.decode")),
     ("COPY encoding", _any("CopyEncoder.encode")),
     ("messages → records", _any("to_records")),

@@ -18,6 +18,10 @@ WRITER = "thread (2): microbatch-write_0;Thread.run (threading.py:982);_worker (
         (f"{LOOP};RunLoop.step (consumer/loop.py:164);Handover.hand_over (consumer/handover.py:81);"
          "Preparer.prepare (pipeline/prepare.py:42);Decoder.decode (pipeline/decode.py:186);"
          "row (<row reader of 7 fields>:18);fast (pipeline/field_types.py:268)", "field checks"),
+        (f"{LOOP};RunLoop.step (consumer/loop.py:164);Decoder.decode (pipeline/decode.py:186);"
+         "StructReader.read (pipeline/struct_reader.py:101);row (<struct row reader of 7 fields>:9)", "field checks"),
+        (f"{LOOP};RunLoop.step (consumer/loop.py:164);Decoder.decode (pipeline/decode.py:186);"
+         "StructReader.read (pipeline/struct_reader.py:101)", "JSON and decode loop"),
         (f"{LOOP};RunLoop.step (consumer/loop.py:164);Decoder.decode (pipeline/decode.py:171)", "JSON and decode loop"),
         (f"{LOOP};RunLoop.step (consumer/loop.py:164);CopyEncoder.encode (pipeline/copydata.py:63);"
          "BinaryFormatter.write_row (psycopg/_copy_base.py:289)", "COPY encoding"),
