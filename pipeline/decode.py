@@ -44,6 +44,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 VALIDATION = "ValidationError"
 ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper nesting as invalid JSON
 _EXACT_JSON = json.JSONDecoder(parse_float=Decimal)
+# A batch of at least this many records that the fast path mostly left to the reference path rests the
+# fast path for this many batches (it keeps learning keys meanwhile).
+STRUCT_MIN_BATCH, STRUCT_REST_BATCHES = 64, 16
 
 
 @dataclass
@@ -142,6 +145,8 @@ class Decoder:
         # hook sees the parsed dict and an exact pipeline needs the standard library's parser.
         eligible = transform is None and not self.exact
         self._struct = struct_reader(spec.fields, items) if eligible else None
+        self._struct_rest = 0  # batches still to decode without trying the fast path
+        self._referred = 0  # records of this batch that the fast path left to the reference path
         self._kafka_plain = operator.attrgetter(*self.kafka_attributes) if plain and not folded else None
         self._kafka_readers = (
             ()
@@ -174,7 +179,9 @@ class Decoder:
         rows, row_records = out.rows, out.row_records
         kafka_plain, kafka_readers = self._kafka_plain, self._kafka_readers
         several = len(self.kafka_attributes) > 1
-        limit, normalisers, struct = self.max_message_bytes, self._normalisers, self._struct
+        limit, normalisers = self.max_message_bytes, self._normalisers
+        struct = self._struct if self._struct_rest == 0 else None
+        self._referred = 0
         for index, record in enumerate(records):
             # A `try` costs nothing until something is raised (CPython 3.11+): a record ends in the
             # loop's last statement (a row) or in one `out.reject`, whatever it raises.
@@ -199,12 +206,22 @@ class Decoder:
                 out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, str(exc), "FieldError"))
             except Exception as exc:
                 out.reject(index, _failure(record, exc))
+        self._pace_fast_path(tried=struct is not None, records=len(records))
         return out
+
+    def _pace_fast_path(self, *, tried: bool, records: int) -> None:
+        """Rest the fast path for a while after a batch it mostly left to the reference path (documents
+        of keys it cannot learn, a storm of bad data): each of those paid for a failed attempt first."""
+        if not tried:
+            self._struct_rest = max(0, self._struct_rest - 1)
+        elif records >= STRUCT_MIN_BATCH and self._referred * 2 > records:
+            self._struct_rest = STRUCT_REST_BATCHES
 
     def _reference_row(self, value: bytes, index: int, record: Record, out: DecodedBatch) -> tuple[Any, ...] | None:
         """The row of `record` read by the reference path (orjson, the hook, the compiled row reader),
         or None once its verdict is given in `out` (a rejection, or skipped by the hook). Raises what
         the row reader raises."""
+        self._referred += 1
         try:
             event = orjson.loads(value)
         except orjson.JSONDecodeError as exc:

@@ -7,17 +7,15 @@ An entry gives everything microbatch needs to know about a type, in one place:
   or `FieldError` with a reason that never quotes the value (it ends up in dead-letter headers);
 - `fast(spec)`: optional: the common, valid case in a few comparisons, returning `MISSING` to ask
   the slow path. It must accept nothing that `check` refuses, and return what `check` would;
-- `condition(spec)`: optional: a fast check that returns valid values unchanged, written as one
-  Python expression (pipeline.conditions), which the compiled row reader inlines; `fast` is then
-  made from it;
+- `condition(spec)`: optional: a fast check that returns valid values unchanged, one Python
+  expression (pipeline.conditions) that the compiled row readers inline; `fast` is made from it;
 - `exact(spec)`: optional: True when the field needs the digits of a JSON number exactly as written
   (a double holds 15): the pipeline then reads fractional numbers as `decimal.Decimal`
   (pipeline.decode), and every check of a number must accept a Decimal.
 
 A check must raise nothing but FieldError for any value, whatever the hook returned (the decoder
-turns anything else into a rejection too, but the reason is then a bug's, not a rule's).
-
-Adding a type is one `register(FieldType(...))` here, plus its test (docs/ARCHITECTURE.md). Pure.
+turns anything else into a rejection too, but the reason is then a bug's, not a rule's). Adding a
+type is one `register(FieldType(...))` here, plus its test (docs/ARCHITECTURE.md). Pure.
 """
 
 from __future__ import annotations
@@ -268,7 +266,7 @@ def _float_bounds(rules: Rules) -> tuple[float, float]:
 
 
 def _fast_decimal(rules: Rules) -> Check:
-    # Only plain floats (digits, one dot, no exponent) well inside the bounds take the fast path.
+    # Only plain floats (digits, one dot, no exponent) and integers well inside the bounds take the fast path.
     scale = _scale(rules)
     places = (1000 if scale is None else scale) + 1  # the point and the digits after it
     integer_digits = rules.precision - (rules.scale or 0) if rules.precision is not None else 1000
@@ -278,9 +276,11 @@ def _fast_decimal(rules: Rules) -> Check:
     bounded = math.isfinite(low) and math.isfinite(high) and max(-low, high) < 10**integer_digits
 
     def fast(value: Any) -> Any:
-        if type(value) is float and low < value < high and (value or not nonzero):
-            text = repr(value)  # finite: an exponent ("1e+16") or a point ("1.0")
-            point = text.find(".")
+        kind = type(value)  # a float, or an int of at most 18 digits (check writes the same digits)
+        plain = kind is float or (kind is int and -(10**18) < value < 10**18)
+        if plain and low < value < high and (value or not nonzero):
+            text = repr(value)  # finite float: an exponent ("1e+16") or a point ("1.0"); int: its digits
+            point = text.find(".") if kind is float else len(text)
             if "e" in text or len(text) - point > places:
                 return MISSING
             if bounded or len(text[:point].lstrip("-").lstrip("0")) <= integer_digits:

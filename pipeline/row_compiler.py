@@ -13,6 +13,10 @@ extract in compile_field(...)], *[record[i] for i in items])` and raises what th
 event. Anything the compiled body raises sends the event through that reference path again, so
 failures carry the extractor's message.
 
+`compile_struct_row` is the same reader for the decoder's fast path (pipeline.struct_reader): its
+values come from a struct msgspec parsed instead of a dict, and where the reference reader falls back
+to the field's extractor it returns None, so that the reference path decides.
+
 The generated source contains identifiers of its own making (v0, fast0, c0_low, ...) and the field
 types' own condition text: field names, paths and rule values reach it as values in its namespace,
 never as text.
@@ -22,6 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import msgspec
+import orjson
 
 from pipeline.field_types import FIELD_TYPES, MISSING
 from pipeline.fields import Extract, compile_field
@@ -84,3 +91,68 @@ def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (
     exec(compile(source, f"<row reader of {len(extracts)} fields>", "exec"), namespace)  # noqa: S102 - our own source
     reader: RowReader = namespace["row"]
     return reader
+
+
+StructRow = Callable[[Any, int, Sequence[Any]], "tuple[Any, ...] | None"]
+
+
+def compile_struct_row(
+    fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (), raw: Sequence[str] = ()
+) -> StructRow:
+    """The function reading a struct parsed by pipeline.struct_reader into the row `compile_row` gives
+    for the same document, or None when the reference path must decide; it raises whatever a check or
+    orjson raises (the caller then asks the reference path too).
+
+    `row(event, seq, record)`: `event.f<i>` holds the i-th field's value, UNSET when the key is
+    absent (a required field is never absent: msgspec refused the document); `raw` names the attributes
+    holding unread keys kept as raw JSON, which orjson parses here (as an array's element: as deep as in
+    the document) and refuses as it would in the whole document. Each field then takes the checks of
+    the reference reader, in its order: the condition or fast check; for a value it does not take, the
+    field's default when the value is missing or null and the field not required, else None (the
+    reference path's `check` decides). A type with neither condition nor fast check: the default, or
+    its `check`.
+    """
+    namespace: dict[str, Any] = {"MISSING": MISSING, "UNSET": msgspec.UNSET, "loads": orjson.loads}
+    body = []
+    for attribute in raw:
+        if not attribute.isidentifier():
+            raise ValueError(f"not an attribute: {attribute!r}")
+        body += [f"    r = event.{attribute}", "    if r is not UNSET:", '        loads(b"[" + r + b"]")']
+    values = []
+    for i, spec in enumerate(fields.values()):
+        kind = FIELD_TYPES[spec.type]
+        body.append(f"    v{i} = event.f{i}")
+        if not spec.required:
+            # As pipeline.fields.compile_field: the default, checked once; a missing key reads MISSING.
+            namespace[f"default{i}"] = None if spec.default is None else kind.check(spec)(spec.default)
+            body += [f"    if v{i} is UNSET:", f"        v{i} = MISSING"]
+
+        def refused(target: str, i: int = i, required: bool = spec.required) -> list[str]:
+            """What follows a value the check did not take: None, or the default of a missing value."""
+            if required:
+                return ["        return None"]
+            return [
+                f"        if v{i} is MISSING or v{i} is None:",
+                f"            {target} = default{i}",
+                "        else:",
+                "            return None",
+            ]
+
+        if kind.condition is not None:
+            test, constants = kind.condition(spec).inlined(f"v{i}", f"c{i}_")
+            namespace.update(constants)
+            body += [f"    if not ({test}):", *refused(f"v{i}")]
+        elif kind.fast is not None:
+            namespace[f"fast{i}"] = kind.fast(spec)
+            body += [f"    w = fast{i}(v{i})", "    if w is MISSING:", *refused("w"), f"    v{i} = w"]
+        else:  # the default of a missing value, else `check` (which raises for a value it refuses)
+            namespace[f"check{i}"] = kind.check(spec)
+            if not spec.required:
+                body += [f"    if v{i} is MISSING or v{i} is None:", f"        v{i} = default{i}", "    else:"]
+            body.append(f"    {'' if spec.required else '    '}v{i} = check{i}(v{i})")
+        values.append(f"v{i}, ")
+    values += [f"record[{int(item)}], " for item in record_items]
+    source = "\n".join(["def row(event, seq, record):", *body, f"    return (seq, {''.join(values)})"])
+    exec(compile(source, f"<struct row reader of {len(fields)} fields>", "exec"), namespace)  # noqa: S102 - our own source
+    row: StructRow = namespace["row"]
+    return row

@@ -1,26 +1,29 @@
 """An event's bytes parsed straight into its fields by msgspec: the decoder's fast path.
 
 The reference path (pipeline.decode) parses a whole document with orjson into a dict, then reads the
-fields out of it (pipeline.row_compiler). Here msgspec parses the document into a struct of the
-pipeline's top-level fields instead, in C, without building a dict, and the same checks as the
-reference path run on the values it read.
+fields out of it (pipeline.row_compiler.compile_row). Here msgspec parses the document into a struct
+of the pipeline's top-level keys instead, in C, without building a dict, and the reference path's own
+checks run on the values it read (pipeline.row_compiler.compile_struct_row).
 
 Contract: `StructReader.read(value, seq, record)` returns exactly the row that the reference path
 returns for the same bytes (`compile_row(fields, items)(orjson.loads(value), seq, record)`), or None
 when it cannot tell; the decoder then takes the reference path, which decides. It never raises.
 
 Why the rows are the same:
-- msgspec accepts only documents that orjson accepts, and reads the same values from them (same
-  strings, same integers, the same doubles). Every value in the document is parsed: the struct
-  forbids keys it does not know, so a key the pipeline does not read is a struct attribute too,
-  typed as a scalar (string, 64-bit integer, double, boolean or null) and parsed like the others. A
-  number beyond a double (`1e400`) is refused by both parsers; a nested value in such a key, an
-  integer beyond 64 bits and anything else msgspec is not typed for sends the document to the
-  reference path. Keys the pipeline does not read are learned from the documents the reference path
-  parsed (`learn`), up to `MAX_UNREAD_KEYS`;
-- each field's value then goes through its type's own fast check (or `check`, for a type without
-  one), the same function the reference path's row reader calls first; whatever that does not
-  accept as it is goes to the reference path, which gives the exact reason.
+- Every value in the document is parsed, and by a parser that refuses what orjson refuses. The
+  struct forbids keys it does not know, so a key the pipeline does not read is an attribute too,
+  learned from the documents the reference path parsed (`learn`, up to MAX_UNREAD_KEYS): one that
+  held a scalar is parsed by msgspec as a string, a 64-bit integer, a double, a boolean or null;
+  one that held a list or an object is kept as its raw bytes (msgspec checks their syntax only) and
+  then parsed by orjson itself, as the only element of an array so that it sits as deep as in the
+  document. A document with a key the struct does not know goes to the reference path.
+- msgspec and orjson read the same strings, integers and doubles and refuse the same documents where
+  it matters: numbers beyond a double (`1e400`), invalid UTF-8 and lone surrogates in a string, control
+  characters, anything but JSON whitespace. That is msgspec's behaviour, not a promise of its API, so
+  each reader first checks it on the documents in `_MUST_REFUSE` and `_MUST_READ` and a pipeline gets no
+  fast path when the installed msgspec does otherwise (`struct_reader` returns None).
+- Each field's value then goes through the reference path's own checks, in the same order; whatever
+  they do not accept as it is goes to the reference path, which gives the exact reason.
 
 tests/unit/test_struct_reader.py holds this against the reference path on generated documents.
 Pure: no I/O.
@@ -28,12 +31,15 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import msgspec
+import orjson
 
-from pipeline.field_types import FIELD_TYPES, INT64_MAX, INT64_MIN, MISSING
+from pipeline.field_types import INT64_MAX, INT64_MIN
+from pipeline.row_compiler import StructRow, compile_struct_row
 from pipeline.spec import FieldSpec
 
 # Keys the pipeline does not read that the struct learns, per pipeline: enough for the keys producers
@@ -46,8 +52,8 @@ _INTEGER = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 _NUMBER = _INTEGER | float
 _PRESENT = str | _INTEGER | float | bool
 _SCALAR = _PRESENT | None
-# The JSON values a type's checks can accept, as msgspec types. Only a speed matter: a value of
-# another kind sends its document to the reference path.
+# The JSON values a built-in type's checks can accept, as msgspec types: a value of another kind sends
+# its document to the reference path. Another type's field is parsed as any scalar.
 _PARSED_AS: Mapping[str, Any] = {
     "string": str,
     "uuid": str,
@@ -58,8 +64,20 @@ _PARSED_AS: Mapping[str, Any] = {
     "float": _NUMBER,
     "boolean": bool,
 }
-
-StructRow = Callable[[Any, int, Sequence[Any]], "tuple[Any, ...] | None"]
+# What msgspec may not take as a field name (its rule); such keys are never learned.
+_UNNAMEABLE = frozenset('"\\') | frozenset(map(chr, range(32)))
+# Where msgspec and orjson could part: each document holds the hostile value in a key the struct
+# learned from {"k": "v"}, or in a learned list key (learned from {"n": []}), or is not even JSON.
+_MUST_REFUSE = [
+    b'{"k":1e400}', b'{"k":-1E309}', b'{"k":' + b"9" * 400 + b"}", b'{"k":"\xff"}', b'{"k":"\xed\xa0\x80"}',
+    b'{"k":"\\ud800"}', b'{"k":"a\nb"}', b'{"k":NaN}', b'{"k":01}', b'{"k":"v"}\x00', b'\xef\xbb\xbf{"k":"v"}',
+    b'\x0c{"k":"v"}', b'{"n":[1e400]}', b'{"n":["\xff"]}', b'{"n":' + b"[" * 1024 + b"]" * 1024 + b"}",
+    b'{"k":"v","k":1e400}',
+]  # fmt: skip
+_MUST_READ = {
+    b'{"k":-0.0}': -0.0, b'{"k":1.7976931348623157e308}': 1.7976931348623157e308, b'{"k":5e-324}': 5e-324,
+    b'{"k":"\\ud83d\\ude00"}': "\U0001f600", b'{"k":"\\u0000"}': "\x00", b'{"k":1e-400}': 0.0,
+}  # fmt: skip
 
 
 def struct_readable(fields: Mapping[str, FieldSpec]) -> bool:
@@ -69,9 +87,10 @@ def struct_readable(fields: Mapping[str, FieldSpec]) -> bool:
 
 
 def struct_reader(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> StructReader | None:
-    """The struct reader of `fields`, or None when they cannot be read as one struct: a nested path,
-    two fields at one key, or a key msgspec will not take as a field name (a control character)."""
-    if not struct_readable(fields):
+    """The struct reader of `fields`, or None when there is none: a nested path, two fields at one
+    key, a key msgspec will not take as a field name, or an installed msgspec that does not parse as
+    this module relies on (see the module docstring)."""
+    if not struct_readable(fields) or not _msgspec_parses_as_relied_on():
         return None
     try:
         return StructReader(fields, record_items)
@@ -79,64 +98,90 @@ def struct_reader(fields: Mapping[str, FieldSpec], record_items: Sequence[int] =
         return None
 
 
-class StructReader:
-    """The fast path of one pipeline's decoder (see the module docstring). Not thread-safe: one decoder,
-    one thread."""
+@functools.cache  # once per process: the installed msgspec does not change
+def _msgspec_parses_as_relied_on() -> bool:
+    probe = _Struct({})
+    probe.learn({"k": "v", "n": []})
+    if probe.unread_keys != ("k", "n"):
+        return False
+    refused = all(probe.parse(document) is None for document in _MUST_REFUSE)
+    return refused and all(repr(getattr(probe.parse(d), "u0", None)) == repr(v) for d, v in _MUST_READ.items())
 
-    def __init__(self, fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> None:
-        if not struct_readable(fields):
-            raise ValueError("a struct reader needs each field at its own top-level key")
+
+class _Struct:
+    """The msgspec struct of a pipeline's top-level keys, and the unread keys it learned."""
+
+    def __init__(self, fields: Mapping[str, FieldSpec]) -> None:
         self._read_keys = frozenset(spec.path or name for name, spec in fields.items())
         self._fields = [
             (f"f{i}", spec.path or name, _parsed_as(spec), spec.required)
             for i, (name, spec) in enumerate(fields.items())
         ]
-        self._unread: dict[str, None] = {}  # learned keys, in the order they were met
-        self._refused: set[str] = set()
+        self._unread: dict[str, bool] = {}  # key → held a list or an object (kept raw); in the order met
         self._known = self._read_keys
-        self._decode = self._decoder()
-        self._row = _compile_row(fields, record_items)
-
-    def read(self, value: bytes, seq: int, record: Sequence[Any]) -> tuple[Any, ...] | None:
-        """The row of `value` (see the module docstring), or None: ask the reference path."""
-        try:
-            return self._row(self._decode(value), seq, record)
-        except Exception:  # msgspec refused the document, or a check raised: the reference path decides
-            return None
-
-    def learn(self, event: dict[str, Any]) -> None:
-        """Take note of the top-level keys of `event` (a document the reference path parsed) that the
-        pipeline does not read and that hold a scalar, so that the next documents with them are read
-        here too. Cheap when there is nothing new; never raises.
-
-        Not learned: keys of a list or an object (they may be learned from a later document), and keys
-        longer than MAX_UNREAD_KEY_LENGTH or that msgspec cannot name (a control character): those are
-        remembered as refused, up to MAX_UNREAD_KEYS of them, so that they are not tried again.
-        """
-        if event.keys() <= self._known or len(self._unread) >= MAX_UNREAD_KEYS:
-            return
-        new = [key for key, value in event.items() if key not in self._known and not isinstance(value, list | dict)]
-        for key in new:
-            if len(self._unread) >= MAX_UNREAD_KEYS:
-                break
-            if len(key) > MAX_UNREAD_KEY_LENGTH or not key.isprintable():
-                self._refuse(key)
-                continue
-            self._unread[key] = None
-            try:
-                self._decode = self._decoder()
-            except Exception:  # a key msgspec will not take as a field name
-                del self._unread[key]
-                self._refuse(key)
-        self._known = self._read_keys | self._unread.keys() | self._refused
-
-    def _refuse(self, key: str) -> None:
-        if len(self._refused) < MAX_UNREAD_KEYS:
-            self._refused.add(key)
+        self._scalars: tuple[str, ...] = ()  # the learned keys parsed as scalars
+        self._learning = True
+        self.decode = self._decoder()
 
     @property
     def unread_keys(self) -> tuple[str, ...]:
         return tuple(self._unread)
+
+    @property
+    def raw_attributes(self) -> tuple[str, ...]:
+        """The attributes of the learned keys kept raw (msgspec.Raw, or UNSET when absent)."""
+        return tuple(f"u{i}" for i, raw in enumerate(self._unread.values()) if raw)
+
+    def parse(self, value: bytes) -> Any:
+        """The struct of `value`, or None when msgspec refuses it (for the self-test)."""
+        try:
+            event = self.decode(value)
+            for attribute in self.raw_attributes:
+                raw = getattr(event, attribute)
+                if raw is not msgspec.UNSET:
+                    orjson.loads(b"[" + raw + b"]")
+            return event
+        except Exception:
+            return None
+
+    def learn(self, event: dict[str, Any]) -> bool:
+        """Learn the keys of `event` that the pipeline does not read; True when the struct changed.
+        Cheap when there is nothing new; never raises. A key first learned for a scalar is kept raw
+        once it holds a list or an object. Not learned: keys msgspec cannot name (a control character,
+        a quote or a backslash), keys longer than MAX_UNREAD_KEY_LENGTH, and any beyond MAX_UNREAD_KEYS."""
+        if not self._learning or (
+            (event.keys() <= self._known or len(self._unread) >= MAX_UNREAD_KEYS) and not self._now_nested(event)
+        ):
+            return False
+        before = dict(self._unread)
+        for key, value in event.items():
+            if key in self._read_keys:
+                continue
+            nested = isinstance(value, list | dict)
+            raw = self._unread.get(key)
+            if raw is None:
+                if (
+                    len(self._unread) < MAX_UNREAD_KEYS
+                    and len(key) <= MAX_UNREAD_KEY_LENGTH
+                    and _UNNAMEABLE.isdisjoint(key)
+                ):
+                    self._unread[key] = nested
+            elif nested and not raw:  # learned for a scalar, holds a list or an object now
+                self._unread[key] = True
+        if self._unread == before:
+            return False
+        try:
+            self.decode = self._decoder()
+        except Exception:  # msgspec refused a name after all: keep the struct as it was, learn no more
+            self._unread, self._learning = before, False
+            return False
+        self._known = self._read_keys | self._unread.keys()
+        self._scalars = tuple(key for key, raw in self._unread.items() if not raw)
+        return True
+
+    def _now_nested(self, event: dict[str, Any]) -> bool:
+        """A key learned for a scalar holds a list or an object in `event`."""
+        return any(isinstance(event.get(key), list | dict) for key in self._scalars)
 
     def _decoder(self) -> Callable[[bytes], Any]:
         # A required field has no default: msgspec refuses a document without it.
@@ -144,7 +189,10 @@ class StructReader:
             (attr, kind) if required else (attr, kind | msgspec.UnsetType, msgspec.UNSET)
             for attr, _, kind, required in self._fields
         ]
-        attributes += [(f"u{i}", _SCALAR | msgspec.UnsetType, msgspec.UNSET) for i in range(len(self._unread))]
+        attributes += [
+            (f"u{i}", (msgspec.Raw if raw else _SCALAR) | msgspec.UnsetType, msgspec.UNSET)
+            for i, raw in enumerate(self._unread.values())
+        ]
         rename = {attr: key for attr, key, _, _ in self._fields} | {f"u{i}": key for i, key in enumerate(self._unread)}
         event = msgspec.defstruct(
             "Event", attributes, kw_only=True, forbid_unknown_fields=True, rename=rename, gc=False
@@ -155,42 +203,37 @@ class StructReader:
 
 def _parsed_as(spec: FieldSpec) -> Any:
     """The msgspec type of a field's attribute: what its checks may accept, plus null when the field
-    may be left out (null then means missing, as on the reference path)."""
+    may be left out."""
     kind = _PARSED_AS.get(spec.type, _PRESENT)
     return kind if spec.required else kind | None
 
 
-def _compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int]) -> StructRow:
-    """The function reading a parsed struct into `(seq, value, ..., record[i], ...)` or None.
+class StructReader:
+    """The fast path of one pipeline's decoder (see the module docstring). Not thread-safe: one
+    decoder, one thread."""
 
-    Each field as the reference row reader takes it: its type's condition (inlined) or fast check,
-    else its `check` for a type with neither; a value missing (UNSET) or null becomes the field's
-    default when it is not required. Whatever else returns None. The source is our own: field names
-    and rule values reach it as values in its namespace, never as text.
-    """
-    namespace: dict[str, Any] = {"MISSING": MISSING, "UNSET": msgspec.UNSET}
-    body, values = [], []
-    for i, spec in enumerate(fields.values()):
-        kind = FIELD_TYPES[spec.type]
-        body.append(f"    v{i} = event.f{i}")
-        if not spec.required:
-            # As pipeline.fields.compile_field: the default, checked once.
-            namespace[f"default{i}"] = None if spec.default is None else kind.check(spec)(spec.default)
-            body += [f"    if v{i} is UNSET or v{i} is None:", f"        v{i} = default{i}", "    else:"]
-        indent = "    " if spec.required else "        "
-        if kind.condition is not None:
-            test, constants = kind.condition(spec).inlined(f"v{i}", f"c{i}_")
-            namespace.update(constants)
-            body += [f"{indent}if not ({test}):", f"{indent}    return None"]
-        elif kind.fast is not None:
-            namespace[f"fast{i}"] = kind.fast(spec)
-            body += [f"{indent}v{i} = fast{i}(v{i})", f"{indent}if v{i} is MISSING:", f"{indent}    return None"]
-        else:
-            namespace[f"check{i}"] = kind.check(spec)  # raises for a value it refuses: read() returns None
-            body.append(f"{indent}v{i} = check{i}(v{i})")
-        values.append(f"v{i}, ")
-    values += [f"record[{int(item)}], " for item in record_items]
-    source = "\n".join(["def row(event, seq, record=()):", *body, f"    return (seq, {''.join(values)})"])
-    exec(compile(source, f"<struct row reader of {len(fields)} fields>", "exec"), namespace)  # noqa: S102 - our own source
-    row: StructRow = namespace["row"]
-    return row
+    def __init__(self, fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> None:
+        if not struct_readable(fields):
+            raise ValueError("a struct reader needs each field at its own top-level key")
+        self._struct = _Struct(fields)
+        self._fields, self._items = fields, record_items
+        self._decode = self._struct.decode
+        self._row: StructRow = compile_struct_row(fields, record_items)
+
+    @property
+    def unread_keys(self) -> tuple[str, ...]:
+        return self._struct.unread_keys
+
+    def read(self, value: bytes, seq: int, record: Sequence[Any]) -> tuple[Any, ...] | None:
+        """The row of `value` (see the module docstring), or None: ask the reference path."""
+        try:
+            return self._row(self._decode(value), seq, record)
+        except Exception:  # msgspec or orjson refused the document, or a check raised: the reference path decides
+            return None
+
+    def learn(self, event: dict[str, Any]) -> None:
+        """Take note of the top-level keys of `event`, a document the reference path parsed, that the
+        pipeline does not read, so that the next documents with them are read here too."""
+        if self._struct.learn(event):
+            self._decode = self._struct.decode
+            self._row = compile_struct_row(self._fields, self._items, self._struct.raw_attributes)
