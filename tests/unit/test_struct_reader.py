@@ -4,6 +4,7 @@ for a document orjson refuses, and the decoder's verdicts are the same with it a
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -34,9 +35,10 @@ from tests.support.decode_cases import (
 )
 from tests.support.field_oracle import ABSENT
 
+FUZZ = os.environ.get("MICROBATCH_FUZZ") == "1"  # `make fuzz`: 100,000 new cases per property
 SETTINGS = settings(
-    max_examples=3_000,
-    derandomize=True,
+    max_examples=100_000 if FUZZ else 3_000,
+    derandomize=not FUZZ,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
