@@ -45,7 +45,8 @@ VALIDATION = "ValidationError"
 ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper nesting as invalid JSON
 _EXACT_JSON = json.JSONDecoder(parse_float=Decimal)
 # A batch of at least this many records that the fast path mostly left to the reference path rests the
-# fast path for this many batches (it keeps learning keys meanwhile).
+# fast path for this many batches (nor does it learn keys meanwhile: the reference path then costs what
+# it cost without a fast path).
 STRUCT_MIN_BATCH, STRUCT_REST_BATCHES = 64, 16
 
 
@@ -230,7 +231,7 @@ class Decoder:
         if type(event) is not dict:
             out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, "event is not a JSON object", VALIDATION))
             return None
-        if self._struct is not None:
+        if self._struct is not None and self._struct_rest == 0:  # a resting fast path does not learn either
             self._struct.learn(event)
         if self.exact:
             event = _exact_loads(value)

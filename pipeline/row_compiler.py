@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-import orjson
 
 from pipeline.field_types import FIELD_TYPES, MISSING
 from pipeline.fields import Extract, compile_field
@@ -96,28 +95,20 @@ def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (
 StructRow = Callable[[Any, int, Sequence[Any]], "tuple[Any, ...] | None"]
 
 
-def compile_struct_row(
-    fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (), raw: Sequence[str] = ()
-) -> StructRow:
+def compile_struct_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> StructRow:
     """The function reading a struct parsed by pipeline.struct_reader into the row `compile_row` gives
-    for the same document, or None when the reference path must decide; it raises whatever a check or
-    orjson raises (the caller then asks the reference path too).
+    for the same document, or None when the reference path must decide; it raises whatever a check
+    raises (the caller then asks the reference path too).
 
     `row(event, seq, record)`: `event.f<i>` holds the i-th field's value, UNSET when the key is
-    absent (a required field is never absent: msgspec refused the document); `raw` names the attributes
-    holding unread keys kept as raw JSON, which orjson parses here (as an array's element: as deep as in
-    the document) and refuses as it would in the whole document. Each field then takes the checks of
+    absent (a required field is never absent: msgspec refused the document). Each field takes the checks of
     the reference reader, in its order: the condition or fast check; for a value it does not take, the
     field's default when the value is missing or null and the field not required, else None (the
     reference path's `check` decides). A type with neither condition nor fast check: the default, or
     its `check`.
     """
-    namespace: dict[str, Any] = {"MISSING": MISSING, "UNSET": msgspec.UNSET, "loads": orjson.loads}
+    namespace: dict[str, Any] = {"MISSING": MISSING, "UNSET": msgspec.UNSET}
     body = []
-    for attribute in raw:
-        if not attribute.isidentifier():
-            raise ValueError(f"not an attribute: {attribute!r}")
-        body += [f"    r = event.{attribute}", "    if r is not UNSET:", '        loads(b"[" + r + b"]")']
     values = []
     for i, spec in enumerate(fields.values()):
         kind = FIELD_TYPES[spec.type]

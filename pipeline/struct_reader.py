@@ -12,16 +12,16 @@ when it cannot tell; the decoder then takes the reference path, which decides. I
 Why the rows are the same:
 - Every value in the document is parsed, and by a parser that refuses what orjson refuses. The
   struct forbids keys it does not know, so a key the pipeline does not read is an attribute too,
-  learned from the documents the reference path parsed (`learn`, up to MAX_UNREAD_KEYS): one that
-  held a scalar is parsed by msgspec as a string, a 64-bit integer, a double, a boolean or null;
-  one that held a list or an object is kept as its raw bytes (msgspec checks their syntax only) and
-  then parsed by orjson itself, as the only element of an array so that it sits as deep as in the
-  document. A document with a key the struct does not know goes to the reference path.
+  learned from the documents the reference path parsed (`learn`, up to MAX_UNREAD_KEYS), and typed as
+  any JSON value up to NESTING_DEPTH lists or objects deep whose scalars are strings, 64-bit integers,
+  doubles, booleans or null. msgspec parses a typed value wherever it is, every occurrence of a key
+  written twice included (it keeps the last, as orjson does); a deeper value, an integer beyond 64
+  bits or a key the struct does not know sends the document to the reference path.
 - msgspec and orjson read the same strings, integers and doubles and refuse the same documents where
   it matters: numbers beyond a double (`1e400`), invalid UTF-8 and lone surrogates in a string, control
   characters, anything but JSON whitespace. That is msgspec's behaviour, not a promise of its API, so
-  each reader first checks it on the documents in `_MUST_REFUSE` and `_MUST_READ` and a pipeline gets no
-  fast path when the installed msgspec does otherwise (`struct_reader` returns None).
+  the reader is first checked on the documents in `_MUST_REFUSE` and `_MUST_READ`, and pipelines get
+  no fast path when the installed msgspec does otherwise (`struct_reader` returns None).
 - Each field's value then goes through the reference path's own checks, in the same order; whatever
   they do not accept as it is goes to the reference path, which gives the exact reason.
 
@@ -36,7 +36,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import msgspec
-import orjson
 
 from pipeline.field_types import INT64_MAX, INT64_MIN
 from pipeline.row_compiler import StructRow, compile_struct_row
@@ -52,6 +51,12 @@ _INTEGER = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 _NUMBER = _INTEGER | float
 _PRESENT = str | _INTEGER | float | bool
 _SCALAR = _PRESENT | None
+# Any JSON value up to NESTING_DEPTH lists or objects deep, every scalar in it typed as above: msgspec
+# parses (and refuses) all of it, as orjson does. A deeper value sends its document to the reference path.
+NESTING_DEPTH = 6
+_VALUE: Any = _SCALAR
+for _ in range(NESTING_DEPTH):
+    _VALUE = _SCALAR | list[_VALUE] | dict[str, _VALUE]
 # The JSON values a built-in type's checks can accept, as msgspec types: a value of another kind sends
 # its document to the reference path. Another type's field is parsed as any scalar.
 _PARSED_AS: Mapping[str, Any] = {
@@ -67,12 +72,13 @@ _PARSED_AS: Mapping[str, Any] = {
 # What msgspec may not take as a field name (its rule); such keys are never learned.
 _UNNAMEABLE = frozenset('"\\') | frozenset(map(chr, range(32)))
 # Where msgspec and orjson could part: each document holds the hostile value in a key the struct
-# learned from {"k": "v"}, or in a learned list key (learned from {"n": []}), or is not even JSON.
+# learned from {"k": "v", "n": []}, or is not even JSON.
 _MUST_REFUSE = [
     b'{"k":1e400}', b'{"k":-1E309}', b'{"k":' + b"9" * 400 + b"}", b'{"k":"\xff"}', b'{"k":"\xed\xa0\x80"}',
     b'{"k":"\\ud800"}', b'{"k":"a\nb"}', b'{"k":NaN}', b'{"k":01}', b'{"k":"v"}\x00', b'\xef\xbb\xbf{"k":"v"}',
     b'\x0c{"k":"v"}', b'{"n":[1e400]}', b'{"n":["\xff"]}', b'{"n":' + b"[" * 1024 + b"]" * 1024 + b"}",
-    b'{"k":"v","k":1e400}',
+    b'{"n":[' + b"9" * 400 + b"]}", b'{"k":"v","k":1e400}', b'{"n":[1e400],"n":1}', b'{"n":["\xff"],"n":[]}',
+    b'{"n":[1e400],"\\u006e":1}', b'{"n":{"a":[1e400],"a":1}}', b'{"n":{"\xff":1}}', b'{"n":{"a":"\\udc00"}}',
 ]  # fmt: skip
 _MUST_READ = {
     b'{"k":-0.0}': -0.0, b'{"k":1.7976931348623157e308}': 1.7976931348623157e308, b'{"k":5e-324}': 5e-324,
@@ -100,12 +106,14 @@ def struct_reader(fields: Mapping[str, FieldSpec], record_items: Sequence[int] =
 
 @functools.cache  # once per process: the installed msgspec does not change
 def _msgspec_parses_as_relied_on() -> bool:
-    probe = _Struct({})
+    probe = StructReader({})
     probe.learn({"k": "v", "n": []})
-    if probe.unread_keys != ("k", "n"):
+    if probe.unread_keys != ("k", "n") or any(probe.read(document, 0, ()) is not None for document in _MUST_REFUSE):
         return False
-    refused = all(probe.parse(document) is None for document in _MUST_REFUSE)
-    return refused and all(repr(getattr(probe.parse(d), "u0", None)) == repr(v) for d, v in _MUST_READ.items())
+    try:
+        return all(repr(probe.struct(document).u0) == repr(value) for document, value in _MUST_READ.items())
+    except Exception:  # msgspec refused one of them
+        return False
 
 
 class _Struct:
@@ -117,9 +125,9 @@ class _Struct:
             (f"f{i}", spec.path or name, _parsed_as(spec), spec.required)
             for i, (name, spec) in enumerate(fields.items())
         ]
-        self._unread: dict[str, bool] = {}  # key → held a list or an object (kept raw); in the order met
+        self._unread: dict[str, None] = {}  # the learned keys, in the order met
+        self._refused: set[str] = set()
         self._known = self._read_keys
-        self._scalars: tuple[str, ...] = ()  # the learned keys parsed as scalars
         self._learning = True
         self.decode = self._decoder()
 
@@ -127,61 +135,42 @@ class _Struct:
     def unread_keys(self) -> tuple[str, ...]:
         return tuple(self._unread)
 
-    @property
-    def raw_attributes(self) -> tuple[str, ...]:
-        """The attributes of the learned keys kept raw (msgspec.Raw, or UNSET when absent)."""
-        return tuple(f"u{i}" for i, raw in enumerate(self._unread.values()) if raw)
-
-    def parse(self, value: bytes) -> Any:
-        """The struct of `value`, or None when msgspec refuses it (for the self-test)."""
-        try:
-            event = self.decode(value)
-            for attribute in self.raw_attributes:
-                raw = getattr(event, attribute)
-                if raw is not msgspec.UNSET:
-                    orjson.loads(b"[" + raw + b"]")
-            return event
-        except Exception:
-            return None
-
     def learn(self, event: dict[str, Any]) -> bool:
         """Learn the keys of `event` that the pipeline does not read; True when the struct changed.
-        Cheap when there is nothing new; never raises. A key first learned for a scalar is kept raw
-        once it holds a list or an object. Not learned: keys msgspec cannot name (a control character,
-        a quote or a backslash), keys longer than MAX_UNREAD_KEY_LENGTH, and any beyond MAX_UNREAD_KEYS."""
-        if not self._learning or (
-            (event.keys() <= self._known or len(self._unread) >= MAX_UNREAD_KEYS) and not self._now_nested(event)
-        ):
+        Never raises. Not learned, and remembered as refused (up to MAX_UNREAD_KEYS of them, so that
+        they are not tried again): keys msgspec cannot name (a control character, a quote or a
+        backslash), keys longer than MAX_UNREAD_KEY_LENGTH, and any beyond MAX_UNREAD_KEYS. One set
+        comparison when every key is known."""
+        if not self._learning or event.keys() <= self._known:
             return False
-        before = dict(self._unread)
-        for key, value in event.items():
-            if key in self._read_keys:
+        if len(self._unread) >= MAX_UNREAD_KEYS and len(self._refused) >= MAX_UNREAD_KEYS:
+            return False  # nothing more to learn or to remember
+        new: dict[str, None] = {}
+        refused: set[str] = set()
+        for key in event:
+            if key in self._known:
                 continue
-            nested = isinstance(value, list | dict)
-            raw = self._unread.get(key)
-            if raw is None:
-                if (
-                    len(self._unread) < MAX_UNREAD_KEYS
-                    and len(key) <= MAX_UNREAD_KEY_LENGTH
-                    and _UNNAMEABLE.isdisjoint(key)
-                ):
-                    self._unread[key] = nested
-            elif nested and not raw:  # learned for a scalar, holds a list or an object now
-                self._unread[key] = True
-        if self._unread == before:
-            return False
-        try:
-            self.decode = self._decoder()
-        except Exception:  # msgspec refused a name after all: keep the struct as it was, learn no more
-            self._unread, self._learning = before, False
-            return False
-        self._known = self._read_keys | self._unread.keys()
-        self._scalars = tuple(key for key, raw in self._unread.items() if not raw)
-        return True
-
-    def _now_nested(self, event: dict[str, Any]) -> bool:
-        """A key learned for a scalar holds a list or an object in `event`."""
-        return any(isinstance(event.get(key), list | dict) for key in self._scalars)
+            if (
+                len(self._unread) + len(new) < MAX_UNREAD_KEYS
+                and len(key) <= MAX_UNREAD_KEY_LENGTH
+                and _UNNAMEABLE.isdisjoint(key)
+            ):
+                new[key] = None
+            elif len(self._refused) + len(refused) < MAX_UNREAD_KEYS:
+                refused.add(key)
+        if new:
+            self._unread |= new
+            try:
+                self.decode = self._decoder()
+            except Exception:  # msgspec refused a name after all: keep the struct as it was, learn no more
+                for key in new:
+                    del self._unread[key]
+                self._learning = False
+                return False
+        if new or refused:
+            self._refused |= refused
+            self._known = self._read_keys | self._unread.keys() | self._refused
+        return bool(new)
 
     def _decoder(self) -> Callable[[bytes], Any]:
         # A required field has no default: msgspec refuses a document without it.
@@ -189,10 +178,7 @@ class _Struct:
             (attr, kind) if required else (attr, kind | msgspec.UnsetType, msgspec.UNSET)
             for attr, _, kind, required in self._fields
         ]
-        attributes += [
-            (f"u{i}", (msgspec.Raw if raw else _SCALAR) | msgspec.UnsetType, msgspec.UNSET)
-            for i, raw in enumerate(self._unread.values())
-        ]
+        attributes += [(f"u{i}", _VALUE | msgspec.UnsetType, msgspec.UNSET) for i in range(len(self._unread))]
         rename = {attr: key for attr, key, _, _ in self._fields} | {f"u{i}": key for i, key in enumerate(self._unread)}
         event = msgspec.defstruct(
             "Event", attributes, kw_only=True, forbid_unknown_fields=True, rename=rename, gc=False
@@ -216,7 +202,6 @@ class StructReader:
         if not struct_readable(fields):
             raise ValueError("a struct reader needs each field at its own top-level key")
         self._struct = _Struct(fields)
-        self._fields, self._items = fields, record_items
         self._decode = self._struct.decode
         self._row: StructRow = compile_struct_row(fields, record_items)
 
@@ -228,7 +213,7 @@ class StructReader:
         """The row of `value` (see the module docstring), or None: ask the reference path."""
         try:
             return self._row(self._decode(value), seq, record)
-        except Exception:  # msgspec or orjson refused the document, or a check raised: the reference path decides
+        except Exception:  # msgspec refused the document, or a check raised: the reference path decides
             return None
 
     def learn(self, event: dict[str, Any]) -> None:
@@ -236,4 +221,7 @@ class StructReader:
         pipeline does not read, so that the next documents with them are read here too."""
         if self._struct.learn(event):
             self._decode = self._struct.decode
-            self._row = compile_struct_row(self._fields, self._items, self._struct.raw_attributes)
+
+    def struct(self, value: bytes) -> Any:
+        """The struct msgspec parses `value` into (for the start-up self-test); raises what it raises."""
+        return self._decode(value)

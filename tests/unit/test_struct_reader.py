@@ -20,7 +20,7 @@ from pipeline.records import Record
 from pipeline.row_compiler import compile_row
 from pipeline.spec import PipelineSpec
 from pipeline.spec_loader import load_pipeline, parse_pipeline
-from pipeline.struct_reader import MAX_UNREAD_KEYS, StructReader, struct_reader
+from pipeline.struct_reader import MAX_UNREAD_KEYS, NESTING_DEPTH, StructReader, struct_reader
 from tests.support.decode_cases import (
     ENTROPY,
     Entropy,
@@ -223,7 +223,7 @@ def test_keys_are_learned_up_to_a_bound_and_keys_msgspec_cannot_name_are_not() -
     reader = StructReader(INVOICE.fields, (0, 1, 2))
     reader.learn({**GOOD, "nested": {"a": 1}, "list": [1]})
     assert reader.unread_keys == ("channel", "nested", "list")
-    assert_agrees(INVOICE, reader, orjson.dumps({**GOOD, "nested": {"a": [1, {"b": None}]}, "list": []}))
+    assert assert_agrees(INVOICE, reader, orjson.dumps({**GOOD, "nested": {"a": [1, {"b": None}]}, "list": []}))
     for key in ("tab\tkey", 'quote"key', "back\\slash", "x" * 300):
         reader.learn({**GOOD, key: 1})
         document = orjson.dumps({**GOOD, key: 1})
@@ -248,17 +248,33 @@ def test_a_list_or_object_the_pipeline_does_not_read_is_parsed_as_orjson_would(t
     if reference(INVOICE, document, 7, ("t", 3, 100)) is None:
         assert reader.read(document, 7, ("t", 3, 100)) is None
     else:  # read, or left to the reference path (msgspec nests less deep than orjson)
-        assert assert_agrees(INVOICE, reader, document) or token.startswith(b"[" * 100)
+        assert assert_agrees(INVOICE, reader, document) or token.startswith(b"[" * (NESTING_DEPTH + 1))
 
 
-def test_a_key_learned_for_a_scalar_is_kept_raw_once_it_holds_a_list() -> None:
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b',"meta":[1e400],"meta":1}', b',"meta":"\xff","meta":1}', b',"meta":{"a":"\xed\xa0\x80"},"\\u006deta":null}',
+        b',"meta":[1],"meta":[2]}', b',"meta":[1e400], "meta" :1}', b',"meta":["\xff"],"note":"\\"meta\\""}',
+    ],
+)  # fmt: skip
+def test_an_unread_key_written_twice_is_parsed_twice(tail: bytes) -> None:
+    """orjson parses (and refuses) every occurrence of a key and keeps the last; so must the struct."""
+    head = orjson.dumps(GOOD)[:-1]
+    decoder = Decoder(INVOICE)
+    records = [Record("t", 0, 0, None, head + b',"meta":[]}'), Record("t", 0, 1, None, head + tail)]
+    assert verdicts(decoder.decode(records)) == verdicts(without_fast_path(Decoder(INVOICE)).decode(records))
+    assert decoder._struct is not None and "meta" in decoder._struct.unread_keys
+    assert_agrees(INVOICE, decoder._struct, head + tail)
+
+
+def test_an_unread_key_may_hold_any_value_as_deep_as_the_nesting_depth() -> None:
     reader = StructReader(INVOICE.fields, (0, 1, 2))
     reader.learn(GOOD)
-    nested = orjson.dumps({**GOOD, "channel": ["web", 1]})
-    assert reader.read(nested, 7, ("t", 3, 100)) is None
-    reader.learn(orjson.loads(nested))
-    assert assert_agrees(INVOICE, reader, nested)
-    assert assert_agrees(INVOICE, reader, orjson.dumps(GOOD))  # a scalar is read raw too
+    for value in (["web", 1], {"a": [1, None, {"b": 2.5}]}, None, [[[[[[1]]]]]]):
+        assert assert_agrees(INVOICE, reader, orjson.dumps({**GOOD, "channel": value}))
+    deeper = orjson.dumps({**GOOD, "channel": [[[[[[[1]]]]]]]})
+    assert reader.read(deeper, 7, ("t", 3, 100)) is None  # read by the reference path
 
 
 def test_an_optional_field_reads_null_as_the_reference_path_does_even_for_a_type_that_takes_null() -> None:
