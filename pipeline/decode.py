@@ -44,9 +44,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 VALIDATION = "ValidationError"
 ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper nesting as invalid JSON
 _EXACT_JSON = json.JSONDecoder(parse_float=Decimal)
-# A batch of at least this many records that the fast path mostly left to the reference path rests the
-# fast path for this many batches (nor does it learn keys meanwhile: the reference path then costs what
-# it cost without a fast path).
+# When the fast path left most of this many records (or more, counted over whole batches) to the
+# reference path, it rests for this many batches and learns no keys meanwhile: the reference path then
+# costs about what it cost without a fast path.
 STRUCT_MIN_BATCH, STRUCT_REST_BATCHES = 64, 16
 
 
@@ -147,7 +147,8 @@ class Decoder:
         eligible = transform is None and not self.exact
         self._struct = struct_reader(spec.fields, items) if eligible else None
         self._struct_rest = 0  # batches still to decode without trying the fast path
-        self._referred = 0  # records of this batch that the fast path left to the reference path
+        self._tried = 0  # records the fast path was tried on since it was last paced
+        self._referred = 0  # of those, the records it left to the reference path
         self._kafka_plain = operator.attrgetter(*self.kafka_attributes) if plain and not folded else None
         self._kafka_readers = (
             ()
@@ -182,7 +183,6 @@ class Decoder:
         several = len(self.kafka_attributes) > 1
         limit, normalisers = self.max_message_bytes, self._normalisers
         struct = self._struct if self._struct_rest == 0 else None
-        self._referred = 0
         for index, record in enumerate(records):
             # A `try` costs nothing until something is raised (CPython 3.11+): a record ends in the
             # loop's last statement (a row) or in one `out.reject`, whatever it raises.
@@ -211,18 +211,26 @@ class Decoder:
         return out
 
     def _pace_fast_path(self, *, tried: bool, records: int) -> None:
-        """Rest the fast path for a while after a batch it mostly left to the reference path (documents
-        of keys it cannot learn, a storm of bad data): each of those paid for a failed attempt first."""
+        """Rest the fast path for a while once it has mostly left records to the reference path
+        (documents of keys it cannot learn, a storm of bad data): each of those paid for a failed
+        attempt first. Counted over STRUCT_MIN_BATCH records or more, however small the batches."""
+        if not records:
+            return
         if not tried:
             self._struct_rest = max(0, self._struct_rest - 1)
-        elif records >= STRUCT_MIN_BATCH and self._referred * 2 > records:
-            self._struct_rest = STRUCT_REST_BATCHES
+            return
+        self._tried += records
+        if self._tried >= STRUCT_MIN_BATCH:
+            if self._referred * 2 > self._tried:
+                self._struct_rest = STRUCT_REST_BATCHES
+            self._tried = self._referred = 0
 
     def _reference_row(self, value: bytes, index: int, record: Record, out: DecodedBatch) -> tuple[Any, ...] | None:
         """The row of `record` read by the reference path (orjson, the hook, the compiled row reader),
         or None once its verdict is given in `out` (a rejection, or skipped by the hook). Raises what
         the row reader raises."""
-        self._referred += 1
+        if self._struct is not None and self._struct_rest == 0:
+            self._referred += 1
         try:
             event = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
@@ -231,15 +239,16 @@ class Decoder:
         if type(event) is not dict:
             out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, "event is not a JSON object", VALIDATION))
             return None
-        if self._struct is not None and self._struct_rest == 0:  # a resting fast path does not learn either
-            self._struct.learn(event)
         if self.exact:
             event = _exact_loads(value)
         if self.transform is not None:
             event = _hooked(self.transform, event, index, record, out)
             if event is None:
                 return None
-        return self._read_row(event, len(out.rows), record)
+        row = self._read_row(event, len(out.rows), record)
+        if self._struct is not None and self._struct_rest == 0:  # a resting fast path does not learn either
+            self._struct.learn(event)  # from documents that make a row only: junk keys teach nothing
+        return row
 
 
 # Distinct key values remembered per normalised key field (then forgotten all at once): a stream

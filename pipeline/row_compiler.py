@@ -14,8 +14,10 @@ event. Anything the compiled body raises sends the event through that reference 
 failures carry the extractor's message.
 
 `compile_struct_row` is the same reader for the decoder's fast path (pipeline.struct_reader): its
-values come from a struct msgspec parsed instead of a dict, and where the reference reader falls back
-to the field's extractor it returns None, so that the reference path decides.
+values come from a struct msgspec parsed instead of a dict. It applies a field's default itself (a
+missing or null value, the field not required), calls `check` itself for a type with neither
+condition nor fast check, and returns None wherever the reference reader would need the extractor to
+tell why a value is refused, so that the reference path decides.
 
 The generated source contains identifiers of its own making (v0, fast0, c0_low, ...) and the field
 types' own condition text: field names, paths and rule values reach it as values in its namespace,

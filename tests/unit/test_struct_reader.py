@@ -319,6 +319,27 @@ def test_the_fast_path_rests_after_a_batch_it_mostly_left_to_the_reference_path(
     assert decoder._struct_rest == 0  # read by the fast path again
 
 
+def test_small_batches_are_counted_together_and_an_empty_one_does_not_count() -> None:
+    decoder = Decoder(INVOICE)
+    odd = [Record("t", 0, n, None, orjson.dumps({**GOOD, 'quote"': n})) for n in range(8)]
+    for _ in range(STRUCT_MIN_BATCH // 8 - 1):
+        decoder.decode(odd)
+        assert decoder._struct_rest == 0
+    decoder.decode(odd)
+    assert decoder._struct_rest == STRUCT_REST_BATCHES
+    decoder.decode([])
+    assert decoder._struct_rest == STRUCT_REST_BATCHES
+
+
+def test_keys_are_learned_only_from_documents_that_make_a_row() -> None:
+    decoder = Decoder(INVOICE)
+    refused = orjson.dumps({**GOOD, "quantity": 0, "junk": 1})
+    decoder.decode([Record("t", 0, 0, None, refused)])
+    assert decoder._struct is not None and "junk" not in decoder._struct.unread_keys
+    decoder.decode([Record("t", 0, 1, None, orjson.dumps({**GOOD, "junk": 1}))])
+    assert "junk" in decoder._struct.unread_keys
+
+
 def test_no_fast_path_when_msgspec_does_not_refuse_what_this_relies_on(monkeypatch: pytest.MonkeyPatch) -> None:
     assert struct_reader(INVOICE.fields) is not None
     monkeypatch.setattr(struct_reader_module, "_MUST_REFUSE", [*struct_reader_module._MUST_REFUSE, b'{"k":"v"}'])
