@@ -54,7 +54,7 @@ STAGES: tuple[tuple[str, Rule], ...] = (
     ("field checks", _inside("<row reader", "<struct row reader", "(pipeline/field_types.py")),
     ("JSON and decode loop", _any("Decoder.decode")),
     ("COPY encoding", _any("CopyEncoder.encode")),
-    ("messages → records", _any("to_records")),
+    ("messages → records", _any("to_runs")),
     ("window bookkeeping", _any("RunLoop._accept")),
     ("Kafka consume() and the loop", lambda frames: frames[-1].startswith("RunLoop.step")),
     ("handover", _any("Handover.")),

@@ -30,7 +30,7 @@ from consumer.flow import FlowControl
 from consumer.handover import EXIT_HALTED, Handover
 from consumer.housekeeping import Housekeeping
 from consumer.log_facts import LogFacts
-from consumer.messages import to_records
+from consumer.messages import to_runs
 from consumer.pending import Pending
 from consumer.placement import Rules
 from consumer.positions import Positions
@@ -174,7 +174,7 @@ class RunLoop:
         return POLL_INTERVAL_S if left is None else min(POLL_INTERVAL_S, left)
 
     def _accept(self, messages: Sequence[Message]) -> None:
-        records, errors = to_records(messages)
+        runs, errors = to_runs(messages)
         refused: dict[PartitionId, str] = {}
         for message, error in errors:
             if error.fatal():
@@ -190,8 +190,8 @@ class RunLoop:
             else:
                 log.warning("kafka: %s", error.str())
         if refused:  # nothing of a refused partition is kept: it is placed again (its window dropped)
-            records = [record for record in records if record.partition_id not in refused]
-        accepted = self.positions.accept(records)
+            runs = [(pid, run) for pid, run in runs if pid not in refused]
+        accepted = self.positions.accept(runs)
         self.telemetry.consumed(accepted, self.window.extend(accepted))
         if refused:
             self.handover.settle()

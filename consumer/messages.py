@@ -6,18 +6,23 @@ from collections.abc import Iterable
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 
-from pipeline.records import Header, Record
+from pipeline.records import Header, Record, Run
 
 
-def to_records(messages: Iterable[Message]) -> tuple[list[Record], list[tuple[Message, KafkaError]]]:
-    """The records of the consumed messages without an error, in order, and the messages with one.
+def to_runs(messages: Iterable[Message]) -> tuple[list[Run], list[tuple[Message, KafkaError]]]:
+    """The records of the consumed messages without an error, in order and cut into runs as
+    `pipeline.records.ascending_runs` cuts them, and the messages with an error.
 
     The loop's first pass over every message, so written for speed: one frame for the whole batch,
-    headers as the binding hands them out (a list of (str, bytes | None) pairs) copied in C.
+    headers as the binding hands them out (a list of (str, bytes | None) pairs) copied in C, and the
+    runs found on the way (the window, the positions and the metrics then work once per run).
     """
-    records: list[Record] = []
+    runs: list[Run] = []
     errors: list[tuple[Message, KafkaError]] = []
-    append, new, no_stamp = records.append, tuple.__new__, TIMESTAMP_NOT_AVAILABLE
+    new, no_stamp = tuple.__new__, TIMESTAMP_NOT_AVAILABLE
+    run: list[Record] = []
+    topic: str | None = None
+    partition, last = -1, 0
     for message in messages:
         if (error := message.error()) is not None:
             errors.append((message, error))
@@ -27,22 +32,16 @@ def to_records(messages: Iterable[Message]) -> tuple[list[Record], list[tuple[Me
         pairs: tuple[Header, ...] = ()
         if headers:
             pairs = tuple(headers) if type(headers) is list else normalize_headers(headers)  # type: ignore[arg-type]
+        # A message without an error always has its topic, partition and offset.
+        name, number, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
+        if number != partition or name != topic or offset <= last:
+            topic, partition, run = name, number, []
+            runs.append(((name, number), run))
+        last = offset
         # tuple.__new__ builds the named tuple without its Python-level __new__ (0.3 µs per record).
-        append(
-            new(
-                Record,
-                (
-                    message.topic() or "",
-                    message.partition() or 0,
-                    message.offset() or 0,
-                    message.key(),
-                    message.value(),
-                    pairs,
-                    stamp if kind != no_stamp else None,
-                ),
-            )
-        )
-    return records, errors
+        at = stamp if kind != no_stamp else None
+        run.append(new(Record, (name, number, offset, message.key(), message.value(), pairs, at)))
+    return runs, errors
 
 
 def normalize_headers(headers: object) -> tuple[Header, ...]:

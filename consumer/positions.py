@@ -20,10 +20,11 @@ Loop thread only.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.records import Batch, PartitionId, Record, ordered_runs, partition_spans
+from pipeline.records import OFFSET_OF, Batch, PartitionId, Record, Run, ordered_runs, partition_spans
 
 
 @dataclass
@@ -110,22 +111,36 @@ class Positions:
 
     # -- records -------------------------------------------------------------------------------------
 
-    def accept(self, records: Sequence[Record]) -> list[Record]:
-        """The records of a consume() batch that belong in the window: owned, position known, not a
-        redelivery. Accepting moves the fetch position past each record."""
+    def accept(self, runs: Sequence[Run]) -> list[Run]:
+        """The records of a consume() batch's runs (`pipeline.records.Run`: offsets strictly ascending)
+        that belong in the window, as runs: owned, position known, not a redelivery. Accepting moves
+        the fetch position past each accepted record.
+
+        Record by record, a record is accepted when its offset is at or after the fetch position, which
+        then moves past it; in a run of ascending offsets those records are a tail of the run, so each
+        run is decided once (the first record at or after the fetch position is found by bisection).
+        Raises ValueError for a run whose offsets visibly do not ascend (a broken promise of the caller).
+        """
         owned = self._owned
-        accepted = []
-        for record in records:
-            state = owned.get((record.topic, record.partition))
+        accepted: list[Run] = []
+        for pid, consumed in runs:
+            if not consumed:
+                continue
+            run = consumed
+            if run[-1].offset - run[0].offset < len(run) - 1:
+                raise ValueError(f"the offsets of a run of {pid} do not ascend")
+            state = owned.get(pid)
             if state is None or not state.known:
                 continue
             fetch = state.fetch
-            if fetch is not None and record.offset < fetch:
-                continue
-            state.fetch = record.offset + 1
+            if fetch is not None and run[0].offset < fetch:
+                run = run[bisect_left(run, fetch, key=OFFSET_OF) :]
+                if not run:
+                    continue
+            state.fetch = run[-1].offset + 1
             if state.assigned_at is None:
-                state.assigned_at = record.offset
-            accepted.append(record)
+                state.assigned_at = run[0].offset
+            accepted.append((pid, run))
         return accepted
 
     def unwritten(self, records: Sequence[Record]) -> list[Record]:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import attrgetter
 from typing import NamedTuple
 
 from consumer.health import Health
 from consumer.metrics import Metrics
 from pipeline.flush_result import FlushResult
-from pipeline.records import PartitionId, Record, partition_runs, records_bytes
+from pipeline.records import PartitionId, Record, Run, records_bytes
 
-_TOPIC_OF = attrgetter("topic")
 # Spans kept per partition; past it the newest span widens (ages then err upwards, memory stays bounded).
 MAX_SPANS = 1024
 
@@ -29,29 +27,20 @@ class Span(NamedTuple):
 
 class Unwritten:
     """Enough to tell the age of the oldest record not yet written, per partition, without keeping the
-    records: where each consume() call's records of a partition start and end, and the timestamp of the
-    first. Together with the stored position (everything before it is written) that gives the oldest
-    unwritten record's timestamp, exactly when the stored position is at the start of a span (a write
-    takes whole windows, and a window whole consume() calls), else the span's first one (slightly older).
-    A consume() batch whose first and last records are of one partition, with offsets exactly as far
-    apart as the batch is long, is taken for one span without a scan (only another partition's records
-    interleaved with offset gaps could fool that, and then only the age is off).
+    records: where each run of a consume() call's records (one partition, offsets ascending) starts and
+    ends, and the timestamp of its first. Together with the stored position (everything before it is
+    written) that gives the oldest unwritten record's timestamp, exactly when the stored position is at
+    the start of a span (a write takes whole windows, and a window whole consume() calls), else the
+    span's first one (slightly older).
     """
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self._wall = wall
         self._spans: dict[PartitionId, deque[Span]] = {}
 
-    def accepted(self, records: Sequence[Record]) -> None:
-        """A consume() call's accepted records (per partition in offset order)."""
-        if not records:
-            return
-        head, tail = records[0], records[-1]
-        if (head.partition == tail.partition and head.topic == tail.topic
-                and tail.offset - head.offset == len(records) - 1):  # fmt: skip
-            self._note(head, tail.offset)  # the common case: one partition, contiguous offsets; no scan
-            return
-        for _, run in partition_runs(records):
+    def accepted(self, runs: Sequence[Run]) -> None:
+        """A consume() call's accepted runs (one partition each, offsets ascending)."""
+        for _, run in runs:
             self._note(run[0], run[-1].offset)
 
     def _note(self, first: Record, last: int) -> None:
@@ -88,21 +77,21 @@ class Telemetry:
         self.unwritten = Unwritten()
         self.metrics.ready.set_function(lambda: 1.0 if self.health.ready()[0] else 0.0)
 
-    def consumed(self, records: Sequence[Record], size: int) -> None:
-        """A consume() batch entered the window: `size` bytes in all."""
-        if not records:
+    def consumed(self, runs: Sequence[Run], size: int) -> None:
+        """A consume() batch's accepted runs entered the window: `size` bytes in all."""
+        if not runs:
             return
-        self.unwritten.accepted(records)
-        topic = records[0].topic
-        if len(set(map(_TOPIC_OF, records))) == 1:  # one topic: no per-record bookkeeping
-            self.metrics.messages_consumed.labels(topic).inc(len(records))
+        self.unwritten.accepted(runs)
+        topic = runs[0][0][0]
+        if all(pid[0] == topic for pid, _ in runs):  # one topic: its totals are the batch's
+            self.metrics.messages_consumed.labels(topic).inc(sum(len(run) for _, run in runs))
             self.metrics.bytes_consumed.labels(topic).inc(size)
             return
         counts: Counter[str] = Counter()
         sizes: Counter[str] = Counter()
-        for record in records:
-            counts[record.topic] += 1
-            sizes[record.topic] += record.size
+        for (name, _), run in runs:
+            counts[name] += len(run)
+            sizes[name] += records_bytes(run)
         for name, count in counts.items():
             self.metrics.messages_consumed.labels(name).inc(count)
             self.metrics.bytes_consumed.labels(name).inc(sizes[name])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain
 
-from pipeline.records import PartitionId, Record, partition_runs, records_bytes
+from pipeline.records import PartitionId, Record, Run, records_bytes
 
 Clock = Callable[[], float]
 
@@ -104,17 +104,20 @@ class Window:
         self._records += 1
         self._bytes += record.size
 
-    def extend(self, records: Sequence[Record]) -> int:
-        """Append a consume() batch (in offset order per partition); returns its bytes (keys + values)."""
-        if not records:
+    def extend(self, runs: Sequence[Run]) -> int:
+        """Append a consume() batch's accepted runs (in offset order per partition); returns its bytes
+        (keys + values)."""
+        if not runs:
             return 0
         if self._opened_at is None:
             self._opened_at = self._clock()
         partitions = self._partitions
-        for pid, run in partition_runs(records):
+        count = 0
+        for pid, run in runs:
             partitions.setdefault(pid, []).extend(run)
-        size = records_bytes(records)
-        self._records += len(records)
+            count += len(run)
+        size = records_bytes(chain.from_iterable(run for _, run in runs))
+        self._records += count
         self._bytes += size
         return size
 

@@ -12,7 +12,6 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import groupby
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -46,6 +45,7 @@ class Record(NamedTuple):
 _FIELD = Record._fields.index
 PARTITION_OF: Callable[[Record], PartitionId] = itemgetter(_FIELD("topic"), _FIELD("partition"))
 """A record's (topic, partition), in C."""
+OFFSET_OF: Callable[[Record], int] = itemgetter(_FIELD("offset"))
 _KEY, _VALUE = itemgetter(_FIELD("key")), itemgetter(_FIELD("value"))
 
 
@@ -71,19 +71,32 @@ class Rejection:
     sqlstate: str | None = None
 
 
-def partition_runs(records: Iterable[Record]) -> Iterator[tuple[PartitionId, list[Record]]]:
-    """The records as runs of one partition each, in their order (a partition comes back once per run).
+Run = tuple[PartitionId, list[Record]]
+"""Records of one partition whose offsets strictly ascend, in the order they came: a consume() batch
+is handled as its runs (consumer.messages.to_runs), so that per-partition work is done once per run."""
 
-    Per-record work in C (groupby on an itemgetter): the loop's passes over a window touch each run,
-    not each record.
+
+def ascending_runs(records: Iterable[Record]) -> list[Run]:
+    """`records` cut into runs where the partition changes or an offset does not ascend, in their order.
+
+    consumer.messages.to_runs cuts the consumed messages in the same places while it reads them.
     """
-    for pid, run in groupby(records, key=PARTITION_OF):
-        yield pid, list(run)
+    runs: list[Run] = []
+    run: list[Record] = []
+    pid: PartitionId | None = None
+    last = 0
+    for record in records:
+        if (record.topic, record.partition) != pid or record.offset <= last:
+            pid, run = (record.topic, record.partition), []
+            runs.append((pid, run))
+        last = record.offset
+        run.append(record)
+    return runs
 
 
 def ordered_runs(records: Sequence[Record]) -> Iterator[tuple[PartitionId, Sequence[Record]]]:
-    """`partition_runs` of records ordered by (topic, partition, offset), as a batch's are: each run is
-    found by bisection (a few comparisons per partition, none per record) and sliced off.
+    """Records ordered by (topic, partition, offset), as a batch's are, as runs of one partition each:
+    each run is found by bisection (a few comparisons per partition, none per record) and sliced off.
 
     Raises ValueError when the records are visibly not in that order (a run that ends in another
     partition, a partition after a greater one, a run whose offsets go down): a caller's broken

@@ -26,7 +26,7 @@ WRITER = "thread (2): microbatch-write_0;Thread.run (threading.py:982);_worker (
         (f"{LOOP};RunLoop.step (consumer/loop.py:164);CopyEncoder.encode (pipeline/copydata.py:63);"
          "BinaryFormatter.write_row (psycopg/_copy_base.py:289)", "COPY encoding"),
         (f"{LOOP};RunLoop.step (consumer/loop.py:158);RunLoop._accept (consumer/loop.py:175);"
-         "to_records (consumer/messages.py:32)", "messages → records"),
+         "to_runs (consumer/messages.py:32)", "messages → records"),
         (f"{LOOP};RunLoop.step (consumer/loop.py:158);RunLoop._accept (consumer/loop.py:192);"
          "Positions.accept (consumer/positions.py:119)", "window bookkeeping"),
         (f"{LOOP};RunLoop.step (consumer/loop.py:155)", "Kafka consume() and the loop"),

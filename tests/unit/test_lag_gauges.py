@@ -13,7 +13,7 @@ from consumer.pending import Pending
 from consumer.positions import Positions
 from consumer.telemetry import MAX_SPANS, Telemetry, Unwritten
 from consumer.window import Trigger, Window, WindowPolicy
-from pipeline.records import Record
+from pipeline.records import Record, ascending_runs
 
 T0_MS = 1_800_000_000_000  # Kafka timestamps of the test records start here (ms)
 
@@ -74,7 +74,7 @@ class Rig:
 
     def consume(self, records: list[Record]) -> None:
         """What the loop does with a consume() batch (steps 4-5)."""
-        accepted = self.positions.accept(records)
+        accepted = self.positions.accept(ascending_runs(records))
         self.telemetry.consumed(accepted, self.window.extend(accepted))
 
     def tick(self, *, after_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
@@ -177,11 +177,11 @@ def test_a_released_partition_is_no_longer_reported() -> None:
 def test_unwritten_spans_are_bounded_and_only_err_towards_older() -> None:
     unwritten = Unwritten(wall=lambda: 0.0)
     for n in range(MAX_SPANS + 50):
-        unwritten.accepted([rec(2 * n, at_ms=n), rec(2 * n + 1, at_ms=n)])
+        unwritten.accepted(ascending_runs([rec(2 * n, at_ms=n), rec(2 * n + 1, at_ms=n)]))
     assert unwritten.oldest(("t", 0), None) == 0
     assert unwritten.oldest(("t", 0), 2 * (MAX_SPANS - 1)) == MAX_SPANS - 1  # the widened last span
     assert unwritten.oldest(("t", 0), 10**9) is None
-    unwritten.accepted([Record("t", 0, 5, None, b"x")])  # no timestamp: the time it was accepted
+    unwritten.accepted(ascending_runs([Record("t", 0, 5, None, b"x")]))  # no timestamp: the time it was accepted
     assert unwritten.oldest(("t", 0), None) == 0
 
 

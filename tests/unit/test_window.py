@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.window import Trigger, Window, WindowPolicy
-from pipeline.records import Record
+from pipeline.records import Record, ascending_runs
 
 
 class FakeClock:
@@ -100,6 +100,6 @@ def test_extend_adds_a_batch_and_returns_its_bytes() -> None:
     clock = FakeClock()
     window = Window(WindowPolicy(max_records=10, max_bytes=10**6, max_wait_ms=500), clock)
     assert window.extend([]) == 0 and window.time_left() is None
-    size = window.extend([rec(0, 0, size=3), rec(0, 1, size=4), Record("t", 0, 1, b"kk", None)])
+    size = window.extend(ascending_runs([rec(0, 0, size=3), rec(0, 1, size=4), Record("t", 0, 1, b"kk", None)]))
     assert size == 9 and window.bytes == 9 and len(window) == 3
     assert [(r.partition, r.offset) for r in window.take()] == [(0, 0), (0, 1), (1, 0)]
