@@ -191,7 +191,12 @@ class Decoder:
                 if not value or len(value) > limit:
                     out.reject(index, _size_rejection(record, limit))
                     continue
-                row = None if struct is None else struct.read(value, len(rows), record)
+                row = None
+                if struct is not None:
+                    try:  # struct.read(value, len(rows), record), without its frame
+                        row = struct.row(struct.parse(value), len(rows), record)
+                    except Exception:  # refused, or a check raised: the reference path decides
+                        row = None
                 if row is None and (row := self._reference_row(value, index, record, out)) is None:
                     continue  # rejected, or skipped by the hook
                 if normalisers:

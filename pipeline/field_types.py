@@ -21,7 +21,6 @@ type is one `register(FieldType(...))` here, plus its test (docs/ARCHITECTURE.md
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +38,9 @@ DOUBLE_DIGITS = 15  # significant decimal digits a double always reproduces exac
 NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE = 131_072, 16_383
 MISSING: Any = object()
 Check = Callable[[Any], Any]
-# What str(uuid.UUID(text)) returns unchanged (lowercase): other spellings take the exact check.
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# What str(uuid.UUID(text)) returns unchanged is lowercase ASCII whose bytes, hex digits made "x" and others
+# but "-" made "?", are x8-x4-x4-x4-x12 (_uuid_condition: one C pass; a regular expression took 3x as long).
+_UUID_TABLE = bytes(ord("x") if chr(b) in "0123456789abcdef" else b if chr(b) == "-" else ord("?") for b in range(256))
 LENGTHS = frozenset({"min_length", "max_length"})
 BOUNDS = frozenset({"min", "max", "min_exclusive", "max_exclusive", "nonzero"})
 
@@ -182,9 +182,8 @@ def _integer(rules: Rules) -> Check:
 
 def _integer_condition(rules: Rules) -> Condition:
     low, high = _integer_bounds(rules)
-    if rules.nonzero:
-        return Condition("type(value) is int and low <= value <= high and value != 0", {"low": low, "high": high})
-    return Condition("type(value) is int and low <= value <= high", {"low": low, "high": high})
+    nonzero = " and value != 0" if rules.nonzero else ""
+    return Condition(f"type(value) is int and low <= value <= high{nonzero}", {"low": low, "high": high})
 
 
 def _integer_sql(rules: Rules) -> str:
@@ -341,7 +340,8 @@ def _uuid(rules: Rules) -> Check:
 
 
 def _uuid_condition(rules: Rules) -> Condition:
-    return Condition("type(value) is str and len(value) == 36 and match(value)", {"match": _CANONICAL_UUID.fullmatch})
+    test = "type(value) is str and len(value) == 36 and value.isascii() and value.encode().translate(table) == shape"
+    return Condition(test, {"table": _UUID_TABLE, "shape": b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"})
 
 
 def _timestamp(rules: Rules) -> Check:

@@ -205,8 +205,11 @@ class StructReader:
         if not struct_readable(fields):
             raise ValueError("a struct reader needs each field at its own top-level key")
         self._struct = _Struct(fields)
-        self._decode = self._struct.decode
-        self._row: StructRow = compile_struct_row(fields, record_items)
+        # `read` is `row(parse(value), seq, record)`, with any exception meaning None. Both are plain
+        # attributes so that the decoder's loop can make that call itself, without a frame for `read`;
+        # `parse` changes when `learn` learns a key.
+        self.parse: Callable[[bytes], Any] = self._struct.decode
+        self.row: StructRow = compile_struct_row(fields, record_items)
 
     @property
     def unread_keys(self) -> tuple[str, ...]:
@@ -215,7 +218,7 @@ class StructReader:
     def read(self, value: bytes, seq: int, record: Sequence[Any]) -> tuple[Any, ...] | None:
         """The row of `value` (see the module docstring), or None: ask the reference path."""
         try:
-            return self._row(self._decode(value), seq, record)
+            return self.row(self.parse(value), seq, record)
         except Exception:  # msgspec refused the document, or a check raised: the reference path decides
             return None
 
@@ -223,8 +226,8 @@ class StructReader:
         """Take note of the top-level keys of `event`, a document the reference path parsed, that the
         pipeline does not read, so that the next documents with them are read here too."""
         if self._struct.learn(event):
-            self._decode = self._struct.decode
+            self.parse = self._struct.decode
 
     def struct(self, value: bytes) -> Any:
         """The struct msgspec parses `value` into (for the start-up self-test); raises what it raises."""
-        return self._decode(value)
+        return self.parse(value)

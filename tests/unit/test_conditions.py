@@ -4,6 +4,8 @@ only values its type's exact check returns unchanged."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -117,3 +119,29 @@ def test_a_type_derived_with_replace_takes_its_new_condition() -> None:
     )
     assert longer.fast is not None and longer.fast(FieldSpec(type="string"))("abcd") == "abcd"
     assert longer.fast(FieldSpec(type="string"))("abc") is MISSING
+
+
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@settings(max_examples=3000, deadline=None, database=None, derandomize=True)
+@given(
+    base=st.uuids().map(str),
+    edits=st.lists(
+        st.tuples(st.integers(0, 36), st.sampled_from([*"0129afAFgxX?- _\x00\u00e9\u0660\ud800\U0001f600", ""])),
+        max_size=3,
+    ),
+)
+def test_the_uuid_condition_holds_exactly_for_the_canonical_spelling(base: str, edits: list[tuple[int, str]]) -> None:
+    # The condition is a byte translation, not the regular expression it replaced: both must agree on
+    # near-misses (a wrong digit or case, a misplaced hyphen, non-ASCII look-alikes, a lone surrogate),
+    # and the condition must never raise.
+    value = base
+    for at, char in edits:
+        value = value[:at] + char + value[at + 1 :]
+    fast = FIELD_TYPES["uuid"].fast
+    assert fast is not None
+    accepted = fast(FieldSpec(type="uuid"))(value) is not MISSING
+    assert accepted == (CANONICAL_UUID.fullmatch(value) is not None), repr(value)
+    if accepted:
+        assert str(uuid.UUID(value)) == value
