@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pipeline.records import Rejection
+from pipeline.records import Rejection, headers_of
 
 DLQ_PREFIX = "dlq."
 MAX_ERROR_MESSAGE = 500
@@ -79,7 +79,8 @@ def dead_letter_headers(
     ours.update(omitted or {})
     kept: OutHeaders = []
     if "dlq.headers.omitted" not in ours:
-        kept = [(name, value) for name, value in record.headers if name not in ours and name not in OMISSION_HEADERS]
+        originals = headers_of(record)
+        kept = [(name, value) for name, value in originals if name not in ours and name not in OMISSION_HEADERS]
     return kept + [(name, value.encode()) for name, value in ours.items()]
 
 
@@ -97,7 +98,8 @@ def fit(rejection: Rejection, group: str, attempts: int, failed_at: datetime, li
     headers do not fit."""
     record = rejection.record
     key, value = record.key, record.value
-    original_headers = sum(HEADER_OVERHEAD + len(name.encode()) + len(data or b"") for name, data in record.headers)
+    originals = headers_of(record)
+    original_headers = sum(HEADER_OVERHEAD + len(name.encode()) + len(data or b"") for name, data in originals)
     sizes = {"value": len(value or b""), "key": len(key or b""), "headers": original_headers}
     # Largest first; on a tie the value goes before the key, the key before the headers.
     order = [part for part in sorted(sizes, key=lambda part: -sizes[part]) if sizes[part]]

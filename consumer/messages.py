@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 
-from pipeline.records import Header, Record, Run
+from pipeline.records import Record, Run
 
 
 def to_runs(messages: Iterable[Message]) -> tuple[list[Run], list[tuple[Message, KafkaError]]]:
@@ -14,8 +14,8 @@ def to_runs(messages: Iterable[Message]) -> tuple[list[Run], list[tuple[Message,
     `pipeline.records.ascending_runs` cuts them, and the messages with an error.
 
     The loop's first pass over every message, so written for speed: one frame for the whole batch,
-    headers as the binding hands them out (a list of (str, bytes | None) pairs) copied in C, and the
-    runs found on the way (the window, the positions and the metrics then work once per run).
+    headers left in the message until they are needed (`headers_of`), and the runs found on the way
+    (the window, the positions and the metrics then work once per run).
     """
     runs: list[Run] = []
     errors: list[tuple[Message, KafkaError]] = []
@@ -28,10 +28,6 @@ def to_runs(messages: Iterable[Message]) -> tuple[list[Run], list[tuple[Message,
             errors.append((message, error))
             continue
         kind, stamp = message.timestamp()
-        headers = message.headers()
-        pairs: tuple[Header, ...] = ()
-        if headers:
-            pairs = tuple(headers) if type(headers) is list else normalize_headers(headers)  # type: ignore[arg-type]
         # A message without an error always has its topic, partition and offset.
         name, number, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
         if number != partition or name != topic or offset <= last:
@@ -40,16 +36,6 @@ def to_runs(messages: Iterable[Message]) -> tuple[list[Run], list[tuple[Message,
         last = offset
         # tuple.__new__ builds the named tuple without its Python-level __new__ (0.3 µs per record).
         at = stamp if kind != no_stamp else None
-        run.append(new(Record, (name, number, offset, message.key(), message.value(), pairs, at)))
+        # The headers' accessor, not the headers: they are read when a dead letter needs them (headers_of).
+        run.append(new(Record, (name, number, offset, message.key(), message.value(), message.headers, at)))
     return runs, errors
-
-
-def normalize_headers(headers: object) -> tuple[Header, ...]:
-    """(name, bytes) pairs, whatever shape the binding hands out (list of pairs or dict; str or bytes)."""
-    if not headers:
-        return ()
-    pairs: Iterable[tuple[object, object]] = headers.items() if isinstance(headers, dict) else headers  # type: ignore[assignment]
-    return tuple(
-        (str(name), value.encode() if isinstance(value, str) else value if isinstance(value, bytes) else None)
-        for name, value in pairs
-    )

@@ -24,7 +24,7 @@ from datetime import datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from consumer.deadletter import DLQ_PREFIX, header_dict
-from consumer.messages import normalize_headers
+from pipeline.records import normalize_headers
 
 
 class ReplayError(Exception):

@@ -19,7 +19,7 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.deadletter import header_dict
-from consumer.messages import normalize_headers
+from pipeline.records import normalize_headers
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,24 @@ PartitionId = tuple[str, int]
 Header = tuple[str, bytes | None]
 
 
+HeaderSource = Callable[[], object]
+"""A consumed message's own accessor of its headers, as the Kafka client hands them out."""
+
+
 class Record(NamedTuple):
-    """One Kafka message as the pipeline sees it (a named tuple: built once per message, so it is cheap)."""
+    """One Kafka message as the pipeline sees it (a named tuple: built once per message, so it is cheap).
+
+    `headers` are (name, bytes) pairs, or for a consumed message the HeaderSource they are read from
+    when something needs them (`headers_of` reads either): only a dead letter does,
+    and reading every message's headers up front cost about 0.5 µs per message that has any.
+    """
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[Header, ...] = ()
+    headers: tuple[Header, ...] | HeaderSource = ()
     timestamp_ms: int | None = None
 
     @property
@@ -40,6 +49,23 @@ class Record(NamedTuple):
     def size(self) -> int:
         """Bytes this record holds in a window: key plus value."""
         return len(self.value or b"") + len(self.key or b"")
+
+
+def headers_of(record: Record) -> tuple[Header, ...]:
+    """A record's headers as (name, bytes) pairs, read from its message if they were not read yet."""
+    headers = record.headers
+    return headers if type(headers) is tuple else normalize_headers(headers())  # type: ignore[operator]
+
+
+def normalize_headers(headers: object) -> tuple[Header, ...]:
+    """(name, bytes) pairs, whatever shape the Kafka client hands out (list of pairs or dict; str or bytes)."""
+    if not headers:
+        return ()
+    pairs: Iterable[tuple[object, object]] = headers.items() if isinstance(headers, dict) else headers  # type: ignore[assignment]
+    return tuple(
+        (str(name), value.encode() if isinstance(value, str) else value if isinstance(value, bytes) else None)
+        for name, value in pairs
+    )
 
 
 _FIELD = Record._fields.index

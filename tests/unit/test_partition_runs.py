@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from consumer.messages import to_runs
 from consumer.positions import Positions
 from consumer.window import Window, WindowPolicy
-from pipeline.records import Record, ascending_runs, next_positions, partition_spans, records_bytes
+from pipeline.records import Record, ascending_runs, headers_of, next_positions, partition_spans, records_bytes
 
 PIDS = [("a", 0), ("a", 1), ("b", 0), ("b", 2)]
 
@@ -143,6 +143,16 @@ def test_to_runs_cuts_consumed_messages_where_ascending_runs_cuts_their_records(
     for at in sorted(errors, reverse=True):  # errors are left out of the runs and do not cut them
         messages.insert(min(at, len(messages)), failed)
     runs, refused = to_runs(messages)
-    stamped = [r._replace(timestamp_ms=1000 + r.offset) for r in batch]
-    assert runs == ascending_runs(stamped)
+    # Headers stay in the message until a dead letter reads them (headers_of): compared once read.
+    read = [(pid, [r._replace(headers=headers_of(r)) for r in run]) for pid, run in runs]
+    assert read == ascending_runs([r._replace(timestamp_ms=1000 + r.offset) for r in batch])
     assert [error for _, error in refused] == [failed.error()] * len(errors)
+
+
+def test_headers_are_read_from_the_message_when_needed_as_the_client_hands_them_out() -> None:
+    pairs: list[tuple[str, str | bytes | None]] = [("trace-id", b"\x00\xff"), ("empty", None), ("trace-id", b"again")]
+    with_headers = Message(topic="t", partition=0, offset=1, value=b"v", headers=pairs)
+    without = Message(topic="t", partition=0, offset=2, value=b"v", headers=None)
+    [(_, [first, second])], _ = to_runs([with_headers, without])
+    assert headers_of(first) == tuple(pairs) and headers_of(second) == ()
+    assert headers_of(Record("t", 0, 3, None, b"v", (("a", b"1"),))) == (("a", b"1"),)  # pairs already
