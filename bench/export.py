@@ -21,7 +21,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from pipeline.records import Record
+from pipeline.records import Record, headers_of
 
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # table: (columns exported, ordering)
@@ -68,7 +68,7 @@ def write_records(records: Iterable[Record], path: Path) -> None:
             entry = {
                 "topic": record.topic, "partition": record.partition, "offset": record.offset,
                 "key": _b64(record.key), "value": _b64(record.value),
-                "headers": [[name, _b64(value)] for name, value in record.headers],
+                "headers": [[name, _b64(value)] for name, value in headers_of(record)],
             }  # fmt: skip
             out.write(orjson.dumps(entry) + b"\n")
 

@@ -121,14 +121,15 @@ class Positions:
         run is decided once (the first record at or after the fetch position is found by bisection).
         Raises ValueError for a run whose offsets visibly do not ascend (a broken promise of the caller).
         """
+        for pid, run in runs:  # every run first: a broken promise changes no position
+            if run and run[-1].offset - run[0].offset < len(run) - 1:
+                raise ValueError(f"the offsets of a run of {pid} do not ascend")
         owned = self._owned
         accepted: list[Run] = []
         for pid, consumed in runs:
             if not consumed:
                 continue
             run = consumed
-            if run[-1].offset - run[0].offset < len(run) - 1:
-                raise ValueError(f"the offsets of a run of {pid} do not ascend")
             state = owned.get(pid)
             if state is None or not state.known:
                 continue

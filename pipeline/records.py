@@ -28,9 +28,12 @@ HeaderSource = Callable[[], object]
 class Record(NamedTuple):
     """One Kafka message as the pipeline sees it (a named tuple: built once per message, so it is cheap).
 
-    `headers` are (name, bytes) pairs, or for a consumed message the HeaderSource they are read from
-    when something needs them (`headers_of` reads either): only a dead letter does,
-    and reading every message's headers up front cost about 0.5 µs per message that has any.
+    `headers` are (name, bytes or None) pairs, or for a consumed message the HeaderSource they are
+    read from when something needs them (`headers_of` reads either): only a dead letter does, and
+    reading every message's headers up front cost about 0.5 µs per message that has any. So a
+    consumed record keeps its message alive (about 150 bytes with the accessor, not counted in a
+    window's bytes), and two records of the same message consumed twice are not equal: records are
+    compared by their coordinates, never as wholes.
     """
 
     topic: str
@@ -52,9 +55,9 @@ class Record(NamedTuple):
 
 
 def headers_of(record: Record) -> tuple[Header, ...]:
-    """A record's headers as (name, bytes) pairs, read from its message if they were not read yet."""
+    """A record's headers as (name, bytes or None) pairs, read from its message if they were not read yet."""
     headers = record.headers
-    return headers if type(headers) is tuple else normalize_headers(headers())  # type: ignore[operator]
+    return normalize_headers(headers() if callable(headers) else headers)
 
 
 def normalize_headers(headers: object) -> tuple[Header, ...]:
