@@ -28,7 +28,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from pipeline.conditions import Condition, as_check
+from pipeline.conditions import Condition, Conversion, Inlined
 from pipeline.registry import Registry
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -75,23 +75,14 @@ class FieldType:
     rules: frozenset[str] = frozenset()
     exact: Callable[[Rules], bool] | None = None
     condition: Callable[[Rules], Condition] | None = None
+    conversion: Callable[[Rules], Conversion] | None = None
 
     def __post_init__(self) -> None:
-        if self.condition is not None:
-            if self.fast is not None and not isinstance(self.fast, _ConditionCheck):
-                raise ValueError(f"field type {self.name}: give a fast check or a condition, not both")
+        if (inlined := self.condition or self.conversion) is not None:
+            if (self.fast is not None and not isinstance(self.fast, Inlined)) or (self.condition and self.conversion):
+                raise ValueError(f"field type {self.name}: give one of a fast check, a condition, a conversion")
             # Made again on every construction: dataclasses.replace(kind, condition=...) stays consistent.
-            object.__setattr__(self, "fast", _ConditionCheck(self.condition))
-
-
-@dataclass(frozen=True)
-class _ConditionCheck:
-    """A type's `fast`, made from its `condition`."""
-
-    condition: Callable[[Rules], Condition]
-
-    def __call__(self, rules: Rules) -> Check:
-        return as_check(self.condition(rules), MISSING)
+            object.__setattr__(self, "fast", Inlined(inlined, MISSING))
 
 
 FIELD_TYPES: Registry[FieldType] = Registry()
@@ -264,29 +255,29 @@ def _float_bounds(rules: Rules) -> tuple[float, float]:
     return low, high
 
 
-def _fast_decimal(rules: Rules) -> Check:
+def _decimal_conversion(rules: Rules) -> Conversion:
     # Only plain floats (digits, one dot, no exponent) and integers well inside the bounds take the fast path.
-    scale = _scale(rules)
-    places = (1000 if scale is None else scale) + 1  # the point and the digits after it
-    integer_digits = rules.precision - (rules.scale or 0) if rules.precision is not None else 1000
-    low, high = _float_bounds(rules)
-    nonzero = rules.nonzero
-    # Bounds inside ±10**integer_digits make counting the digits before the point needless.
-    bounded = math.isfinite(low) and math.isfinite(high) and max(-low, high) < 10**integer_digits
+    scale, (low, high) = _scale(rules), _float_bounds(rules)
+    digits = rules.precision - (rules.scale or 0) if rules.precision is not None else 1000
+    # Bounds inside ±10**digits make counting the digits before the point needless.
+    bounded = math.isfinite(low) and math.isfinite(high) and max(-low, high) < 10**digits
+    constants = {"low": low, "high": high, "places": (1000 if scale is None else scale) + 1, "digits": digits}
+    return Conversion(
+        "result = missing\n"  # a float, or an int of at most 18 digits (check writes the same digits)
+        "kind = type(value)\n"
+        "if (kind is float or (kind is int and -(10**18) < value < 10**18))"
+        f" and low < value < high{_NONZERO[rules.nonzero]}:\n"
+        "    text = repr(value)\n"  # finite float: an exponent ("1e+16") or a point ("1.0"); int: its digits
+        "    point = text.find('.') if kind is float else len(text)\n"  # the point and the digits after it
+        f"    if 'e' not in text and len(text) - point <= places{_COUNTED[bounded]}:\n"
+        "        result = text",
+        constants,
+        frozenset({"kind", "text", "point"}),
+    )
 
-    def fast(value: Any) -> Any:
-        kind = type(value)  # a float, or an int of at most 18 digits (check writes the same digits)
-        plain = kind is float or (kind is int and -(10**18) < value < 10**18)
-        if plain and low < value < high and (value or not nonzero):
-            text = repr(value)  # finite float: an exponent ("1e+16") or a point ("1.0"); int: its digits
-            point = text.find(".") if kind is float else len(text)
-            if "e" in text or len(text) - point > places:
-                return MISSING
-            if bounded or len(text[:point].lstrip("-").lstrip("0")) <= integer_digits:
-                return text
-        return MISSING
 
-    return fast
+_NONZERO = {True: " and value", False: ""}
+_COUNTED = {True: "", False: " and len(text[:point].lstrip('-').lstrip('0')) <= digits"}
 
 
 def _decimal_sql(rules: Rules) -> str:
@@ -359,20 +350,19 @@ def _timestamp(rules: Rules) -> Check:
     return check
 
 
-def _fast_timestamp(rules: Rules) -> Check:
-    parse = datetime.fromisoformat
-
-    def fast(value: Any) -> Any:
-        if type(value) is str and 10 <= len(value) <= 40:
-            try:
-                moment = parse(value)
-            except ValueError:
-                return MISSING
-            if moment.tzinfo is not None:
-                return moment
-        return MISSING
-
-    return fast
+def _timestamp_conversion(rules: Rules) -> Conversion:
+    return Conversion(
+        "result = missing\n"
+        "if type(value) is str and 10 <= len(value) <= 40:\n"
+        "    try:\n"
+        "        moment = parse(value)\n"
+        "    except ValueError:\n"
+        "        moment = None\n"
+        "    if moment is not None and moment.tzinfo is not None:\n"
+        "        result = moment",
+        {"parse": datetime.fromisoformat},
+        frozenset({"moment"}),
+    )
 
 
 def _enum(rules: Rules) -> Check:
@@ -392,9 +382,10 @@ def _fixed(sql_type: str) -> Callable[[Rules], str]:
 
 register(FieldType("string", _fixed("text"), _string, rules=LENGTHS, condition=_string_condition))
 register(FieldType("integer", _integer_sql, _integer, rules=BOUNDS, condition=_integer_condition))
-register(FieldType("decimal", _decimal_sql, _decimal, _fast_decimal, BOUNDS | {"precision", "scale"}, _decimal_exact))
+register(FieldType("decimal", _decimal_sql, _decimal, rules=BOUNDS | {"precision", "scale"}, exact=_decimal_exact,
+                   conversion=_decimal_conversion))  # fmt: skip
 register(FieldType("float", _fixed("double precision"), _float, None, BOUNDS))
 register(FieldType("boolean", _fixed("boolean"), _boolean))
 register(FieldType("uuid", _fixed("uuid"), _uuid, condition=_uuid_condition))
-register(FieldType("timestamp", _fixed("timestamp with time zone"), _timestamp, _fast_timestamp))
+register(FieldType("timestamp", _fixed("timestamp with time zone"), _timestamp, conversion=_timestamp_conversion))
 register(FieldType("enum", _fixed("text"), _enum, None, frozenset({"values"})))

@@ -68,6 +68,16 @@ def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (
                 f"        if not ({test}):",
                 f"            v{i} = extract{i}(event)",
             ]
+        elif kind.conversion is not None and "." not in path:
+            # The type's conversion written into the body: statements setting w<i>, no call.
+            lines, constants = kind.conversion(spec).inlined(f"v{i}", f"w{i}", f"c{i}_", MISSING)
+            namespace.update(constants)
+            namespace[f"key{i}"] = path
+            body += [
+                f"        v{i} = event.get(key{i}, MISSING)",
+                *(f"        {line}" for line in lines),
+                f"        v{i} = w{i} if w{i} is not MISSING else extract{i}(event)",
+            ]
         elif kind.fast is not None and "." not in path:
             namespace[f"key{i}"], namespace[f"fast{i}"] = path, kind.fast(spec)
             body += [
@@ -135,6 +145,10 @@ def compile_struct_row(fields: Mapping[str, FieldSpec], record_items: Sequence[i
             test, constants = kind.condition(spec).inlined(f"v{i}", f"c{i}_")
             namespace.update(constants)
             body += [f"    if not ({test}):", *refused(f"v{i}")]
+        elif kind.conversion is not None:  # written into the body, as a condition is
+            lines, constants = kind.conversion(spec).inlined(f"v{i}", "w", f"c{i}_", MISSING)
+            namespace.update(constants)
+            body += [*(f"    {line}" for line in lines), "    if w is MISSING:", *refused("w"), f"    v{i} = w"]
         elif kind.fast is not None:
             namespace[f"fast{i}"] = kind.fast(spec)
             body += [f"    w = fast{i}(v{i})", "    if w is MISSING:", *refused("w"), f"    v{i} = w"]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.conditions import Condition, as_check
+from pipeline.conditions import Condition, Conversion, as_check, as_fast
 from pipeline.field_types import FIELD_TYPES, MISSING, FieldError, FieldType
 from pipeline.spec import FieldSpec
 
@@ -44,7 +44,7 @@ def test_a_field_type_takes_a_fast_check_or_a_condition_not_both() -> None:
     def condition(rules: Any) -> Condition:
         return SHORT
 
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="one of a fast check, a condition, a conversion"):
         FieldType("both", lambda rules: "text", lambda rules: str, lambda rules: str, condition=condition)
     kind = FieldType("short", lambda rules: "text", lambda rules: str, condition=condition)
     assert kind.fast is not None and kind.fast(FieldSpec(type="string"))("ab") == "ab"
@@ -145,3 +145,46 @@ def test_the_uuid_condition_holds_exactly_for_the_canonical_spelling(base: str, 
     assert accepted == (CANONICAL_UUID.fullmatch(value) is not None), repr(value)
     if accepted:
         assert str(uuid.UUID(value)) == value
+
+
+def test_a_conversion_is_inlined_with_its_own_names_renamed_and_its_function_is_the_same_text() -> None:
+    conversion = Conversion(
+        "result = missing\nif value.real > low:  # value\n    doubled = value * 2\n    result = doubled",
+        {"low": 1},
+        frozenset({"doubled"}),
+    )
+    lines, namespace = conversion.inlined("v3", "w", "c3_", MISSING)
+    assert lines == [
+        "w = c3_missing",
+        "if v3.real > c3_low:  # value",
+        "    c3_doubled = v3 * 2",
+        "    w = c3_doubled",
+    ]
+    assert namespace == {"c3_low": 1, "c3_missing": MISSING}
+    fast = as_fast(conversion, MISSING)
+    assert fast(5) == 10 and fast(1) is MISSING
+    for bad in ("return value", "result = (lambda: value)()", "def f(): pass"):
+        with pytest.raises(ValueError, match="plain statements"):
+            Conversion(bad)
+    with pytest.raises(ValueError, match="conversion name"):
+        Conversion("result = value", {"result": 1})
+
+
+TIMESTAMPS = st.one_of(
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())).map(lambda moment: moment.isoformat()),
+    st.datetimes().map(lambda moment: moment.isoformat(sep=" ", timespec="milliseconds") + "Z"),
+    st.text(alphabet="0123456789-:T+Z. ", min_size=8, max_size=45),
+    st.sampled_from(["2026-01-01", "2026-01-01T00:00:00+24:00", "2026-02-30T00:00:00Z", "x" * 20, 20260101]),
+)
+
+
+@settings(max_examples=3000, deadline=None, database=None, derandomize=True)
+@given(value=TIMESTAMPS)
+def test_the_timestamp_conversion_returns_what_its_exact_check_returns(value: Any) -> None:
+    kind = FIELD_TYPES["timestamp"]
+    assert kind.fast is not None
+    converted = kind.fast(FieldSpec(type="timestamp"))(value)
+    if converted is MISSING:
+        return
+    checked = kind.check(FieldSpec(type="timestamp"))(value)
+    assert converted == checked and repr(converted) == repr(checked) and converted.tzinfo is not None
