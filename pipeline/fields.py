@@ -53,11 +53,17 @@ def compile_getter(path: str) -> Callable[[dict[str, Any]], Any]:
     return nested
 
 
+def default_value(spec: FieldSpec) -> Any:
+    """What an optional field writes when its value is missing or null: its default, checked once
+    (None without one). Both row readers take it from here."""
+    return None if spec.default is None else FIELD_TYPES[spec.type].check(spec)(spec.default)
+
+
 def compile_field(name: str, spec: FieldSpec) -> Extract:
     """The extractor of one field: `extract(event)` returns the value to write or raises FieldError."""
     kind = FIELD_TYPES[spec.type]
     check = kind.check(spec)
-    fallback = None if spec.default is None else check(spec.default)
+    fallback = default_value(spec)
     required = spec.required
 
     def slow(value: Any) -> Any:

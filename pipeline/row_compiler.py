@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from pipeline.field_types import FIELD_TYPES, MISSING
-from pipeline.fields import Extract, compile_field
+from pipeline.fields import Extract, compile_field, default_value
 from pipeline.spec import FieldSpec
 
 RowReader = Callable[[dict[str, Any], int, Sequence[Any]], tuple[Any, ...]]
@@ -126,8 +126,7 @@ def compile_struct_row(fields: Mapping[str, FieldSpec], record_items: Sequence[i
         kind = FIELD_TYPES[spec.type]
         body.append(f"    v{i} = event.f{i}")
         if not spec.required:
-            # As pipeline.fields.compile_field: the default, checked once; a missing key reads MISSING.
-            namespace[f"default{i}"] = None if spec.default is None else kind.check(spec)(spec.default)
+            namespace[f"default{i}"] = default_value(spec)  # as compile_field's; a missing key reads MISSING
             body += [f"    if v{i} is UNSET:", f"        v{i} = MISSING"]
 
         def refused(target: str, i: int = i, required: bool = spec.required) -> list[str]:
