@@ -31,9 +31,10 @@ from consumer.seeking import Seeker
 from consumer.telemetry import Telemetry
 from consumer.window import Trigger, Window
 from consumer.writer_thread import Outcome, StillWriting, WriterThread
+from pipeline.decode import DecodedBatch
 from pipeline.errors import DatabaseFailure
 from pipeline.prepare import Preparer
-from pipeline.records import PartitionId
+from pipeline.records import Batch, PartitionId, Record, records_bytes
 
 log = logging.getLogger("microbatch.loop")
 EXIT_HALTED = 3
@@ -78,6 +79,7 @@ class Handover:
         self.cut = False  # a write was left unfinished at the deadline
         self._advisory: dict[PartitionId, int] = {}  # stored positions Kafka was not told yet (`advise`)
         self._advised_at = float("-inf")
+        self._submitted: tuple[Batch, int] | None = None  # the write in flight, with its records' bytes
 
     def unwritten(self) -> int:
         """Pending records still to write."""
@@ -91,12 +93,12 @@ class Handover:
             return
         if len(unwritten := self._positions.unwritten(self.pending.records)) != len(records):
             records, decoded = unwritten, self._preparer.prepare(unwritten, self._positions.topic_ids())  # (rare)
-        _, trigger = self.pending.take()
+        trigger, size = self._take(records)
         if not records:
             if self._flow.waiting:
                 self._flow.recovered()  # nothing is left to retry
             return
-        self._writer.submit(self._positions.batch(records), decoded, trigger)  # 3.
+        self._submit(records, decoded, trigger, size)  # 3.
         self._writer.wait_for_handover(HANDOVER_WAIT_S)
         if wait:
             self.settle()
@@ -125,14 +127,23 @@ class Handover:
         """Close `window` and write everything pending, once, waiting for the outcome (no retry)."""
         self.settle()
         if len(window):
-            self.pending.add(window.take(), trigger)
+            self.pending.add_window(window, trigger)
         records = self._positions.unwritten(self.pending.records)
-        _, trigger = self.pending.take()
+        trigger, size = self._take(records)
         if records:
-            self._writer.submit(
-                self._positions.batch(records), self._preparer.prepare(records, self._positions.topic_ids()), trigger
-            )
+            self._submit(records, self._preparer.prepare(records, self._positions.topic_ids()), trigger, size)
             self._conclude(self._writer.wait(), retry=False)
+
+    def _take(self, records: list[Record]) -> tuple[Trigger, int]:
+        """Empty what is pending, of which `records` are written: the trigger, and their bytes (the
+        windows' own count when all of it is written, as it mostly is)."""
+        size = self.pending.bytes if len(records) == len(self.pending) else records_bytes(records)
+        return self.pending.take()[1], size
+
+    def _submit(self, records: list[Record], decoded: DecodedBatch, trigger: Trigger, size: int) -> None:
+        batch = self._positions.batch(records)
+        self._submitted = (batch, size)
+        self._writer.submit(batch, decoded, trigger)
 
     def retry(self) -> None:
         """The retry is due: place the partitions halted on their position again (an operator may have
@@ -158,11 +169,14 @@ class Handover:
         if outcome is None:
             return True
         records = outcome.batch.records
+        submitted, self._submitted = self._submitted, None
         if outcome.ok and outcome.result is not None:
             result = outcome.result
             self.flushes, self.written = self.flushes + 1, self.written + result.inserted
             self.duplicates += result.duplicates
-            self._telemetry.flushed(outcome.trigger.value, result, records, outcome.seconds, self._raw_table)
+            size = submitted[1] if submitted is not None and submitted[0] is outcome.batch else records_bytes(records)
+            self._telemetry.flushed(outcome.trigger.value, result, records=len(records), size=size,
+                                    seconds=outcome.seconds, raw_table=self._raw_table)  # fmt: skip
             if result.bisected:
                 log.info(
                     "bisection isolated %d rejected row(s) among %d records with %d statements, %d savepoints, "

@@ -162,7 +162,7 @@ class RunLoop:
             if self.flow.due():
                 self.handover.retry()
         elif (trigger := self.window.ready()) is not None:
-            self.handover.pending.add(self.window.take(), trigger)
+            self.handover.pending.add_window(self.window, trigger)
             self.handover.hand_over(wait=not self.options.overlap_writes)
         self.housekeeping.tick()  # 7.
         self.topic_watch.tick()
@@ -205,7 +205,7 @@ class RunLoop:
         handover.deadline = time.monotonic() + max(0.5, self.options.shutdown_timeout_s - CLOSE_BUDGET_S)
         handover.settle()
         if len(self.window):
-            handover.pending.add(self.window.take(), Trigger.SHUTDOWN)
+            handover.pending.add_window(self.window, Trigger.SHUTDOWN)
         while handover.unwritten() and time.monotonic() < handover.deadline and not self._over():
             if self.flow.waiting and not self.flow.due():
                 # Keep polling (group membership) but buffer nothing new: we are leaving.

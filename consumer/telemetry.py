@@ -97,14 +97,15 @@ class Telemetry:
             self.metrics.bytes_consumed.labels(name).inc(sizes[name])
 
     def flushed(
-        self, trigger: str, result: FlushResult, records: Sequence[Record], seconds: float, raw_table: str
+        self, trigger: str, result: FlushResult, *, records: int, size: int, seconds: float, raw_table: str
     ) -> None:
+        """A write of `records` records (`size` bytes of keys and values) committed."""
         m = self.metrics
         outcome = "bisected" if result.bisected else "ok"
         m.flushes.labels(trigger, outcome).inc()
         m.flush_duration.labels(outcome).observe(seconds)
-        m.batch_records.observe(len(records))
-        m.batch_bytes.observe(records_bytes(records))
+        m.batch_records.observe(records)
+        m.batch_bytes.observe(size)
         m.rows_written.labels(raw_table).inc(result.inserted)
         for table, rows in result.summary_rows.items():
             m.rows_written.labels(table).inc(rows)

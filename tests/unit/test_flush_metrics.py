@@ -10,7 +10,6 @@ from consumer.metrics import FLUSH_BUCKETS, Metrics
 from consumer.settings import Settings
 from consumer.telemetry import Telemetry
 from pipeline.flush_result import FlushResult
-from pipeline.records import Record
 
 
 def sample(telemetry: Telemetry, name: str, labels: dict[str, str]) -> float | None:
@@ -29,9 +28,8 @@ def test_written_and_failed_attempts_are_told_apart_by_outcome() -> None:
     telemetry = Telemetry()
     for outcome in ("ok", "bisected", "failed"):
         assert sample(telemetry, "microbatch_flush_duration_seconds_count", {"outcome": outcome}) == 0.0
-    records = [Record("t", 0, 0, None, b"{}")]
-    telemetry.flushed("time", FlushResult(inserted=1), records, 0.08, "raw")
-    telemetry.flushed("time", FlushResult(inserted=1, bisected=True), records, 0.3, "raw")
+    telemetry.flushed("time", FlushResult(inserted=1), records=1, size=2, seconds=0.08, raw_table="raw")
+    telemetry.flushed("time", FlushResult(inserted=1, bisected=True), records=1, size=2, seconds=0.3, raw_table="raw")
     telemetry.flush_failed("time", "transient", "08006", retrying=True, seconds=5.0)
     assert sample(telemetry, "microbatch_flush_duration_seconds_sum", {"outcome": "ok"}) == 0.08
     assert sample(telemetry, "microbatch_flush_duration_seconds_sum", {"outcome": "bisected"}) == 0.3

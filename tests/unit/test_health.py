@@ -108,8 +108,9 @@ def test_metrics_are_exposed_with_prefix_and_preinitialised_labels(served: tuple
     telemetry, port = served
     telemetry.metrics.tables(["transactions"])
     telemetry.flushed(
-        "records", FlushResult(inserted=5, duplicates=1, summary_rows={"inventory": 2}), [], 0.01, "transactions"
-    )
+        "records", FlushResult(inserted=5, duplicates=1, summary_rows={"inventory": 2}), records=5, size=100,
+        seconds=0.01, raw_table="transactions",
+    )  # fmt: skip
     status, text = get(port, "/metrics")
     assert status == 200
     assert 'microbatch_flushes_total{outcome="ok",trigger="records"} 1.0' in text

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.messages import to_runs
+from consumer.pending import Pending
 from consumer.positions import Positions
-from consumer.window import Window, WindowPolicy
+from consumer.window import Trigger, Window, WindowPolicy
 from pipeline.records import Record, ascending_runs, headers_of, next_positions, partition_spans, records_bytes
 
 PIDS = [("a", 0), ("a", 1), ("b", 0), ("b", 2)]
@@ -158,3 +159,27 @@ def test_headers_are_read_from_the_message_when_needed_as_the_client_hands_them_
     [(_, [first, second])], _ = to_runs([with_headers, without])
     assert headers_of(first) == tuple(pairs) and headers_of(second) == ()
     assert headers_of(Record("t", 0, 3, None, b"v", (("a", b"1"), ("b", None)))) == (("a", b"1"), ("b", None))
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(batches=consumed(), steps=st.lists(st.sampled_from(["window", "add", "give_back", "drop", "take"]), max_size=12))
+def test_pending_keeps_the_bytes_of_its_records(batches: list[list[Record]], steps: list[str]) -> None:
+    # The flush's batch_bytes metric comes from this count, not from a pass over the records.
+    pending = Pending()
+    window = Window(WindowPolicy(max_records=10**6, max_bytes=10**9, max_wait_ms=10**6), lambda: 0.0)
+    taken: list[Record] = []
+    for n, step in enumerate(steps):
+        batch = sorted(batches[n % len(batches)], key=lambda r: (r.topic, r.partition, r.offset))
+        if step == "window":
+            window.extend(ascending_runs(batch))
+            pending.add_window(window, Trigger.RECORDS)
+            assert len(window) == 0 and window.bytes == 0
+        elif step == "add":
+            pending.add(batch, Trigger.TIME)
+        elif step == "give_back":
+            pending.give_back(taken, Trigger.TIME)
+        elif step == "drop":
+            pending.drop([PIDS[n % len(PIDS)]])
+        else:
+            taken, _ = pending.take()
+        assert pending.bytes == records_bytes(pending.records)
