@@ -19,8 +19,10 @@ literals and attributes (`x.value`) are left as written.
 
 from __future__ import annotations
 
+import builtins
 import io
 import re
+import symtable
 import tokenize
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -73,9 +75,7 @@ class Conversion:
         for name in (*self.constants, *self.temporaries):
             if not _CONSTANT.fullmatch(name) or name in {"value", "result", "missing"}:
                 raise ValueError(f"conversion name {name!r}: a lowercase identifier other than value, result, missing")
-        words = {token.string for token in _tokens(self.statements) if token.type == tokenize.NAME}
-        if words & {"return", "yield", "lambda", "def", "class", "global", "nonlocal"}:
-            raise ValueError("a conversion is plain statements: no return, yield or definitions")
+        _check_statements(self.statements, set(self.constants), set(self.temporaries))
 
     def inlined(self, value: str, result: str, prefix: str, missing: Any) -> tuple[list[str], dict[str, Any]]:
         """The statements (lines, not indented) over the variables `value` and `result`, every other
@@ -84,7 +84,40 @@ class Conversion:
         names = {"value": value, "result": result, "missing": f"{prefix}missing"}
         names |= {name: f"{prefix}{name}" for name in (*self.constants, *self.temporaries)}
         namespace = {f"{prefix}{name}": constant for name, constant in self.constants.items()}
-        return _renamed(self.statements, names).splitlines(), namespace | {f"{prefix}missing": missing}
+        return _renamed(self.statements, names).split("\n"), namespace | {f"{prefix}missing": missing}
+
+
+_BUILTINS = frozenset(dir(builtins))
+_BRACKETS = {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}
+_FORBIDDEN = frozenset({"return", "yield", "lambda", "def", "class", "global", "nonlocal", "import"})
+
+
+def _check_statements(statements: str, constants: set[str], temporaries: set[str]) -> None:
+    """Raise ValueError unless `statements` bind only `result` and their temporaries and read only
+    those, `value`, their constants, `missing` and builtins (Python's own symbol table says which):
+    any other name would be left as it is and could read or bind a variable of the reader it is
+    written into. Also refused: definitions, return, yield, import; keyword arguments (renaming would
+    rename them too); f-strings (their names are not tokens before Python 3.12); strings over lines."""
+    tokens = _tokens(statements)
+    depth = 0
+    for at, token in enumerate(tokens):
+        depth += _BRACKETS.get(token.string, 0) if token.type == tokenize.OP else 0
+        prefix = token.string[: len(token.string) - len(token.string.lstrip("rRbBuUfF"))]
+        if token.type == tokenize.STRING and ("\n" in token.string or "f" in prefix.lower()):
+            raise ValueError("a conversion's strings are plain and on one line")
+        if token.type == tokenize.NAME and token.string in _FORBIDDEN:
+            raise ValueError("a conversion is plain statements: no return, yield, import or definitions")
+        if token.type == tokenize.NAME and depth and at + 1 < len(tokens) and tokens[at + 1].string == "=":
+            raise ValueError(f"conversion: keyword argument {token.string!r} (renaming would change it)")
+    body = "\n".join(f"    {line}" for line in statements.split("\n"))
+    scope = symtable.symtable(f"def conversion(value):\n{body}\n", "<conversion>", "exec").get_children()[0]
+    if not isinstance(scope, symtable.Function):
+        raise ValueError("a conversion is plain statements")
+    bound = set(scope.get_locals())
+    wrong = (bound - {"value", "result", *temporaries}) | (bound & _BUILTINS)
+    wrong |= set(scope.get_globals()) - {"missing", *constants, *_BUILTINS}
+    if wrong:
+        raise ValueError(f"conversion: {', '.join(sorted(wrong))}: not a constant or a temporary of its own")
 
 
 def _tokens(text: str) -> list[tokenize.TokenInfo]:

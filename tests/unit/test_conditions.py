@@ -163,11 +163,30 @@ def test_a_conversion_is_inlined_with_its_own_names_renamed_and_its_function_is_
     assert namespace == {"c3_low": 1, "c3_missing": MISSING}
     fast = as_fast(conversion, MISSING)
     assert fast(5) == 10 and fast(1) is MISSING
-    for bad in ("return value", "result = (lambda: value)()", "def f(): pass"):
+    for bad in ("return value", "result = (lambda: value)()", "def f(): pass", "import os\nresult = value"):
         with pytest.raises(ValueError, match="plain statements"):
             Conversion(bad)
     with pytest.raises(ValueError, match="conversion name"):
         Conversion("result = value", {"result": 1})
+
+
+@pytest.mark.parametrize(
+    ("statements", "refused"),
+    [
+        ("seq = value\nresult = value", "seq"),  # would bind the reader's own variable
+        ("result = other", "other"),  # would read one
+        ("len = 3\nresult = value", "len"),  # would shadow a builtin the other fields' checks call
+        ("try:\n    result = int(value)\nexcept ValueError as error:\n    result = missing", "error"),
+        ("for item in value:\n    result = item", "item"),
+        ("result = dict(value=value)", "keyword argument"),
+        ('result = f"{value}"', "strings"),
+    ],
+)
+def test_a_conversion_names_every_name_it_binds_or_reads(statements: str, refused: str) -> None:
+    # Its names are renamed when it is written into a reader's body: an undeclared one would not be,
+    # and would read or bind the reader's own variables (the row's values) without a word.
+    with pytest.raises(ValueError, match=refused):
+        Conversion(statements)
 
 
 TIMESTAMPS = st.one_of(
