@@ -298,9 +298,18 @@ class Stream:
                 time.sleep(0.2)
 
     def wait_progress(self, timeout: float = 60) -> None:
-        """Until more rows are written than now: the consumer is doing work."""
+        """Until more rows are written than now: the consumer is doing work. A consumer that already wrote
+        everything produced (the production ended before a fault it then recovered from) has no work to
+        progress on: more is produced here, as `load_in_hand` does, so the wait is for the consumer alone."""
         before = self.rows()
-        wait_until(lambda: self.rows() > before, timeout=timeout, what=f"{self.name} to make progress", interval=0.1)
+
+        def progressed() -> bool:
+            if not self.producing() and self.backlog() == 0:
+                self.top_ups += 1
+                self.keep_fed(seed=INJECT_SEEDS + self.top_ups)
+            return self.rows() > before
+
+        wait_until(progressed, timeout=timeout, what=f"{self.name} to make progress", interval=0.1)
 
     def caught_up(self) -> bool:
         try:
