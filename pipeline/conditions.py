@@ -90,20 +90,27 @@ class Conversion:
 _BUILTINS = frozenset(dir(builtins))
 _BRACKETS = {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}
 _FORBIDDEN = frozenset({"return", "yield", "lambda", "def", "class", "global", "nonlocal", "import"})
+# Builtins that read or run code against the caller's variables by name, past any renaming.
+_FRAME_READERS = frozenset({"eval", "exec", "compile", "locals", "vars", "globals", "dir", "breakpoint", "__import__"})
+_FSTRING_START = getattr(tokenize, "FSTRING_START", -1)  # Python 3.12 tokenizes f-strings in parts
 
 
 def _check_statements(statements: str, constants: set[str], temporaries: set[str]) -> None:
     """Raise ValueError unless `statements` bind only `result` and their temporaries and read only
     those, `value`, their constants, `missing` and builtins (Python's own symbol table says which):
     any other name would be left as it is and could read or bind a variable of the reader it is
-    written into. Also refused: definitions, return, yield, import; keyword arguments (renaming would
-    rename them too); f-strings (their names are not tokens before Python 3.12); strings over lines."""
+    written into. Also refused: definitions, return, yield, import; comprehensions and generator
+    expressions (a scope of their own, whose names the check would have to follow too); the builtins
+    that reach a frame's variables by name (eval, locals, vars…); keyword arguments (renaming would
+    rename them too); f-strings (their names are not name tokens); strings over lines."""
     tokens = _tokens(statements)
     depth = 0
     for at, token in enumerate(tokens):
         depth += _BRACKETS.get(token.string, 0) if token.type == tokenize.OP else 0
         prefix = token.string[: len(token.string) - len(token.string.lstrip("rRbBuUfF"))]
-        if token.type == tokenize.STRING and ("\n" in token.string or "f" in prefix.lower()):
+        if token.type == _FSTRING_START or (
+            token.type == tokenize.STRING and ("\n" in token.string or "f" in prefix.lower())
+        ):
             raise ValueError("a conversion's strings are plain and on one line")
         if token.type == tokenize.NAME and token.string in _FORBIDDEN:
             raise ValueError("a conversion is plain statements: no return, yield, import or definitions")
@@ -111,11 +118,11 @@ def _check_statements(statements: str, constants: set[str], temporaries: set[str
             raise ValueError(f"conversion: keyword argument {token.string!r} (renaming would change it)")
     body = "\n".join(f"    {line}" for line in statements.split("\n"))
     scope = symtable.symtable(f"def conversion(value):\n{body}\n", "<conversion>", "exec").get_children()[0]
-    if not isinstance(scope, symtable.Function):
-        raise ValueError("a conversion is plain statements")
-    bound = set(scope.get_locals())
-    wrong = (bound - {"value", "result", *temporaries}) | (bound & _BUILTINS)
-    wrong |= set(scope.get_globals()) - {"missing", *constants, *_BUILTINS}
+    if not isinstance(scope, symtable.Function) or scope.get_children():
+        raise ValueError("a conversion is plain statements: no comprehension or generator expression")
+    bound = set(scope.get_locals()) - ({"value"} if not scope.lookup("value").is_assigned() else set())
+    wrong = (bound - {"result", *temporaries}) | (bound & _BUILTINS)
+    wrong |= set(scope.get_globals()) - {"missing", *constants, *(_BUILTINS - _FRAME_READERS)}
     if wrong:
         raise ValueError(f"conversion: {', '.join(sorted(wrong))}: not a constant or a temporary of its own")
 
@@ -152,9 +159,11 @@ class Inlined:
 
 
 def as_fast(conversion: Conversion, missing: Any) -> Check:
-    """The fast check of `conversion`: its `result` for a value."""
+    """The fast check of `conversion`: its `result` for a value (`missing` where the statements leave
+    it unset: the exact check decides)."""
     lines, namespace = conversion.inlined("value", "result", "c_", missing)
-    source = "\n".join(["def fast(value):", *(f"    {line}" for line in lines), "    return result"])
+    body = ["    result = c_missing", *(f"    {line}" for line in lines), "    return result"]
+    source = "\n".join(["def fast(value):", *body])
     exec(compile(source, "<fast conversion>", "exec"), namespace)  # noqa: S102 - our own source
     check: Check = namespace["fast"]
     return check

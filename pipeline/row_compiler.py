@@ -145,9 +145,12 @@ def compile_struct_row(fields: Mapping[str, FieldSpec], record_items: Sequence[i
             namespace.update(constants)
             body += [f"    if not ({test}):", *refused(f"v{i}")]
         elif kind.conversion is not None:  # written into the body, as a condition is
-            lines, constants = kind.conversion(spec).inlined(f"v{i}", "w", f"c{i}_", MISSING)
+            # Its own w<i>: statements that leave it unset on some path raise (the reference path
+            # decides) rather than read the value an earlier field's conversion left in a shared one.
+            lines, constants = kind.conversion(spec).inlined(f"v{i}", f"w{i}", f"c{i}_", MISSING)
             namespace.update(constants)
-            body += [*(f"    {line}" for line in lines), "    if w is MISSING:", *refused("w"), f"    v{i} = w"]
+            body += [*(f"    {line}" for line in lines), f"    if w{i} is MISSING:", *refused(f"w{i}")]
+            body.append(f"    v{i} = w{i}")
         elif kind.fast is not None:
             namespace[f"fast{i}"] = kind.fast(spec)
             body += [f"    w = fast{i}(v{i})", "    if w is MISSING:", *refused("w"), f"    v{i} = w"]

@@ -180,6 +180,12 @@ def test_a_conversion_is_inlined_with_its_own_names_renamed_and_its_function_is_
         ("for item in value:\n    result = item", "item"),
         ("result = dict(value=value)", "keyword argument"),
         ('result = f"{value}"', "strings"),
+        ("result = [seq for _ in (1,)][0]", "comprehension"),  # a scope of its own, read past the check
+        ("result = next(v0 for _ in (1,))", "generator expression"),
+        ("value = None\nresult = missing", "value"),  # the reader reads the value again after it
+        ("(value := 3)\nresult = value", "value"),
+        ("result = eval('seq')", "eval"),  # reaches the reader's variables by name, past any renaming
+        ("result = locals()['record']", "locals"),
     ],
 )
 def test_a_conversion_names_every_name_it_binds_or_reads(statements: str, refused: str) -> None:
@@ -187,6 +193,30 @@ def test_a_conversion_names_every_name_it_binds_or_reads(statements: str, refuse
     # and would read or bind the reader's own variables (the row's values) without a word.
     with pytest.raises(ValueError, match=refused):
         Conversion(statements)
+
+
+def test_a_conversion_that_leaves_its_result_unset_leaves_the_value_to_the_exact_check() -> None:
+    import dataclasses
+
+    from pipeline.field_types import register, unregister
+    from pipeline.row_compiler import compile_struct_row
+
+    text_only = Conversion("if type(value) is str:\n    result = value")
+    assert as_fast(text_only, MISSING)(3) is MISSING and as_fast(text_only, MISSING)("a") == "a"
+    register(dataclasses.replace(FIELD_TYPES["string"], name="text_only", condition=None,
+                                 conversion=lambda rules: text_only))  # fmt: skip
+    try:
+        row = compile_struct_row({"price": FieldSpec(type="decimal"), "note": FieldSpec(type="text_only")})
+        event = type("Event", (), {"f0": 1.5, "f1": 3})()
+        try:
+            read = row(event, 1, ())
+        except Exception:  # the contract: raising means the reference path decides
+            read = None
+        # Never the price's converted value for the note, which a shared result variable would give.
+        assert read is None
+        assert row(type("Event", (), {"f0": 1.5, "f1": "x"})(), 1, ()) == (1, "1.5", "x")
+    finally:
+        unregister("text_only")
 
 
 TIMESTAMPS = st.one_of(
