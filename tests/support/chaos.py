@@ -313,7 +313,13 @@ class Stream:
                 self.keep_fed(seed=INJECT_SEEDS + self.top_ups, bad_ratio=0)
             return False
 
-        wait_until(progressed, timeout=timeout, what=f"{self.name} to make progress", interval=0.1)
+        try:
+            wait_until(progressed, timeout=timeout, what=f"{self.name} to make progress", interval=0.1)
+        except AssertionError as timed_out:  # what the consumer had to do: the first question when it did not
+            state = "running" if self.producing() else "ended"
+            logs = ", ".join(str(consumer.log) for consumer in self.consumers)
+            found = f"rows {self.rows()} (from {before}), backlog {self.backlog()}, production {state}, logs {logs}"
+            raise AssertionError(f"{timed_out}; {found}") from None
 
     def caught_up(self) -> bool:
         try:
