@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -71,10 +72,13 @@ def _rows(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _produce(service_env: dict[str, str], pipeline: Path, ledger: Path, count: int, seed: int) -> None:
+def _produce(
+    service_env: dict[str, str], pipeline: Path, ledger: Path, count: int, seed: int, rate: int | None = None
+) -> None:
+    paced = ["--rate", str(rate)] if rate else []
     result = run_cli(service_env, "produce", "--pipeline", str(pipeline), "--count", str(count), "--partitions",
                      str(PARTITIONS), "--ledger", str(ledger), "--duplicate-ratio", "0.01", "--bad-ratio", "0.005",
-                     "--seed", str(seed))  # fmt: skip
+                     "--seed", str(seed), *paced)  # fmt: skip
     assert result.returncode == 0, result.stderr
 
 
@@ -102,6 +106,7 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
         return stored_positions(database_url, group) == high_watermarks(kafka.bootstrap, topic, PARTITIONS)
 
     at_kill = 0
+    producing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="produce")
     try:
         consumer.start(image, "run", "--pipeline", "/config/pipeline.toml", env=env, options=volume)
         # Identity and root filesystem, from the running container.
@@ -125,9 +130,11 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
         run("start", name)
         wait_until(caught_up, timeout=240, what=f"the restarted container to drain all {total} messages")
 
-        # SIGTERM (podman stop, with more time than shutdown_timeout_s) mid-stream: exit 0 within it.
-        _produce(service_env, invoice_pipeline, ledgers[1], 30_000, seed=4)
+        # SIGTERM (podman stop, with more time than shutdown_timeout_s) mid-stream: exit 0 within it. The
+        # stream is produced in the background at a pace the consumer keeps up with: produced at full
+        # speed, it could be written whole before a count taken after it, and the stop then hit nothing.
         before = _rows(database_url)
+        second = producing.submit(_produce, service_env, invoice_pipeline, ledgers[1], 30_000, seed=4, rate=5_000)
         wait_until(lambda: _rows(database_url) >= before + 1_000, timeout=120, what="the second stream to start")
         started = time.monotonic()
         run("stop", "-t", str(SHUTDOWN_S * 3), name, timeout=SHUTDOWN_S * 3 + 30)
@@ -138,9 +145,11 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
         assert stopped_in < SHUTDOWN_S, f"podman stop took {stopped_in:.1f} s (shutdown_timeout_s {SHUTDOWN_S})"
         assert "shut down cleanly" in consumer.logs()
         run("start", name)
+        second.result(timeout=120)  # all of it produced (its ledger written) before "caught up" means anything
         wait_until(caught_up, timeout=240, what="the container to drain the second stream after its restart")
         wait_until(consumer.healthy, timeout=60, what="the restarted container's health check", interval=1.0)
     finally:
+        producing.shutdown(wait=True)
         logs = consumer.logs()
         consumer.remove()
     verdict = check(read_ledger(ledgers), database_url, kafka.bootstrap, topic, f"{topic}.dlq", group, PARTITIONS,
