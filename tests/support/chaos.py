@@ -269,12 +269,16 @@ class Stream:
         since `ensure_load` (a fast one, or the production just ended) gets up to LOAD_GAP_S for new work to
         arrive, produced here when none is, so that the fault hits work in hand."""
         deadline = time.monotonic() + LOAD_GAP_S
-        while not self.under_load() and time.monotonic() < deadline:
+        # True on the first probe that sees work in hand, and the fault follows at once: probing again
+        # would judge a later instant (a consumer that keeps up may have written that work by then).
+        while not self.under_load():
+            if time.monotonic() >= deadline:
+                return False
             if not self.producing():  # the production ended and the consumer caught up: more work
                 self.top_ups += 1
                 self.keep_fed(seed=INJECT_SEEDS + self.top_ups)
             time.sleep(0.005)
-        return self.under_load()
+        return True
 
     def inject(self, action: Callable[[], object], *, live: bool | None = None) -> None:
         """Inject one instantaneous fault: counted as live when the stream was under load just before
