@@ -192,6 +192,11 @@ class Stream:
         if not self.producing():
             self.produce(count, seed=seed, rate=rate, bad_ratio=bad_ratio, background=True)
 
+    def top_up(self, bad_ratio: float = 0.02) -> None:
+        """Produce more with a seed of its own (INJECT_SEEDS and up), unless a production is running."""
+        self.top_ups += 1
+        self.keep_fed(seed=INJECT_SEEDS + self.top_ups, bad_ratio=bad_ratio)
+
     def ensure_load(self, seed: int) -> None:
         """Before a fault: a producer is running and the consumer has unwritten messages in hand."""
         self.keep_fed(seed)
@@ -275,8 +280,7 @@ class Stream:
             if time.monotonic() >= deadline:
                 return False
             if not self.producing():  # the production ended and the consumer caught up: more work
-                self.top_ups += 1
-                self.keep_fed(seed=INJECT_SEEDS + self.top_ups)
+                self.top_up()
             time.sleep(0.005)
         return True
 
@@ -313,8 +317,7 @@ class Stream:
             if self.rows() > before:
                 return True
             if not self.producing() and self.backlog() == 0:
-                self.top_ups += 1
-                self.keep_fed(seed=INJECT_SEEDS + self.top_ups, bad_ratio=0)
+                self.top_up(bad_ratio=0)
             return False
 
         try:
