@@ -39,7 +39,7 @@ NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE = 131_072, 16_383
 MISSING: Any = object()
 Check = Callable[[Any], Any]
 # What str(uuid.UUID(text)) returns unchanged is lowercase ASCII whose bytes, hex digits made "x" and others
-# but "-" made "?", are x8-x4-x4-x4-x12 (_uuid_condition: one C pass; a regular expression took 3x as long).
+# but "-" made "?", are x8-x4-x4-x4-x12 (uuid_condition: one C pass; a regular expression took 3x as long).
 _UUID_TABLE = bytes(ord("x") if chr(b) in "0123456789abcdef" else b if chr(b) == "-" else ord("?") for b in range(256))
 LENGTHS = frozenset({"min_length", "max_length"})
 BOUNDS = frozenset({"min", "max", "min_exclusive", "max_exclusive", "nonzero"})
@@ -133,7 +133,7 @@ def _string(rules: Rules) -> Check:
     return check
 
 
-def _string_condition(rules: Rules) -> Condition:
+def string_condition(rules: Rules) -> Condition:
     low = rules.min_length or 0
     high = rules.max_length if rules.max_length is not None else math.inf
     expression = 'type(value) is str and low <= len(value) <= high and "\\x00" not in value'
@@ -171,7 +171,7 @@ def _integer(rules: Rules) -> Check:
     return check
 
 
-def _integer_condition(rules: Rules) -> Condition:
+def integer_condition(rules: Rules) -> Condition:
     low, high = _integer_bounds(rules)
     nonzero = " and value != 0" if rules.nonzero else ""
     return Condition(f"type(value) is int and low <= value <= high{nonzero}", {"low": low, "high": high})
@@ -330,7 +330,7 @@ def _uuid(rules: Rules) -> Check:
     return check
 
 
-def _uuid_condition(rules: Rules) -> Condition:
+def uuid_condition(rules: Rules) -> Condition:
     test = "type(value) is str and len(value) == 36 and value.isascii() and value.encode().translate(table) == shape"
     return Condition(test, {"table": _UUID_TABLE, "shape": b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"})
 
@@ -380,12 +380,12 @@ def _fixed(sql_type: str) -> Callable[[Rules], str]:
     return lambda rules: sql_type
 
 
-register(FieldType("string", _fixed("text"), _string, rules=LENGTHS, condition=_string_condition))
-register(FieldType("integer", _integer_sql, _integer, rules=BOUNDS, condition=_integer_condition))
+register(FieldType("string", _fixed("text"), _string, rules=LENGTHS, condition=string_condition))
+register(FieldType("integer", _integer_sql, _integer, rules=BOUNDS, condition=integer_condition))
 register(FieldType("decimal", _decimal_sql, _decimal, rules=BOUNDS | {"precision", "scale"}, exact=_decimal_exact,
                    conversion=_decimal_conversion))  # fmt: skip
 register(FieldType("float", _fixed("double precision"), _float, None, BOUNDS))
 register(FieldType("boolean", _fixed("boolean"), _boolean))
-register(FieldType("uuid", _fixed("uuid"), _uuid, condition=_uuid_condition))
+register(FieldType("uuid", _fixed("uuid"), _uuid, condition=uuid_condition))
 register(FieldType("timestamp", _fixed("timestamp with time zone"), _timestamp, conversion=_timestamp_conversion))
 register(FieldType("enum", _fixed("text"), _enum, None, frozenset({"values"})))

@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from pipeline.conditions import Condition
 from pipeline.field_types import FIELD_TYPES, MISSING
 from pipeline.fields import Extract, compile_field, default_value
 from pipeline.spec import FieldSpec
@@ -107,10 +108,14 @@ def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (
 StructRow = Callable[[Any, int, Sequence[Any]], "tuple[Any, ...] | None"]
 
 
-def compile_struct_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> StructRow:
+def compile_struct_row(
+    fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (), residuals: Mapping[str, Condition] | None = None
+) -> StructRow:
     """The function reading a struct parsed by pipeline.struct_reader into the row `compile_row` gives
     for the same document, or None when the reference path must decide; it raises whatever a check
-    raises (the caller then asks the reference path too).
+    raises (the caller then asks the reference path too). `residuals` (field name → condition): what
+    is left of a field's condition once msgspec parsed its value as its struct form
+    (pipeline.struct_forms), checked in place of the whole condition.
 
     `row(event, seq, record)`: `event.f<i>` holds the i-th field's value, UNSET when the key is
     absent (a required field is never absent: msgspec refused the document). Each field takes the checks of
@@ -122,8 +127,9 @@ def compile_struct_row(fields: Mapping[str, FieldSpec], record_items: Sequence[i
     namespace: dict[str, Any] = {"MISSING": MISSING, "UNSET": msgspec.UNSET}
     body = []
     values = []
-    for i, spec in enumerate(fields.values()):
+    for i, (name, spec) in enumerate(fields.items()):
         kind = FIELD_TYPES[spec.type]
+        residual = (residuals or {}).get(name)
         body.append(f"    v{i} = event.f{i}")
         if not spec.required:
             namespace[f"default{i}"] = default_value(spec)  # as compile_field's; a missing key reads MISSING
@@ -140,7 +146,12 @@ def compile_struct_row(fields: Mapping[str, FieldSpec], record_items: Sequence[i
                 "            return None",
             ]
 
-        if kind.condition is not None:
+        if residual is not None:  # msgspec parsed the value as its form: a str or an int, or null if optional
+            test, constants = residual.inlined(f"v{i}", f"c{i}_")
+            namespace.update(constants)
+            test = test if spec.required else f"v{i} is not MISSING and v{i} is not None and ({test})"
+            body += [f"    if not ({test}):", *refused(f"v{i}")]
+        elif kind.condition is not None:
             test, constants = kind.condition(spec).inlined(f"v{i}", f"c{i}_")
             namespace.update(constants)
             body += [f"    if not ({test}):", *refused(f"v{i}")]

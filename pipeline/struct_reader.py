@@ -23,7 +23,9 @@ Why the rows are the same:
   the reader is first checked on the documents in `_MUST_REFUSE` and `_MUST_READ`, and pipelines get
   no fast path when the installed msgspec does otherwise (`struct_reader` returns None).
 - Each field's value then goes through the reference path's own checks, in the same order; whatever
-  they do not accept as it is goes to the reference path, which gives the exact reason.
+  they do not accept as it is goes to the reference path, which gives the exact reason. For a string,
+  integer or UUID field, msgspec checks the bounds of that condition as it parses (the field's struct
+  form, pipeline.struct_forms), and the reader checks what is left of it.
 
 tests/unit/test_struct_reader.py holds this against the reference path on generated documents.
 Pure: no I/O.
@@ -41,6 +43,7 @@ import orjson
 from pipeline.field_types import INT64_MAX, INT64_MIN
 from pipeline.row_compiler import StructRow, compile_struct_row
 from pipeline.spec import FieldSpec
+from pipeline.struct_forms import StructForm, struct_form
 
 # Keys the pipeline does not read that the struct learns, per pipeline: enough for the keys producers
 # add to their events; documents with others take the reference path.
@@ -122,10 +125,10 @@ def _msgspec_parses_as_relied_on() -> bool:
 class _Struct:
     """The msgspec struct of a pipeline's top-level keys, and the unread keys it learned."""
 
-    def __init__(self, fields: Mapping[str, FieldSpec]) -> None:
+    def __init__(self, fields: Mapping[str, FieldSpec], forms: Mapping[str, StructForm]) -> None:
         self._read_keys = frozenset(spec.path or name for name, spec in fields.items())
         self._fields = [
-            (f"f{i}", spec.path or name, _parsed_as(spec), spec.required)
+            (f"f{i}", spec.path or name, _parsed_as(spec, forms.get(name)), spec.required)
             for i, (name, spec) in enumerate(fields.items())
         ]
         self._unread: dict[str, None] = {}  # the learned keys, in the order met
@@ -190,10 +193,10 @@ class _Struct:
         return decode
 
 
-def _parsed_as(spec: FieldSpec) -> Any:
-    """The msgspec type of a field's attribute: what its checks may accept, plus null when the field
-    may be left out."""
-    kind = _PARSED_AS.get(spec.type, _PRESENT)
+def _parsed_as(spec: FieldSpec, form: StructForm | None) -> Any:
+    """The msgspec type of a field's attribute: its struct form's, else what its checks may accept;
+    plus null when the field may be left out."""
+    kind = form.parsed if form is not None else _PARSED_AS.get(spec.type, _PRESENT)
     return kind if spec.required else kind | None
 
 
@@ -204,12 +207,14 @@ class StructReader:
     def __init__(self, fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> None:
         if not struct_readable(fields):
             raise ValueError("a struct reader needs each field at its own top-level key")
-        self._struct = _Struct(fields)
+        forms = {name: form for name, spec in fields.items() if (form := struct_form(spec)) is not None}
+        self._struct = _Struct(fields, forms)
         # `read` is `row(parse(value), seq, record)`, with any exception meaning None. Both are plain
         # attributes so that the decoder's loop can make that call itself, without a frame for `read`;
         # `parse` changes when `learn` learns a key.
         self.parse: Callable[[bytes], Any] = self._struct.decode
-        self.row: StructRow = compile_struct_row(fields, record_items)
+        residuals = {name: form.residual for name, form in forms.items()}
+        self.row: StructRow = compile_struct_row(fields, record_items, residuals)
 
     @property
     def unread_keys(self) -> tuple[str, ...]:
