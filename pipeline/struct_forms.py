@@ -16,13 +16,17 @@ A value msgspec refuses sends its document to the reference path, which gives th
 value the condition does not take does. A type with no form here (its condition replaced, a
 conversion, no condition) is parsed as the struct reader always parsed it, and its condition or
 conversion runs in full. tests/unit/test_struct_forms.py holds the contract on generated values.
+
+One cost of checking while parsing: msgspec checks every occurrence of a key written twice, so
+`{"id": "", "id": "a"}` (the last value counts, and it is valid) takes the reference path; a stream
+made of such documents rests the fast path (pipeline.decode). The verdicts are the same.
 Pure.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -65,17 +69,18 @@ def _uuid(spec: FieldSpec, condition: Condition) -> StructForm:
 
 # Longer than any string can be: a greater maximum is none.
 _LONGEST = sys.maxsize
-# Keyed by the function that makes the condition: a type whose condition is replaced gets no form.
-_FORMS: Mapping[Callable[[Any], Condition], Callable[[FieldSpec, Condition], StructForm | None]] = {
-    string_condition: _string,
-    integer_condition: _integer,
-    uuid_condition: _uuid,
-}
+# Keyed by the function that makes the condition, compared by identity (a registered condition need not
+# be hashable): a type whose condition is replaced gets no form.
+_FORMS: tuple[tuple[Callable[[Any], Condition], Callable[[FieldSpec, Condition], StructForm | None]], ...] = (
+    (string_condition, _string),
+    (integer_condition, _integer),
+    (uuid_condition, _uuid),
+)
 
 
 def struct_form(spec: FieldSpec) -> StructForm | None:
     """The form of `spec`'s value in the struct reader (see the module docstring), or None: parse it
     as any value of its kind and check it in full."""
     made = FIELD_TYPES[spec.type].condition
-    form = _FORMS.get(made) if made is not None else None
+    form = next((form for maker, form in _FORMS if maker is made), None)
     return None if form is None or made is None else form(spec, made(spec))

@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline.conditions import Condition, as_check
-from pipeline.field_types import FIELD_TYPES, INT64_MAX, INT64_MIN, MISSING, register
+from pipeline.field_types import FIELD_TYPES, INT64_MAX, INT64_MIN, MISSING, register, unregister
 from pipeline.spec import FieldSpec
 from pipeline.struct_forms import struct_form
 from pipeline.struct_reader import StructReader
@@ -116,6 +116,23 @@ def test_a_type_whose_condition_is_replaced_has_no_form() -> None:
     finally:
         register(original)
     assert struct_form(FieldSpec(type="string", max_length=5)) is not None
+
+
+def test_a_condition_that_cannot_be_hashed_keeps_the_fast_path() -> None:
+    @dataclasses.dataclass  # not frozen: unhashable
+    class ShortCode:
+        limit: int
+
+        def __call__(self, rules: Any) -> Condition:
+            return Condition("type(value) is str and len(value) <= limit", {"limit": self.limit})
+
+    register(dataclasses.replace(FIELD_TYPES["string"], name="code", condition=ShortCode(8)))
+    try:
+        assert struct_form(FieldSpec(type="code")) is None
+        reader = StructReader({"a": FieldSpec(type="code"), "b": FieldSpec(type="string")})
+        assert reader.read(b'{"a":"abc","b":"x"}', 0, ()) == (0, "abc", "x")
+    finally:
+        unregister("code")
 
 
 @pytest.mark.parametrize("document", [b'{"a":"x"}', b'{"a":"x","b":null}', b'{"a":"x","b":"y","n":null}'])
