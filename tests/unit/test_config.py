@@ -77,6 +77,16 @@ def test_overrides_that_break_guarantees_are_refused(
         consumer_config(load_settings(), "g")
 
 
+def test_a_full_prefetch_queue_pauses_fetching_briefly_and_the_user_may_say_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # librdkafka's default (1 s) stalled a draining consumer about once a second (consumer/kafka_config.py).
+    assert int(consumer_config(load_settings(), "g")["fetch.queue.backoff.ms"]) <= 100
+    monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG", '{"fetch.queue.backoff.ms": "250"}')
+    assert consumer_config(load_settings(), "g")["fetch.queue.backoff.ms"] == "250"
+    assert "fetch.queue.backoff.ms" not in producer_config(load_settings(), "dlq"), "a consumer property"
+
+
 def test_matching_values_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "MICROBATCH_KAFKA_CONFIG",
