@@ -77,9 +77,12 @@ def consumer_config(settings: Settings, group: str) -> dict[str, str | int | boo
         "queued.max.messages.kbytes": 16384,
         "fetch.max.bytes": 16 * 1024 * 1024,
         # Once that queue is full, librdkafka postpones the next fetch by this much (1 s by default). The
-        # queue fills while the loop hands a window over, drains in well under a second once it consumes
-        # again, and consume() then waited out the rest of that second: a stall of 40-200 ms about once a
-        # second while draining a backlog (10% of the drain rate). 10 ms more than covers a fetch.
+        # queue fills while the loop hands a window over and drains in about half a second once it consumes
+        # again; consume() then waited out the rest of that second: a stall of 40-200 ms about once a
+        # second while draining a backlog (the drain rate went up 1.166x without it). With 10 ms the
+        # queue is refilled long before it runs dry, and while it stays full (a slow window) the check
+        # costs a wake-up per 10 ms; paused partitions (consumer/flow.py) are not fetched at all. Never 0:
+        # librdkafka's fetcher would spin while the queue is full.
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
     }
     config.update(settings.kafka_config)
@@ -90,10 +93,14 @@ def consumer_config(settings: Settings, group: str) -> dict[str, str | int | boo
 def producer_config(settings: Settings, role: str) -> dict[str, str | int | bool]:
     """An idempotent producer with acks=all (dead letters, replays)."""
     check_passthrough(settings.kafka_config)
+    # librdkafka warns about each consumer property a producer is given (logs only).
     consumer_only = {"isolation.level", "enable.auto.commit", "enable.auto.offset.store",
                      "partition.assignment.strategy", "session.timeout.ms", "max.poll.interval.ms",
                      "queued.max.messages.kbytes", "fetch.max.bytes", "heartbeat.interval.ms",
-                     "fetch.queue.backoff.ms"}  # fmt: skip
+                     "fetch.queue.backoff.ms", "group.instance.id", "queued.min.messages", "fetch.wait.max.ms",
+                     "fetch.min.bytes", "max.partition.fetch.bytes", "fetch.message.max.bytes",
+                     "fetch.error.backoff.ms", "auto.commit.interval.ms", "check.crcs", "group.protocol",
+                     "group.remote.assignor", "enable.partition.eof"}  # fmt: skip
     config: dict[str, str | int | bool] = {
         key: value for key, value in settings.kafka_config.items() if key not in consumer_only
     }

@@ -123,7 +123,10 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
         # produced in the background at a pace the consumer keeps up with, as the second is below: all
         # produced before the start, a fast consumer could have written it whole before the kill.
         rest = producing.submit(_produce, service_env, invoice_pipeline, ledgers[1], 45_000, seed=5, rate=5_000)
-        wait_until(lambda: _rows(database_url) >= 6_000, timeout=120, what="the rest of the first stream to start")
+        wait_until(lambda: rest.done() or _rows(database_url) >= 6_000, timeout=120,
+                   what="the rest of the first stream to start")  # fmt: skip
+        if rest.done():
+            rest.result()  # a production that failed says why here
         run("kill", "-s", "KILL", name)
         at_kill = _rows(database_url)
         assert at_kill < 49_000, f"the kill landed after the drain ({at_kill} rows): nothing was mid-stream"
@@ -138,7 +141,10 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
         # speed, it could be written whole before a count taken after it, and the stop then hit nothing.
         before = _rows(database_url)
         second = producing.submit(_produce, service_env, invoice_pipeline, ledgers[2], 30_000, seed=4, rate=5_000)
-        wait_until(lambda: _rows(database_url) >= before + 1_000, timeout=120, what="the second stream to start")
+        wait_until(lambda: second.done() or _rows(database_url) >= before + 1_000, timeout=120,
+                   what="the second stream to start")  # fmt: skip
+        if second.done():
+            second.result()  # a production that failed says why here
         started = time.monotonic()
         run("stop", "-t", str(SHUTDOWN_S * 3), name, timeout=SHUTDOWN_S * 3 + 30)
         stopped_in = time.monotonic() - started

@@ -87,6 +87,15 @@ def test_a_full_prefetch_queue_pauses_fetching_briefly_and_the_user_may_say_othe
     assert "fetch.queue.backoff.ms" not in producer_config(load_settings(), "dlq"), "a consumer property"
 
 
+def test_consumer_properties_do_not_reach_the_producers(monkeypatch: pytest.MonkeyPatch) -> None:
+    given = {"group.instance.id": "a", "queued.min.messages": "10", "fetch.wait.max.ms": "50", "linger.ms": "5"}
+    monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG", json.dumps(given))
+    config = producer_config(load_settings(), "dlq")
+    assert config["linger.ms"] == "5" and not {"group.instance.id", "queued.min.messages", "fetch.wait.max.ms"} & set(
+        config
+    )
+
+
 def test_matching_values_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "MICROBATCH_KAFKA_CONFIG",
