@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -82,6 +82,14 @@ def _produce(
     assert result.returncode == 0, result.stderr
 
 
+def _wait_for_rows(database_url: str, rows: int, production: Future[None], what: str) -> None:
+    """Wait until the raw table holds `rows` rows while `production` runs in the background; a
+    production that ended first, failed, says why here rather than as a timeout."""
+    wait_until(lambda: production.done() or _rows(database_url) >= rows, timeout=120, what=what)
+    if production.done():
+        production.result()
+
+
 @pytest.mark.timeout(900)
 def test_the_image_drains_exactly_through_sigkill_and_sigterm(
     kafka: KafkaService, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
@@ -123,10 +131,7 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
         # produced in the background at a pace the consumer keeps up with, as the second is below: all
         # produced before the start, a fast consumer could have written it whole before the kill.
         rest = producing.submit(_produce, service_env, invoice_pipeline, ledgers[1], 45_000, seed=5, rate=5_000)
-        wait_until(lambda: rest.done() or _rows(database_url) >= 6_000, timeout=120,
-                   what="the rest of the first stream to start")  # fmt: skip
-        if rest.done():
-            rest.result()  # a production that failed says why here
+        _wait_for_rows(database_url, 6_000, rest, "the rest of the first stream to start")
         run("kill", "-s", "KILL", name)
         at_kill = _rows(database_url)
         assert at_kill < 49_000, f"the kill landed after the drain ({at_kill} rows): nothing was mid-stream"
@@ -141,10 +146,7 @@ def test_the_image_drains_exactly_through_sigkill_and_sigterm(
         # speed, it could be written whole before a count taken after it, and the stop then hit nothing.
         before = _rows(database_url)
         second = producing.submit(_produce, service_env, invoice_pipeline, ledgers[2], 30_000, seed=4, rate=5_000)
-        wait_until(lambda: second.done() or _rows(database_url) >= before + 1_000, timeout=120,
-                   what="the second stream to start")  # fmt: skip
-        if second.done():
-            second.result()  # a production that failed says why here
+        _wait_for_rows(database_url, before + 1_000, second, "the second stream to start")
         started = time.monotonic()
         run("stop", "-t", str(SHUTDOWN_S * 3), name, timeout=SHUTDOWN_S * 3 + 30)
         stopped_in = time.monotonic() - started
