@@ -31,8 +31,7 @@ from rich.console import Console
 from bench import ceilings, commit_cost, connect_peer, lookups, pg_profile, profile, secure, variants
 from bench.lab import Dataset, Lab
 from bench.measure import machine, source
-from bench.report import versions, write_report
-from consumer.window import LIMITS
+from bench.report import WINDOW_RECORDS, versions, write_report
 from pipeline.records import Record
 
 console = Console(stderr=True)
@@ -61,7 +60,6 @@ MODES = {
 
 
 REPLAY = {"MICROBATCH_DURABILITY": "replay"}
-WINDOW_RECORDS = next(limit.default for limit in LIMITS if limit.setting == "max_records")
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:

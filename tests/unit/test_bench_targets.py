@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import ratios, targets
+from bench.report import ceiling_gap_note, ratios, targets
 
 
 def report(microbatch: float, ceiling: float) -> dict[str, Any]:
@@ -27,3 +27,16 @@ def test_a_share_of_the_ceiling_just_under_the_target_is_not_met() -> None:
     assert under["ratios"]["vs_pg_ceiling"] == 0.895
     assert met(under) is False
     assert met(report(65_400, 72_590)) is True  # 0.901
+
+
+def test_the_gap_to_the_ceiling_is_split_into_the_flush_and_the_time_between_flushes() -> None:
+    found = report(50_000, 62_500)  # 100 ms and 80 ms per window of 5,000
+    found["variants"]["microbatch"]["flush_p50_s"] = 0.095
+    (note, _) = ceiling_gap_note(found, window=5_000)
+    assert "100.0 ms in microbatch, 80.0 ms in the ceiling" in note
+    assert "15.0 ms of the 20.0 ms between them is in the flush itself" in note
+    assert "5.0 ms is between flushes" in note
+
+
+def test_no_gap_note_without_a_flush_duration() -> None:
+    assert ceiling_gap_note(report(50_000, 62_500)) == []
