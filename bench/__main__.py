@@ -151,9 +151,10 @@ def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
         ("microbatch_secure", lambda where: secure.run_secure(lab, main, export=where)),
     ]
     if (vendor := sets.vendor) is not None:  # right after the plain run: lookups / plain, side by side
-        steps.append(("microbatch_lookups", lambda _: lookups.run_lookups(lab, vendor)))
+        steps.append(("microbatch_lookups", lambda where: lookups.run_lookups(lab, vendor, export=where)))
     if (same := sets.same_items) is not None:
-        steps.append(("microbatch_same_items", lambda _: variants.run_microbatch(lab, same, {}, label="same-items")))
+        same_items = functools.partial(variants.run_microbatch, lab, same, {}, label="same-items")
+        steps.append(("microbatch_same_items", lambda where: same_items(export=where)))
     if (naive := sets.naive) is not None:
         steps.append(("naive", lambda where: ceilings.naive(lab, naive, max_seconds=mode.naive_seconds, export=where)))
     if (connect := sets.connect) is not None:

@@ -294,7 +294,7 @@ def naive(lab: Lab, dataset: Dataset, *, max_seconds: float, export: Path | None
         "ON CONFLICT (item_id, day) DO UPDATE SET units = t.units + excluded.units, "
         "revenue = t.revenue + excluded.revenue, lines = t.lines + 1"
     )
-    seen, started = 0, 0.0
+    seen, started, wal_before = 0, 0.0, wal_bytes(url)
     with psycopg.connect(url) as conn:
         deadline = time.monotonic() + max_seconds + 60
         while seen < dataset.count and time.monotonic() < deadline:
@@ -322,6 +322,7 @@ def naive(lab: Lab, dataset: Dataset, *, max_seconds: float, export: Path | None
         seconds = time.monotonic() - started
         own = time.process_time() - own_before
         clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)  # while its backend still runs
+    wal = wal_bytes(url) - wal_before
     consumer.close()
     cpu = clock_before.per_event_us(clock_after, seen)
     cpu["consumer"] = round(own * 1e6 / max(seen, 1), 2)
@@ -335,6 +336,7 @@ def naive(lab: Lab, dataset: Dataset, *, max_seconds: float, export: Path | None
         "seconds": round(seconds, 3),
         "events_per_s": round(seen / seconds, 1),
         "cpu_us_per_event": cpu,
+        "wal_bytes_per_event": round(wal / max(seen, 1), 1),
         "correct": rows == lines and 0 < rows <= seen,
         "note": f"bounded to {max_seconds:.0f} s",
     }

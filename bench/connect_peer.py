@@ -298,7 +298,8 @@ def run_connect(
         "note": f"Kafka Connect {CONNECT_VERSION} + Debezium JDBC sink {DEBEZIUM_VERSION}, {mode} mode: single-row "
         + ("INSERT ... ON CONFLICT (event_id) DO UPDATE" if mode == "upsert" else "INSERTs into a table without key")
         + " in JDBC batches, raw rows only; at-least-once, offsets in Kafka; no aggregates, no dead letters; "
-        "valid events only, re-produced as schemaful JSON (untimed); defaults but batch.size",
+        "valid events only, re-produced as schemaful JSON (untimed); defaults but batch.size and "
+        "consumer.max.poll.records (equal, as a write is capped by a poll)",
     }  # fmt: skip
 
 

@@ -10,6 +10,7 @@ tables must hold each key exactly once.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -55,11 +56,11 @@ def precreate(url: str, pairs: list[tuple[str, str, str]]) -> dict[str, Any]:
     return {"vendors_before": len(vendors), "items_before": len(pairs)}
 
 
-def run_lookups(lab: Lab, dataset: Dataset, *, label: str = "lookups") -> Figures:
+def run_lookups(lab: Lab, dataset: Dataset, *, label: str = "lookups", export: Path | None = None) -> Figures:
     """Drain `dataset` with `microbatch run` on the vendor-invoices pipeline, 95% of its pairs known.
-    (Not exported with --export: the smoke test's own check reads the invoice tables.)"""
+    With `export`, its tables (items and vendors too) go there (bench/export.py)."""
     pairs = known_pairs(dataset)
-    figures = run_microbatch(lab, dataset, {}, label=label, prepare=lambda url: precreate(url, pairs))
+    figures = run_microbatch(lab, dataset, {}, label=label, prepare=lambda url: precreate(url, pairs), export=export)
     figures["pairs"] = int(dataset.expected["items"])
     figures["pairs_created_in_run"] = figures["pairs"] - len(pairs)
     return figures

@@ -99,7 +99,7 @@ def run_microbatch(
     failed = [f"{check.name}: {check.detail}" for check in verify(url, dataset) if not check.ok]
     wal_per_event = round((wal_bytes(url) - wal_before) / dataset.count, 1)
     if export is not None:
-        export_tables(url, export, dataset.name)
+        export_tables(url, export, dataset.name, dataset.pipeline)
     return {
         "events": dataset.count,
         "seconds": round(seconds, 3),
@@ -258,7 +258,7 @@ def quixstreams(lab: Lab, dataset: Dataset, python: Path, script: Path, *, timeo
     """quixstreams' Application + PostgreSQLSink on the same kind of topic, in its own venv."""
     url = lab.fresh_database()
     result = lab.workdir / f"quix-{uuid.uuid4().hex[:6]}.json"
-    clock_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
+    clock_before, wal_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid), wal_bytes(url)
     process = subprocess.run(
         [
             str(python),
@@ -287,7 +287,7 @@ def quixstreams(lab: Lab, dataset: Dataset, python: Path, script: Path, *, timeo
         timeout=timeout + 60,
         check=False,
     )
-    clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
+    clock_after, wal = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid), wal_bytes(url) - wal_before
     if process.returncode != 0:
         return {"error": (process.stderr or process.stdout)[-800:], "correct": False}
     figures: Figures = json.loads(result.read_text())
@@ -298,6 +298,7 @@ def quixstreams(lab: Lab, dataset: Dataset, python: Path, script: Path, *, timeo
         "seconds": figures["seconds"],
         "events_per_s": round(figures["events_per_s"]),
         "cpu_us_per_event": cpu,
+        "wal_bytes_per_event": round(wal / max(figures["events"], 1), 1),
         "correct": figures["rows"] == figures["events"] - figures.get("skipped", 0),
         "note": "plain INSERTs of raw rows; no deduplication, no aggregates, offsets committed to Kafka",
     }

@@ -4,8 +4,9 @@ exactly what it must.
 It proves the harness works end to end (own Kafka, own durable PostgreSQL, report files); the figures
 of record come from `make bench`. Correctness is checked here, not taken from the harness: the run
 exports (`--export`) the ledger of every message the broker acknowledged and each table-writing
-variant's final tables, and tests.support.bench_export judges the messages itself and compares
-every row and every summary total.
+variant's final tables, and tests.support.bench_export (the lookups variant's vendor-invoice tables:
+tests.support.bench_vendor_export) judges the messages itself and compares every row, every summary
+total and, for the lookups, every reference row.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ from pathlib import Path
 import pytest
 
 from tests.support.bench_export import check_variant, good_events, ledger
+from tests.support.bench_vendor_export import check_vendor_variant
 
 pytestmark = pytest.mark.bench
 
 # Exported in every mode.
-TABLE_WRITERS = {"microbatch", "microbatch_replay", "microbatch_secure", "pg_ceiling", "naive"}
+TABLE_WRITERS = {
+    "microbatch", "microbatch_replay", "microbatch_secure", "microbatch_same_items", "microbatch_lookups", "pg_ceiling",
+    "naive",
+}  # fmt: skip
+LOOKUPS = "microbatch_lookups"  # the vendor-invoices pipeline: its tables are keyed by the ids its lookups assign
 KAFKA_CEILINGS = ("kafka_ceiling", "kafka_ceiling_decode")  # read the main dataset, write nothing
 MAIN_DATASET = "main"
 
@@ -68,6 +74,7 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert set(microbatch["cpu_us_per_event"]) == {"consumer", "postgres", "broker"}
     assert microbatch["peak_rss_bytes"] > 0
     assert report["ratios"]["vs_naive"] > 1, "batching must beat one transaction per message"
+    assert report["variants"]["naive"]["wal_bytes_per_event"] > 0
     assert report["bad_row"]["statements_with_one_bad_row"] <= 30
     profile = report["profile"]  # where the consumer's CPU goes: py-spy over one more drain, by stage
     assert profile.get("run", {}).get("correct") is True and profile["samples"] > 0, profile
@@ -101,6 +108,9 @@ def test_bench_smoke_runs_every_variant_and_writes_the_report(tmp_path: Path) ->
     assert {_base(path) for path in exported} >= TABLE_WRITERS, [path.name for path in export.iterdir()]
     for directory in exported:
         variant = _base(directory)
+        if variant == LOOKUPS:
+            assert not (problems := check_vendor_variant(export, directory)), (directory.name, problems)
+            continue
         problems = check_variant(
             export,
             directory,

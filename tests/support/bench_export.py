@@ -83,7 +83,7 @@ def timestamp(text: str) -> datetime:
     return moment
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         lines = list(csv.reader(handle))
     if not lines or tuple(lines[0]) != columns:
@@ -112,9 +112,9 @@ def parse_daily(lines: Iterable[list[str]]) -> dict[tuple[str, str], tuple[int, 
 
 def read_tables(directory: Path) -> Tables:
     return Tables(
-        rows=parse_transactions(_read_csv(directory / "transactions.csv", TRANSACTIONS)),
-        inventory=parse_inventory(_read_csv(directory / "inventory.csv", INVENTORY)),
-        daily=parse_daily(_read_csv(directory / "item_sales_daily.csv", ITEM_SALES_DAILY)),
+        rows=parse_transactions(read_csv(directory / "transactions.csv", TRANSACTIONS)),
+        inventory=parse_inventory(read_csv(directory / "inventory.csv", INVENTORY)),
+        daily=parse_daily(read_csv(directory / "item_sales_daily.csv", ITEM_SALES_DAILY)),
     )
 
 
@@ -218,12 +218,12 @@ def _missing_in_prefix(judged: _Judged, rows: list[Row], written: Counter[uuid.U
 
 
 def _summary_differences(tables: Tables, want: Totals) -> list[str]:
-    return _differences("inventory", tables.inventory, want.inventory) + _differences(
+    return differences_in("inventory", tables.inventory, want.inventory) + differences_in(
         "item_sales_daily", tables.daily, want.daily
     )
 
 
-def _differences(name: str, actual: Mapping[K, V], expected: Mapping[K, V]) -> list[str]:
+def differences_in(name: str, actual: Mapping[K, V], expected: Mapping[K, V]) -> list[str]:
     keys = sorted(set(actual) | set(expected), key=str)
     differ = [
         f"{key}: got {actual.get(key)} want {expected.get(key)}" for key in keys if actual.get(key) != expected.get(key)

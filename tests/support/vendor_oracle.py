@@ -54,8 +54,8 @@ class VendorInvoiceContract:
         return same_row(event, payload)
 
     def summaries(self, conn: psycopg.Connection[Any]) -> dict[str, dict[Any, Any]]:
-        inventory = _unique(((r[0], r[1]), (int(r[2]), r[3])) for r in conn.execute(_INVENTORY))
-        daily = _unique(
+        inventory = unique_by_key(((r[0], r[1]), (int(r[2]), r[3])) for r in conn.execute(_INVENTORY))
+        daily = unique_by_key(
             (((r[0], r[1]), r[2].isoformat()), (int(r[3]), Decimal(r[4]), int(r[5]))) for r in conn.execute(_DAILY)
         )
         return {"inventory": inventory, "item_sales_daily": daily}
@@ -71,37 +71,46 @@ class VendorInvoiceContract:
         items = conn.execute(_ITEMS).fetchall()
         vendors = [str(row[0]) for row in conn.execute("SELECT name FROM vendors")]
         verdict.references = {"items": len(items), "vendors": len(vendors)}
-        descriptions: dict[NaturalKey, set[str | None]] = {}
-        for line in events:
-            descriptions.setdefault(line.key, set()).add(line.description)
-        problems: list[str] = []
-        item_keys: Counter[NaturalKey] = Counter()
-        for vendor, sku, description in items:
-            key = (vendor, sku)
-            item_keys[key] += 1
-            if vendor is None:
-                problems.append(f"item {sku!r} under a vendor_id that has no vendors row")
-            elif key not in descriptions:
-                problems.append(f"item {key} is no written event's key (an orphan, or not normalised)")
-            elif description not in descriptions[key]:
-                problems.append(f"item {key} has the description {description!r}, which none of its events carries")
-        problems += [f"item {key} created {count} times" for key, count in item_keys.items() if count > 1]
-        problems += [f"no item {key}" for key in descriptions if key not in item_keys]
-        names = {vendor for vendor, _ in descriptions}
-        problems += [f"vendor {name!r} created {n} times" for name, n in Counter(vendors).items() if n > 1]
-        problems += [f"vendor {name!r} is no written event's vendor" for name in set(vendors) - names]
-        problems += [f"no vendor {name!r}" for name in names - set(vendors)]
-        problems += [f"{name!r} is not normalised" for name in vendors if normalised(name) != name]
+        problems = reference_problems(items, vendors, events)
         verdict.reference_mismatches = len(problems)
         if problems:
             verdict.details.append(
                 f"lookups: {len(problems)} reference rows differ from the written events' keys "
-                f"({len(items)} items for {len(descriptions)} keys, {len(vendors)} vendors for {len(names)}), "
-                f"e.g. {problems[:3]}"
+                f"({len(items)} items, {len(vendors)} vendors), e.g. {problems[:3]}"
             )
 
 
-def _unique(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, Any]:
+def reference_problems(
+    items: Sequence[tuple[Any, ...]], vendors: Sequence[str], events: Iterable[VendorLine]
+) -> list[str]:
+    """Where `items` ((vendor name or None when its vendor_id has no vendors row, sku, description) per
+    row) and `vendors` (names) are not exactly one normalised row per distinct key of `events`, the
+    written events, each item carrying the description of one of its events; [] when they are."""
+    descriptions: dict[NaturalKey, set[str | None]] = {}
+    for line in events:
+        descriptions.setdefault(line.key, set()).add(line.description)
+    problems: list[str] = []
+    item_keys: Counter[NaturalKey] = Counter()
+    for vendor, sku, description in items:
+        key = (vendor, sku)
+        item_keys[key] += 1
+        if vendor is None:
+            problems.append(f"item {sku!r} under a vendor_id that has no vendors row")
+        elif key not in descriptions:
+            problems.append(f"item {key} is no written event's key (an orphan, or not normalised)")
+        elif description not in descriptions[key]:
+            problems.append(f"item {key} has the description {description!r}, which none of its events carries")
+    problems += [f"item {key} created {count} times" for key, count in item_keys.items() if count > 1]
+    problems += [f"no item {key}" for key in descriptions if key not in item_keys]
+    names = {vendor for vendor, _ in descriptions}
+    problems += [f"vendor {name!r} created {n} times" for name, n in Counter(vendors).items() if n > 1]
+    problems += [f"vendor {name!r} is no written event's vendor" for name in set(vendors) - names]
+    problems += [f"no vendor {name!r}" for name in names - set(vendors)]
+    problems += [f"{name!r} is not normalised" for name in vendors if normalised(name) != name]
+    return problems
+
+
+def unique_by_key(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, Any]:
     """Rows by natural key; two rows under one key (two ids for one item) make that key differ."""
     found: dict[Any, Any] = {}
     for key, value in pairs:
