@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ class NoSink:
         self.rejected += len(rejections)
 
 
-def _consumer(lab: Lab, topic: str) -> Consumer:
+def _consumer(lab: Lab, topic: str, on_assign: Callable[[Consumer, list[Any]], None] | None = None) -> Consumer:
     consumer = Consumer(
         {
             "bootstrap.servers": lab.bootstrap,
@@ -57,23 +59,41 @@ def _consumer(lab: Lab, topic: str) -> Consumer:
             "enable.partition.eof": False,
         }
     )
-    consumer.subscribe([topic])
+    if on_assign is None:
+        consumer.subscribe([topic])
+    else:
+        consumer.subscribe([topic], on_assign=on_assign)
     return consumer
+
+
+@dataclass
+class _Start:
+    """The clocks at the consumer's first assignment: from then on librdkafka fetches in the background,
+    so a clock started at the first message would leave out what it prefetched meanwhile (one run
+    measured 1.3 million messages/s that way), and microbatch's own clock starts at its assignment too."""
+
+    at: float = 0.0
+    cpu: CpuClock | None = None
+    own: float = 0.0
+
+    def assigned(self, lab: Lab) -> Callable[[Consumer, list[Any]], None]:
+        def record(consumer: Consumer, partitions: list[Any]) -> None:
+            if not self.at:
+                self.at, self.own = time.monotonic(), time.process_time()
+                self.cpu = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
+
+        return record
 
 
 def kafka_ceiling(lab: Lab, dataset: Dataset, *, decode: bool) -> Figures:
     """How fast Python can take the messages out of Kafka (and parse them), with nothing else to do."""
-    consumer = _consumer(lab, dataset.topic)
-    seen, touched, started = 0, 0, 0.0
-    clock_before = None
+    start = _Start()
+    consumer = _consumer(lab, dataset.topic, start.assigned(lab))
+    seen, touched = 0, 0
     deadline = time.monotonic() + 600
     loads = orjson.loads
     while seen < dataset.count and time.monotonic() < deadline:
         messages = consumer.consume(1000, 1.0)
-        if messages and not started:
-            started = time.monotonic()
-            clock_before = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
-            own_before = time.process_time()
         for message in messages:
             value = message.value() or b""
             touched += len(value)
@@ -81,11 +101,11 @@ def kafka_ceiling(lab: Lab, dataset: Dataset, *, decode: bool) -> Figures:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     loads(value)
         seen += len(messages)
-    seconds = time.monotonic() - started
-    own = time.process_time() - own_before
+    seconds = time.monotonic() - start.at
+    own = time.process_time() - start.own
     clock_after = CpuClock.read(None, lab.postgres_pid, lab.kafka.pid)
     consumer.close()
-    cpu = clock_before.per_event_us(clock_after, seen) if clock_before else {}
+    cpu = start.cpu.per_event_us(clock_after, seen) if start.cpu else {}
     cpu["consumer"] = round(own * 1e6 / max(seen, 1), 2)
     return {
         "events": seen,
