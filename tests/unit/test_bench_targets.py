@@ -40,3 +40,13 @@ def test_the_gap_to_the_ceiling_is_split_into_the_flush_and_the_time_between_flu
 
 def test_no_gap_note_without_a_flush_duration() -> None:
     assert ceiling_gap_note(report(50_000, 62_500)) == []
+
+
+def test_no_split_when_microbatch_is_not_slower_or_its_flush_is_outside_the_gap() -> None:
+    faster = report(62_500, 50_000)  # 80 ms against the ceiling's 100 ms
+    faster["variants"]["microbatch"]["flush_p50_s"] = 0.075
+    expected = "Per window of 5,000 events: 80.0 ms in microbatch, 100.0 ms in the ceiling."
+    assert ceiling_gap_note(faster, window=5_000)[0] == expected
+    quick_flush = report(50_000, 62_500)
+    quick_flush["variants"]["microbatch"]["flush_p50_s"] = 0.070  # under the ceiling's 80 ms
+    assert "in the flush itself" not in ceiling_gap_note(quick_flush, window=5_000)[0]

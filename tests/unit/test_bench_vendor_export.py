@@ -87,6 +87,10 @@ def _set(table: str, row: int, column: int, value: str) -> Callable[[dict[str, l
         (lambda rows: rows["items"].append(["72", "7", "sku-1", "bolt"]), "created 2 times"),
         (lambda rows: rows["vendors"].append(["8", "acme"]), "vendor 'acme' created 2 times"),
         (_set("vendors", 1, 1, "Acme"), "is not normalised"),
+        (lambda rows: rows["inventory"].pop(), "inventory: 1 of 2 rows differ"),  # a summary row missing
+        (lambda rows: rows["item_sales_daily"].append(["99", "2026-01-05", "1", "1", "1"]), "1 of 3 rows differ"),
+        (_set("transactions", 1, 2, "8"), "not explained"),  # its vendor_id is not its item's vendor's
+        (_set("items", 2, 1, "8"), "under a vendor_id that has no vendors row"),
     ],
 )
 def test_each_wrong_table_is_found(
