@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,10 +29,10 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from bench import ceilings, commit_cost, connect_peer, lookups, pg_profile, profile, secure, variants
+from bench import baseline, ceilings, commit_cost, connect_peer, lookups, pg_profile, profile, secure, variants
 from bench.lab import Dataset, Lab
-from bench.measure import machine, source
-from bench.report import WINDOW_RECORDS, versions, write_report
+from bench.measure import machine, source, versions
+from bench.report import WINDOW_RECORDS, write_report
 from pipeline.records import Record
 
 console = Console(stderr=True)
@@ -50,12 +51,13 @@ class Mode:
     grid: tuple[int, ...]
     bad_row_rounds: int
     connect_events: int  # Kafka Connect's dataset (0: not run); large enough for its JIT to warm up
+    baseline: bool = True  # the consumer before the performance work, side by side (bench/baseline.py)
 
 
 MODES = {
     "full": Mode("full", 500_000, 3, 15.0, 200_000, 30.0, 2_000_000, (1000, 20_000), 5, 300_000),
     "quick": Mode("quick", 100_000, 3, 5.0, 30_000, 10.0, 0, (1000, 20_000), 3, 100_000),
-    "smoke": Mode("smoke", 20_000, 1, 2.0, 0, 0.0, 0, (), 1, 0),
+    "smoke": Mode("smoke", 20_000, 1, 2.0, 0, 0.0, 0, (), 1, 0, baseline=False),
 }
 
 
@@ -76,6 +78,8 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         **middle,
         "events_per_s": _median(ok, "events_per_s"),
         "runs_events_per_s": [r["events_per_s"] for r in ok],
+        # Every run's consumer CPU: a ratio of CPU per event is taken of these medians (bench.report.ratios).
+        "runs_consumer_cpu_us": [c for r in ok if (c := r.get("cpu_us_per_event", {}).get("consumer")) is not None],
         "correct": all(run.get("correct", False) for run in runs),
     }
     if errors := [run["error"] for run in runs if "error" in run]:
@@ -91,7 +95,8 @@ def _export_dir(export: Path | None, name: str, repetition: int = 1) -> Path | N
 
 
 VARIANTS = (
-    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "raw_ingest", "microbatch", "microbatch_replay",
+    "kafka_ceiling", "kafka_ceiling_decode", "pg_ceiling", "raw_ingest", "microbatch_baseline", "microbatch",
+    "microbatch_replay",
     "microbatch_secure", "microbatch_lookups", "microbatch_same_items", "naive", "connect_insert", "connect_upsert",
     "quixstreams",
 )  # fmt: skip
@@ -112,6 +117,7 @@ class Datasets:
     naive: Dataset | None = None
     quix: tuple[Dataset, Path, Path] | None = None  # and the peer's python and script
     connect: Dataset | None = None
+    baseline: Path | str | None = None  # the baseline consumer's executable, or why it could not be built
 
 
 def _datasets(lab: Lab, mode: Mode, wanted: frozenset[str], *, with_quix: bool, with_connect: bool) -> Datasets:
@@ -122,6 +128,12 @@ def _datasets(lab: Lab, mode: Mode, wanted: frozenset[str], *, with_quix: bool, 
         sets.vendor = lookups.preload(lab, mode.events, seed=11)
     if "microbatch_same_items" in wanted:  # lookups / same items: the lookups' cost at the same cardinality
         sets.same_items = lab.preload("same-items", mode.events, seed=7, items=lookups.PAIRS)
+    if mode.baseline and "microbatch_baseline" in wanted:
+        console.print(f"the baseline consumer ({baseline.BASELINE[:12]}): a worktree and its venv")
+        try:
+            sets.baseline = baseline.checkout(baseline.BASELINE)
+        except (baseline.MissingCommit, subprocess.CalledProcessError) as error:
+            sets.baseline = str(error)  # its repetitions fail and say so; the other variants still run
     if "naive" in wanted:
         sets.naive = lab.preload("naive", min(20_000, mode.events), seed=8)
     if with_quix and mode.quix_events and "quixstreams" in wanted:
@@ -144,6 +156,10 @@ def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
         ("kafka_ceiling_decode", lambda _: ceilings.kafka_ceiling(lab, main, decode=True)),
         ("pg_ceiling", lambda where: ceilings.pg_ceiling(lab, main, records, export=where)),
         ("raw_ingest", lambda _: ceilings.raw_ingest_ceiling(lab, main, records)),
+    ]
+    if (base := sets.baseline) is not None:  # right before the plain run: consumer CPU now / then, side by side
+        steps.append(("microbatch_baseline", functools.partial(_baseline_step, lab, main, base)))
+    steps += [
         ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
         # Right after the plain run: replay / fsync is what synchronous_commit = off buys.
         ("microbatch_replay", lambda w: variants.run_microbatch(lab, main, REPLAY, label="replay", export=w)),
@@ -163,6 +179,12 @@ def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
     if (quix := sets.quix) is not None:
         steps.append(("quixstreams", lambda _: variants.quixstreams(lab, *quix)))
     return steps
+
+
+def _baseline_step(lab: Lab, dataset: Dataset, binary: Path | str, where: Path | None) -> dict[str, Any]:
+    if isinstance(binary, str):
+        raise RuntimeError(f"the baseline consumer could not be built: {binary}")
+    return baseline.run_baseline(lab, dataset, binary, export=where)
 
 
 def _connect_step(lab: Lab, dataset: Dataset, sink: Literal["insert", "upsert"], _: Path | None) -> dict[str, Any]:

@@ -10,36 +10,16 @@ correctness (exact totals). Nothing is committed or written in this checkout.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 from rich.console import Console
 
+from bench.baseline import MissingCommit, checkout
 from bench.lab import Lab
 from bench.variants import MICROBATCH, run_microbatch
 
-ROOT = Path(__file__).resolve().parents[1]
-UV = ROOT / ".tools" / "bin" / "uv"
 console = Console(stderr=True)
-
-
-def checkout(rev: str) -> Path:
-    """A worktree of `rev` with its own venv; returns its `microbatch` executable."""
-    commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    where = Path(tempfile.gettempdir()) / f"microbatch-ab-{commit.strip()[:12]}"
-    if not where.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(where), commit.strip()], cwd=ROOT, check=True)
-    subprocess.run(
-        [str(UV), "sync", "--frozen", "--quiet", "--no-dev", "--python", sys.executable],
-        cwd=where,
-        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(where / ".venv"), "UV_PYTHON_DOWNLOADS": "never"},
-        check=True,
-    )
-    return where / ".venv" / "bin" / "microbatch"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    old = checkout(args.against)
+    try:
+        old = checkout(args.against)
+    except MissingCommit as error:
+        parser.error(str(error))
     lab = Lab.start(console)
     rates: dict[str, list[float]] = {"old": [], "new": []}
     cpu: dict[str, list[float]] = {"old": [], "new": []}  # the consumer's CPU µs per event

@@ -1,5 +1,5 @@
 """What the benchmark reads from the machine: CPU time and memory of processes (/proc), WAL volume,
-histogram quantiles from a consumer's /metrics. Linux only."""
+histogram quantiles from a consumer's /metrics, the versions of what ran. Linux only."""
 
 from __future__ import annotations
 
@@ -8,10 +8,17 @@ import platform
 import subprocess
 import urllib.request
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import confluent_kafka
+import orjson
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from bench.lab import Lab
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -157,3 +164,23 @@ def source(root: Path) -> dict[str, object]:
         "commit": git("rev-parse", "HEAD") or "unknown",
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
     }
+
+
+def versions(lab: Lab, quix_python: Path | None) -> dict[str, str]:
+    with psycopg.connect(lab.postgres.admin_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    found = {
+        "kafka": lab.kafka.version(),
+        "postgresql": str(row[0]) if row else "unknown",
+        "librdkafka": confluent_kafka.libversion()[0],
+        "confluent_kafka": metadata.version("confluent-kafka"),
+        "psycopg": f"{psycopg.__version__} ({psycopg.pq.__impl__})",
+        "orjson": orjson.__version__,
+    }
+    if quix_python is not None:
+        result = subprocess.run(
+            [str(quix_python), "-c", "import quixstreams; print(quixstreams.__version__)"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        found["quixstreams"] = result.stdout.strip() or "unknown"
+    return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import ceiling_gap_note, ratios, targets
+from bench.report import ceiling_gap_note, ratios, render_markdown, targets
 
 
 def report(microbatch: float, ceiling: float) -> dict[str, Any]:
@@ -50,3 +50,46 @@ def test_no_split_when_microbatch_is_not_slower_or_its_flush_is_outside_the_gap(
     quick_flush = report(50_000, 62_500)
     quick_flush["variants"]["microbatch"]["flush_p50_s"] = 0.070  # under the ceiling's 80 ms
     assert "in the flush itself" not in ceiling_gap_note(quick_flush, window=5_000)[0]
+
+
+def cpu_report(now: list[float], before: list[float]) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "variants": {
+            "microbatch": {"events_per_s": 60_000, "runs_consumer_cpu_us": now},
+            "microbatch_baseline": {"events_per_s": 45_000, "runs_consumer_cpu_us": before},
+        }
+    }
+    found["ratios"] = ratios(found)
+    return found
+
+
+def halved(found: dict[str, Any]) -> bool | None:
+    row = next(t for t in targets(found) if t["target"].startswith("consumer CPU halved"))
+    verdict: bool | None = row["met"]
+    return verdict
+
+
+def test_the_consumer_cpu_against_the_baseline_is_a_ratio_of_the_medians_of_the_runs() -> None:
+    found = cpu_report([5.48, 7.66, 6.58], [15.02, 17.9, 13.46])  # medians 6.58 and 15.02
+    assert found["ratios"]["consumer_cpu_vs_baseline"] == 0.438
+    assert halved(found) is True
+    assert halved(cpu_report([7.52, 7.5, 7.51], [15.0, 15.0, 15.0])) is False  # 0.501: not halved
+    assert halved(cpu_report([4.0], [])) is None  # no baseline runs: nothing to judge
+
+
+def test_the_baseline_note_gives_both_medians_and_their_ratio() -> None:
+    found = cpu_report([5.48, 7.66, 6.58], [15.02, 17.9, 13.46])
+    found["variants"]["microbatch"]["cpu_us_per_event"] = {"consumer": 6.58}
+    found["variants"]["kafka_ceiling"] = {"cpu_us_per_event": {"consumer": 1.0}}
+    found["variants"]["kafka_ceiling_decode"] = {"cpu_us_per_event": {"consumer": 2.0}}
+    found["ratios"] = ratios(found)
+    found["targets"] = targets(found)
+    found |= {
+        "machine": {"nproc": 2, "cpu_model": "test", "memory_bytes": 2**30, "kernel": "test"},
+        "versions": {},
+        "settings": {"mode": "quick", "events": 1, "repetitions": 3, "postgresql": "", "microbatch": "",
+                     "partitions": 4},
+    }  # fmt: skip
+    text = render_markdown(found)
+    assert "15 µs of CPU per event against 6.58 now (medians of the runs), **0.438\u00d7**" in text
+    assert "| consumer CPU halved: ≤ 0.5\u00d7 the baseline's, side by side in this run | 0.438 | yes |" in text
