@@ -1,7 +1,8 @@
 """`make bench` / `make bench-quick`: microbatch side by side with the physical ceilings (our write path's
 and raw ingest), a naive per-message consumer, quixstreams and Kafka Connect's JDBC sink (bench/connect_peer.py),
-and with its own variants (durability = replay, secured, lookups: bench/lookups.py), on this machine, in one
-run. Writes bench/results/latest.json, BENCHMARKS.md and bench/results/chart.png.
+with its own variants (durability = replay, secured, lookups: bench/lookups.py) and with its own consumer as it
+was before the performance work (bench/baseline.py), on this machine, in one run. Writes bench/results/latest.json,
+BENCHMARKS.md and bench/results/chart.png.
 
 Variants are interleaved (every repetition runs each once) and medians are reported; every run is
 checked for correctness against the generator's expected totals. PostgreSQL keeps its defaults
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -87,6 +87,14 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def paired_consumer_cpu(before: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[list[float]]:
+    """[baseline, plain] consumer CPU per event of each repetition where both runs measured it (the lists
+    hold one entry per repetition, failed runs included, so they pair by position)."""
+    pairs = [(b.get("cpu_us_per_event", {}).get("consumer"), n.get("cpu_us_per_event", {}).get("consumer"))
+             for b, n in zip(before, now, strict=False)]  # fmt: skip
+    return [[b, n] for b, n in pairs if b and n]
+
+
 def _export_dir(export: Path | None, name: str, repetition: int = 1) -> Path | None:
     """DIR/<variant> (DIR/<variant>-<n> for repetitions after the first), or None without --export."""
     if export is None:
@@ -117,7 +125,8 @@ class Datasets:
     naive: Dataset | None = None
     quix: tuple[Dataset, Path, Path] | None = None  # and the peer's python and script
     connect: Dataset | None = None
-    baseline: Path | str | None = None  # the baseline consumer's executable, or why it could not be built
+    baseline: Path | None = None  # the baseline consumer's executable (bench/baseline.py)
+    baseline_missing: str | None = None  # why it could not be made ready: its variant is not run
 
 
 def _datasets(lab: Lab, mode: Mode, wanted: frozenset[str], *, with_quix: bool, with_connect: bool) -> Datasets:
@@ -132,8 +141,9 @@ def _datasets(lab: Lab, mode: Mode, wanted: frozenset[str], *, with_quix: bool, 
         console.print(f"the baseline consumer ({baseline.BASELINE[:12]}): a worktree and its venv")
         try:
             sets.baseline = baseline.checkout(baseline.BASELINE)
-        except (baseline.MissingCommit, subprocess.CalledProcessError) as error:
-            sets.baseline = str(error)  # its repetitions fail and say so; the other variants still run
+        except baseline.CheckoutFailed as error:  # the report says why; the other variants still run
+            sets.baseline_missing = str(error)
+            console.print(f"[bold red]the baseline consumer is not run[/]: {error}")
     if "naive" in wanted:
         sets.naive = lab.preload("naive", min(20_000, mode.events), seed=8)
     if with_quix and mode.quix_events and "quixstreams" in wanted:
@@ -149,7 +159,7 @@ def _datasets(lab: Lab, mode: Mode, wanted: frozenset[str], *, with_quix: bool, 
 
 
 def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
-    """One repetition's runs, in order: those measured side by side follow what they are compared with."""
+    """One repetition's runs, in order: those measured side by side are next to what they are compared with."""
     main, records = sets.main, sets.records
     steps: list[tuple[str, Step]] = [
         ("kafka_ceiling", lambda _: ceilings.kafka_ceiling(lab, main, decode=False)),
@@ -158,7 +168,7 @@ def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
         ("raw_ingest", lambda _: ceilings.raw_ingest_ceiling(lab, main, records)),
     ]
     if (base := sets.baseline) is not None:  # right before the plain run: consumer CPU now / then, side by side
-        steps.append(("microbatch_baseline", functools.partial(_baseline_step, lab, main, base)))
+        steps.append(("microbatch_baseline", lambda where: baseline.run_baseline(lab, main, base, export=where)))
     steps += [
         ("microbatch", lambda where: variants.run_microbatch(lab, main, {}, label="defaults", export=where)),
         # Right after the plain run: replay / fsync is what synchronous_commit = off buys.
@@ -179,12 +189,6 @@ def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
     if (quix := sets.quix) is not None:
         steps.append(("quixstreams", lambda _: variants.quixstreams(lab, *quix)))
     return steps
-
-
-def _baseline_step(lab: Lab, dataset: Dataset, binary: Path | str, where: Path | None) -> dict[str, Any]:
-    if isinstance(binary, str):
-        raise RuntimeError(f"the baseline consumer could not be built: {binary}")
-    return baseline.run_baseline(lab, dataset, binary, export=where)
 
 
 def _connect_step(lab: Lab, dataset: Dataset, sink: Literal["insert", "upsert"], _: Path | None) -> dict[str, Any]:
@@ -232,6 +236,10 @@ def run(
             },
             "variants": {name: _summary(runs) for name, runs in results.items() if runs},
         }
+        if sets.baseline_missing is not None:
+            report["baseline_missing"] = sets.baseline_missing
+        if paired := paired_consumer_cpu(results["microbatch_baseline"], results["microbatch"]):
+            report["variants"]["microbatch_baseline"]["paired_consumer_cpu_us"] = paired
         if only is not None:
             report["settings"]["only"] = sorted(only)
             report["seconds"] = round(time.monotonic() - started, 1)

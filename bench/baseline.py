@@ -2,10 +2,12 @@
 
 The consumer's CPU per event moves with the machine as much as with the code: the same commit measured
 4.02 µs on one day and 5.04 the day before, and 3.8 to 7.6 within one day. A figure from another day
-cannot say whether a change halved it; a ratio measured in one run can. So the benchmark also drains
-its main dataset with the consumer of `BASELINE` (the last commit before the performance work began;
-the first change made for it came right after) in every repetition, right before the current one, and
-reports the ratio of the two consumers' CPU per event.
+cannot say whether a change halved it; two consumers measured side by side, on the same data in the same
+run, mostly can (what is left is the noise between two neighbouring runs). So the benchmark also drains
+its main dataset with the consumer of `BASELINE` in every repetition, right before this checkout's plain
+run, and reports the median over the repetitions of the ratio of the two consumers' CPU per event.
+`BASELINE` is the last commit before the work on performance against the peers began (durability =
+replay came first, then the CPU work).
 
 `checkout(rev)` is shared with `make bench-ab`: a git worktree of the commit under /tmp with its own
 virtual environment, built from that commit's lock file.
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.lab import Dataset, Lab
 from bench.variants import Figures, run_microbatch
@@ -27,28 +30,41 @@ UV = ROOT / ".tools" / "bin" / "uv"
 BASELINE = "9a5b9ef31045fceb66006edfbbf133a62b39041f"
 
 
-class MissingCommit(RuntimeError):
+class CheckoutFailed(RuntimeError):
+    """A commit's consumer could not be made ready: the message says why."""
+
+
+class MissingCommit(CheckoutFailed):
     """The commit to check out is not in this clone."""
+
+
+def _run(command: list[str], **options: Any) -> subprocess.CompletedProcess[str]:
+    """`command`, or CheckoutFailed with the end of what it wrote to stderr."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=True, **options)
+    except (OSError, subprocess.CalledProcessError) as error:
+        said = error.stderr.strip()[-400:] if isinstance(error, subprocess.CalledProcessError) else str(error)
+        raise CheckoutFailed(f"{' '.join(command[:3])} failed: {said}") from error
 
 
 def checkout(rev: str) -> Path:
     """A worktree of `rev` with its own venv (reused when it exists); returns its `microbatch` executable.
-    Raises MissingCommit when this clone does not have `rev` (a shallow clone)."""
-    found = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if found.returncode != 0:
-        raise MissingCommit(f"commit {rev} is not in this clone (a shallow clone?): `git fetch --unshallow` brings it")
-    commit = found.stdout.strip()
+    Raises MissingCommit when this clone does not have `rev` (a shallow clone), CheckoutFailed when git or
+    uv cannot make it ready."""
+    try:
+        commit = _run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT).stdout.strip()
+    except CheckoutFailed as error:
+        raise MissingCommit(
+            f"commit {rev} is not in this clone (a shallow clone?): `git fetch --unshallow` brings it"
+        ) from error
     where = Path(tempfile.gettempdir()) / f"microbatch-ab-{commit[:12]}"
     if not where.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(where), commit], cwd=ROOT, check=True)
-    subprocess.run(
+        _run(["git", "worktree", "prune"], cwd=ROOT)  # a worktree whose directory was removed (/tmp cleaned)
+        _run(["git", "worktree", "add", "--detach", str(where), commit], cwd=ROOT)
+    _run(
         [str(UV), "sync", "--frozen", "--quiet", "--no-dev", "--python", sys.executable],
         cwd=where,
         env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(where / ".venv"), "UV_PYTHON_DOWNLOADS": "never"},
-        check=True,
     )
     return where / ".venv" / "bin" / "microbatch"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.__main__ import paired_consumer_cpu
 from bench.report import ceiling_gap_note, ratios, render_markdown, targets
 
 
@@ -52,13 +53,18 @@ def test_no_split_when_microbatch_is_not_slower_or_its_flush_is_outside_the_gap(
     assert "in the flush itself" not in ceiling_gap_note(quick_flush, window=5_000)[0]
 
 
-def cpu_report(now: list[float], before: list[float]) -> dict[str, Any]:
+def cpu_report(now: list[float], before: list[float], *, paired: bool = False) -> dict[str, Any]:
     found: dict[str, Any] = {
         "variants": {
             "microbatch": {"events_per_s": 60_000, "runs_consumer_cpu_us": now},
             "microbatch_baseline": {"events_per_s": 45_000, "runs_consumer_cpu_us": before},
         }
     }
+    if paired:
+        found["variants"]["microbatch_baseline"]["paired_consumer_cpu_us"] = paired_consumer_cpu(
+            [{"cpu_us_per_event": {"consumer": c}} for c in before],
+            [{"cpu_us_per_event": {"consumer": c}} for c in now],
+        )
     found["ratios"] = ratios(found)
     return found
 
@@ -69,7 +75,7 @@ def halved(found: dict[str, Any]) -> bool | None:
     return verdict
 
 
-def test_the_consumer_cpu_against_the_baseline_is_a_ratio_of_the_medians_of_the_runs() -> None:
+def test_without_pairs_the_consumer_cpu_against_the_baseline_is_a_ratio_of_the_medians_of_the_runs() -> None:
     found = cpu_report([5.48, 7.66, 6.58], [15.02, 17.9, 13.46])  # medians 6.58 and 15.02
     assert found["ratios"]["consumer_cpu_vs_baseline"] == 0.438
     assert halved(found) is True
@@ -77,11 +83,31 @@ def test_the_consumer_cpu_against_the_baseline_is_a_ratio_of_the_medians_of_the_
     assert halved(cpu_report([4.0], [])) is None  # no baseline runs: nothing to judge
 
 
-def test_the_baseline_note_gives_both_medians_and_their_ratio() -> None:
-    found = cpu_report([5.48, 7.66, 6.58], [15.02, 17.9, 13.46])
-    found["variants"]["microbatch"]["cpu_us_per_event"] = {"consumer": 6.58}
-    found["variants"]["kafka_ceiling"] = {"cpu_us_per_event": {"consumer": 1.0}}
-    found["variants"]["kafka_ceiling_decode"] = {"cpu_us_per_event": {"consumer": 2.0}}
+def test_with_pairs_it_is_the_median_of_each_repetitions_ratio() -> None:
+    # The benchmark of record on 604231b: 0.49 as a ratio of medians, 0.51 as the median of the pairs.
+    found = cpu_report([6.82, 6.96, 7.48], [14.2, 13.44, 14.68], paired=True)
+    assert found["variants"]["microbatch_baseline"]["paired_consumer_cpu_us"] == [
+        [14.2, 6.82],
+        [13.44, 6.96],
+        [14.68, 7.48],
+    ]
+    assert found["ratios"]["consumer_cpu_vs_baseline"] == 0.51
+    assert halved(found) is False
+
+
+def test_a_failed_run_leaves_its_repetition_out_of_the_pairs() -> None:
+    before = [
+        {"cpu_us_per_event": {"consumer": 14.0}},
+        {"error": "boom", "correct": False},
+        {"cpu_us_per_event": {"consumer": 12.0}},
+    ]
+    now = [{"cpu_us_per_event": {"consumer": 7.0}}, {"cpu_us_per_event": {"consumer": 6.0}}, {"error": "boom"}]
+    assert paired_consumer_cpu(before, now) == [[14.0, 7.0]]
+
+
+def rendered(found: dict[str, Any]) -> str:
+    found["variants"]["kafka_ceiling"] = {"runs_consumer_cpu_us": [1.0]}
+    found["variants"]["kafka_ceiling_decode"] = {"runs_consumer_cpu_us": [2.0]}
     found["ratios"] = ratios(found)
     found["targets"] = targets(found)
     found |= {
@@ -90,6 +116,23 @@ def test_the_baseline_note_gives_both_medians_and_their_ratio() -> None:
         "settings": {"mode": "quick", "events": 1, "repetitions": 3, "postgresql": "", "microbatch": "",
                      "partitions": 4},
     }  # fmt: skip
-    text = render_markdown(found)
-    assert "15 µs of CPU per event against 6.58 now (medians of the runs), **0.438\u00d7**" in text
-    assert "| consumer CPU halved: ≤ 0.5\u00d7 the baseline's, side by side in this run | 0.438 | yes |" in text
+    return render_markdown(found)
+
+
+def test_the_baseline_note_gives_both_medians_each_repetitions_ratio_and_their_median() -> None:
+    text = rendered(cpu_report([6.82, 6.96, 7.48], [14.2, 13.44, 14.68], paired=True))
+    assert "Consumer CPU: 6.96 \u00b5s per event (medians of the runs" in text
+    assert "14.2 \u00b5s of CPU per event against 6.96 now" in text
+    assert "per repetition: 0.480, 0.518, 0.510; median **0.51\u00d7**" in text
+    assert "| consumer CPU halved: \u2264 0.5\u00d7 the baseline's, side by side in this run | 0.51 | **no** |" in text
+    assert "| consumer CPU \u2264 4 \u00b5s/event (median of the runs) | 6.96 | **no** |" in text
+
+
+def test_a_baseline_that_could_not_be_built_is_said_and_its_target_not_judged() -> None:
+    found = cpu_report([6.0], [])
+    found["baseline_missing"] = "commit 9a5b9ef is not in this clone (a shallow clone?)"
+    text = rendered(found)
+    assert "(bench/baseline.py) was not run: commit 9a5b9ef is not in this clone" in text
+    assert (
+        "| consumer CPU halved: \u2264 0.5\u00d7 the baseline's, side by side in this run | \u2014 | \u2014 |" in text
+    )
