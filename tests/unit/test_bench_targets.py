@@ -96,12 +96,16 @@ def test_with_pairs_it_is_the_median_of_each_repetitions_ratio() -> None:
 
 
 def test_a_failed_run_leaves_its_repetition_out_of_the_pairs() -> None:
-    before = [
+    before: list[dict[str, Any]] = [
         {"cpu_us_per_event": {"consumer": 14.0}},
         {"error": "boom", "correct": False},
         {"cpu_us_per_event": {"consumer": 12.0}},
     ]
-    now = [{"cpu_us_per_event": {"consumer": 7.0}}, {"cpu_us_per_event": {"consumer": 6.0}}, {"error": "boom"}]
+    now: list[dict[str, Any]] = [
+        {"cpu_us_per_event": {"consumer": 7.0}},
+        {"cpu_us_per_event": {"consumer": 6.0}},
+        {"error": "boom"},
+    ]
     assert paired_consumer_cpu(before, now) == [[14.0, 7.0]]
 
 
