@@ -54,6 +54,8 @@ def checkout(rev: str) -> Path:
     try:
         commit = _run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT).stdout.strip()
     except CheckoutFailed as error:
+        if isinstance(error.__cause__, OSError):  # no git at all: not a question of this clone
+            raise
         raise MissingCommit(
             f"commit {rev} is not in this clone (a shallow clone?): `git fetch --unshallow` brings it"
         ) from error
