@@ -78,7 +78,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         **middle,
         "events_per_s": _median(ok, "events_per_s"),
         "runs_events_per_s": [r["events_per_s"] for r in ok],
-        # Every run's consumer CPU: a ratio of CPU per event is taken of these medians (bench.report.ratios).
+        # Every run's consumer CPU, for the medians of the report (bench.report: its CPU note and targets).
         "runs_consumer_cpu_us": [c for r in ok if (c := r.get("cpu_us_per_event", {}).get("consumer")) is not None],
         "correct": all(run.get("correct", False) for run in runs),
     }

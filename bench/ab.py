@@ -15,7 +15,7 @@ import sys
 
 from rich.console import Console
 
-from bench.baseline import MissingCommit, checkout
+from bench.baseline import CheckoutFailed, checkout
 from bench.lab import Lab
 from bench.variants import MICROBATCH, run_microbatch
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         old = checkout(args.against)
-    except MissingCommit as error:
+    except CheckoutFailed as error:  # a commit this clone lacks, or git or uv failing: said, not a traceback
         parser.error(str(error))
     lab = Lab.start(console)
     rates: dict[str, list[float]] = {"old": [], "new": []}
