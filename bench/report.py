@@ -256,11 +256,7 @@ def _baseline_note(report: dict[str, Any]) -> list[str]:
         return []
     pairs = report["variants"]["microbatch_baseline"].get("paired_consumer_cpu_us", [])
     each = ", ".join(f"{now / then:.3f}" for then, now in pairs)
-    how = (
-        f"Now / before, per repetition: {each}; median"
-        if pairs
-        else "No repetition measured both; ratio of the medians"
-    )
+    how = f"Now / before, per repetition: {each}; median" if pairs else "No pair in a repetition; ratio of the medians"
     return [
         f"The consumer as it was before the performance work (bench/baseline.py) drained the same dataset right before "
         f"each plain run: {_fmt(before)} µs of CPU per event against {_fmt(_consumer_cpu(report, 'microbatch'))} now. "

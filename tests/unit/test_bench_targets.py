@@ -144,4 +144,4 @@ def test_a_baseline_that_could_not_be_built_is_said_and_its_target_not_judged() 
 
 def test_without_pairs_the_note_says_it_is_a_ratio_of_the_medians() -> None:
     text = rendered(cpu_report([5.48, 7.66, 6.58], [15.02, 17.9, 13.46]))
-    assert "No repetition measured both; ratio of the medians **0.438\u00d7**" in text
+    assert "No pair in a repetition; ratio of the medians **0.438\u00d7**" in text
