@@ -12,7 +12,9 @@ checked for correctness against the generator's expected totals. PostgreSQL keep
 table-writing variant left in its tables, for a check made outside the harness (bench/export.py).
 
 `--only NAME,...` runs those variants' repetitions and nothing else (no grid, steady mode, bad-row or
-memory runs): e.g. `--only microbatch,microbatch_lookups --out /tmp/bench` measures lookups / plain.
+memory runs): e.g. `--only microbatch,microbatch_lookups --out /tmp/bench` measures lookups / plain. Naming a
+variant the mode never runs (the baseline in smoke mode, a peer left out by --no-quix or --no-connect) is a usage
+error; one that did not run (a baseline that could not be made ready) makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -305,6 +307,17 @@ def _extras(
         report["profile"] = {"error": f"{type(exc).__name__}: {exc}"[:800]}
 
 
+def never_run(mode: Mode, *, with_quix: bool, with_connect: bool) -> dict[str, str]:
+    """The variants `mode` (and the flags) never run, with why: `--only` naming one is a usage error."""
+    skipped = {} if mode.baseline else {"microbatch_baseline": f"the {mode.name} mode does not build the baseline"}
+    if not (with_quix and mode.quix_events):
+        skipped["quixstreams"] = "--no-quix" if not with_quix else f"the {mode.name} mode does not run it"
+    if not (with_connect and mode.connect_events):
+        reason = "--no-connect" if not with_connect else f"the {mode.name} mode does not run it"
+        skipped |= dict.fromkeys(CONNECT_MODES, reason)
+    return skipped
+
+
 def _variant_names(text: str) -> frozenset[str]:
     names = frozenset(name.strip() for name in text.split(",") if name.strip())
     if not names or names - set(VARIANTS):
@@ -337,15 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.only is not None and args.out.resolve() == (ROOT / "bench" / "results").resolve():
         parser.error("--only makes a partial report: write it elsewhere (--out DIR), not over the one of record")
+    mode, with_quix, with_connect = MODES[args.mode], not args.no_quix, not args.no_connect
+    idle = never_run(mode, with_quix=with_quix, with_connect=with_connect)
+    if named := sorted(set(args.only or ()) & idle.keys()):
+        parser.error("; ".join(f"--only {name}: {idle[name]}" for name in named))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.export is not None:
         args.export.mkdir(parents=True, exist_ok=True)
-    report = run(
-        MODES[args.mode], args.out, with_quix=not args.no_quix, with_connect=not args.no_connect, export=args.export,
-        only=args.only,
-    )  # fmt: skip
+    report = run(mode, args.out, with_quix=with_quix, with_connect=with_connect, export=args.export, only=args.only)
     ok = all(v.get("correct", False) for v in report["variants"].values())
     console.print(f"benchmark finished in {report['seconds']:.0f} s; every variant correct: {ok}")
+    if missing := sorted((args.only or frozenset()) - report["variants"].keys()):  # e.g. a baseline not made ready
+        console.print(f"[bold red]not run[/]: {', '.join(missing)}")
+        return 1
     return 0 if ok else 1
 
 

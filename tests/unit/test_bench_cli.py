@@ -1,0 +1,39 @@
+"""`python -m bench --only NAME`: a variant the chosen mode (or a flag) never runs is a usage error
+before anything starts, instead of an empty run that exits 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import MODES, main, never_run
+
+
+def test_the_smoke_mode_never_builds_the_baseline_nor_runs_the_jvm_and_python_peers() -> None:
+    idle = never_run(MODES["smoke"], with_quix=True, with_connect=True)
+    assert set(idle) == {"microbatch_baseline", "quixstreams", "connect_insert", "connect_upsert"}
+    assert "does not build the baseline" in idle["microbatch_baseline"]
+
+
+def test_the_full_mode_runs_every_variant_unless_a_flag_leaves_a_peer_out() -> None:
+    assert never_run(MODES["full"], with_quix=True, with_connect=True) == {}
+    assert never_run(MODES["full"], with_quix=False, with_connect=True) == {"quixstreams": "--no-quix"}
+    assert set(never_run(MODES["quick"], with_quix=True, with_connect=False)) == {"connect_insert", "connect_upsert"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--mode", "smoke", "--only", "microbatch_baseline"], "--only microbatch_baseline: the smoke mode"),
+        (["--mode", "full", "--no-quix", "--only", "microbatch,quixstreams"], "--only quixstreams: --no-quix"),
+    ],
+)
+def test_only_a_variant_that_is_never_run_is_a_usage_error(
+    argv: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything started
