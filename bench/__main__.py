@@ -167,7 +167,7 @@ def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
         ("kafka_ceiling", lambda _: ceilings.kafka_ceiling(lab, main, decode=False)),
         ("kafka_ceiling_decode", lambda _: ceilings.kafka_ceiling(lab, main, decode=True)),
         ("pg_ceiling", lambda where: ceilings.pg_ceiling(lab, main, records, export=where)),
-        ("raw_ingest", lambda _: ceilings.raw_ingest_ceiling(lab, main, records)),
+        ("raw_ingest", lambda where: ceilings.raw_ingest_ceiling(lab, main, records, export=where)),
     ]
     if (base := sets.baseline) is not None:  # right before the plain run: consumer CPU now / then, side by side
         steps.append(("microbatch_baseline", lambda where: baseline.run_baseline(lab, main, base, export=where)))
@@ -311,9 +311,9 @@ def never_run(mode: Mode, *, with_quix: bool, with_connect: bool) -> dict[str, s
     """The variants `mode` (and the flags) never run, with why: `--only` naming one is a usage error."""
     skipped = {} if mode.baseline else {"microbatch_baseline": f"the {mode.name} mode does not build the baseline"}
     if not (with_quix and mode.quix_events):
-        skipped["quixstreams"] = "--no-quix" if not with_quix else f"the {mode.name} mode does not run it"
+        skipped["quixstreams"] = f"the {mode.name} mode does not run it" if not mode.quix_events else "--no-quix"
     if not (with_connect and mode.connect_events):
-        reason = "--no-connect" if not with_connect else f"the {mode.name} mode does not run it"
+        reason = f"the {mode.name} mode does not run it" if not mode.connect_events else "--no-connect"
         skipped |= dict.fromkeys(CONNECT_MODES, reason)
     return skipped
 
@@ -358,11 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.export is not None:
         args.export.mkdir(parents=True, exist_ok=True)
     report = run(mode, args.out, with_quix=with_quix, with_connect=with_connect, export=args.export, only=args.only)
-    ok = all(v.get("correct", False) for v in report["variants"].values())
-    console.print(f"benchmark finished in {report['seconds']:.0f} s; every variant correct: {ok}")
-    if missing := sorted((args.only or frozenset()) - report["variants"].keys()):  # e.g. a baseline not made ready
+    missing = sorted((args.only or frozenset()) - report["variants"].keys())  # e.g. a baseline not made ready
+    ok = not missing and all(v.get("correct", False) for v in report["variants"].values())
+    console.print(f"benchmark finished in {report['seconds']:.0f} s; every variant run and correct: {ok}")
+    if missing:
         console.print(f"[bold red]not run[/]: {', '.join(missing)}")
-        return 1
     return 0 if ok else 1
 
 

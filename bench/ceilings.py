@@ -179,14 +179,17 @@ def pg_ceiling(
     }
 
 
-def raw_ingest_ceiling(lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000) -> Figures:
+def raw_ingest_ceiling(
+    lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000, *, export: Path | None = None
+) -> Figures:
     """The true physical ceiling: the rows microbatch would insert (each valid event's first copy),
     binary-COPYed straight into the same raw table (its primary key and columns, ingested_at by its
     default), one transaction per `batch_size` events: no staging table, no dedupe, no summaries, no
     positions. Decoded and encoded beforehand; only the COPYs and COMMITs are timed. events/s counts
     every event of the dataset (duplicates and invalid ones too), as microbatch's rate does.
 
-    `records` must be `memory_records(dataset)`."""
+    `records` must be `memory_records(dataset)`. With `export`, the records and the final tables are
+    written there afterwards (bench/export.py; its summaries stay empty)."""
     url = lab.fresh_database()
     target = Target(load_pipeline(), url, group="raw-ceiling")
     target.init_tables()
@@ -233,6 +236,9 @@ def raw_ingest_ceiling(lab: Lab, dataset: Dataset, records: list[Record], batch_
             )
         ).fetchone()
     assert counts is not None  # noqa: S101 - an aggregate returns one row
+    if export is not None:
+        write_records(records, export / "records.jsonl")
+        export_tables(url, export, dataset.name)
     quantity = sum(item["quantity"] for item in dataset.expected["inventory"].values())
     checks = [check.ok for check in transaction_checks(counts[:2], dataset.expected)]
     cpu = clock_before.per_event_us(clock_after, len(records))

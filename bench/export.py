@@ -5,7 +5,8 @@ DIR/<dataset>.ledger.jsonl   every message the broker acknowledged (consumer.pro
 DIR/<variant>/<table>.csv    the final transactions, inventory and item_sales_daily (COPY … CSV HEADER,
                              timestamps in UTC, ISO date style, NULL as \\N); for the vendor-invoices
                              pipeline (the lookups variant) its own columns, and items and vendors too
-DIR/<variant>/records.jsonl  pg_ceiling only: the in-memory records it wrote, in the ledger's format
+DIR/<variant>/records.jsonl  pg_ceiling and raw_ingest only: the in-memory records they wrote, in the
+                             ledger's format
 DIR/<variant>/dataset.txt    the dataset (ledger) the variant consumed; written last, so its presence
                              means the export is complete
 

@@ -219,7 +219,8 @@ class Handover:
     def advise(self) -> None:
         """Tell Kafka the stored positions it was not told yet, in one asynchronous commit. Advisory: placement
         trusts the stored positions; a Kafka commit only ever seeds a partition with no stored row, when
-        `adopt_kafka_offsets` is set, and it is sent after the COMMIT that stored a row."""
+        `adopt_kafka_offsets` is set. It is sent after the COMMIT that stored a row returned; with durability =
+        replay that COMMIT may not be durable yet, which is why replay refuses `adopt_kafka_offsets`."""
         if not self._advisory:
             return
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._advisory.items()]

@@ -170,8 +170,9 @@ def good_events(entries: list[Entry]) -> tuple[int, int]:
     return len(first), sum(invoice.quantity for invoice in first.values())
 
 
-def check_export(tables: Tables, entries: list[Entry], *, complete: bool) -> list[str]:
-    """Every problem found in one variant's tables against the ledger it consumed; [] when exact."""
+def check_export(tables: Tables, entries: list[Entry], *, complete: bool, summaries: bool = True) -> list[str]:
+    """Every problem found in one variant's tables against the ledger it consumed; [] when exact.
+    Without `summaries` (a variant that writes raw rows only: raw_ingest), the summaries must be empty."""
     judged = _judge(entries)
     problems = [f"generator label disagrees with the bytes: {label}" for label in judged.labels[:3]]
     if not judged.first:
@@ -201,6 +202,8 @@ def check_export(tables: Tables, entries: list[Entry], *, complete: bool) -> lis
             problems.append("no row written")
     if missing:
         problems.append(f"{len(missing)} good events not written, e.g. {[str(m) for m in missing[:3]]}")
+    if not summaries:
+        return problems + _summary_differences(tables, totals([]))
     problems += _summary_differences(tables, want)
     return problems
 
@@ -231,10 +234,13 @@ def differences_in(name: str, actual: Mapping[K, V], expected: Mapping[K, V]) ->
     return [f"{name}: {len(differ)} of {len(keys)} rows differ, e.g. {differ[:3]}"] if differ else []
 
 
-def check_variant(export: Path, directory: Path, *, complete: bool, from_memory: bool) -> list[str]:
+def check_variant(
+    export: Path, directory: Path, *, complete: bool, from_memory: bool, summaries: bool = True
+) -> list[str]:
     """Check DIR/<variant> against the ledger of the dataset its dataset.txt names. `from_memory`:
-    the variant wrote records regenerated in memory (pg_ceiling), listed in its records.jsonl with
-    coordinates of their own; they must be exactly the dataset's acknowledged messages."""
+    the variant wrote records regenerated in memory (pg_ceiling, raw_ingest), listed in its
+    records.jsonl with coordinates of their own; they must be exactly the dataset's acknowledged
+    messages. `summaries`: see check_export."""
     dataset = (directory / "dataset.txt").read_text().strip()
     acknowledged = ledger(export, dataset)
     problems: list[str] = []
@@ -244,4 +250,4 @@ def check_variant(export: Path, directory: Path, *, complete: bool, from_memory:
         problems += same_messages(consumed, acknowledged)
     elif (directory / "records.jsonl").exists():
         problems.append("records.jsonl beside a variant that reads Kafka")
-    return problems + check_export(read_tables(directory), consumed, complete=complete)
+    return problems + check_export(read_tables(directory), consumed, complete=complete, summaries=summaries)

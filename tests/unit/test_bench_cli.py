@@ -37,3 +37,8 @@ def test_only_a_variant_that_is_never_run_is_a_usage_error(
     assert exited.value.code == 2
     assert said in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything started
+
+
+def test_the_mode_is_the_reason_when_it_never_runs_a_peer_whatever_the_flags() -> None:
+    idle = never_run(MODES["smoke"], with_quix=False, with_connect=False)
+    assert idle["quixstreams"] == idle["connect_insert"] == "the smoke mode does not run it"
