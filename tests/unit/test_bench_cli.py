@@ -42,3 +42,19 @@ def test_only_a_variant_that_is_never_run_is_a_usage_error(
 def test_the_mode_is_the_reason_when_it_never_runs_a_peer_whatever_the_flags() -> None:
     idle = never_run(MODES["smoke"], with_quix=False, with_connect=False)
     assert idle["quixstreams"] == idle["connect_insert"] == "the smoke mode does not run it"
+
+
+def test_a_named_variant_that_did_not_run_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The baseline is named but could not be made ready (its checkout failed): the run says so and exits 1."""
+
+    def ran_nothing(*_: object, **__: object) -> dict[str, object]:
+        return {"variants": {}, "seconds": 1.0, "baseline_missing": "the commit is not in this clone"}
+
+    monkeypatch.setattr("bench.__main__.run", ran_nothing)
+    assert main(["--mode", "full", "--only", "microbatch_baseline", "--out", str(tmp_path / "out")]) == 1
+
+    def ran_it(*_: object, **__: object) -> dict[str, object]:
+        return {"variants": {"microbatch": {"correct": True}}, "seconds": 1.0}
+
+    monkeypatch.setattr("bench.__main__.run", ran_it)
+    assert main(["--mode", "full", "--only", "microbatch", "--out", str(tmp_path / "out")]) == 0
