@@ -80,7 +80,7 @@ def export_tables(url: str, directory: Path, dataset: str, pipeline: str = "invo
 
 
 def write_records(records: Iterable[Record], path: Path) -> None:
-    """Records written without Kafka (pg_ceiling), one ledger-format line each: their coordinates and bytes."""
+    """Records written without Kafka (pg_ceiling, raw_ingest), one ledger-format line each: coordinates, bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as out:
         for record in records:
