@@ -202,9 +202,7 @@ def check_export(tables: Tables, entries: list[Entry], *, complete: bool, summar
             problems.append("no row written")
     if missing:
         problems.append(f"{len(missing)} good events not written, e.g. {[str(m) for m in missing[:3]]}")
-    if not summaries:
-        return problems + _summary_differences(tables, totals([]))
-    problems += _summary_differences(tables, want)
+    problems += _summary_differences(tables, want if summaries else totals([]))
     return problems
 
 
