@@ -32,9 +32,10 @@ from typing import Any, Literal
 from rich.console import Console
 
 from bench import baseline, ceilings, commit_cost, connect_peer, lookups, pg_profile, profile, secure, variants
+from bench.defaults import WINDOW_RECORDS, window_settings
 from bench.lab import Dataset, Lab
 from bench.measure import machine, source, versions
-from bench.report import WINDOW_RECORDS, write_report
+from bench.report import write_report
 from pipeline.records import Record
 
 console = Console(stderr=True)
@@ -194,7 +195,7 @@ def _steps(lab: Lab, mode: Mode, sets: Datasets) -> list[tuple[str, Step]]:
 
 
 def _connect_step(lab: Lab, dataset: Dataset, sink: Literal["insert", "upsert"], _: Path | None) -> dict[str, Any]:
-    return connect_peer.run_connect(lab, dataset, sink)
+    return connect_peer.run_connect(lab, dataset, sink, batch_size=WINDOW_RECORDS)
 
 
 def run(
@@ -233,7 +234,7 @@ def run(
                 "events": mode.events,
                 "repetitions": mode.repetitions,
                 "postgresql": "fsync=on, synchronous_commit=on, full_page_writes=on (defaults)",
-                "microbatch": "defaults: max_records=5000, max_bytes=8 MiB, max_wait_ms=500",
+                "microbatch": f"defaults: {window_settings()}",
                 "partitions": 4,
             },
             "variants": {name: _summary(runs) for name, runs in results.items() if runs},

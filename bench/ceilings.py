@@ -23,6 +23,7 @@ import psycopg
 from confluent_kafka import Consumer
 from psycopg import sql
 
+from bench.defaults import WINDOW_RECORDS
 from bench.export import export_tables, write_records
 from bench.lab import PARTITIONS, Dataset, Lab
 from bench.measure import CpuClock, wal_bytes
@@ -137,7 +138,7 @@ def windows(records: list[Record], batch_size: int) -> list[Batch]:
 
 
 def pg_ceiling(
-    lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000, *, export: Path | None = None
+    lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = WINDOW_RECORDS, *, export: Path | None = None
 ) -> Figures:
     """microbatch's whole write path (CAS, COPY, insert-returning, upserts, COMMIT) from rows decoded and
     encoded in memory beforehand: the database's limit, with no client work in the timed loop.
@@ -180,7 +181,7 @@ def pg_ceiling(
 
 
 def raw_ingest_ceiling(
-    lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = 5000, *, export: Path | None = None
+    lab: Lab, dataset: Dataset, records: list[Record], batch_size: int = WINDOW_RECORDS, *, export: Path | None = None
 ) -> Figures:
     """The true physical ceiling: the rows microbatch would insert (each valid event's first copy),
     binary-COPYed straight into the same raw table (its primary key and columns, ingested_at by its

@@ -253,7 +253,7 @@ class Run:
 
 
 def run_connect(
-    lab: Lab, dataset: Dataset, mode: Literal["insert", "upsert"], *, batch_size: int = 5000, timeout: float = 900
+    lab: Lab, dataset: Dataset, mode: Literal["insert", "upsert"], *, batch_size: int, timeout: float = 900
 ) -> dict[str, Any]:
     """Drain the schemaful copy of `dataset` with a fresh standalone worker and sink (module docstring).
 

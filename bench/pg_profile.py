@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 
 from bench.ceilings import NoSink, windows
+from bench.defaults import WINDOW_RECORDS
 from bench.lab import Lab
 from pipeline.prepare import Preparer
 from pipeline.records import Record
@@ -96,7 +97,9 @@ def summarise(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"windows": len(measured), "events_per_window": int(statistics.median(events)), "steps": steps}
 
 
-def profile_flush(lab: Lab, records: list[Record], *, profiled: int = 5, batch_size: int = 5000) -> dict[str, Any]:
+def profile_flush(
+    lab: Lab, records: list[Record], *, profiled: int = 5, batch_size: int = WINDOW_RECORDS
+) -> dict[str, Any]:
     """The write path's steps over the last `profiled` windows of `records` (fewer when `records` hold
     fewer than twice as many): see the module docstring."""
     batches = windows(records, batch_size)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from bench.__main__ import paired_consumer_cpu
+from bench.defaults import WINDOW_DEFAULTS, WINDOW_RECORDS, window_settings
 from bench.report import ceiling_gap_note, ratios, render_markdown, targets
+from consumer.window import LIMITS
 
 
 def report(microbatch: float, ceiling: float) -> dict[str, Any]:
@@ -145,3 +147,23 @@ def test_a_baseline_that_could_not_be_built_is_said_and_its_target_not_judged() 
 def test_without_pairs_the_note_says_it_is_a_ratio_of_the_medians() -> None:
     text = rendered(cpu_report([5.48, 7.66, 6.58], [15.02, 17.9, 13.46]))
     assert "No pair in a repetition; ratio of the medians **0.438\u00d7**" in text
+
+
+def test_the_window_grid_names_the_default_window_and_judges_its_row_on_the_plain_runs() -> None:
+    found = cpu_report([6.0], [12.0])
+    found["variants"]["microbatch"] |= {"flush_p50_s": 0.08, "flush_p99_s": 0.12, "correct": False}
+    found["grid"] = {"max_records=1000": {"events_per_s": 40_000, "flush_p50_s": 0.02, "flush_p99_s": 0.03,
+                                          "correct": True}}  # fmt: skip
+    text = rendered(found)
+    assert f"| max_records={WINDOW_RECORDS} (default) | 60,000 | 0.08 s / 0.12 s | NO |" in text
+    assert "| max_records=1000 | 40,000 | 0.02 s / 0.03 s | yes |" in text
+
+
+def test_the_settings_line_gives_the_consumer_s_own_defaults() -> None:
+    assert (
+        WINDOW_RECORDS
+        == WINDOW_DEFAULTS["max_records"]
+        == next(limit.default for limit in LIMITS if limit.setting == "max_records")
+    )
+    assert window_settings().startswith(f"max_records={WINDOW_RECORDS}, max_bytes=")
+    assert window_settings().endswith(f"max_wait_ms={WINDOW_DEFAULTS['max_wait_ms']}")
