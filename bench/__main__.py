@@ -263,7 +263,7 @@ def _extras(
     where PostgreSQL's time goes in a flush (bench/pg_profile.py) and where the consumer's CPU goes
     (bench/profile.py)."""
     grid = {}
-    for max_records in mode.grid:
+    for max_records in (n for n in mode.grid if n != WINDOW_RECORDS):  # the default's row is the plain runs'
         console.print(f"grid: max_records={max_records}")
         grid[f"max_records={max_records}"] = variants.run_microbatch(
             lab,

@@ -1,6 +1,6 @@
 """The Kafka Connect peer of the benchmark: a standalone Connect 4.1.1 worker running the Debezium JDBC sink 3.3.1.
 
-`run_connect(lab, dataset, "insert" | "upsert")` returns figures like bench.variants.quixstreams'; `prefetch()` (the
+`run_connect(lab, dataset, mode, batch_size=n)` returns figures like bench.variants.quixstreams'; `prefetch()` (the
 bench's set-up) fetches the jars (bench/connect/pom.xml) with Maven once per machine into the devstack cache. The sink
 needs schemaful records: `schemaful_copy` re-produces the dataset's VALID events (untimed, once per dataset) to
 `<topic>-connect` (4 partitions; source partition, key and order kept) as JsonConverter envelopes: the schema travels

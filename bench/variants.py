@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from bench.defaults import WINDOW_WAIT_MS
 from bench.export import export_tables
 from bench.lab import Dataset, Lab
 from bench.measure import CpuClock, histogram_quantiles, peak_rss_bytes, wal_bytes
@@ -184,7 +185,9 @@ def _alive(process: subprocess.Popen[bytes], log: Path, deadline: float) -> None
         raise RuntimeError(f"microbatch did not finish in time: {log.read_text()[-1500:]}")
 
 
-def steady(lab: Lab, rate: float, seconds: float, env_extra: dict[str, str], *, max_wait_ms: int = 500) -> Figures:
+def steady(
+    lab: Lab, rate: float, seconds: float, env_extra: dict[str, str], *, max_wait_ms: int = WINDOW_WAIT_MS
+) -> Figures:
     """A producer at a fixed rate; end-to-end latency = transaction start of the flush - Kafka timestamp."""
     url = lab.fresh_database()
     topic = lab.empty_topic(f"steady{int(rate)}")

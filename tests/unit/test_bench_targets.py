@@ -3,10 +3,15 @@ because it rounds up to it at 2."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from bench import ceilings, pg_profile, variants
 from bench.__main__ import paired_consumer_cpu
-from bench.defaults import WINDOW_DEFAULTS, WINDOW_RECORDS, window_settings
+from bench.defaults import window_settings
 from bench.report import ceiling_gap_note, ratios, render_markdown, targets
 from consumer.window import LIMITS
 
@@ -149,21 +154,45 @@ def test_without_pairs_the_note_says_it_is_a_ratio_of_the_medians() -> None:
     assert "No pair in a repetition; ratio of the medians **0.438\u00d7**" in text
 
 
-def test_the_window_grid_names_the_default_window_and_judges_its_row_on_the_plain_runs() -> None:
+@pytest.mark.parametrize(("correct", "verdict"), [(True, "yes"), (False, "NO")])
+def test_the_window_grid_names_the_default_window_and_judges_its_row_on_the_plain_runs(
+    monkeypatch: pytest.MonkeyPatch, correct: bool, verdict: str
+) -> None:
+    monkeypatch.setattr("bench.report.WINDOW_RECORDS", 1234)  # the row follows the default, whatever it is
     found = cpu_report([6.0], [12.0])
-    found["variants"]["microbatch"] |= {"flush_p50_s": 0.08, "flush_p99_s": 0.12, "correct": False}
+    found["variants"]["microbatch"] |= {"flush_p50_s": 0.08, "flush_p99_s": 0.12, "correct": correct}
     found["grid"] = {"max_records=1000": {"events_per_s": 40_000, "flush_p50_s": 0.02, "flush_p99_s": 0.03,
-                                          "correct": True}}  # fmt: skip
+                                          "correct": not correct}}  # fmt: skip
     text = rendered(found)
-    assert f"| max_records={WINDOW_RECORDS} (default) | 60,000 | 0.08 s / 0.12 s | NO |" in text
-    assert "| max_records=1000 | 40,000 | 0.02 s / 0.03 s | yes |" in text
+    assert f"| max_records=1234 (default) | 60,000 | 0.08 s / 0.12 s | {verdict} |" in text
+    assert f"| max_records=1000 | 40,000 | 0.02 s / 0.03 s | {'NO' if correct else 'yes'} |" in text
+
+
+DEFAULTS = {limit.setting: limit.default for limit in LIMITS}
 
 
 def test_the_settings_line_gives_the_consumer_s_own_defaults() -> None:
-    assert (
-        WINDOW_RECORDS
-        == WINDOW_DEFAULTS["max_records"]
-        == next(limit.default for limit in LIMITS if limit.setting == "max_records")
+    assert window_settings() == (
+        f"max_records={DEFAULTS['max_records']}, max_bytes={DEFAULTS['max_bytes'] // 2**20} MiB, "
+        f"max_wait_ms={DEFAULTS['max_wait_ms']}"
     )
-    assert window_settings().startswith(f"max_records={WINDOW_RECORDS}, max_bytes=")
-    assert window_settings().endswith(f"max_wait_ms={WINDOW_DEFAULTS['max_wait_ms']}")
+    found = report(60_000, 62_000)
+    found["steady"] = {"50%": {"p99_latency_s": (DEFAULTS["max_wait_ms"] + 240) / 1000}}
+    row = next(t for t in targets(found) if "p99 end-to-end" in t["target"])
+    assert row["met"] is True
+    assert f"({(DEFAULTS['max_wait_ms'] + 250) / 1000:g} s)" in row["target"]
+
+
+@pytest.mark.parametrize(
+    ("function", "parameter", "setting"),
+    [
+        (ceilings.pg_ceiling, "batch_size", "max_records"),
+        (ceilings.raw_ingest_ceiling, "batch_size", "max_records"),
+        (pg_profile.profile_flush, "batch_size", "max_records"),
+        (variants.steady, "max_wait_ms", "max_wait_ms"),
+    ],
+)
+def test_the_ceilings_profile_and_steady_runs_use_the_consumer_s_default_window(
+    function: Callable[..., Any], parameter: str, setting: str
+) -> None:
+    assert inspect.signature(function).parameters[parameter].default == DEFAULTS[setting]
