@@ -216,7 +216,7 @@ class Seeker:
 
     def recheck_after_reconnect(self) -> None:
         """Once the writer's connection was opened again (the server restarted, failed over or dropped
-        it), re-read every stored position before trusting it: a crash may have lost commits this
+        it), re-read every stored position before trusting it: a database crash may have lost commits this
         consumer made (durability = replay, a standby that lacks them), of partitions no write touches
         now too. Those behind are read again (`behind`, `forget`). Call with no write in flight."""
         opened = self._writer.connections_opened()

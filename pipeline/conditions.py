@@ -20,12 +20,14 @@ literals and attributes (`x.value`) are left as written.
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import re
 import symtable
 import tokenize
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any
 
 Check = Callable[[Any], Any]
@@ -75,7 +77,7 @@ class Conversion:
         for name in (*self.constants, *self.temporaries):
             if not _CONSTANT.fullmatch(name) or name in {"value", "result", "missing"}:
                 raise ValueError(f"conversion name {name!r}: a lowercase identifier other than value, result, missing")
-        _check_statements(self.statements, set(self.constants), set(self.temporaries))
+        _check_statements(self.statements, frozenset(self.constants), frozenset(self.temporaries))
 
     def inlined(self, value: str, result: str, prefix: str, missing: Any) -> tuple[list[str], dict[str, Any]]:
         """The statements (lines, not indented) over the variables `value` and `result`, every other
@@ -95,7 +97,11 @@ _FRAME_READERS = frozenset({"eval", "exec", "compile", "locals", "vars", "global
 _FSTRING_START = getattr(tokenize, "FSTRING_START", -1)  # Python 3.12 tokenizes f-strings in parts
 
 
-def _check_statements(statements: str, constants: set[str], temporaries: set[str]) -> None:
+# The checks, the tokens and the renamings below are pure functions of their text: cached, because every
+# Decoder built for a pipeline redoes them for each field (a pipeline file reloaded, the unit tests'
+# thousands of generated pipelines), and tokenizing is most of what building a Decoder costs.
+@functools.lru_cache(maxsize=256)
+def _check_statements(statements: str, constants: frozenset[str], temporaries: frozenset[str]) -> None:
     """Raise ValueError unless `statements` bind only `result` and their temporaries and read only
     those, `value`, their constants, `missing` and builtins (Python's own symbol table says which):
     any other name would be left as it is and could read or bind a variable of the reader it is
@@ -127,12 +133,19 @@ def _check_statements(statements: str, constants: set[str], temporaries: set[str
         raise ValueError(f"conversion: {', '.join(sorted(wrong))}: not a constant or a temporary of its own")
 
 
-def _tokens(text: str) -> list[tokenize.TokenInfo]:
-    return list(tokenize.generate_tokens(io.StringIO(text).readline))
+@functools.lru_cache(maxsize=256)
+def _tokens(text: str) -> tuple[tokenize.TokenInfo, ...]:
+    return tuple(tokenize.generate_tokens(io.StringIO(text).readline))
 
 
 def _renamed(text: str, names: Mapping[str, str]) -> str:
     """`text` with each name token in `names` (not an attribute: `x.value` stays) replaced."""
+    return _renamed_as(text, tuple(names.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _renamed_as(text: str, renaming: tuple[tuple[str, str], ...]) -> str:
+    names = dict(renaming)
     lines = text.split("\n")
     previous = ""
     renamed: list[tuple[int, int, int, str]] = []
@@ -164,7 +177,7 @@ def as_fast(conversion: Conversion, missing: Any) -> Check:
     lines, namespace = conversion.inlined("value", "result", "c_", missing)
     body = ["    result = c_missing", *(f"    {line}" for line in lines), "    return result"]
     source = "\n".join(["def fast(value):", *body])
-    exec(compile(source, "<fast conversion>", "exec"), namespace)  # noqa: S102 - our own source
+    exec(compiled(source, "<fast conversion>"), namespace)  # noqa: S102 - our own source
     check: Check = namespace["fast"]
     return check
 
@@ -174,6 +187,13 @@ def as_check(condition: Condition, missing: Any) -> Check:
     text, namespace = condition.inlined("value", "c_")  # prefixed: no constant can shadow `missing`
     source = f"def fast(value):\n    return value if ({text}) else missing"
     namespace["missing"] = missing
-    exec(compile(source, "<fast check>", "exec"), namespace)  # noqa: S102 - our own source
+    exec(compiled(source, "<fast check>"), namespace)  # noqa: S102 - our own source
     check: Check = namespace["fast"]
     return check
+
+
+@functools.lru_cache(maxsize=256)
+def compiled(source: str, filename: str) -> CodeType:
+    """The code object of `source` (our own generated source, never user text): cached, as a code
+    object is immutable and every function made from it by `exec` gets its own namespace."""
+    return compile(source, filename, "exec")

@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from pipeline.conditions import Condition
+from pipeline.conditions import Condition, compiled
 from pipeline.field_types import FIELD_TYPES, MISSING
 from pipeline.fields import Extract, compile_field, default_value
 from pipeline.spec import FieldSpec
@@ -100,7 +100,7 @@ def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (
             f"    return (seq, {''.join(values)})",
         ]
     )
-    exec(compile(source, f"<row reader of {len(extracts)} fields>", "exec"), namespace)  # noqa: S102 - our own source
+    exec(compiled(source, f"<row reader of {len(extracts)} fields>"), namespace)  # noqa: S102 - our own source
     reader: RowReader = namespace["row"]
     return reader
 
@@ -173,6 +173,6 @@ def compile_struct_row(
         values.append(f"v{i}, ")
     values += [f"record[{int(item)}], " for item in record_items]
     source = "\n".join(["def row(event, seq, record):", *body, f"    return (seq, {''.join(values)})"])
-    exec(compile(source, f"<struct row reader of {len(fields)} fields>", "exec"), namespace)  # noqa: S102 - our own source
+    exec(compiled(source, f"<struct row reader of {len(fields)} fields>"), namespace)  # noqa: S102 - our own source
     row: StructRow = namespace["row"]
     return row

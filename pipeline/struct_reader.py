@@ -61,6 +61,7 @@ NESTING_DEPTH = 6
 _VALUE: Any = _SCALAR
 for _ in range(NESTING_DEPTH):
     _VALUE = _SCALAR | list[_VALUE] | dict[str, _VALUE]
+_UNREAD = _VALUE | msgspec.UnsetType
 # The JSON values a built-in type's checks can accept, as msgspec types: a value of another kind sends
 # its document to the reference path. Another type's field is parsed as any scalar.
 _PARSED_AS: Mapping[str, Any] = {
@@ -179,18 +180,32 @@ class _Struct:
         return bool(new)
 
     def _decoder(self) -> Callable[[bytes], Any]:
-        # A required field has no default: msgspec refuses a document without it.
-        attributes: list[tuple[str, Any] | tuple[str, Any, Any]] = [
-            (attr, kind) if required else (attr, kind | msgspec.UnsetType, msgspec.UNSET)
-            for attr, _, kind, required in self._fields
-        ]
-        attributes += [(f"u{i}", _VALUE | msgspec.UnsetType, msgspec.UNSET) for i in range(len(self._unread))]
-        rename = {attr: key for attr, key, _, _ in self._fields} | {f"u{i}": key for i, key in enumerate(self._unread)}
-        event = msgspec.defstruct(
-            "Event", attributes, kw_only=True, forbid_unknown_fields=True, rename=rename, gc=False
-        )
-        decode: Callable[[bytes], Any] = msgspec.json.Decoder(event).decode
-        return decode
+        fields = tuple((attr, key, kind, repr(kind), required) for attr, key, kind, required in self._fields)
+        return _event_decoder(fields, tuple(self._unread))
+
+
+_Attribute = tuple[str, str, Any, str, bool]
+
+
+# Building a decoder costs about 1.5 ms per learned key (msgspec evaluates each attribute's nested
+# type), and a process builds the same ones again: the decoder of every pipeline reloaded, the unit
+# tests' thousands of readers. Decoders are immutable once built and their methods thread-safe since
+# msgspec 0.16 (msgspec#402), so readers of the same struct share one. Bounded: at most 16 of them, each
+# under half a megabyte at MAX_UNREAD_KEYS keys.
+@functools.lru_cache(maxsize=16)
+def _event_decoder(fields: tuple[_Attribute, ...], unread: tuple[str, ...]) -> Callable[[bytes], Any]:
+    """The decoder of the struct of `fields` (attribute, key, type, the type's repr so that two types
+    equal as sets but written otherwise are not taken for one another, required) and `unread` keys."""
+    # A required field has no default: msgspec refuses a document without it.
+    attributes: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+        (attr, kind) if required else (attr, kind | msgspec.UnsetType, msgspec.UNSET)
+        for attr, _, kind, _, required in fields
+    ]
+    attributes += [(f"u{i}", _UNREAD, msgspec.UNSET) for i in range(len(unread))]
+    rename = {attr: key for attr, key, _, _, _ in fields} | {f"u{i}": key for i, key in enumerate(unread)}
+    event = msgspec.defstruct("Event", attributes, kw_only=True, forbid_unknown_fields=True, rename=rename, gc=False)
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder(event).decode
+    return decode
 
 
 def _parsed_as(spec: FieldSpec, form: StructForm | None) -> Any:

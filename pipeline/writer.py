@@ -22,7 +22,7 @@ Savepoints per transaction are capped (`max_savepoints`, PostgreSQL caches 64 su
 backend): past the cap the resolved prefix is committed and the rest continues in a new
 transaction; after `max_transactions` of those, each transaction takes the next `max_savepoints`
 rows only (not one message per transaction: 4,100 commits for a window with 9% bad rows).
-With `synchronous_commit` off (`replay` durability) a crash may lose the last commits, rows and positions
+With `synchronous_commit` off (`replay` durability) a database crash may lose the last commits, rows and positions
 together, and the consumer reads those messages again (the compare-and-set fails, or the positions read
 back are behind). Such a COMMIT returns before it is durable, so nothing may seed a position from the
 advisory Kafka commit sent after it: replay refuses adopt_kafka_offsets; placements commit durably.

@@ -53,3 +53,17 @@ def test_an_invoice_event_reads_to_its_row_and_a_missing_field_is_named() -> Non
     assert len(row) == 1 + len(spec.fields) + 2 and row[-2:] == (99, 3)
     kind, (error, text) = outcome(read, {**event, "item_id": None})
     assert (kind, error) == ("raised", "FieldError") and text.startswith("item_id: "), text
+
+
+def test_readers_of_one_shape_share_their_code_and_keep_their_own_rules() -> None:
+    """The generated source is compiled once per text (pipeline.conditions.compiled); the rules reach a
+    reader through its own namespace, so two pipelines of one shape read by their own bounds."""
+    spec = load_pipeline("invoices")
+    narrow = spec.fields["quantity"].model_copy(update={"max": 5})
+    loose, tight = compile_row(spec.fields), compile_row({**spec.fields, "quantity": narrow})
+    assert loose.__code__ is tight.__code__
+    event = orjson.loads(next(InvoiceWorkload(WorkloadOptions(count=1, seed=3)).messages()).value)
+    event["quantity"] = 7
+    assert outcome(loose, event)[0] == "row"
+    kind, (error, text) = outcome(tight, event)
+    assert (kind, error) == ("raised", "FieldError") and text.startswith("quantity: "), text

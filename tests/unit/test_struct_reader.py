@@ -233,6 +233,23 @@ def test_keys_are_learned_up_to_a_bound_and_keys_msgspec_cannot_name_are_not() -
     assert len(reader.unread_keys) == MAX_UNREAD_KEYS
 
 
+def test_readers_of_the_same_struct_share_its_decoder_and_no_other() -> None:
+    first, same, other_order, more = (StructReader(INVOICE.fields, (0, 1, 2)) for _ in range(4))
+    first.learn({**GOOD, "a": 1, "b": 2})
+    same.learn({**GOOD, "a": 3, "b": 4})
+    other_order.learn({**GOOD, "b": 1, "a": 2})
+    more.learn({**GOOD, "a": 1, "b": 2, "c": 3})
+    assert first.parse is same.parse
+    assert len({id(first.parse), id(other_order.parse), id(more.parse)}) == 3
+    # Each reads by its own keys: a key one of them did not learn sends the document to the reference path.
+    with_c = orjson.dumps({**GOOD, "a": 1, "b": [2], "c": 3})
+    assert first.read(with_c, 0, ("t", 0, 0)) is None
+    assert more.read(with_c, 0, ("t", 0, 0)) is not None
+    for reader in (first, same, other_order, more):
+        assert_agrees(INVOICE, reader, orjson.dumps({**GOOD, "a": {"x": 1e300}, "b": "1e400"}))
+        assert_agrees(INVOICE, reader, orjson.dumps({**GOOD, "b": 1}).replace(b'"b":1', b'"b":1e400'))
+
+
 NESTED_HOSTILE = [
     b"[1e400]", b'{"a":[-1E309]}', b'["\xff"]', b'{"a":"\\ud800"}', b'["a\nb"]', b'{"\xff":1}', b"[NaN]", b"[01]",
     b"[" * 1023 + b"]" * 1023, b"[" * 1024 + b"]" * 1024, b"[" + b"9" * 400 + b"]", b'{"a":1,}', b"[1,]",
