@@ -9,7 +9,7 @@ One step (`RunLoop.step`), in order:
   5. accept the records that belong in the window (`Positions.accept`), into the `Window`;
   6. write: retry what failed when its time has come, or hand a closed window over (`Handover`);
   7. housekeeping every few seconds (gauges, an idle database ping: `Housekeeping`; subscribed topics
-     that do not exist: `TopicWatch`).
+     that do not exist: `TopicWatch`; a topic re-created under the consumer: `IncarnationWatch`).
 
 Who may touch what is stated once, in consumer/writer_thread.py: the database only on the writer
 thread; Kafka, the window, positions and metrics only on this one.
@@ -29,6 +29,7 @@ from consumer import collector
 from consumer.flow import FlowControl
 from consumer.handover import EXIT_HALTED, Handover
 from consumer.housekeeping import Housekeeping
+from consumer.incarnations import IncarnationWatch
 from consumer.log_facts import LogFacts
 from consumer.messages import to_runs
 from consumer.pending import Pending
@@ -116,6 +117,7 @@ class RunLoop:
                                          telemetry=telemetry, clock=clock)  # fmt: skip
         self.handover.on_commit = self.housekeeping.database_contacted
         self.topic_watch = TopicWatch(kafka, options.topics, telemetry, clock)
+        self.incarnations = IncarnationWatch(admin, positions, seeker, self.handover, clock)
         self._stopping = False
 
     def stop(self) -> None:
@@ -166,6 +168,7 @@ class RunLoop:
             self.handover.hand_over(wait=not self.options.overlap_writes)
         self.housekeeping.tick()  # 7.
         self.topic_watch.tick()
+        self.incarnations.tick()
 
     def _poll_timeout(self) -> float:
         if self.flow.waiting:

@@ -186,6 +186,10 @@ class Positions:
         """The topic ID (incarnation) each owned topic is being read from."""
         return {topic: state.topic_id for (topic, _), state in self._owned.items() if state.topic_id is not None}
 
+    def incarnations(self) -> dict[PartitionId, str]:
+        """The topic ID each owned partition whose position is known is being read from (where known)."""
+        return {pid: state.topic_id for pid, state in self._owned.items() if state.known and state.topic_id}
+
     def lag(self, high_watermarks: Mapping[PartitionId, int]) -> dict[PartitionId, int]:
         """Messages between each stored position and its high watermark (partitions with both)."""
         lags = {}

@@ -3,6 +3,7 @@ consumer is stopped): positions that must not be trusted, under load, against th
 
 from __future__ import annotations
 
+import json
 import re
 
 import psycopg
@@ -10,7 +11,9 @@ import pytest
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from devstack.postgres_server import PostgresServer
 from devstack.verify import high_watermarks, stored_positions
+from tests.chaos.conftest import StreamFactory
 from tests.support.chaos import Scenario, Stream, iterations
 from tests.support.consumer_process import run_cli
 from tests.support.kafka_io import halted
@@ -61,6 +64,47 @@ def test_t12_topic_deleted_and_re_created(stream: Stream, scenario: Scenario) ->
     scenario.notes.append(f"{len(resets)} topic_recreated audit rows")
     assert sorted(p for p, *_ in resets) == sorted(list(range(stream.partitions)) * rounds), resets
     scenario.check(min_faults=rounds)
+
+
+@pytest.mark.scenario("T12b topic re-created while every partition is paused, refilled past its positions")
+def test_t12b_topic_re_created_while_paused(
+    make_stream: StreamFactory, own_postgres: PostgresServer, scenario: Scenario
+) -> None:
+    stream = make_stream(database=own_postgres.url)
+    # librdkafka refreshes its metadata every 5 minutes by default, and a refresh that fell while the
+    # topic is gone would revoke its partitions (the case T12 covers); here it must not happen at all.
+    stream.env["MICROBATCH_KAFKA_CONFIG"] = json.dumps({"topic.metadata.refresh.interval.ms": "3600000"})
+    stream.produce(3000, seed=125, rate=3000)
+    consumer = stream.consumer()
+    wait_until(stream.caught_up, timeout=90, what="the first incarnation to be written")
+    old_end = high_watermarks(stream.bootstrap, stream.topic, stream.partitions)
+    # The database goes away and a window cannot be written: every partition is paused, so librdkafka
+    # fetches nothing and learns nothing of the topic from its fetches while it is gone.
+    own_postgres.stop("fast")
+    stream.produce(400, seed=126, bad_ratio=0.0, duplicate_ratio=0.0)
+    wait_until(lambda: "flush failed (transient)" in consumer.output(), timeout=60, what="a write to fail")
+    # Those 400 are deleted with their topic before they could be written: not in the promise (their
+    # ledger is set aside, so that the next production's ledger does not add to it).
+    unwritten = stream.ledgers.pop()
+    unwritten.rename(unwritten.with_suffix(".deleted-with-the-topic"))
+    delete_topics(stream.bootstrap, stream.topic)
+    stream.produce(8000, seed=127, rate=8000)
+    new_end = high_watermarks(stream.bootstrap, stream.topic, stream.partitions)
+    assert all(new_end[pid] > end + 400 for pid, end in old_end.items()), (old_end, new_end)
+    # The new incarnation, longer than the old one everywhere: no fetch will be refused when the
+    # partitions resume, and the stored positions are valid offsets in it.
+    wait_until(lambda: "topic ID changed" in consumer.output(), timeout=60, what="the consumer to notice")
+    scenario.fault(live=True)
+    own_postgres.start()
+    stream.exact_recovery = True
+    stream.fault_ended()
+    stream.recover()
+    assert consumer.terminate() == 0
+    stream.verdict(copies_allowed=2)
+    resets = _events(stream, "topic_recreated")
+    scenario.notes.append(f"{len(resets)} topic_recreated audit rows")
+    assert sorted(p for p, *_ in resets) == list(range(stream.partitions)), resets
+    scenario.check()
 
 
 @pytest.mark.scenario("T13 retention deletes unread records ({policy})")

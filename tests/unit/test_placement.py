@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from consumer.incarnations import moved
 from consumer.placement import Facts, Rules, place
+from consumer.positions import Positions
 from pipeline.offsets import StoredPosition
 
 PID = ("orders", 2)
@@ -101,3 +103,25 @@ def test_a_row_that_vanished_during_the_ownership_is_read_again_from_where_it_st
     placement = place(PID, facts, Rules(auto_offset_reset="latest", adopt_kafka_offsets=True))
     assert placement.start == 1_000 and placement.event == "reset"
     assert placement.change is not None and "vanished" in placement.change.detail
+
+
+def test_a_partition_read_from_an_old_incarnation_is_found_and_no_other() -> None:
+    a, b, c, d = ("t", 0), ("t", 1), ("u", 0), ("v", 0)
+    asked = {a: "X", b: "Y", c: "X", d: "Z"}
+    now = {a: "X", b: "Y", c: "Y2", d: "Z"}  # c was placed again in between: its answer is out of date
+    current = {"t": "Y", "u": "U", "v": None}  # v is deleted and not re-created yet
+    assert moved(asked, now, current) == {a: ("X", "Y")}  # b reads the current one already
+    assert moved(asked, {b: "Y"}, current) == {}  # a partition released meanwhile is not placed again
+    assert moved({}, now, current) == {}
+
+
+def test_only_known_positions_have_an_incarnation_to_check() -> None:
+    positions = Positions()
+    positions.assign(("t", 0), 10, topic_id="X")
+    positions.assign(("t", 1), None, known=False)
+    positions.assign(("t", 2), 5)  # a row of a release that stored no topic ID
+    assert positions.incarnations() == {("t", 0): "X"}
+    positions.forget([("t", 0)])
+    assert positions.incarnations() == {}
+    positions.sought(("t", 1), 3, 3, topic_id="Y")
+    assert positions.incarnations() == {("t", 1): "Y"}
