@@ -51,6 +51,9 @@ class FlowControl:
         self.retry_at: float | None = None
         self.halt: Failure | None = None
         self.retry_reason: str | None = None
+        # Called before paused partitions resume (consumer/incarnations.py: a topic re-created while
+        # they were paused must be placed again before anything is fetched from it).
+        self.before_resume: Callable[[], None] = lambda: None
 
     @property
     def should_exit(self) -> bool:
@@ -106,6 +109,9 @@ class FlowControl:
         self.retry_at = None
         self._backoff.reset()
         self.halt, self.retry_reason = None, None
+        self.before_resume()
+        if self.waiting:  # it placed a partition halted (a re-created topic, say): the halt stands
+            return
         self.resume_all()
         self.report()
 

@@ -8,11 +8,16 @@ resume: librdkafka then fetches on from the same offsets in the new topic (it do
 IDs under a running consumer: librdkafka#3255), and the new topic's messages before those offsets
 would be skipped until the next rebalance or restart.
 
-So the loop asks the broker for the topic IDs of the partitions it reads every CHECK_EVERY_S (one
-DescribeTopics request, answered in the background: the loop never waits for it), and places again
-each partition still read from another incarnation than its topic's current one. Placement then
-starts it over as on assignment (`topic_recreated`, audited). Its records not yet written are
-dropped: those of the old topic went with it, those of the new one are read again from its start.
+So the topic IDs of the partitions being read are checked:
+- before paused partitions resume (`check_now`, FlowControl.before_resume), once the retry wrote what
+  was read before the pause: those records belong to the old topic and are kept;
+- every CHECK_EVERY_S while they are read (`tick`: one DescribeTopics request, answered in the
+  background, so that the loop never waits for it), and at the next step after a fetch says the topic
+  is unknown. Not while a retry is awaited: the check before resuming comes first.
+Each partition still read from another incarnation than its topic's current one is placed again:
+placement starts it over as on assignment (`topic_recreated`, audited). Its records not yet written
+are dropped, to be read again from the new topic. An ID once left behind is never gone back to, so
+that a broker answering from stale metadata cannot send a partition back and forth.
 Loop thread only.
 """
 
@@ -26,7 +31,9 @@ from typing import Any
 from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
+from consumer.flow import FlowControl
 from consumer.handover import Handover
+from consumer.log_facts import LogFacts
 from consumer.positions import Positions
 from consumer.seeking import Seeker
 from pipeline.records import PartitionId
@@ -51,23 +58,37 @@ def moved(
     return found
 
 
+def current_ids(described: Mapping[str, str | None], left_behind: Mapping[str, set[str]]) -> dict[str, str | None]:
+    """The topic IDs the broker `described`, None for one its topic was re-created from (`left_behind`):
+    a broker answering from stale metadata is not believed."""
+    return {topic: None if found in left_behind.get(topic, ()) else found for topic, found in described.items()}
+
+
 class IncarnationWatch:
-    """`tick()` between two steps of the loop (see the module docstring)."""
+    """See the module docstring. `tick()` between two steps of the loop."""
 
     def __init__(
         self,
         admin: AdminClient,
+        facts: LogFacts,
+        *,
         positions: Positions,
         seeker: Seeker,
         handover: Handover,
+        flow: FlowControl,
         clock: Callable[[], float],
     ) -> None:
-        self._admin, self._positions, self._seeker, self._handover = admin, positions, seeker, handover
-        self._clock = clock
+        self._admin, self._facts, self._positions = admin, facts, positions
+        self._seeker, self._handover, self._flow, self._clock = seeker, handover, flow, clock
         self._next_check = clock() + CHECK_EVERY_S
         self._asked: Mapping[PartitionId, str] = {}
         self._answers: Mapping[str, Future[Any]] | None = None
         self._give_up_at = 0.0
+        self._left_behind: dict[str, set[str]] = {}  # topic → the IDs it was re-created from
+
+    def soon(self) -> None:
+        """Check at the next tick (a fetch said a topic is unknown: it may have been deleted)."""
+        self._next_check = min(self._next_check, self._clock())
 
     def tick(self) -> None:
         now = self._clock()
@@ -75,10 +96,18 @@ class IncarnationWatch:
             if not all(future.done() for future in self._answers.values()) and now < self._give_up_at:
                 return
             answers, self._answers = self._answers, None
-            self._act(moved(self._asked, self._positions.incarnations(), _topic_ids(answers)))
-        elif now >= self._next_check:
+            if not self._flow.waiting:
+                self._act(moved(self._asked, self._positions.incarnations(), self._current(_topic_ids(answers))))
+        elif now >= self._next_check and not self._flow.waiting:
             self._next_check = now + CHECK_EVERY_S
             self._ask(now)
+
+    def check_now(self) -> None:
+        """Before paused partitions resume: asks the broker and waits for its answer (LogFacts' timeout)."""
+        asked = self._positions.incarnations()
+        if asked and self._handover.deadline is None:  # not when leaving: nothing will be fetched
+            current = self._current(self._facts.topic_ids(topic for topic, _ in asked))
+            self._act(moved(asked, asked, current), settle=False)  # the write that ended is accounted for
 
     def _ask(self, now: float) -> None:
         self._asked = self._positions.incarnations()
@@ -92,13 +121,18 @@ class IncarnationWatch:
             return
         self._give_up_at = now + 2 * REQUEST_TIMEOUT_S
 
-    def _act(self, found: Mapping[PartitionId, tuple[str, str]]) -> None:
+    def _current(self, ids: Mapping[str, str | None]) -> dict[str, str | None]:
+        return current_ids(ids, self._left_behind)
+
+    def _act(self, found: Mapping[PartitionId, tuple[str, str]], *, settle: bool = True) -> None:
         if not found:
             return
         for (topic, partition), (read_from, current) in sorted(found.items()):
+            self._left_behind.setdefault(topic, set()).add(read_from)
             log.warning("%s[%d]: topic ID changed under the running consumer (%s → %s): the topic was re-created; "
                         "placing it again", topic, partition, read_from, current)  # fmt: skip
-        self._handover.settle()  # a write in flight is accounted for first, as for a refused fetch position
+        if settle:
+            self._handover.settle()  # a write in flight is accounted for first, as for a refused fetch position
         self._seeker.forget(list(found))
 
 

@@ -55,6 +55,7 @@ POLL_INTERVAL_S = 0.1
 CLOSE_BUDGET_S = 3.0
 # The broker refused a fetch position (auto.offset.reset = error): the partition is placed again.
 OUT_OF_RANGE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
+UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.UNKNOWN_TOPIC_ID, KafkaError._UNKNOWN_TOPIC})
 # A missing ACL: no retry mends it, and warning about it at every poll would hide it. The loop ends (what
 # is buffered was never stored, so it is read again) and the command exits 2 with one line.
 NOT_AUTHORIZED = frozenset({KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED})
@@ -105,7 +106,8 @@ class RunLoop:
             kafka, positions, telemetry, clock, retry_initial_s=options.retry_initial_s,
             retry_max_s=options.retry_max_s, halted_retry_s=options.halted_retry_s, exit_on_halt=options.exit_on_halt,
         )  # fmt: skip
-        seeker = Seeker(kafka, writer, positions, facts=LogFacts(admin, kafka), rules=options.placement,
+        facts = LogFacts(admin, kafka)
+        seeker = Seeker(kafka, writer, positions, facts=facts, rules=options.placement,
                         window=window, pending=pending, telemetry=telemetry, flow=flow, clock=clock)  # fmt: skip
         self.handover = Handover(kafka, preparer, writer, pending=pending, positions=positions, seeker=seeker,
                                  flow=flow, telemetry=telemetry, raw_table=target.spec.raw.table,
@@ -117,7 +119,9 @@ class RunLoop:
                                          telemetry=telemetry, clock=clock)  # fmt: skip
         self.handover.on_commit = self.housekeeping.database_contacted
         self.topic_watch = TopicWatch(kafka, options.topics, telemetry, clock)
-        self.incarnations = IncarnationWatch(admin, positions, seeker, self.handover, clock)
+        self.incarnations = IncarnationWatch(admin, facts, positions=positions, seeker=seeker, handover=self.handover,
+                                             flow=flow, clock=clock)  # fmt: skip
+        flow.before_resume = self.incarnations.check_now
         self._stopping = False
 
     def stop(self) -> None:
@@ -191,6 +195,8 @@ class RunLoop:
             if error.code() in OUT_OF_RANGE and message.topic() is not None:
                 refused[(message.topic() or "", message.partition() or 0)] = error.str()
             else:
+                if error.code() in UNKNOWN_TOPIC:  # deleted, and maybe re-created: check its ID at once
+                    self.incarnations.soon()
                 log.warning("kafka: %s", error.str())
         if refused:  # nothing of a refused partition is kept: it is placed again (its window dropped)
             runs = [(pid, run) for pid, run in runs if pid not in refused]
