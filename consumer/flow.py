@@ -104,14 +104,17 @@ class FlowControl:
             return
         if self.retry_at is None and not self.paused:
             return
-        if self.halt or self.retry_reason:
-            log.info("flush succeeded again; resuming all partitions")
-        self.retry_at = None
-        self._backoff.reset()
-        self.halt, self.retry_reason = None, None
+        stalled = self.halt is not None or self.retry_reason is not None
+        self.retry_at, self.halt = None, None
+        # The backoff and the retry's reason are kept until the partitions do resume: what runs before
+        # may schedule another retry, which then goes on from where this one was.
         self.before_resume()
-        if self.waiting:  # it placed a partition halted (a re-created topic, say): the halt stands
+        if self.waiting:  # it placed a partition halted, or could not check: that retry or halt stands
             return
+        if stalled:
+            log.info("flush succeeded again; resuming all partitions")
+        self._backoff.reset()
+        self.retry_reason = None
         self.resume_all()
         self.report()
 

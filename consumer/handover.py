@@ -80,6 +80,7 @@ class Handover:
         self._advisory: dict[PartitionId, int] = {}  # stored positions Kafka was not told yet (`advise`)
         self._advised_at = float("-inf")
         self._submitted: tuple[Batch, int] | None = None  # the write in flight, with its records' bytes
+        self.retrying = False  # inside `retry`: paused partitions resume from there only
 
     def unwritten(self) -> int:
         """Pending records still to write."""
@@ -148,6 +149,13 @@ class Handover:
     def retry(self) -> None:
         """The retry is due: place the partitions halted on their position again (an operator may have
         reset them), re-read the stored positions (the database may have lost or kept commits), write."""
+        self.retrying = True
+        try:
+            self._retry()
+        finally:
+            self.retrying = False
+
+    def _retry(self) -> None:
         if not self.settle():  # a write in flight first (a halt can be decided while one runs)
             return
         self._seeker.seek_unknown(halted=True)

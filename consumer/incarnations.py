@@ -9,8 +9,9 @@ IDs under a running consumer: librdkafka#3255), and the new topic's messages bef
 would be skipped until the next rebalance or restart.
 
 So the topic IDs of the partitions being read are checked:
-- before paused partitions resume (`check_now`, FlowControl.before_resume), once the retry wrote what
-  was read before the pause: those records belong to the old topic and are kept;
+- before paused partitions resume after a retry (`check_now`, FlowControl.before_resume), once the
+  retry wrote what was read before the pause (what was pending and the open window): those records
+  belong to the old topic and are kept. Partitions resume only once the broker has answered;
 - every CHECK_EVERY_S while they are read (`tick`: one DescribeTopics request, answered in the
   background, so that the loop never waits for it), and at the next step after a fetch says the topic
   is unknown. Not while a retry is awaited: the check before resuming comes first.
@@ -31,6 +32,7 @@ from typing import Any
 from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
+from consumer.failures import Action, Failure
 from consumer.flow import FlowControl
 from consumer.handover import Handover
 from consumer.log_facts import LogFacts
@@ -103,11 +105,20 @@ class IncarnationWatch:
             self._ask(now)
 
     def check_now(self) -> None:
-        """Before paused partitions resume: asks the broker and waits for its answer (LogFacts' timeout)."""
+        """Before paused partitions resume after a retry: asks the broker and waits for its answer
+        (LogFacts' timeout). A topic it could not describe (the broker did not answer, or the topic is
+        gone and not back yet) keeps every partition paused: the retry is scheduled again. Not when the
+        partitions resume otherwise (their records were released, in a rebalance callback), nor when
+        leaving (nothing will be fetched)."""
         asked = self._positions.incarnations()
-        if asked and self._handover.deadline is None:  # not when leaving: nothing will be fetched
-            current = self._current(self._facts.topic_ids(topic for topic, _ in asked))
-            self._act(moved(asked, asked, current), settle=False)  # the write that ended is accounted for
+        if not asked or not self._handover.retrying or self._handover.deadline is not None:
+            return
+        described = self._facts.topic_ids(topic for topic, _ in asked)
+        if unknown := sorted(topic for topic, found in described.items() if found is None):
+            reason = f"the topic IDs of {', '.join(unknown)} could not be read before resuming"
+            self._flow.schedule_retry(Failure(Action.RETRY, "transient", reason))
+            return
+        self._act(moved(asked, asked, self._current(described)), settle=False)  # the write that ended is settled
 
     def _ask(self, now: float) -> None:
         self._asked = self._positions.incarnations()

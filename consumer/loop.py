@@ -166,6 +166,8 @@ class RunLoop:
         self._accept(messages)  # 5.
         if self.flow.waiting:  # 6.
             if self.flow.due():
+                if len(self.window):  # read before the pause: written by the retry too, before anything resumes
+                    self.handover.pending.add_window(self.window, self.handover.pending.trigger)
                 self.handover.retry()
         elif (trigger := self.window.ready()) is not None:
             self.handover.pending.add_window(self.window, trigger)
