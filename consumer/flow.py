@@ -68,6 +68,11 @@ class FlowControl:
     def due(self) -> bool:
         return self.retry_at is not None and self._clock() >= self.retry_at
 
+    def retry_now(self) -> None:
+        """A retry is due at once: the partitions resume at the next step, from the retry (a
+        `before_resume` that must not run where `recovered` was called, e.g. in a rebalance callback)."""
+        self.retry_at = self._clock() if self.retry_at is None else min(self.retry_at, self._clock())
+
     def seconds_to_retry(self) -> float:
         return 0.0 if self.retry_at is None else max(0.0, self.retry_at - self._clock())
 

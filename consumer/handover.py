@@ -248,4 +248,6 @@ class Handover:
         self._positions.release(pids)
         self._telemetry.released(pids)
         if not self.pending.records and self._flow.waiting and self._flow.halt is None:
-            self._flow.recovered()  # nothing left to retry
+            # Nothing left to write: retry now rather than resume here, so that the partitions resume
+            # where they always do, after the topic IDs were checked (consumer/incarnations.py).
+            self._flow.retry_now()

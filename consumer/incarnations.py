@@ -11,7 +11,8 @@ would be skipped until the next rebalance or restart.
 So the topic IDs of the partitions being read are checked:
 - before paused partitions resume after a retry (`check_now`, FlowControl.before_resume), once the
   retry wrote what was read before the pause (what was pending and the open window): those records
-  belong to the old topic and are kept. Partitions resume only once the broker has answered;
+  belong to the old topic and are kept. Every path to resuming goes through a retry (a rebalance that
+  releases what was left to write makes the retry due at once);
 - every CHECK_EVERY_S while they are read (`tick`: one DescribeTopics request, answered in the
   background, so that the loop never waits for it), and at the next step after a fetch says the topic
   is unknown. Not while a retry is awaited: the check before resuming comes first.
@@ -32,7 +33,6 @@ from typing import Any
 from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
-from consumer.failures import Action, Failure
 from consumer.flow import FlowControl
 from consumer.handover import Handover
 from consumer.log_facts import LogFacts
@@ -107,17 +107,18 @@ class IncarnationWatch:
     def check_now(self) -> None:
         """Before paused partitions resume after a retry: asks the broker and waits for its answer
         (LogFacts' timeout). A topic it could not describe (the broker did not answer, or the topic is
-        gone and not back yet) keeps every partition paused: the retry is scheduled again. Not when the
-        partitions resume otherwise (their records were released, in a rebalance callback), nor when
-        leaving (nothing will be fetched)."""
+        gone and not back yet) is checked again at the next tick, in the background: keeping every
+        topic paused until a metadata refresh revokes a deleted one would stall them all for minutes.
+        Called outside a retry, it makes one due instead. Not when leaving (nothing will be fetched)."""
         asked = self._positions.incarnations()
-        if not asked or not self._handover.retrying or self._handover.deadline is not None:
+        if not asked or self._handover.deadline is not None:
+            return
+        if not self._handover.retrying:  # a write that ended elsewhere (a rebalance callback): resume from a retry
+            self._flow.retry_now()
             return
         described = self._facts.topic_ids(topic for topic, _ in asked)
-        if unknown := sorted(topic for topic, found in described.items() if found is None):
-            reason = f"the topic IDs of {', '.join(unknown)} could not be read before resuming"
-            self._flow.schedule_retry(Failure(Action.RETRY, "transient", reason))
-            return
+        if any(found is None for found in described.values()):
+            self.soon()
         self._act(moved(asked, asked, self._current(described)), settle=False)  # the write that ended is settled
 
     def _ask(self, now: float) -> None:
