@@ -58,3 +58,33 @@ def test_exit_on_halt_applies_to_every_halt() -> None:
     assert not flow.should_exit, "a transient failure is retried, not a halt"
     flow.schedule_retry(Failure(Action.HALT, "systemic", "permission denied"))
     assert flow.should_exit
+
+
+def test_what_runs_before_resuming_may_keep_the_partitions_paused() -> None:
+    flow, _, kafka, _ = _flow()
+    flow.schedule_retry(Failure(Action.RETRY, "transient", "connection refused"))
+    flow.before_resume = flow.retry_now  # e.g. the topic-ID check, outside a retry
+    flow.recovered()
+    assert flow.waiting and flow.due() and kafka.paused == {("t", 0), ("t", 1)}
+    flow.before_resume = lambda: None  # the retry that follows resumes them
+    flow.recovered()
+    assert flow.retry_at is None and kafka.paused == set()
+
+
+def test_a_retry_scheduled_before_resuming_goes_on_with_the_backoff() -> None:
+    flow, _, kafka, _ = _flow()
+    flow.schedule_retry(Failure(Action.RETRY, "transient", "connection refused"))
+    flow.schedule_retry(Failure(Action.RETRY, "transient", "connection refused"))
+    attempts = flow._backoff.attempts
+    flow.before_resume = lambda: flow.schedule_retry(Failure(Action.RETRY, "transient", "connection refused"))
+    flow.recovered()
+    assert flow.waiting and kafka.paused == {("t", 0), ("t", 1)}
+    assert flow._backoff.attempts == attempts + 1  # not started over from the first delay
+
+
+def test_retry_now_makes_a_retry_due_at_once() -> None:
+    flow, _, _, _ = _flow()
+    flow.schedule_retry(Failure(Action.RETRY, "transient", "connection refused"))
+    assert flow.waiting and not flow.due()
+    flow.retry_now()
+    assert flow.due()
