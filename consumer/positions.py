@@ -172,7 +172,7 @@ class Positions:
             records,
             {pid: self.stored(pid) for pid in spans},
             {pid: end for pid, (_, end) in spans.items()},
-            {topic: owned[(topic, p)].topic_id for topic, p in spans if (topic, p) in owned},
+            {pid: owned[pid].topic_id for pid in spans if pid in owned},
         )
 
     def committed(self, positions: Mapping[PartitionId, int]) -> None:
@@ -182,9 +182,11 @@ class Positions:
             if state is not None:
                 state.stored = position
 
-    def topic_ids(self) -> dict[str, str | None]:
-        """The topic ID (incarnation) each owned topic is being read from."""
-        return {topic: state.topic_id for (topic, _), state in self._owned.items() if state.topic_id is not None}
+    def topic_ids(self) -> dict[PartitionId, str | None]:
+        """The topic ID (incarnation) each owned partition is being read from, where known. Per partition:
+        two partitions of one topic can be read from two incarnations of it for a while (one placed again
+        on the re-created topic, the other not yet), and each record is stamped with its own."""
+        return {pid: state.topic_id for pid, state in self._owned.items() if state.topic_id is not None}
 
     def incarnations(self) -> dict[PartitionId, str]:
         """The topic ID each owned partition whose position is known is being read from (where known)."""

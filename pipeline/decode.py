@@ -34,7 +34,7 @@ import orjson
 from pipeline.field_types import FIELD_TYPES
 from pipeline.fields import FieldError, FieldFailure
 from pipeline.lookup_spec import normaliser
-from pipeline.records import Record, Rejection, RejectReason
+from pipeline.records import PartitionId, Record, Rejection, RejectReason
 from pipeline.row_compiler import compile_row
 from pipeline.spec import PipelineSpec
 from pipeline.struct_reader import struct_reader
@@ -134,7 +134,7 @@ class Decoder:
             if col.kafka is not None:
                 columns.setdefault(col.kafka, []).append(name)
         self.kafka_attributes = tuple(columns)
-        self._topic_ids: Mapping[str, str | None] = {}
+        self._topic_ids: Mapping[PartitionId, str | None] = {}
         # Topic, partition and offset are copied as they are: by the row reader itself when no lookup key
         # is staged between the fields and them, else by one C call for all of them. Joining two
         # tuples per row cost 0.45 µs per event, a tenth of decoding.
@@ -163,18 +163,20 @@ class Decoder:
         where = f"{columns} (kafka topic_id)"
 
         def topic_id(record: Record) -> str:
-            found = self._topic_ids.get(record.topic)
+            found = self._topic_ids.get((record.topic, record.partition))
             if found is None:  # placement waits for the topic ID of such a pipeline: not expected here
                 raise FieldError(f"{where}: the topic's ID is not known")
             return found
 
         return topic_id
 
-    def decode(self, records: Sequence[Record], topic_ids: Mapping[str, str | None] | None = None) -> DecodedBatch:
+    def decode(
+        self, records: Sequence[Record], topic_ids: Mapping[PartitionId, str | None] | None = None
+    ) -> DecodedBatch:
         """Decode `records` in order; never raises: a record that cannot be written becomes a Rejection.
 
         Each record gets exactly one verdict: a row, a rejection, or skipped (by the transform hook).
-        `topic_ids` (topic → the topic ID it was read from) feed `{ kafka = "topic_id" }` columns.
+        `topic_ids` ((topic, partition) → the topic ID it was read from) feed `{ kafka = "topic_id" }` columns.
         """
         self._topic_ids = topic_ids or {}
         out = DecodedBatch()

@@ -127,13 +127,13 @@ class OffsetsTable:
         conn: psycopg.Connection[Any],
         expected: Mapping[PartitionId, int | None],
         positions: Mapping[PartitionId, int],
-        topic_ids: Mapping[str, str | None] | None = None,
+        topic_ids: Mapping[PartitionId, str | None] | None = None,
     ) -> Callable[[], None]:
         """Move every partition in `positions` from `expected` (None: no row yet): send the statements
         now, and return the check that raises PositionConflict naming the partitions that did not match.
 
-        `topic_ids` (topic → the live topic ID, when known) are stored with the positions, and a row
-        of another incarnation of the topic does not match. Must run inside the flush transaction,
+        `topic_ids` ((topic, partition) → the topic ID it was read from, when known) are stored with the
+        positions, and a row of another incarnation of the topic does not match. Must run inside the flush transaction,
         first, so the row locks order concurrent writers; the caller rolls back on a conflict. In
         pipeline mode the statements are only queued: call the check once the pipeline has synced
         (BEGIN and the compare-and-set travel in one round trip).
@@ -151,7 +151,7 @@ class OffsetsTable:
                         [p for _, p in updates],
                         [expected[pid] for pid in updates],
                         [positions[pid] for pid in updates],
-                        [ids.get(t) for t, _ in updates],
+                        [ids.get(pid) for pid in updates],
                         self.group,
                     ),
                 )
@@ -165,7 +165,7 @@ class OffsetsTable:
                         [t for t, _ in inserts],
                         [p for _, p in inserts],
                         [positions[pid] for pid in inserts],
-                        [ids.get(t) for t, _ in inserts],
+                        [ids.get(pid) for pid in inserts],
                     ),
                 )
             )

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from pipeline.copydata import CopyEncoder
 from pipeline.decode import DecodedBatch, Decoder
-from pipeline.records import Record
+from pipeline.records import PartitionId, Record
 from pipeline.spec import PipelineSpec
 from pipeline.spec_loader import PipelineFileError
 from pipeline.sqlplan import WritePlan
@@ -37,7 +37,9 @@ class Preparer:
         """Decode and validate `records` (pure); never raises for bad input."""
         return self.decoder.decode(records)
 
-    def prepare(self, records: Sequence[Record], topic_ids: Mapping[str, str | None] | None = None) -> DecodedBatch:
+    def prepare(
+        self, records: Sequence[Record], topic_ids: Mapping[PartitionId, str | None] | None = None
+    ) -> DecodedBatch:
         """Decode `records` (read from the topic incarnations `topic_ids`) and encode their COPY data."""
         decoded = self.decoder.decode(records, topic_ids)
         if self.encoder is not None and decoded.rows:

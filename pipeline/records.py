@@ -181,8 +181,8 @@ class Batch:
     from_positions: dict[PartitionId, int | None]
     to_positions: dict[PartitionId, int] = field(default_factory=dict)
     """Computed from `records` when not given; give it only when already computed from them."""
-    topic_ids: dict[str, str | None] = field(default_factory=dict)
-    """The topic incarnation (Kafka topic ID) the records were read from, stored with the positions."""
+    topic_ids: dict[PartitionId, str | None] = field(default_factory=dict)
+    """The topic incarnation (Kafka topic ID) each partition's records were read from, stored with its position."""
 
     def __post_init__(self) -> None:
         if not self.to_positions:

@@ -236,7 +236,7 @@ class BatchWriter:
         conn: psycopg.Connection[Any],
         expected: dict[PartitionId, int | None],
         targets: dict[PartitionId, int],
-        topic_ids: dict[str, str | None],
+        topic_ids: dict[PartitionId, str | None],
     ) -> Iterator[None]:
         """A transaction block whose BEGIN and compare-and-set travel in one round trip (pipeline mode).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import orjson
 import psycopg
@@ -19,7 +20,7 @@ from pipeline.offsets import PositionConflict
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
 from pipeline.rejects import RejectSink
-from pipeline.spec_loader import load_pipeline
+from pipeline.spec_loader import builtin_dir, load_pipeline
 from pipeline.target import Target
 
 TOPIC = "invoice-lines"
@@ -314,6 +315,52 @@ def test_durability_replay_turns_synchronous_commit_off_for_the_flush_transactio
         after = target.database.connection().execute("SHOW synchronous_commit").fetchone()
         assert after == ("on",), "SET LOCAL: the session's setting is back once the transaction ended"
         assert target.stored_positions([(TOPIC, 1)])[(TOPIC, 1)].offset == 30
+    finally:
+        target.close()
+        preparer.close()
+
+
+def test_each_partition_is_stamped_and_stored_with_the_incarnation_it_was_read_from(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A topic re-created under a running consumer: for a while, one partition is placed again on the new
+    # incarnation while another is still read from the old one, and both can be in one write. Each row and
+    # each stored position carries its own partition's topic ID, never the other's: with a key of
+    # coordinates plus topic ID, a new message stamped with the old ID would pass for a duplicate.
+    coordinates = '["kafka_topic", "kafka_partition", "kafka_offset", "kafka_topic_id"]'
+    text = (
+        (builtin_dir() / "invoices.toml")
+        .read_text()
+        .replace('dedupe_key = ["event_id"]', f"dedupe_key = {coordinates}")
+    )
+    text = text.replace(
+        'kafka_offset = { kafka = "offset" }',
+        'kafka_offset = { kafka = "offset" }\nkafka_topic_id = { kafka = "topic_id" }',
+    )
+    (tmp_path / "incarnations.toml").write_text(text)
+    spec = load_pipeline(tmp_path / "incarnations.toml")
+    target, preparer = Target(spec, database_url), Preparer(spec, database_url)
+    try:
+        assert target.init_tables()[1] == []
+        ids: dict[PartitionId, str | None] = {(TOPIC, 0): "old-incarnation", (TOPIC, 1): "new-incarnation"}
+        both = records(40, seed=17, partition=0) + records(40, seed=18, partition=1)
+        batch = Batch(both, {(TOPIC, 0): None, (TOPIC, 1): None}, topic_ids=ids)
+        result = target.write(batch, preparer.prepare(both, ids), Collecting())
+        assert result.inserted == 80
+        with psycopg.connect(database_url) as conn:
+            stamped = conn.execute(
+                "SELECT kafka_partition, array_agg(DISTINCT kafka_topic_id) FROM transactions GROUP BY 1"
+            ).fetchall()
+            stored = conn.execute("SELECT partition, topic_id FROM microbatch_offsets").fetchall()
+        assert sorted(stamped) == [(0, ["old-incarnation"]), (1, ["new-incarnation"])]
+        assert sorted(stored) == [(0, "old-incarnation"), (1, "new-incarnation")]
+        # A write of partition 1 that claims the old incarnation does not match its stored row.
+        late = records(5, seed=19, partition=1, start=40)
+        stale: dict[PartitionId, str | None] = {(TOPIC, 1): "old-incarnation"}
+        with pytest.raises(PositionConflict) as conflict:
+            target.write(Batch(late, {(TOPIC, 1): 40}, topic_ids=stale), preparer.prepare(late, stale), Collecting())
+        assert conflict.value.partitions == [(TOPIC, 1)]
+        assert count(database_url, "SELECT count(*) FROM transactions") == 80
     finally:
         target.close()
         preparer.close()

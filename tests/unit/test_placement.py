@@ -6,6 +6,7 @@ from consumer.incarnations import current_ids, moved
 from consumer.placement import Facts, Rules, place
 from consumer.positions import Positions
 from pipeline.offsets import StoredPosition
+from pipeline.records import Record
 
 PID = ("orders", 2)
 OLD, NEW = "AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBB"
@@ -133,3 +134,15 @@ def test_an_id_a_topic_was_re_created_from_is_never_gone_back_to() -> None:
     assert current == {"t": None, "u": "X"}
     assert moved({("t", 0): "Y"}, {("t", 0): "Y"}, current) == {}
     assert moved({("t", 0): "Y"}, {("t", 0): "Y"}, current_ids({"t": "Z"}, left_behind)) == {("t", 0): ("Y", "Z")}
+
+
+def test_two_partitions_of_one_topic_keep_their_own_incarnations() -> None:
+    # One partition placed again on the re-created topic, the other still read from the old one.
+    positions = Positions()
+    positions.assign(("t", 0), 10, topic_id="OLD")
+    positions.assign(("t", 1), 0, topic_id="NEW")
+    positions.assign(("u", 0), 3)  # no topic ID known: none claimed
+    assert positions.topic_ids() == {("t", 0): "OLD", ("t", 1): "NEW"}
+    records = [Record("t", 0, 10, None, b"{}"), Record("t", 1, 0, None, b"{}"), Record("u", 0, 3, None, b"{}")]
+    batch = positions.batch(records)
+    assert batch.topic_ids == {("t", 0): "OLD", ("t", 1): "NEW", ("u", 0): None}

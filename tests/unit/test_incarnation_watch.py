@@ -1,0 +1,172 @@
+"""IncarnationWatch's decisions: when it asks the broker for topic IDs, when it acts on the answer,
+and what it places again. The broker, the seeker, the hand-over and the flow control are stand-ins
+that record what the watch asks of them; T12b (tests/chaos/test_positions.py) runs it against real
+Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from consumer.incarnations import CHECK_EVERY_S, REQUEST_TIMEOUT_S, IncarnationWatch
+from consumer.positions import Positions
+from pipeline.records import PartitionId
+
+
+@dataclass
+class Description:
+    topic_id: str | None
+
+
+@dataclass
+class Broker:
+    """The admin client and LogFacts in one: what each topic's ID is now, and who asked."""
+
+    ids: dict[str, str | None]
+    answered: bool = True  # False: DescribeTopics requests stay unanswered
+    asked: list[list[str]] = field(default_factory=list)
+    described: list[list[str]] = field(default_factory=list)
+
+    def describe_topics(self, topics: Any, request_timeout: float) -> dict[str, Future[Any]]:
+        names = sorted(topics.topic_names)
+        self.asked.append(names)
+        answers: dict[str, Future[Any]] = {}
+        for name in names:
+            answers[name] = Future()
+            if self.answered:
+                answers[name].set_result(Description(self.ids.get(name)))
+        return answers
+
+    def topic_ids(self, topics: Any) -> dict[str, str | None]:
+        names = sorted(set(topics))
+        self.described.append(names)
+        return {name: self.ids.get(name) for name in names}
+
+
+@dataclass
+class Loop:
+    """The seeker, the hand-over and the flow control, as far as the watch uses them."""
+
+    waiting: bool = False
+    retrying: bool = False
+    deadline: float | None = None
+    calls: list[str] = field(default_factory=list)
+    forgotten: list[PartitionId] = field(default_factory=list)
+
+    def settle(self) -> bool:
+        self.calls.append("settle")
+        return True
+
+    def forget(self, pids: list[PartitionId]) -> None:
+        self.calls.append("forget")
+        self.forgotten += pids
+
+    def retry_now(self) -> None:
+        self.calls.append("retry_now")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _watch(ids: dict[str, str | None]) -> tuple[IncarnationWatch, Positions, Broker, Loop, Clock]:
+    positions, broker, loop, clock = Positions(), Broker(ids), Loop(), Clock()
+    positions.assign(("t", 0), 10, topic_id="OLD")
+    positions.assign(("t", 1), 20, topic_id="OLD")
+    positions.assign(("u", 0), 5, topic_id="U")
+    watch = IncarnationWatch(broker, broker, positions=positions, seeker=loop, handover=loop, flow=loop, clock=clock)  # type: ignore[arg-type]
+    return watch, positions, broker, loop, clock
+
+
+def test_the_background_check_asks_every_interval_and_places_again_what_an_old_incarnation_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch, _, broker, loop, clock = _watch({"t": "NEW", "u": "U"})
+    watch.tick()
+    assert broker.asked == [], "not before the first interval is over"
+    clock.now += CHECK_EVERY_S
+    watch.tick()  # asks
+    assert broker.asked == [["t", "u"]] and loop.calls == []
+    watch.tick()  # the answer is in: acts on it
+    assert loop.forgotten == [("t", 0), ("t", 1)], "both partitions of the re-created topic, nothing of u"
+    assert loop.calls == ["settle", "forget"], "the write in flight is accounted for before placing again"
+    assert caplog.text.count("topic ID changed under the running consumer (OLD → NEW)") == 2
+    watch.tick()
+    assert broker.asked == [["t", "u"]], "the next check waits for the next interval"
+
+
+def test_an_id_a_topic_was_re_created_from_is_not_gone_back_to() -> None:
+    watch, positions, broker, loop, clock = _watch({"t": "NEW", "u": "U"})
+    clock.now += CHECK_EVERY_S
+    watch.tick()
+    watch.tick()
+    positions.sought(("t", 0), 0, 0, topic_id="NEW")  # placed again on the new topic
+    positions.sought(("t", 1), 0, 0, topic_id="NEW")
+    broker.ids["t"] = "OLD"  # a broker answering from stale metadata
+    clock.now += CHECK_EVERY_S
+    watch.tick()
+    watch.tick()
+    assert loop.forgotten == [("t", 0), ("t", 1)], "nothing is sent back to the old incarnation"
+
+
+def test_nothing_is_asked_or_acted_on_while_a_retry_is_awaited() -> None:
+    watch, _, broker, loop, clock = _watch({"t": "NEW", "u": "U"})
+    loop.waiting = True
+    clock.now += CHECK_EVERY_S
+    watch.tick()
+    assert broker.asked == [], "the check before resuming comes first"
+    loop.waiting = False
+    watch.tick()  # asks
+    loop.waiting = True
+    watch.tick()  # the answer comes in during a retry: dropped
+    assert loop.calls == []
+    loop.waiting = False
+    watch.soon()
+    watch.tick()
+    watch.tick()
+    assert loop.forgotten == [("t", 0), ("t", 1)]
+
+
+def test_an_unknown_topic_makes_the_check_run_at_the_next_tick_and_an_unanswered_one_is_given_up() -> None:
+    watch, _, broker, loop, clock = _watch({"t": "OLD", "u": "U"})
+    broker.answered = False
+    watch.soon()
+    watch.tick()
+    assert broker.asked == [["t", "u"]]
+    clock.now += REQUEST_TIMEOUT_S
+    watch.tick()
+    assert broker.asked == [["t", "u"]] and loop.calls == [], "still waiting for the answer"
+    clock.now += REQUEST_TIMEOUT_S
+    watch.tick()  # given up: nothing to act on
+    assert loop.calls == []
+    watch.soon()
+    watch.tick()
+    assert broker.asked == [["t", "u"], ["t", "u"]], "asked again"
+
+
+def test_before_resuming_the_check_waits_for_the_answer_and_places_without_settling() -> None:
+    watch, _, broker, loop, _ = _watch({"t": "NEW", "u": None})  # u: deleted, not re-created yet
+    loop.retrying = True
+    watch.check_now()
+    assert broker.described == [["t", "u"]] and broker.asked == []
+    assert loop.forgotten == [("t", 0), ("t", 1)]
+    assert loop.calls == ["forget"], "the retry's own write is already settled"
+    watch.tick()
+    assert broker.asked == [["t", "u"]], "the topic it could not describe is checked at the next tick"
+
+
+def test_outside_a_retry_the_check_makes_one_due_and_when_leaving_it_does_nothing() -> None:
+    watch, _, broker, loop, _ = _watch({"t": "NEW", "u": "U"})
+    watch.check_now()  # a rebalance callback released what was left to write
+    assert loop.calls == ["retry_now"] and broker.described == []
+    loop.calls.clear()
+    loop.retrying, loop.deadline = True, 5.0
+    watch.check_now()
+    assert loop.calls == [] and broker.described == []
