@@ -12,7 +12,8 @@ So the topic IDs of the partitions being read are checked:
 - before paused partitions resume after a retry (`check_now`, FlowControl.before_resume), once the
   retry wrote what was read before the pause (what was pending and the open window): those records
   belong to the old topic and are kept. Every path to resuming goes through a retry (a rebalance that
-  releases what was left to write makes the retry due at once);
+  releases what was left to write makes the retry due at once). A topic the broker cannot describe
+  then does not resume: its partitions are placed again, which waits until it can be described;
 - every CHECK_EVERY_S while they are read (`tick`: one DescribeTopics request, answered in the
   background, so that the loop never waits for it), and at the next step after a fetch says the topic
   is unknown. Not while a retry is awaited: the check before resuming comes first.
@@ -106,10 +107,12 @@ class IncarnationWatch:
 
     def check_now(self) -> None:
         """Before paused partitions resume after a retry: asks the broker and waits for its answer
-        (LogFacts' timeout). A topic it could not describe (the broker did not answer, or the topic is
-        gone and not back yet) is checked again at the next tick, in the background: keeping every
-        topic paused until a metadata refresh revokes a deleted one would stall them all for minutes.
-        Called outside a retry, it makes one due instead. Not when leaving (nothing will be fetched)."""
+        (LogFacts' timeout). The partitions of a topic it could not describe (the broker did not
+        answer, or the topic is gone and not back yet) are placed again rather than resumed unchecked:
+        placement waits until the topic can be described (consumer/placement.py), while the other
+        topics resume. An answer not believed (an ID the topic was re-created from) is checked again
+        at the next tick. Called outside a retry, it makes one due instead. Not when leaving (nothing
+        will be fetched)."""
         asked = self._positions.incarnations()
         if not asked or self._handover.deadline is not None:
             return
@@ -117,9 +120,16 @@ class IncarnationWatch:
             self._flow.retry_now()
             return
         described = self._facts.topic_ids(topic for topic, _ in asked)
-        if any(found is None for found in described.values()):
+        current = self._current(described)
+        if any(found is None for found in current.values()):
             self.soon()
-        self._act(moved(asked, asked, self._current(described)), settle=False)  # the write that ended is settled
+        self._act(moved(asked, asked, current), settle=False)  # the write that ended is settled
+        undescribed = sorted(pid for pid in asked if described.get(pid[0]) is None)
+        if undescribed:
+            topics = sorted({topic for topic, _ in undescribed})
+            log.warning("cannot tell whether %s was re-created while its partitions were paused (the broker did not "
+                        "describe it): placing them again once it does", ", ".join(topics))  # fmt: skip
+            self._seeker.forget(undescribed)
 
     def _ask(self, now: float) -> None:
         self._asked = self._positions.incarnations()

@@ -15,7 +15,7 @@ from devstack.postgres_server import PostgresServer
 from devstack.verify import high_watermarks, stored_positions
 from tests.chaos.conftest import StreamFactory
 from tests.support.chaos import Scenario, Stream, iterations
-from tests.support.consumer_process import run_cli
+from tests.support.consumer_process import ConsumerProcess, run_cli
 from tests.support.kafka_io import halted
 from tests.support.services import wait_until
 from tests.support.user_paths import delete_topics
@@ -66,24 +66,43 @@ def test_t12_topic_deleted_and_re_created(stream: Stream, scenario: Scenario) ->
     scenario.check(min_faults=rounds)
 
 
-@pytest.mark.scenario("T12b topic re-created while every partition is paused, refilled past its positions")
-def test_t12b_topic_re_created_while_paused(
-    make_stream: StreamFactory, own_postgres: PostgresServer, scenario: Scenario
-) -> None:
+def _paused_by_a_database_outage(
+    make_stream: StreamFactory, own_postgres: PostgresServer, *, seed: int
+) -> tuple[Stream, ConsumerProcess, dict[tuple[str, int], int]]:
+    """A consumer that wrote 3,000 messages, then read 400 more that it cannot write: the database is
+    down and every partition paused, so librdkafka fetches nothing and learns nothing of the topic from
+    its fetches. Returns the stream, the consumer, and the high watermarks before the 400."""
     stream = make_stream(database=own_postgres.url)
     # librdkafka refreshes its metadata every 5 minutes by default, and a refresh that fell while the
     # topic is gone would revoke its partitions (the case T12 covers); here it must not happen at all.
     stream.env["MICROBATCH_KAFKA_CONFIG"] = json.dumps({"topic.metadata.refresh.interval.ms": "3600000"})
-    stream.produce(3000, seed=125, rate=3000)
+    stream.produce(3000, seed=seed, rate=3000)
     consumer = stream.consumer()
     wait_until(stream.caught_up, timeout=90, what="the first incarnation to be written")
     old_end = high_watermarks(stream.bootstrap, stream.topic, stream.partitions)
-    # The database goes away and a window cannot be written: every partition is paused, so librdkafka
-    # fetches nothing and learns nothing of the topic from its fetches while it is gone.
     own_postgres.stop("fast")
-    stream.produce(400, seed=126, bad_ratio=0.0, duplicate_ratio=0.0)
+    stream.produce(400, seed=seed + 1, bad_ratio=0.0, duplicate_ratio=0.0)
     wait_until(lambda: "flush failed (transient)" in consumer.output(), timeout=60, what="a write to fail")
-    # Those 400 were read before the topic went away: the retry writes them once the database is back.
+    return stream, consumer, old_end
+
+
+def _verdict_over_both_incarnations(stream: Stream, consumer: ConsumerProcess, scenario: Scenario) -> None:
+    """Once the consumer caught up and left cleanly: I1 to I5 over both incarnations of the topic, and
+    each partition started over on the new one (an audit row each)."""
+    stream.recover()
+    assert consumer.terminate() == 0
+    stream.verdict(copies_allowed=2)
+    resets = _events(stream, "topic_recreated")
+    scenario.notes.append(f"{len(resets)} topic_recreated audit rows")
+    assert sorted(p for p, *_ in resets) == list(range(stream.partitions)), resets
+
+
+@pytest.mark.scenario("T12b topic re-created while every partition is paused, refilled past its positions")
+def test_t12b_topic_re_created_while_paused(
+    make_stream: StreamFactory, own_postgres: PostgresServer, scenario: Scenario
+) -> None:
+    stream, consumer, old_end = _paused_by_a_database_outage(make_stream, own_postgres, seed=125)
+    # The 400 were read before the topic went away: the retry writes them once the database is back.
     delete_topics(stream.bootstrap, stream.topic)
     stream.produce(8000, seed=127, rate=8000)
     new_end = high_watermarks(stream.bootstrap, stream.topic, stream.partitions)
@@ -94,14 +113,28 @@ def test_t12b_topic_re_created_while_paused(
     own_postgres.start()
     stream.exact_recovery = True
     stream.fault_ended()
-    stream.recover()
-    assert consumer.terminate() == 0
-    stream.verdict(copies_allowed=2)
-    resets = _events(stream, "topic_recreated")
-    scenario.notes.append(f"{len(resets)} topic_recreated audit rows")
-    assert sorted(p for p, *_ in resets) == list(range(stream.partitions)), resets
+    _verdict_over_both_incarnations(stream, consumer, scenario)
     noticed = consumer.output().count("topic ID changed under the running consumer")
     assert noticed == stream.partitions, consumer.output()[-3000:]  # the consumer noticed, not a rebalance
+    scenario.check()
+
+
+@pytest.mark.scenario("T12c topic deleted while every partition is paused, re-created after they would resume")
+def test_t12c_topic_deleted_while_paused_and_re_created_later(
+    make_stream: StreamFactory, own_postgres: PostgresServer, scenario: Scenario
+) -> None:
+    stream, consumer, _ = _paused_by_a_database_outage(make_stream, own_postgres, seed=128)
+    # The topic is gone when the retry succeeds: the broker cannot say which incarnation comes next, so
+    # the partitions are not resumed at their old offsets but placed again once the topic is back.
+    delete_topics(stream.bootstrap, stream.topic)
+    scenario.fault(live=True)
+    own_postgres.start()
+    wait_until(lambda: "cannot tell whether" in consumer.output(), timeout=90, what="the retry to find the topic gone")
+    stream.produce(8000, seed=131, rate=8000)
+    stream.exact_recovery = True
+    stream.fault_ended()
+    _verdict_over_both_incarnations(stream, consumer, scenario)
+    assert consumer.output().count("cannot tell whether") == 1, consumer.output()[-3000:]
     scenario.check()
 
 

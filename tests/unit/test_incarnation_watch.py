@@ -152,14 +152,37 @@ def test_an_unknown_topic_makes_the_check_run_at_the_next_tick_and_an_unanswered
 
 
 def test_before_resuming_the_check_waits_for_the_answer_and_places_without_settling() -> None:
-    watch, _, broker, loop, _ = _watch({"t": "NEW", "u": None})  # u: deleted, not re-created yet
+    watch, _, broker, loop, _ = _watch({"t": "NEW", "u": "U"})
     loop.retrying = True
     watch.check_now()
     assert broker.described == [["t", "u"]] and broker.asked == []
     assert loop.forgotten == [("t", 0), ("t", 1)]
     assert loop.calls == ["forget"], "the retry's own write is already settled"
+
+
+def test_before_resuming_a_topic_the_broker_cannot_describe_is_placed_again_not_resumed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch, _, _, loop, _ = _watch({"t": "OLD", "u": None})  # u: deleted, or the broker did not answer
+    loop.retrying = True
+    watch.check_now()
+    assert loop.forgotten == [("u", 0)], "placement waits until u can be described; t resumes"
+    assert "cannot tell whether u was re-created" in caplog.text
+
+
+def test_before_resuming_an_answer_not_believed_is_asked_again_at_the_next_tick() -> None:
+    watch, positions, broker, loop, clock = _watch({"t": "NEW", "u": "U"})
+    clock.now += CHECK_EVERY_S
     watch.tick()
-    assert broker.asked == [["t", "u"]], "the topic it could not describe is checked at the next tick"
+    watch.tick()  # t placed again on NEW
+    positions.sought(("t", 0), 0, 0, topic_id="NEW")
+    positions.sought(("t", 1), 0, 0, topic_id="NEW")
+    broker.ids["t"] = "OLD"  # stale metadata
+    loop.retrying = True
+    watch.check_now()
+    assert loop.forgotten == [("t", 0), ("t", 1)], "the stale answer places nothing, and resumes"
+    watch.tick()
+    assert broker.asked[-1] == ["t", "u"], "asked again at once, in the background"
 
 
 def test_outside_a_retry_the_check_makes_one_due_and_when_leaving_it_does_nothing() -> None:
