@@ -13,15 +13,14 @@ So the topic IDs of the partitions being read are checked:
   retry wrote what was read before the pause (what was pending and the open window): those records
   belong to the old topic and are kept. Every path to resuming goes through a retry (a rebalance that
   releases what was left to write makes the retry due at once). A topic the broker cannot describe
-  then (or describes with an ID it was re-created from) does not resume: its partitions are placed
-  again, which waits until it can be described;
+  then does not resume: its partitions are placed again, which waits until it can be described;
 - every CHECK_EVERY_S while they are read (`tick`: one DescribeTopics request, answered in the
   background, so that the loop never waits for it), and at the next step after a fetch says the topic
   is unknown. Not while a retry is awaited: the check before resuming comes first.
 Each partition still read from another incarnation than its topic's current one is placed again:
 placement starts it over as on assignment (`topic_recreated`, audited). Its records not yet written
-are dropped, to be read again from the new topic. An ID once left behind is never believed again
-(consumer/log_facts.py), so that a broker answering from stale metadata cannot send a partition back.
+are dropped, to be read again from the new topic. An ID once left behind is never gone back to, so
+that a broker answering from stale metadata cannot send a partition back and forth.
 Loop thread only.
 """
 
@@ -32,6 +31,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from confluent_kafka import KafkaException, TopicCollection
+from confluent_kafka.admin import AdminClient
+
 from consumer.flow import FlowControl
 from consumer.handover import Handover
 from consumer.log_facts import LogFacts
@@ -41,7 +43,7 @@ from pipeline.records import PartitionId
 
 log = logging.getLogger("microbatch.loop")
 CHECK_EVERY_S = 10.0
-GIVE_UP_S = 20.0  # an answer not in by then is given up, and asked for again at the next check
+REQUEST_TIMEOUT_S = 10.0  # an answer not in by then is given up, and asked for again at the next check
 
 
 def moved(
@@ -59,11 +61,18 @@ def moved(
     return found
 
 
+def current_ids(described: Mapping[str, str | None], left_behind: Mapping[str, set[str]]) -> dict[str, str | None]:
+    """The topic IDs the broker `described`, None for one its topic was re-created from (`left_behind`):
+    a broker answering from stale metadata is not believed."""
+    return {topic: None if found in left_behind.get(topic, ()) else found for topic, found in described.items()}
+
+
 class IncarnationWatch:
     """See the module docstring. `tick()` between two steps of the loop."""
 
     def __init__(
         self,
+        admin: AdminClient,
         facts: LogFacts,
         *,
         positions: Positions,
@@ -72,12 +81,13 @@ class IncarnationWatch:
         flow: FlowControl,
         clock: Callable[[], float],
     ) -> None:
-        self._facts, self._positions = facts, positions
+        self._admin, self._facts, self._positions = admin, facts, positions
         self._seeker, self._handover, self._flow, self._clock = seeker, handover, flow, clock
         self._next_check = clock() + CHECK_EVERY_S
         self._asked: Mapping[PartitionId, str] = {}
         self._answers: Mapping[str, Future[Any]] | None = None
         self._give_up_at = 0.0
+        self._left_behind: dict[str, set[str]] = {}  # topic → the IDs it was re-created from
 
     def soon(self) -> None:
         """Check at the next tick (a fetch said a topic is unknown: it may have been deleted)."""
@@ -90,7 +100,7 @@ class IncarnationWatch:
                 return
             answers, self._answers = self._answers, None
             if not self._flow.waiting:
-                self._act(moved(self._asked, self._positions.incarnations(), self._facts.answered(answers)))
+                self._act(moved(self._asked, self._positions.incarnations(), self._current(_topic_ids(answers))))
         elif now >= self._next_check and not self._flow.waiting:
             self._next_check = now + CHECK_EVERY_S
             self._ask(now)
@@ -100,37 +110,58 @@ class IncarnationWatch:
         (LogFacts' timeout). The partitions of a topic it could not describe (the broker did not
         answer, or the topic is gone and not back yet) are placed again rather than resumed unchecked:
         placement waits until the topic can be described (consumer/placement.py), while the other
-        topics resume; so are those of a topic described with an ID it was re-created from (stale
-        metadata: not believed). Called outside a retry, it makes one due instead. Not when leaving
-        (nothing will be fetched)."""
+        topics resume. An answer not believed (an ID the topic was re-created from) is checked again
+        at the next tick. Called outside a retry, it makes one due instead. Not when leaving (nothing
+        will be fetched)."""
         asked = self._positions.incarnations()
         if not asked or self._handover.deadline is not None:
             return
         if not self._handover.retrying:  # a write that ended elsewhere (a rebalance callback): resume from a retry
             self._flow.retry_now()
             return
-        current = self._facts.topic_ids(topic for topic, _ in asked)
+        described = self._facts.topic_ids(topic for topic, _ in asked)
+        current = self._current(described)
+        if any(found is None for found in current.values()):
+            self.soon()
         self._act(moved(asked, asked, current), settle=False)  # the write that ended is settled
-        uncertain = sorted(pid for pid in asked if current.get(pid[0]) is None)
-        if uncertain:
-            topics = sorted({topic for topic, _ in uncertain})
+        undescribed = sorted(pid for pid in asked if described.get(pid[0]) is None)
+        if undescribed:
+            topics = sorted({topic for topic, _ in undescribed})
             log.warning("cannot tell whether %s was re-created while its partitions were paused (the broker did not "
-                        "give its current topic ID): placing them again once it does", ", ".join(topics))  # fmt: skip
-            self._seeker.forget(uncertain)
+                        "describe it): placing them again once it does", ", ".join(topics))  # fmt: skip
+            self._seeker.forget(undescribed)
 
     def _ask(self, now: float) -> None:
         self._asked = self._positions.incarnations()
-        if self._asked:
-            self._answers = self._facts.describe(topic for topic, _ in self._asked)
-            self._give_up_at = now + GIVE_UP_S
+        topics = sorted({topic for topic, _ in self._asked})
+        if not topics:
+            return
+        try:
+            self._answers = self._admin.describe_topics(TopicCollection(topics), request_timeout=REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            log.debug("cannot describe %s: %s", topics, exc)
+            return
+        self._give_up_at = now + 2 * REQUEST_TIMEOUT_S
+
+    def _current(self, ids: Mapping[str, str | None]) -> dict[str, str | None]:
+        return current_ids(ids, self._left_behind)
 
     def _act(self, found: Mapping[PartitionId, tuple[str, str]], *, settle: bool = True) -> None:
         if not found:
             return
         for (topic, partition), (read_from, current) in sorted(found.items()):
-            self._facts.left_behind(topic, read_from)
+            self._left_behind.setdefault(topic, set()).add(read_from)
             log.warning("%s[%d]: topic ID changed under the running consumer (%s → %s): the topic was re-created; "
                         "placing it again", topic, partition, read_from, current)  # fmt: skip
         if settle:
             self._handover.settle()  # a write in flight is accounted for first, as for a refused fetch position
         self._seeker.forget(list(found))
+
+
+def _topic_ids(answers: Mapping[str, Future[Any]]) -> dict[str, str | None]:
+    """Each described topic's ID; None for an answer that failed or is not in."""
+    found: dict[str, str | None] = {}
+    for topic, future in answers.items():
+        description = future.result() if future.done() and future.exception() is None else None
+        found[topic] = None if description is None or description.topic_id is None else str(description.topic_id)
+    return found

@@ -119,7 +119,7 @@ class RunLoop:
                                          telemetry=telemetry, clock=clock)  # fmt: skip
         self.handover.on_commit = self.housekeeping.database_contacted
         self.topic_watch = TopicWatch(kafka, options.topics, telemetry, clock)
-        self.incarnations = IncarnationWatch(facts, positions=positions, seeker=seeker, handover=self.handover,
+        self.incarnations = IncarnationWatch(admin, facts, positions=positions, seeker=seeker, handover=self.handover,
                                              flow=flow, clock=clock)  # fmt: skip
         flow.before_resume = self.incarnations.check_now
         self._stopping = False

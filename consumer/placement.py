@@ -19,7 +19,6 @@ halts, unless its dedupe key includes `{ kafka = "topic_id" }`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from pipeline.offsets import PositionChange, StoredPosition
@@ -153,15 +152,3 @@ def _gap(position: int, facts: Facts) -> tuple[int, int, int] | None:
     if facts.high is not None and position > facts.high:
         return facts.high, position, facts.high
     return None
-
-
-def left_behind(placements: Mapping[PartitionId, Placement]) -> set[tuple[str, str]]:
-    """(topic, topic ID) of each incarnation a placement started a partition over from: the topic was
-    re-created from it, so no answer giving that ID again is to be believed (consumer/log_facts.py)."""
-    found = set()
-    for (topic, _), placement in placements.items():
-        change = placement.change
-        old_id = change.old.topic_id if change is not None and change.old is not None else None
-        if change is not None and change.kind == "topic_recreated" and placement.halt is None and old_id:
-            found.add((topic, old_id))
-    return found

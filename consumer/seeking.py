@@ -22,7 +22,7 @@ from consumer.failures import Action, Failure
 from consumer.flow import FlowControl
 from consumer.log_facts import LogFacts
 from consumer.pending import Pending
-from consumer.placement import Facts, Placement, Rules, left_behind, place
+from consumer.placement import Facts, Placement, Rules, place
 from consumer.positions import Positions
 from consumer.telemetry import Telemetry
 from consumer.window import Window
@@ -86,7 +86,6 @@ class Seeker:
                 if attempt == 2:
                     raise
                 continue
-            self._left_behind(placements)
             self._announce(placements)
             return placements
         raise AssertionError("unreachable")  # pragma: no cover
@@ -116,11 +115,6 @@ class Seeker:
             )
             for pid in pids
         }
-
-    def _left_behind(self, placements: Mapping[PartitionId, Placement]) -> None:
-        """A topic started over on a new incarnation is never believed to be back on the old one."""
-        for topic, topic_id in left_behind(placements):
-            self._facts.left_behind(topic, topic_id)
 
     def _announce(self, placements: Mapping[PartitionId, Placement]) -> None:
         """One log line, a metric and (already written) an audit row per decision."""

@@ -1,8 +1,7 @@
 """IncarnationWatch's decisions: when it asks the broker for topic IDs, when it acts on the answer,
-and what it places again; and LogFacts' refusal of an ID a topic was re-created from. The admin
-client, the seeker, the hand-over and the flow control are stand-ins that record what is asked of
-them (LogFacts is the real one); T12b and T12c (tests/chaos/test_positions.py) run the watch against
-real Kafka and PostgreSQL."""
+and what it places again. The broker, the seeker, the hand-over and the flow control are stand-ins
+that record what the watch asks of them; T12b (tests/chaos/test_positions.py) runs it against real
+Kafka and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,11 +11,8 @@ from typing import Any
 
 import pytest
 
-from consumer.incarnations import CHECK_EVERY_S, GIVE_UP_S, IncarnationWatch
-from consumer.log_facts import LogFacts
-from consumer.placement import Placement, left_behind
+from consumer.incarnations import CHECK_EVERY_S, REQUEST_TIMEOUT_S, IncarnationWatch
 from consumer.positions import Positions
-from pipeline.offsets import PositionChange, StoredPosition
 from pipeline.records import PartitionId
 
 
@@ -27,11 +23,12 @@ class Description:
 
 @dataclass
 class Broker:
-    """The admin client: what each topic's ID is now, and what was asked."""
+    """The admin client and LogFacts in one: what each topic's ID is now, and who asked."""
 
     ids: dict[str, str | None]
     answered: bool = True  # False: DescribeTopics requests stay unanswered
     asked: list[list[str]] = field(default_factory=list)
+    described: list[list[str]] = field(default_factory=list)
 
     def describe_topics(self, topics: Any, request_timeout: float) -> dict[str, Future[Any]]:
         names = sorted(topics.topic_names)
@@ -42,6 +39,11 @@ class Broker:
             if self.answered:
                 answers[name].set_result(Description(self.ids.get(name)))
         return answers
+
+    def topic_ids(self, topics: Any) -> dict[str, str | None]:
+        names = sorted(set(topics))
+        self.described.append(names)
+        return {name: self.ids.get(name) for name in names}
 
 
 @dataclass
@@ -79,8 +81,7 @@ def _watch(ids: dict[str, str | None]) -> tuple[IncarnationWatch, Positions, Bro
     positions.assign(("t", 0), 10, topic_id="OLD")
     positions.assign(("t", 1), 20, topic_id="OLD")
     positions.assign(("u", 0), 5, topic_id="U")
-    facts = LogFacts(broker, None)  # type: ignore[arg-type]
-    watch = IncarnationWatch(facts, positions=positions, seeker=loop, handover=loop, flow=loop, clock=clock)  # type: ignore[arg-type]
+    watch = IncarnationWatch(broker, broker, positions=positions, seeker=loop, handover=loop, flow=loop, clock=clock)  # type: ignore[arg-type]
     return watch, positions, broker, loop, clock
 
 
@@ -139,10 +140,10 @@ def test_an_unknown_topic_makes_the_check_run_at_the_next_tick_and_an_unanswered
     watch.soon()
     watch.tick()
     assert broker.asked == [["t", "u"]]
-    clock.now += GIVE_UP_S / 2
+    clock.now += REQUEST_TIMEOUT_S
     watch.tick()
     assert broker.asked == [["t", "u"]] and loop.calls == [], "still waiting for the answer"
-    clock.now += GIVE_UP_S / 2
+    clock.now += REQUEST_TIMEOUT_S
     watch.tick()  # given up: nothing to act on
     assert loop.calls == []
     watch.soon()
@@ -154,7 +155,7 @@ def test_before_resuming_the_check_waits_for_the_answer_and_places_without_settl
     watch, _, broker, loop, _ = _watch({"t": "NEW", "u": "U"})
     loop.retrying = True
     watch.check_now()
-    assert broker.asked == [["t", "u"]]
+    assert broker.described == [["t", "u"]] and broker.asked == []
     assert loop.forgotten == [("t", 0), ("t", 1)]
     assert loop.calls == ["forget"], "the retry's own write is already settled"
 
@@ -169,9 +170,7 @@ def test_before_resuming_a_topic_the_broker_cannot_describe_is_placed_again_not_
     assert "cannot tell whether u was re-created" in caplog.text
 
 
-def test_before_resuming_a_topic_described_with_an_id_it_was_re_created_from_is_placed_again(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_before_resuming_an_answer_not_believed_is_asked_again_at_the_next_tick() -> None:
     watch, positions, broker, loop, clock = _watch({"t": "NEW", "u": "U"})
     clock.now += CHECK_EVERY_S
     watch.tick()
@@ -181,41 +180,16 @@ def test_before_resuming_a_topic_described_with_an_id_it_was_re_created_from_is_
     broker.ids["t"] = "OLD"  # stale metadata
     loop.retrying = True
     watch.check_now()
-    assert loop.forgotten == [("t", 0), ("t", 1)] * 2, "not resumed on a stale answer: placed again once it is not"
-    assert "cannot tell whether t was re-created" in caplog.text
+    assert loop.forgotten == [("t", 0), ("t", 1)], "the stale answer places nothing, and resumes"
+    watch.tick()
+    assert broker.asked[-1] == ["t", "u"], "asked again at once, in the background"
 
 
 def test_outside_a_retry_the_check_makes_one_due_and_when_leaving_it_does_nothing() -> None:
     watch, _, broker, loop, _ = _watch({"t": "NEW", "u": "U"})
     watch.check_now()  # a rebalance callback released what was left to write
-    assert loop.calls == ["retry_now"] and broker.asked == []
+    assert loop.calls == ["retry_now"] and broker.described == []
     loop.calls.clear()
     loop.retrying, loop.deadline = True, 5.0
     watch.check_now()
-    assert loop.calls == [] and broker.asked == []
-
-
-def test_log_facts_never_believe_an_id_a_topic_was_re_created_from() -> None:
-    broker = Broker({"t": "OLD", "u": "U"})
-    facts = LogFacts(broker, None)  # type: ignore[arg-type]
-    facts.left_behind("t", "OLD")  # a broker answering from stale metadata gives it back
-    assert facts.topic_ids(["t", "u"]) == {"t": None, "u": "U"}
-    assert facts.answered(facts.describe(["t", "u"])) == {"t": None, "u": "U"}
-    broker.ids["t"] = "NEW"
-    assert facts.topic_ids(["t"]) == {"t": "NEW"}
-    broker.answered = False
-    assert facts.answered(facts.describe(["t"])) == {"t": None}, "an answer not in yet is not an ID"
-
-
-def test_only_a_topic_started_over_leaves_its_old_incarnation_behind() -> None:
-    def change(kind: str, old: str | None, new: str) -> PositionChange:
-        return PositionChange(("t", 0), StoredPosition(7, old), StoredPosition(0, new), kind)
-
-    placements = {
-        ("t", 0): Placement(0, change("topic_recreated", "OLD", "NEW")),
-        ("t", 1): Placement(None, change("topic_recreated", "A", "B"), halt="the dedupe key is coordinates"),
-        ("u", 0): Placement(7, change("adopted_topic_id", None, "U")),
-        ("v", 0): Placement(0, change("topic_recreated", None, "V")),
-        ("w", 0): Placement(3),
-    }
-    assert left_behind(placements) == {("t", "OLD")}
+    assert loop.calls == [] and broker.described == []

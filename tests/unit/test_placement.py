@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.incarnations import moved
+from consumer.incarnations import current_ids, moved
 from consumer.placement import Facts, Rules, place
 from consumer.positions import Positions
 from pipeline.offsets import StoredPosition
@@ -126,6 +126,14 @@ def test_only_known_positions_have_an_incarnation_to_check() -> None:
     assert positions.incarnations() == {}
     positions.sought(("t", 1), 3, 3, topic_id="Y")
     assert positions.incarnations() == {("t", 1): "Y"}
+
+
+def test_an_id_a_topic_was_re_created_from_is_never_gone_back_to() -> None:
+    left_behind = {"t": {"X"}}
+    current = current_ids({"t": "X", "u": "X"}, left_behind)  # a broker answering from stale metadata
+    assert current == {"t": None, "u": "X"}
+    assert moved({("t", 0): "Y"}, {("t", 0): "Y"}, current) == {}
+    assert moved({("t", 0): "Y"}, {("t", 0): "Y"}, current_ids({"t": "Z"}, left_behind)) == {("t", 0): ("Y", "Z")}
 
 
 def test_two_partitions_of_one_topic_keep_their_own_incarnations() -> None:
