@@ -201,6 +201,8 @@ class Handover:
             self._telemetry.fenced()
             log.warning("fenced: stored position moved for %s; re-reading and seeking", failure.partitions)
             self._seeker.forget(failure.partitions)
+            if self.pending.records:  # the other partitions' records: written now, not when new ones arrive
+                self._flow.retry_now()
             return False
         retrying = retry and failure.action is not Action.EXIT
         self._telemetry.flush_failed(outcome.trigger.value, failure.label, failure.sqlstate, retrying=retrying,

@@ -26,7 +26,7 @@ from devstack.postgres_server import PostgresServer
 from devstack.verify import compare_totals, high_watermarks, read_topic, stored_positions
 from tests.support.consumer_process import ConsumerProcess, run_cli
 from tests.support.kafka_io import port_of, probe, produce_exact, sample
-from tests.support.services import KafkaService, wait_until
+from tests.support.services import KafkaService, microbatch_waits, wait_until
 
 PARTITIONS = 4
 
@@ -322,3 +322,33 @@ def test_all_bad_input_trips_the_breaker_before_the_dead_letter_limit(
     )
     assert "dead-letter circuit breaker open" in consumer.output()
     assert consumer.terminate() in (0, 1)
+
+
+def test_after_a_fenced_write_the_other_partitions_records_are_written_without_new_traffic(
+    kafka: KafkaService, database_url: str, env: dict[str, str], invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str,
+) -> None:  # fmt: skip
+    prepare(env, invoice_pipeline, kafka, unique)
+    topic, group = f"invoices-{unique}", f"group-{unique}"
+    first, second = good_messages(400, seed=31), good_messages(400, seed=32)
+    spread = [n % PARTITIONS for n in range(len(first))]
+    produce_exact(kafka.bootstrap, topic, [(m.key, m.value, None) for m in first], partition_of=spread)
+    consumer = consumer_factory(env, invoice_pipeline)
+    wait_until(caught_up(kafka, database_url, unique), timeout=90, what="the first messages to be written")
+    with psycopg.connect(database_url) as operator:
+        # Partition 0's stored row held: the next write, of every partition, waits for it.
+        where = "WHERE consumer_group = %s AND topic = %s AND partition = 0"
+        operator.execute(f"SELECT next_offset FROM microbatch_offsets {where} FOR UPDATE", (group, topic))  # noqa: S608
+        produce_exact(kafka.bootstrap, topic, [(m.key, m.value, None) for m in second], partition_of=spread)
+        wait_until(lambda: microbatch_waits(database_url), timeout=60, what="the write to wait for the row")
+        # Meanwhile an operator moves partition 0 to its end (a reset to latest): the waiting write's
+        # compare-and-set no longer matches, and the write is fenced. Nothing is produced after it.
+        end = high_watermarks(kafka.bootstrap, topic, PARTITIONS)[(topic, 0)]
+        operator.execute(f"UPDATE microbatch_offsets SET next_offset = %s {where}", (end, group, topic))  # noqa: S608
+    wait_until(lambda: "fenced: stored position moved" in consumer.output(), timeout=30, what="the write to be fenced")
+    # Partition 0 has nothing left to read: only the fenced write's records of the other partitions remain,
+    # and they are written without waiting for new ones to close a window.
+    wait_until(caught_up(kafka, database_url, unique), timeout=30, what="the other partitions' records to be written")
+    assert consumer.terminate() == 0
+    skipped = second[0::PARTITIONS]  # partition 0's, moved past by the operator
+    assert_exact(database_url, totals_of(first + [m for m in second if m not in skipped]))

@@ -18,7 +18,7 @@ from devstack.postgres_server import PostgresServer
 from pipeline.database import Database, SessionSettings
 from tests.support.consumer_process import MICROBATCH, ConsumerProcess, run_cli
 from tests.support.oracle import check, read_ledger
-from tests.support.services import KafkaService, wait_until
+from tests.support.services import KafkaService, microbatch_waits, wait_until
 
 SHUTDOWN_S = 6
 # Python's start, the group's leave and two cores shared with the broker, PostgreSQL and the suite.
@@ -134,12 +134,7 @@ def test_database_sessions_detect_a_dead_connection_by_keepalives(
 
 def _stalled(url: str) -> bool:
     """A microbatch backend is waiting (for a lock, or idle inside its transaction)."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'microbatch' "
-            "AND (wait_event_type = 'Lock' OR state = 'idle in transaction')"
-        ).fetchone()
-    return bool(row and row[0])
+    return microbatch_waits(url, or_idle_in_transaction=True)
 
 
 def _caught(url: str, kafka: KafkaService, unique: str) -> bool:

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 from devstack.containers import docker_available, start_kafka_container, start_postgres_container
 from devstack.kafka_server import KafkaServer, start_kafka
 from devstack.postgres_server import PostgresServer, start_postgres
@@ -123,3 +125,14 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, inte
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
     return time.monotonic() - started
+
+
+def microbatch_waits(database_url: str, *, or_idle_in_transaction: bool = False) -> bool:
+    """A microbatch backend of this database waits for a lock (or, when asked, is idle inside its transaction)."""
+    idle = " OR state = 'idle in transaction'" if or_idle_in_transaction else ""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "  # noqa: S608 - our own text
+            f"AND application_name = 'microbatch' AND (wait_event_type = 'Lock'{idle})"
+        ).fetchone()
+    return bool(row and row[0])
