@@ -37,6 +37,7 @@ from pipeline.lookup_spec import normaliser
 from pipeline.records import PartitionId, Record, Rejection, RejectReason
 from pipeline.row_compiler import compile_row
 from pipeline.spec import PipelineSpec
+from pipeline.staged_keys import StagedKey
 from pipeline.struct_reader import struct_reader
 from pipeline.transform import Transform
 
@@ -121,9 +122,9 @@ class Decoder:
         self.field_names = tuple(spec.fields)
         # Lookup keys, normalised here and staged after the fields (WritePlan.staging_columns), so that
         # PostgreSQL compares plain values. A lookup's key fields are required strings: each is
-        # normalised from the value its field already decoded (row position 1 + the field's index).
-        self._normalisers = tuple(
-            (1 + self.field_names.index(field), _normalised(field, normaliser(steps)))
+        # normalised by the row readers from the value its field decoded (the field's index).
+        self._keys = tuple(
+            (self.field_names.index(field), StagedKey(field, normaliser(steps)))
             for field, steps in spec.references.normalised()
         )
         self.exact = any(
@@ -135,24 +136,21 @@ class Decoder:
                 columns.setdefault(col.kafka, []).append(name)
         self.kafka_attributes = tuple(columns)
         self._topic_ids: Mapping[PartitionId, str | None] = {}
-        # Topic, partition and offset are copied as they are: by the row reader itself when no lookup key
-        # is staged between the fields and them, else by one C call for all of them. Joining two
-        # tuples per row cost 0.45 µs per event, a tenth of decoding.
+        # Topic, partition and offset are copied as they are by the row reader itself, after the lookup
+        # keys it stages: joining two tuples per row cost 0.45 µs per event, a tenth of decoding.
         plain = bool(columns) and all(a in {"topic", "partition", "offset"} for a in self.kafka_attributes)
-        folded = plain and not self._normalisers
-        items = tuple(Record._fields.index(attribute) for attribute in self.kafka_attributes) if folded else ()
-        self._read_row = compile_row(spec.fields, items)
+        items = tuple(Record._fields.index(attribute) for attribute in self.kafka_attributes) if plain else ()
+        self._read_row = compile_row(spec.fields, items, self._keys)
         # The fast path, for the pipelines whose documents it can read (pipeline.struct_reader): a
         # hook sees the parsed dict and an exact pipeline needs the standard library's parser.
         eligible = transform is None and not self.exact
-        self._struct = struct_reader(spec.fields, items) if eligible else None
+        self._struct = struct_reader(spec.fields, items, self._keys) if eligible else None
         self._struct_rest = 0  # batches still to decode without trying the fast path
         self._tried = 0  # records the fast path was tried on since it was last paced
         self._referred = 0  # of those, the records it left to the reference path
-        self._kafka_plain = operator.attrgetter(*self.kafka_attributes) if plain and not folded else None
         self._kafka_readers = (
             ()
-            if folded
+            if plain
             else tuple(
                 self._topic_id_reader(", ".join(names)) if attr == "topic_id" else _kafka_reader(attr, ", ".join(names))
                 for attr, names in columns.items()
@@ -181,9 +179,7 @@ class Decoder:
         self._topic_ids = topic_ids or {}
         out = DecodedBatch()
         rows, row_records = out.rows, out.row_records
-        kafka_plain, kafka_readers = self._kafka_plain, self._kafka_readers
-        several = len(self.kafka_attributes) > 1
-        limit, normalisers = self.max_message_bytes, self._normalisers
+        kafka_readers, limit = self._kafka_readers, self.max_message_bytes
         struct = self._struct if self._struct_rest == 0 else None
         for index, record in enumerate(records):
             # A `try` costs nothing until something is raised (CPython 3.11+): a record ends in the
@@ -201,12 +197,7 @@ class Decoder:
                         row = None
                 if row is None and (row := self._reference_row(value, index, record, out)) is None:
                     continue  # rejected, or skipped by the hook
-                if normalisers:
-                    row += tuple([normalise(row[at]) for at, normalise in normalisers])
-                if kafka_plain is not None:
-                    extra = kafka_plain(record)
-                    row += extra if several else (extra,)
-                elif kafka_readers:
+                if kafka_readers:
                     row += tuple([read(record) for read in kafka_readers])
                 rows.append(row)
                 row_records.append(index)
@@ -256,35 +247,6 @@ class Decoder:
         if self._struct is not None and self._struct_rest == 0:  # a resting fast path does not learn either
             self._struct.learn(event)  # from documents that make a row only: junk keys teach nothing
         return row
-
-
-# Distinct key values remembered per normalised key field (then forgotten all at once): a stream
-# repeats a bounded set of keys (vendors, SKUs).
-NORMALISED_MEMO_SIZE = 65_536
-
-
-def _normalised(field: str, normalise: Callable[[str], str]) -> Callable[[str], str]:
-    """A lookup key's staged value, from its field's decoded value: normalised; nothing left of it
-    is not a key.
-
-    Memoised: each distinct value is normalised once, and every row carrying it stages the same
-    string object, whose hash is then computed once (the writer's known-keys set hashes every
-    row's key): 0.9 → 0.3 µs per event for the two keys of vendor-invoices.
-    """
-    memo: dict[str, str] = {}
-
-    def value(decoded: str) -> str:
-        found = memo.get(decoded)
-        if found is not None:
-            return found
-        if not (normalised := normalise(decoded)):
-            raise FieldError(f"{field}: empty once normalised (a lookup key needs a value)")
-        if len(memo) >= NORMALISED_MEMO_SIZE:
-            memo.clear()
-        memo[decoded] = normalised
-        return normalised
-
-    return value
 
 
 def _size_rejection(record: Record, limit: int) -> Rejection:

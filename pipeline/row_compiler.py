@@ -8,10 +8,12 @@ in (pipeline.conditions: no frame at all), or calls its type's fast check direct
 then falls back to the field's own extractor (`compile_field`) for a value the fast path does not
 take (missing, a default, the exact reason it is wrong).
 
-Contract: `compile_row(fields, items)(event, seq, record)` returns `(seq, *[extract(event) for
-extract in compile_field(...)], *[record[i] for i in items])` and raises what that raises, for any
-event. Anything the compiled body raises sends the event through that reference path again, so
-failures carry the extractor's message.
+Contract: `compile_row(fields, items, keys)(event, seq, record)` returns `(seq, *values, *[key(values[at])
+for at, key in keys], *[record[i] for i in items])`, where `values = [extract(event) for extract in
+compile_field(...)]`, and raises what that raises, for any event. Anything the compiled body raises
+sends the event through that reference path again, so failures carry the extractor's message. `keys`
+are the lookup keys staged after the fields (pipeline.staged_keys), each computed from the value of
+the field at index `at`.
 
 `compile_struct_row` is the same reader for the decoder's fast path (pipeline.struct_reader): its
 values come from a struct msgspec parsed instead of a dict. It applies a field's default itself (a
@@ -35,25 +37,42 @@ from pipeline.conditions import Condition, compiled
 from pipeline.field_types import FIELD_TYPES, MISSING
 from pipeline.fields import Extract, compile_field, default_value
 from pipeline.spec import FieldSpec
+from pipeline.staged_keys import StagedKey
 
 RowReader = Callable[[dict[str, Any], int, Sequence[Any]], tuple[Any, ...]]
 
 
-def reference_row(extracts: tuple[Extract, ...], record_items: Sequence[int] = ()) -> RowReader:
+StagedKeys = Sequence[tuple[int, StagedKey]]
+
+
+def reference_row(extracts: tuple[Extract, ...], record_items: Sequence[int] = (), keys: StagedKeys = ()) -> RowReader:
     """The row read one extractor at a time: what a compiled reader must equal."""
 
     def row(event: dict[str, Any], seq: int, record: Sequence[Any] = ()) -> tuple[Any, ...]:
-        return (seq, *[extract(event) for extract in extracts], *[record[i] for i in record_items])
+        values = [extract(event) for extract in extracts]
+        return (seq, *values, *[key(values[at]) for at, key in keys], *[record[i] for i in record_items])
 
     return row
 
 
-def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> RowReader:
-    """The function reading every field of an event into `(seq, value, ..., record[i], ...)`, in
-    `fields`' order then `record_items`' (items of the record the event came from, copied as they are:
-    the decoder's Kafka columns, so that a row is built as one tuple rather than joined from two)."""
+def _staged_keys(keys: StagedKeys, namespace: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The statements computing each staged key from its field's variable (the memo looked up in place,
+    the key called for a value not in it), and the names of their results, in order."""
+    lines, names = [], []
+    for j, (at, key) in enumerate(keys):
+        namespace[f"key{j}"], namespace[f"memo{j}"] = key, key.memo
+        lines.append(f"    s{j} = memo{j}.get(v{int(at)}) or key{j}(v{int(at)})")
+        names.append(f"s{j}, ")
+    return lines, names
+
+
+def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (), keys: StagedKeys = ()) -> RowReader:
+    """The function reading every field of an event into `(seq, value, ..., key, ..., record[i], ...)`,
+    in `fields`' order, then `keys`' (the lookup keys staged after the fields), then `record_items`'
+    (items of the record the event came from, copied as they are: the decoder's Kafka columns, so that
+    a row is built as one tuple rather than joined from two)."""
     extracts = tuple(compile_field(name, spec) for name, spec in fields.items())
-    reference = reference_row(extracts, record_items)
+    reference = reference_row(extracts, record_items, keys)
     namespace: dict[str, Any] = {"MISSING": MISSING, "reference": reference}
     body, values = [], []
     for i, (name, spec) in enumerate(fields.items()):
@@ -89,7 +108,9 @@ def compile_row(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (
         else:
             body.append(f"        v{i} = extract{i}(event)")
         values.append(f"v{i}, ")
-    values += [f"record[{int(item)}], " for item in record_items]
+    key_lines, key_names = _staged_keys(keys, namespace)
+    body += [f"    {line}" for line in key_lines]
+    values += key_names + [f"record[{int(item)}], " for item in record_items]
     source = "\n".join(
         [
             "def row(event, seq, record=()):",
@@ -109,7 +130,10 @@ StructRow = Callable[[Any, int, Sequence[Any]], "tuple[Any, ...] | None"]
 
 
 def compile_struct_row(
-    fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (), residuals: Mapping[str, Condition] | None = None
+    fields: Mapping[str, FieldSpec],
+    record_items: Sequence[int] = (),
+    residuals: Mapping[str, Condition] | None = None,
+    keys: StagedKeys = (),
 ) -> StructRow:
     """The function reading a struct parsed by pipeline.struct_reader into the row `compile_row` gives
     for the same document, or None when the reference path must decide; it raises whatever a check
@@ -171,7 +195,9 @@ def compile_struct_row(
                 body += [f"    if v{i} is MISSING or v{i} is None:", f"        v{i} = default{i}", "    else:"]
             body.append(f"    {'' if spec.required else '    '}v{i} = check{i}(v{i})")
         values.append(f"v{i}, ")
-    values += [f"record[{int(item)}], " for item in record_items]
+    key_lines, key_names = _staged_keys(keys, namespace)  # a key that raises: the reference path decides
+    body += key_lines
+    values += key_names + [f"record[{int(item)}], " for item in record_items]
     source = "\n".join(["def row(event, seq, record):", *body, f"    return (seq, {''.join(values)})"])
     exec(compiled(source, f"<struct row reader of {len(fields)} fields>"), namespace)  # noqa: S102 - our own source
     row: StructRow = namespace["row"]

@@ -6,7 +6,7 @@ of the pipeline's top-level keys instead, in C, without building a dict, and the
 checks run on the values it read (pipeline.row_compiler.compile_struct_row).
 
 Contract: `StructReader.read(value, seq, record)` returns exactly the row that the reference path
-returns for the same bytes (`compile_row(fields, items)(orjson.loads(value), seq, record)`), or None
+returns for the same bytes (`compile_row(fields, items, keys)(orjson.loads(value), seq, record)`), or None
 when it cannot tell; the decoder then takes the reference path, which decides. It never raises.
 
 Why the rows are the same:
@@ -41,7 +41,7 @@ import msgspec
 import orjson
 
 from pipeline.field_types import INT64_MAX, INT64_MIN
-from pipeline.row_compiler import StructRow, compile_struct_row
+from pipeline.row_compiler import StagedKeys, StructRow, compile_struct_row
 from pipeline.spec import FieldSpec
 from pipeline.struct_forms import StructForm, struct_form
 
@@ -97,14 +97,16 @@ def struct_readable(fields: Mapping[str, FieldSpec]) -> bool:
     return all("." not in path for path in paths) and len(set(paths)) == len(paths)
 
 
-def struct_reader(fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> StructReader | None:
+def struct_reader(
+    fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (), keys: StagedKeys = ()
+) -> StructReader | None:
     """The struct reader of `fields`, or None when there is none: a nested path, two fields at one
     key, a key msgspec will not take as a field name, or an installed msgspec that does not parse as
     this module relies on (see the module docstring)."""
     if not struct_readable(fields) or not _msgspec_parses_as_relied_on():
         return None
     try:
-        return StructReader(fields, record_items)
+        return StructReader(fields, record_items, keys)
     except Exception:  # msgspec refused the struct: decode without a fast path
         return None
 
@@ -219,7 +221,9 @@ class StructReader:
     """The fast path of one pipeline's decoder (see the module docstring). Not thread-safe: one
     decoder, one thread."""
 
-    def __init__(self, fields: Mapping[str, FieldSpec], record_items: Sequence[int] = ()) -> None:
+    def __init__(
+        self, fields: Mapping[str, FieldSpec], record_items: Sequence[int] = (), keys: StagedKeys = ()
+    ) -> None:
         if not struct_readable(fields):
             raise ValueError("a struct reader needs each field at its own top-level key")
         forms = {name: form for name, spec in fields.items() if (form := struct_form(spec)) is not None}
@@ -229,7 +233,7 @@ class StructReader:
         # `parse` changes when `learn` learns a key.
         self.parse: Callable[[bytes], Any] = self._struct.decode
         residuals = {name: form.residual for name, form in forms.items()}
-        self.row: StructRow = compile_struct_row(fields, record_items, residuals)
+        self.row: StructRow = compile_struct_row(fields, record_items, residuals, keys)
 
     @property
     def unread_keys(self) -> tuple[str, ...]:

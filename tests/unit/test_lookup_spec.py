@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
-from pipeline import decode
+from pipeline import staged_keys
 from pipeline.decode import Decoder
 from pipeline.lookup_cache import KnownKeys
 from pipeline.lookup_spec import TRIM_CHARACTERS, normaliser
@@ -312,7 +312,7 @@ def test_each_step_list_normalises_as_its_steps_applied_in_order(value: str) -> 
 
 
 def test_a_repeated_key_is_normalised_once_and_staged_as_one_string(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(decode, "NORMALISED_MEMO_SIZE", 2)
+    monkeypatch.setattr(staged_keys, "NORMALISED_MEMO_SIZE", 2)
     spec = load_pipeline("vendor-invoices")
     events = [_event(" ACME ", "Sku-1"), _event("acme", "SKU-1 "), _event(" ACME ", "sku-1"), _event(" \t ", "x"),
               _event("Beta", "B"), _event("Gamma", "G"), _event(" ACME ", "Sku-1")]  # fmt: skip

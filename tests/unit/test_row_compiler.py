@@ -12,8 +12,10 @@ from hypothesis import HealthCheck, given, settings
 
 from consumer.workload import InvoiceWorkload, WorkloadOptions
 from pipeline.fields import compile_field
+from pipeline.lookup_spec import normaliser
 from pipeline.row_compiler import compile_row, reference_row
 from pipeline.spec_loader import load_pipeline
+from pipeline.staged_keys import StagedKey
 from tests.support.decode_cases import ENTROPY, Entropy, document, pipeline
 
 RECORD = ("invoice-lines", 3, 99)  # the items of a record that the reader may copy after the fields
@@ -41,6 +43,29 @@ def test_the_compiled_reader_returns_and_raises_what_the_extractors_do(e: Entrop
         except orjson.JSONDecodeError:  # e.g. a number beyond a double: the decoder rejects it first
             continue
         assert outcome(compiled, event) == outcome(reference, event)
+
+
+@settings(max_examples=1500, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(e=ENTROPY)
+def test_lookup_keys_are_staged_after_the_fields_and_raise_what_the_reference_raises(e: Entropy) -> None:
+    # Keys on any field, text or not: a value that is not a string, or only blanks, makes the key raise.
+    spec = pipeline(e)
+    at = sorted({e.below(len(spec.fields)) for _ in range(1 + e.below(2))}) if spec.fields else []
+
+    def keys() -> list[tuple[int, StagedKey]]:  # one memo per reader: neither reads the other's
+        return [(i, StagedKey(f"key{i}", normaliser(("trim", "lower")))) for i in at]
+
+    compiled = compile_row(spec.fields, (0, 1, 2), keys())
+    reference = reference_row(tuple(compile_field(name, fs) for name, fs in spec.fields.items()), (0, 1, 2), keys())
+    for _ in range(4):
+        body, _ = document(e, spec)
+        try:
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            continue
+        for _ in range(2):  # the second time, a key's value is in its memo
+            assert outcome(compiled, event) == outcome(reference, event)
 
 
 def test_an_invoice_event_reads_to_its_row_and_a_missing_field_is_named() -> None:
