@@ -60,8 +60,9 @@ def _staged_keys(keys: StagedKeys, namespace: dict[str, Any]) -> tuple[list[str]
     the key called for a value not in it), and the names of their results, in order."""
     lines, names = [], []
     for j, (at, key) in enumerate(keys):
-        namespace[f"key{j}"], namespace[f"memo{j}"] = key, key.memo
-        lines.append(f"    s{j} = memo{j}.get(v{int(at)}) or key{j}(v{int(at)})")
+        # Names of their own: `key<i>` is the i-th field's JSON key in compile_row's namespace.
+        namespace[f"staged{j}"], namespace[f"memo{j}"] = key, key.memo
+        lines.append(f"    s{j} = memo{j}.get(v{int(at)}) or staged{j}(v{int(at)})")
         names.append(f"s{j}, ")
     return lines, names
 

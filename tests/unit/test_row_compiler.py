@@ -8,9 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 
+from consumer.vendor_workload import VendorInvoiceWorkload, VendorWorkloadOptions
 from consumer.workload import InvoiceWorkload, WorkloadOptions
+from pipeline import row_compiler
 from pipeline.fields import compile_field
 from pipeline.lookup_spec import normaliser
 from pipeline.row_compiler import compile_row, reference_row
@@ -66,6 +69,34 @@ def test_lookup_keys_are_staged_after_the_fields_and_raise_what_the_reference_ra
             continue
         for _ in range(2):  # the second time, a key's value is in its memo
             assert outcome(compiled, event) == outcome(reference, event)
+
+
+def test_a_valid_event_is_read_without_any_extractor_with_or_without_staged_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The extractors are the slow way, for a value the inlined checks do not take: a valid event never
+    # needs one, and the staged keys' names must not shadow the fields' (a reader that read every
+    # field through its extractor would still return the right row, 0.3 µs later).
+    calls: list[str] = []
+
+    def counted(name: str, spec: Any) -> Any:
+        extract = compile_field(name, spec)
+
+        def extract_counted(event: Any) -> Any:
+            calls.append(name)
+            return extract(event)
+
+        return extract_counted
+
+    monkeypatch.setattr(row_compiler, "compile_field", counted)
+    spec = load_pipeline("vendor-invoices")
+    keys = [(2, StagedKey("vendor_name", normaliser(("trim", "lower")))), (3, StagedKey("sku", str.lower))]
+    message = next(VendorInvoiceWorkload(VendorWorkloadOptions(count=1, seed=3, bad_ratio=0.0)).messages())
+    event = orjson.loads(message.value)
+    for staged in ([], keys):
+        row = compile_row(spec.fields, (0, 1, 2), staged)(event, 7, RECORD)
+        assert calls == [] and row[-3:] == RECORD and len(row) == 1 + len(spec.fields) + len(staged) + 3
+    assert row[-5:-3] == (event["vendor"].strip().lower(), event["sku"].lower())
 
 
 def test_an_invoice_event_reads_to_its_row_and_a_missing_field_is_named() -> None:
