@@ -16,7 +16,7 @@ from devstack.verify import high_watermarks, stored_positions
 from tests.chaos.conftest import StreamFactory
 from tests.support.chaos import Scenario, Stream, iterations
 from tests.support.consumer_process import ConsumerProcess, run_cli
-from tests.support.kafka_io import halted
+from tests.support.kafka_io import halted, port_of, sample
 from tests.support.services import wait_until
 from tests.support.user_paths import delete_topics
 
@@ -79,10 +79,19 @@ def _paused_by_a_database_outage(
     stream.produce(3000, seed=seed, rate=3000)
     consumer = stream.consumer()
     wait_until(stream.caught_up, timeout=90, what="the first incarnation to be written")
+    consumed = f'microbatch_messages_consumed_total{{topic="{stream.topic}"}}'
+    read_before = sample(port_of(consumer), consumed)
     old_end = high_watermarks(stream.bootstrap, stream.topic, stream.partitions)
     own_postgres.stop("fast")
     stream.produce(400, seed=seed + 1, bad_ratio=0.0, duplicate_ratio=0.0)
     wait_until(lambda: "flush failed (transient)" in consumer.output(), timeout=60, what="a write to fail")
+    # The scenario's premise, checked rather than assumed: the 400 are in the consumer's hands before the
+    # topic goes away. One it never read is deleted with the topic, and the verdict would call it lost.
+    wait_until(
+        lambda: sample(port_of(consumer), consumed) >= read_before + 400,
+        timeout=30,
+        what="the consumer to have read the 400 messages produced during the outage, before the deletion",
+    )
     return stream, consumer, old_end
 
 
