@@ -212,13 +212,26 @@ class Read:
     raw_headers: tuple[tuple[str, bytes | None], ...]
 
 
+class IncompleteRead(RuntimeError):
+    """A topic could not be read to the end it had when the read began."""
+
+
 def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Read]:
-    """Every message currently in `topic` (empty when it does not exist)."""
+    """Every message currently in `topic` (empty when it does not exist).
+
+    Raises IncompleteRead rather than return part of the topic: when the broker answers its
+    metadata with another error than "unknown topic", or when `timeout` passes before every
+    partition was read up to the high watermark it had when the read began. A caller counting what
+    is in the topic (dead letters, their copies) must never count a cut read."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
+        if metadata is None:
             return []
+        if metadata.error is not None:
+            if metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return []
+            raise IncompleteRead(f"{topic}: the broker's metadata answer is an error: {metadata.error}")
         ends = {}
         for partition in metadata.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
@@ -237,6 +250,8 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Read]:
                     out.append(Read(partition, offset, message.key(), message.value(), header_dict(raw), raw))
                     if offset + 1 >= ends[partition]:
                         ends[partition] = 0
+        if unread := sorted(partition for partition, end in ends.items() if end):
+            raise IncompleteRead(f"{topic}: partitions {unread} not read to their end within {timeout} s")
         return out
     finally:
         consumer.close()

@@ -17,6 +17,7 @@ from tests.support.services import KafkaService
 StreamFactory = Callable[..., Stream]
 SCENARIO = pytest.StashKey[Scenario]()
 FAILED = pytest.StashKey[bool]()
+SKIPPED = pytest.StashKey[bool]()
 SECONDS = pytest.StashKey[float]()
 REPORT = Report()
 
@@ -24,25 +25,41 @@ REPORT = Report()
 @pytest.fixture
 def scenario(request: pytest.FixtureRequest) -> Scenario:
     """The figures of this scenario; its name comes from the test's `scenario` marker."""
-    marker = request.node.get_closest_marker("scenario")
-    assert marker is not None, "every chaos test names its scenario with @pytest.mark.scenario(...)"
-    callspec = getattr(request.node, "callspec", None)
-    name = str(marker.args[0]).format(**(callspec.params if callspec else {}))
+    name = _scenario_name(request.node)
+    assert name is not None, "every chaos test names its scenario with @pytest.mark.scenario(...)"
     found = Scenario(name)
     request.node.stash[SCENARIO] = found
     return found
 
 
+def _scenario_name(node: pytest.Item) -> str | None:
+    """The scenario a test names with its `scenario` marker (formatted with its parameters), or None."""
+    marker = node.get_closest_marker("scenario")
+    if marker is None:
+        return None
+    callspec = getattr(node, "callspec", None)
+    return str(marker.args[0]).format(**(callspec.params if callspec else {}))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """One row per scenario, from the outcome of all its phases: failed when any phase failed (a
+    fixture's error included, even before the scenario's figures existed: the row then has no
+    verdict), skipped when one was skipped, else passed."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
     item.stash[FAILED] = item.stash.get(FAILED, False) or report.failed
+    item.stash[SKIPPED] = item.stash.get(SKIPPED, False) or report.skipped
     if report.when == "call":
         item.stash[SECONDS] = report.duration
+    if report.when != "teardown":
+        return
     scenario = item.stash.get(SCENARIO, None)
-    if report.when == "teardown" and scenario is not None:
-        REPORT.add(scenario, "failed" if item.stash[FAILED] else "passed", item.stash.get(SECONDS, 0.0))
+    if scenario is None and (name := _scenario_name(item)) is not None:
+        scenario = Scenario(name)  # it never started: a row all the same, without a verdict
+    if scenario is not None:
+        result = "failed" if item.stash[FAILED] else "skipped" if item.stash[SKIPPED] else "passed"
+        REPORT.add(scenario, result, item.stash.get(SECONDS, 0.0))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

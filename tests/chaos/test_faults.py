@@ -154,9 +154,13 @@ def test_t6_zombie_frozen_mid_flush_is_fenced(stream: Stream, scenario: Scenario
     wait_until(lambda: "failpoint before_commit" in zombie.output(), timeout=90, what="the zombie inside a flush")
     zombie.signal(signal.SIGSTOP)  # frozen with its transaction open and its offsets rows locked
     try:
+        frozen_at = sum(stored_positions(stream.database_url, stream.group).values())
         heir = stream.consumer()
-        wait_until(lambda: stream.rows() > 0 and "assigned invoices" in heir.output(), timeout=120,
-                   what="the new owner to take over while the zombie is frozen")  # fmt: skip
+        # Taken over: the heir wrote past what the zombie had committed before it froze (its session is
+        # ended by PostgreSQL's idle-in-transaction timeout, which releases the offsets rows it locked).
+        wait_until(lambda: "assigned invoices" in heir.output()
+                   and sum(stored_positions(stream.database_url, stream.group).values()) > frozen_at,
+                   timeout=120, what="the new owner to write while the zombie is frozen")  # fmt: skip
     finally:
         zombie.signal(signal.SIGCONT)
     scenario.fault(live=True)  # frozen inside its flush (the failpoint)
@@ -320,6 +324,8 @@ def test_t11_all_bad_input_trips_the_breaker(stream: Stream, scenario: Scenario)
     code = consumer.terminate(timeout=60)
     assert code == EXIT_UNCLEAN, consumer.output()[-2000:]
     assert "records unwritten" in consumer.output()
+    # No position moved from the breaker's opening to the exit: nothing past it was written off.
+    assert sum(stored_positions(stream.database_url, stream.group).values()) == held, "positions held while open"
     scenario.fault(live=True)  # the breaker opened on the work in hand
     # The operator's repair: the input is known to be bad, let it drain to the dead-letter topic.
     stream.fault_ended()
@@ -330,5 +336,6 @@ def test_t11_all_bad_input_trips_the_breaker(stream: Stream, scenario: Scenario)
     verdict = stream.verdict()
     scenario.notes.append(f"breaker open at {dead_when_open} dead letters (limit {limit}), {held} positions held")
     assert dead_when_open < limit
+    assert sum(stored_positions(stream.database_url, stream.group).values()) > held, "the restart drained it"
     assert verdict.bad == verdict.events == 3000
     scenario.check()

@@ -57,3 +57,4 @@ def test_an_integration_module_passes_with_its_services_in_containers(engine: st
     assert "(Testcontainers)" in output and "(local" not in output, output[-4000:]
     summary = re.search(r"^=*\s*(\d+ passed[^\n]*) in [\d.]+s", output, flags=re.MULTILINE)
     assert summary is not None and not re.search(r"failed|skipped|error", summary.group(1)), output[-2000:]
+    assert summary.group(1).startswith("2 passed"), f"both tests of the second pass ran: {summary.group(1)}"

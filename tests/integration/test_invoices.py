@@ -123,8 +123,13 @@ def test_sigkill_twice_mid_stream_loses_and_doubles_nothing(
     try:
         consumer = consumer_factory(service_env, invoice_pipeline)
         for threshold in (8_000, 25_000):
-            wait_until(_rows_reach(database_url, threshold), timeout=120, what=f"{threshold} rows")
+            # Polled often: the restarted consumer drains its backlog at tens of thousands of rows a
+            # second, and a kill that lands once everything is written would test nothing.
+            wait_until(_rows_reach(database_url, threshold), timeout=120, what=f"{threshold} rows", interval=0.02)
             consumer.kill()
+            stored = sum(stored_positions(database_url, f"group-{unique}").values())
+            high = sum(high_watermarks(kafka.bootstrap, f"invoices-{unique}", PARTITIONS).values())
+            assert stored < high, f"the kill at {threshold} rows landed once all was written ({stored} of {high})"
             consumer = consumer_factory(service_env, invoice_pipeline)
         _, stderr = producer.communicate(timeout=180)
         assert producer.returncode == 0, stderr

@@ -34,7 +34,7 @@ from tests.support.vendor_events import (
 )
 
 
-def test_two_consumers_creating_the_same_new_keys_create_each_once_without_deadlock(
+def test_two_consumers_creating_the_same_new_keys_create_each_once_retrying_at_most_twice(
     kafka: KafkaService, database_url: str, service_env: dict[str, str],
     consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
 ) -> None:  # fmt: skip

@@ -14,7 +14,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumer.produce import ensure_topic
-from devstack.verify import caught_up, high_watermarks
+from devstack.verify import caught_up, high_watermarks, stored_positions
 from tests.support.consumer_process import ConsumerProcess, run_cli
 from tests.support.invoice_rules import Invoice, judge, totals
 from tests.support.kafka_io import metrics_port, scrape
@@ -128,13 +128,15 @@ def test_a_retention_gap_halts_naming_the_range_until_positions_reset_then_every
     status, body = _readyz(consumer)
     assert status == 503 and f"{topic}[" in body and "were deleted before they were written" in body, body
     ranges = set(re.findall(rf"{re.escape(topic)}\[(\d+)\] offsets (\d+)\.\.(\d+)", consumer.output()))
-    assert {(int(p), int(a), int(b)) for p, a, b in ranges} >= {(0, stored[0], cut[0] - 1)}
+    named = {(int(p), int(a), int(b)) for p, a, b in ranges}
+    assert named == {(p, stored[p], cut[p] - 1) for p in range(PARTITIONS)}, "each partition's deleted range, exactly"
     assert _sample(consumer, 'microbatch_position_gaps_total{action="halt"}') == PARTITIONS
-    assert _stored(database_url, group, topic, 0) == stored[0], "nothing moves while halted"
+    held = {p: _stored(database_url, group, topic, p) for p in range(PARTITIONS)}
+    assert held == stored, "nothing moves while halted"
     dry = run_cli(env, "positions", "reset", "--topic", topic, "--to", "earliest", "--pipeline", str(invoice_pipeline),
                   "--dry-run")  # fmt: skip
     assert dry.returncode == 0 and "would move" in dry.stdout, dry.stdout + dry.stderr
-    assert _stored(database_url, group, topic, 0) == stored[0]
+    assert {p: _stored(database_url, group, topic, p) for p in range(PARTITIONS)} == stored
     reset = run_cli(env, "positions", "reset", "--topic", topic, "--to", "earliest", "--pipeline",
                     str(invoice_pipeline))  # fmt: skip
     assert reset.returncode == 0, reset.stderr
@@ -280,7 +282,8 @@ def test_a_pipeline_deduplicated_by_coordinates_halts_on_a_re_created_topic_unle
     consumer = consumer_factory(env, pipeline)
     wait_until(_settle(kafka, database_url, unique), timeout=90, what="the first incarnation to be written")
     assert consumer.terminate() == 0
-    before = _rows(database_url)
+    before, positions = _rows(database_url), stored_positions(database_url, f"group-{unique}")
+    assert len(positions) == PARTITIONS, positions
     delete_topics(kafka.bootstrap, topic)
     _produce(env, pipeline, second, 1500, seed=9)
     consumer = consumer_factory(env, pipeline)
@@ -288,7 +291,11 @@ def test_a_pipeline_deduplicated_by_coordinates_halts_on_a_re_created_topic_unle
         wait_until(lambda: _sample(consumer, "microbatch_halted") == 1, timeout=60, what="the consumer to halt")
         status, body = _readyz(consumer)
         assert status == 503 and "re-created" in body and "topic_id" in body, body
-        assert _rows(database_url) == before, "nothing of the new incarnation is written (or dropped as duplicates)"
+        # Every partition halts: none is reset to the new incarnation, whose messages would be taken
+        # for duplicates of the old rows (ON CONFLICT DO NOTHING leaves the row count as it was).
+        assert stored_positions(database_url, f"group-{unique}") == positions, "no partition moves while halted"
+        assert _sample(consumer, "microbatch_duplicates_skipped_total") == 0, "nothing dropped as a duplicate"
+        assert _rows(database_url) == before, "nothing of the new incarnation is written"
         assert consumer.terminate() == 0, "nothing was buffered: a halted consumer leaves cleanly"
         return
     wait_until(_settle(kafka, database_url, unique), timeout=90, what="the new incarnation to be written")

@@ -118,13 +118,19 @@ def summary(document: dict[str, Any]) -> str:
     passed = sum(1 for row in rows if row["outcome"] == "passed")
     lost = sum(max(0, row["lost"]) for row in rows)
     duplicated = sum(max(0, row["duplicated"]) for row in rows)
+    # A scenario that ended before its verdict (a fixture failed, a skip) has -1 there: no figure at all.
+    unjudged = sum(1 for row in rows if row["lost"] < 0 or row["duplicated"] < 0)
     faults, live = sum(row["faults"] for row in rows), sum(row["live_faults"] for row in rows)
     tree = "a tree with uncommitted changes" if document["dirty"] else "a clean tree"
     return (
         f"Report of record: {document['mode']} mode, commit `{document['commit'][:12]}` ({tree}), "
-        f"{document['generated_at']}: {len(rows)} scenarios, {passed} passed, {lost} lost, {duplicated} duplicated, "
+        f"{document['generated_at']}: {len(rows)} scenarios, {passed} passed, {lost} lost, {duplicated} duplicated"
+        f"{f' ({unjudged} scenarios without a verdict)' if unjudged else ''}, "
         f"{faults} faults of which {live} hit live work.\n"
     )
+
+
+_RESULT = {"passed": "pass", "skipped": "SKIPPED"}  # any other outcome: FAIL
 
 
 def markdown(document: dict[str, Any]) -> str:
@@ -151,7 +157,7 @@ def markdown(document: dict[str, Any]) -> str:
     for row in document["scenarios"]:
         recovery = "—" if row["recovery_s"] is None else f"{row['recovery_s']} / {row['recovery_bound_s']:.0f}"
         lines.append(
-            f"| {row['scenario']} | {'pass' if row['outcome'] == 'passed' else 'FAIL'} | "
+            f"| {row['scenario']} | {_RESULT.get(row['outcome'], 'FAIL')} | "
             f"{row['faults']} ({row['live_faults']}) | {row['events']} | {row['lost']} | {row['duplicated']} | "
             f"{row['aggregate_mismatches']} | {'= high watermark' if row['positions_ok'] else 'DIFFER'} | "
             f"{row['dead_letters']} ({'exact' if row['dead_letters_exact'] else 'NOT EXACT'}, "
