@@ -87,7 +87,7 @@ def write_records(records: Iterable[Record], path: Path) -> None:
             entry = {
                 "topic": record.topic, "partition": record.partition, "offset": record.offset,
                 "key": _b64(record.key), "value": _b64(record.value),
-                "headers": [[name, _b64(value)] for name, value in headers_of(record)],
+                "headers": [[name, _b64(value)] for name, value in headers_of(record) or ()],
             }  # fmt: skip
             out.write(orjson.dumps(entry) + b"\n")
 

@@ -5,7 +5,9 @@ A rejected message is dead-lettered whole when it fits the limit (the smaller of
 key and original headers is left out, then the next, until it fits; each part left out is described
 by headers so that it can still be found and checked: `dlq.value.omitted=true`, `dlq.value.bytes`
 (its length) and `dlq.value.sha256` (hex), the same for the key, and `dlq.headers.omitted=true`. The
-original stays in its source topic at `dlq.original.topic/partition/offset`.
+original stays in its source topic at `dlq.original.topic/partition/offset`. Original headers the
+Kafka client cannot read (a name that is not UTF-8) are left out the same way, with
+`dlq.headers.unreadable=true` as well.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ OutHeaders = list[tuple[str, str | bytes | None]]
 # that a letter that kept its value cannot claim otherwise.
 OMISSION_HEADERS = frozenset(
     {f"dlq.{part}.{fact}" for part in ("value", "key") for fact in ("omitted", "bytes", "sha256")}
-    | {"dlq.headers.omitted"}
+    | {"dlq.headers.omitted", "dlq.headers.unreadable"}
 )
+# What a letter says of original headers the Kafka client could not read (a name that is not UTF-8):
+# they are left out, and the original stays in its source topic.
+UNREADABLE_HEADERS = {"dlq.headers.omitted": "true", "dlq.headers.unreadable": "true"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,10 @@ def dead_letter_headers(
     kept: OutHeaders = []
     if "dlq.headers.omitted" not in ours:
         originals = headers_of(record)
-        kept = [(name, value) for name, value in originals if name not in ours and name not in OMISSION_HEADERS]
+        if originals is None:  # the Kafka client cannot read them (pipeline.records.read_headers)
+            ours |= UNREADABLE_HEADERS
+        else:
+            kept = [(name, value) for name, value in originals if name not in ours and name not in OMISSION_HEADERS]
     return kept + [(name, value.encode()) for name, value in ours.items()]
 
 
@@ -98,7 +106,7 @@ def fit(rejection: Rejection, group: str, attempts: int, failed_at: datetime, li
     headers do not fit."""
     record = rejection.record
     key, value = record.key, record.value
-    originals = headers_of(record)
+    originals = headers_of(record) or ()
     original_headers = sum(HEADER_OVERHEAD + len(name.encode()) + len(data or b"") for name, data in originals)
     sizes = {"value": len(value or b""), "key": len(key or b""), "headers": original_headers}
     # Largest first; on a tie the value goes before the key, the key before the headers.

@@ -4,8 +4,10 @@ Reads the dead-letter topic from the beginning up to the high watermarks taken a
 run is bounded even while new dead letters arrive), keeps the messages that match the filters,
 and produces each one with its original key, value and headers (our `dlq.*` headers removed) plus
 `dlq.replayed_from = <dlq topic>/<partition>/<offset>`. Each original message (by
-`dlq.original.topic/partition/offset`) is sent at most once per run: the dead-letter topic may hold
-two copies of it (a retried flush); the extra copies are counted and skipped. A dead letter whose
+`dlq.original.topic/partition/offset` and the sha256 of its value: a re-created topic reuses
+coordinates, so two letters at the same coordinates with different values are two messages) is sent
+at most once per run: the dead-letter topic may hold two copies of it (a retried flush); the extra
+copies are counted and skipped. A dead letter whose
 value was omitted (too large for the dead-letter topic) cannot be replayed: it is counted, and where
 its original is (its source topic, partition and offset) is reported instead. Nothing is committed to
 the dead-letter topic's consumer group: a replay can be repeated; the pipeline's dedupe key makes a
@@ -14,6 +16,7 @@ repeated good event harmless, and one that is still bad is dead-lettered again.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -24,7 +27,7 @@ from datetime import datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from consumer.deadletter import DLQ_PREFIX, header_dict
-from pipeline.records import normalize_headers
+from pipeline.records import read_headers
 
 
 class ReplayError(Exception):
@@ -52,6 +55,7 @@ class ReplayFilter:
 
 
 Original = tuple[str, int, int]
+Identity = tuple[str, int, int, str]  # an original's coordinates and the sha256 of its value
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,17 @@ class ReplaySummary:
     by_target: Counter[str] = field(default_factory=Counter)
 
 
+def identity_of(headers: dict[str, str], value: bytes | None) -> Identity | None:
+    """The message a dead letter holds: its coordinates and the sha256 (hex) of its value, given by
+    `dlq.value.sha256` when the letter left the value out. None when its headers name no original."""
+    original = original_of(headers)
+    if original is None:
+        return None
+    if headers.get("dlq.value.omitted") == "true":
+        return (*original, headers.get("dlq.value.sha256", "?"))
+    return (*original, hashlib.sha256(value or b"").hexdigest())
+
+
 def original_of(headers: dict[str, str]) -> Original | None:
     """The coordinates of the message a dead letter holds (None when its headers do not say)."""
     try:
@@ -92,7 +107,7 @@ def original_of(headers: dict[str, str]) -> Original | None:
 def replay_headers(message: Message, dlq_topic: str) -> list[tuple[str, str | bytes | None]]:
     """The original headers without ours, plus where this message was replayed from."""
     kept: list[tuple[str, str | bytes | None]] = [
-        (name, value) for name, value in normalize_headers(message.headers()) if not name.startswith(DLQ_PREFIX)
+        (name, value) for name, value in read_headers(message.headers) or () if not name.startswith(DLQ_PREFIX)
     ]
     kept.append(("dlq.replayed_from", f"{dlq_topic}/{message.partition()}/{message.offset()}".encode()))
     return kept
@@ -150,17 +165,18 @@ def replay(
         if err is not None:
             failures.append(err.str())
 
-    seen: set[Original] = set()
-    omitted: dict[Original | str, Omitted] = {}  # by original (by letter when it names none)
+    seen: set[Identity] = set()
+    omitted: dict[Identity | str, Omitted] = {}  # by original (by letter when it names none)
     try:
         for message in _read_until(reader, dlq_topic, _ends(reader, dlq_topic), timeout_s):
             summary.scanned += 1
-            headers = header_dict(normalize_headers(message.headers()))
+            # Letters are ours, but anyone may write to the topic: headers it cannot read name no original.
+            headers = header_dict(read_headers(message.headers) or ())
             target = to_topic or headers.get("dlq.original.topic")
             if not selection.matches(headers) or not target:
                 continue
             summary.matched += 1
-            original = original_of(headers)
+            original = identity_of(headers, message.value())
             if original is not None and original in seen:
                 summary.copies += 1
                 continue
@@ -169,7 +185,7 @@ def replay(
                 size, digest = headers.get("dlq.value.bytes", "?"), headers.get("dlq.value.sha256", "?")
                 if (original or letter) in omitted:
                     summary.copies += 1
-                omitted.setdefault(original or letter, Omitted(letter, original, size, digest))
+                omitted.setdefault(original or letter, Omitted(letter, original_of(headers), size, digest))
                 continue
             if original is not None:
                 seen.add(original)

@@ -54,10 +54,37 @@ class Record(NamedTuple):
         return len(self.value or b"") + len(self.key or b"")
 
 
-def headers_of(record: Record) -> tuple[Header, ...]:
-    """A record's headers as (name, bytes or None) pairs, read from its message if they were not read yet."""
-    headers = record.headers
-    return normalize_headers(headers() if callable(headers) else headers)
+# Put in a message's place of its headers once they proved unreadable (read_headers).
+_UNREADABLE: list[Header] = []
+
+
+def headers_of(record: Record) -> tuple[Header, ...] | None:
+    """A record's headers as (name, bytes or None) pairs, read from its message if they were not read
+    yet; None when the Kafka client cannot read them (`read_headers`)."""
+    return read_headers(record.headers)
+
+
+def read_headers(source: tuple[Header, ...] | HeaderSource) -> tuple[Header, ...] | None:
+    """(name, bytes or None) pairs from pairs, or from a consumed message's accessor; None when the
+    accessor cannot read them. Never raises, and safe to call again for the same message.
+
+    Kafka header names are bytes, and a producer other than the Java client may send any (librdkafka,
+    Go, Rust). confluent-kafka (2.16) decodes each name as UTF-8 without checking the result: for a
+    name that is not UTF-8, the message's first `headers()` raises SystemError, and leaves a list
+    holding a NULL in the message that crashes the interpreter when it is read. So after a failed
+    read the message's own `set_headers` replaces that list with a marker, which this and every later
+    read answer None for: one such message is a dead letter without its headers, not a crash loop.
+    """
+    if not callable(source):
+        return normalize_headers(source)
+    try:
+        found = source()
+    except Exception:  # whatever the client raises, the headers are unreadable
+        replace = getattr(getattr(source, "__self__", None), "set_headers", None)
+        if callable(replace):
+            replace(_UNREADABLE)
+        return None
+    return None if found is _UNREADABLE else normalize_headers(found)
 
 
 def normalize_headers(headers: object) -> tuple[Header, ...]:

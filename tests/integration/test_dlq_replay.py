@@ -271,6 +271,7 @@ def test_dlq_replay_sends_each_original_once_and_points_to_the_originals_of_lett
         _letter((topic, 0, 5), b"{twice", 2),  # the same message again: a flush retried after its produce
         _letter((topic, 1, 9), None, 1, *omitted),  # too large for the dead-letter topic: value omitted
         _letter((topic, 1, 9), None, 2, *omitted),
+        _letter((topic, 0, 6), b"{again", 1),  # the same coordinates in a re-created topic: another message
     ])  # fmt: skip
 
     def run(*args: str) -> str:
@@ -280,9 +281,9 @@ def test_dlq_replay_sends_each_original_once_and_points_to_the_originals_of_lett
         return result.stdout
 
     for output, verb in ((run("--dry-run"), "would replay"), (run(), "replayed")):
-        assert f"scanned 5 dead letters in {dlq}; 5 matched; {verb} 2\n" in output, output
+        assert f"scanned 6 dead letters in {dlq}; 6 matched; {verb} 3\n" in output, output
         assert "skipped 2 extra copies of messages already replayed in this run" in output, output
         assert "skipped 1 dead letter(s) whose value was omitted" in output, output
         assert f"original {topic}[1]@9 ({len(huge)} bytes, sha256 {hashlib.sha256(huge).hexdigest()})" in output
     replayed = read_topic(kafka.bootstrap, target)
-    assert sorted((r.key, r.value) for r in replayed) == [(b"t-5", b"{twice"), (b"t-6", b"{once")]
+    assert sorted((r.key, r.value) for r in replayed) == [(b"t-5", b"{twice"), (b"t-6", b"{again"), (b"t-6", b"{once")]

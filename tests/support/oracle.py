@@ -48,7 +48,7 @@ DEAD_LETTER_HEADERS = frozenset(
         "dlq.original.topic", "dlq.original.partition", "dlq.original.offset", "dlq.reason", "dlq.error.class",
         "dlq.error.message", "dlq.error.sqlstate", "dlq.consumer.group", "dlq.failed_at", "dlq.attempts",
         "dlq.value.omitted", "dlq.value.bytes", "dlq.value.sha256", "dlq.key.omitted", "dlq.key.bytes",
-        "dlq.key.sha256", "dlq.headers.omitted",
+        "dlq.key.sha256", "dlq.headers.omitted", "dlq.headers.unreadable",
     }
 )  # fmt: skip
 

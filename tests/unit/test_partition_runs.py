@@ -147,7 +147,7 @@ def test_to_runs_cuts_consumed_messages_where_ascending_runs_cuts_their_records(
         messages.insert(min(at, len(messages)), failed)
     runs, refused = to_runs(messages)
     # Headers stay in the message until a dead letter reads them (headers_of): compared once read.
-    read = [(pid, [r._replace(headers=headers_of(r)) for r in run]) for pid, run in runs]
+    read = [(pid, [r._replace(headers=headers_of(r) or ()) for r in run]) for pid, run in runs]
     assert read == ascending_runs([r._replace(timestamp_ms=1000 + r.offset) for r in batch])
     assert [error for _, error in refused] == [failed.error()] * len(errors)
 
