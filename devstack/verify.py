@@ -19,7 +19,7 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.deadletter import header_dict
-from pipeline.records import normalize_headers
+from pipeline.records import read_headers
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Read]:
                     continue
                 partition, offset = message.partition() or 0, message.offset() or 0
                 if partition in ends and offset < ends[partition]:
-                    raw = normalize_headers(message.headers())
+                    raw = read_headers(message.headers) or ()  # names that are not UTF-8: none
                     out.append(Read(partition, offset, message.key(), message.value(), header_dict(raw), raw))
                     if offset + 1 >= ends[partition]:
                         ends[partition] = 0

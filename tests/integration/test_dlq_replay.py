@@ -18,6 +18,7 @@ import orjson
 import psycopg
 
 from devstack.verify import (
+    IncompleteRead,
     Read,
     caught_up,
     high_watermarks,
@@ -92,6 +93,15 @@ def _letters(letters: list[Read]) -> dict[tuple[bytes | None, bytes | None], str
     return {(r.key, r.value): r.headers.get("dlq.reason", "?") for r in letters}
 
 
+def _letters_in(bootstrap: str, topic: str) -> int:
+    """How many messages `topic` holds, for a poll: -1 while a read comes back incomplete (the topic is
+    being created, a partition has no leader yet): not yet, rather than a failure of the poll."""
+    try:
+        return len(read_topic(bootstrap, topic, timeout=10))
+    except IncompleteRead:
+        return -1
+
+
 def _snapshot(bootstrap: str, topic: str) -> list[Read]:
     """Every message of `topic`, in (partition, offset) order."""
     return sorted(read_topic(bootstrap, topic), key=lambda r: (r.partition, r.offset))
@@ -137,12 +147,12 @@ def test_dlq_replay_dry_run_changes_nothing_and_filters_select_exactly_the_match
     first, first_bad = _batch("a", 4, {"invalid_json": 2, "empty": 1, "invalid_event": 1, "db_rejected": 2})
     produce_exact(kafka.bootstrap, topic, first)
     consumer = consumer_factory(service_env, invoice_pipeline)
-    wait_until(lambda: len(read_topic(kafka.bootstrap, dlq)) >= len(first_bad), timeout=60, what="batch a's letters")
+    wait_until(lambda: _letters_in(kafka.bootstrap, dlq) >= len(first_bad), timeout=60, what="batch a's letters")
     boundary = datetime.now(UTC)
     second, second_bad = _batch("b", 3, {"invalid_json": 1, "invalid_event": 2, "db_rejected": 3})
     produce_exact(kafka.bootstrap, topic, second)
     every = first_bad + second_bad
-    wait_until(lambda: len(read_topic(kafka.bootstrap, dlq)) >= len(every), timeout=60, what="batch b's letters")
+    wait_until(lambda: _letters_in(kafka.bootstrap, dlq) >= len(every), timeout=60, what="batch b's letters")
     wait_until(lambda: caught_up(database_url, group, kafka.bootstrap, topic, 2), timeout=60, what="caught up")
     letters = _snapshot(kafka.bootstrap, dlq)
     assert _letters(letters) == _expected_letters(every)
@@ -210,7 +220,7 @@ def test_dlq_replay_after_the_fix_writes_db_rejected_events_exactly_once(
     def settled() -> bool:
         return caught_up(database_url, group, kafka.bootstrap, topic, 2)
 
-    wait_until(lambda: len(read_topic(kafka.bootstrap, dlq)) >= len(bad) and settled(), timeout=60,
+    wait_until(lambda: _letters_in(kafka.bootstrap, dlq) >= len(bad) and settled(), timeout=60,
                what="the dead letters and the positions")  # fmt: skip
     letters = _snapshot(kafka.bootstrap, dlq)
     assert _letters(letters) == _expected_letters(bad)

@@ -1,9 +1,10 @@
 """Bounded shutdown: SIGTERM ends `microbatch run` within shutdown_timeout_s whatever it waits for (a
-database that hangs or is down, a dead-letter topic that does not answer); exit 0 only when everything
+database that hangs or is down, a dead-letter topic whose broker does not answer); exit 0 only when everything
 buffered was written; what was cut off is rolled back and written once after a restart."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,11 +13,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
+from devstack.kafka_server import KafkaServer
 from devstack.postgres_server import PostgresServer
 from pipeline.database import Database, SessionSettings
+from tests.integration.test_dead_letter_outages import frozen
 from tests.support.consumer_process import MICROBATCH, ConsumerProcess, run_cli
+from tests.support.dead_letters import create_topic
+from tests.support.kafka_io import port_of, sample
 from tests.support.oracle import check, read_ledger
 from tests.support.services import KafkaService, microbatch_waits, wait_until
 
@@ -80,22 +84,37 @@ def test_sigterm_while_the_database_hangs_ends_in_time_and_loses_nothing(
     assert verdict.ok, verdict.details
 
 
-def test_sigterm_while_the_dead_letter_topic_refuses_ends_in_time(
-    kafka: KafkaService, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
+def test_sigterm_while_the_dead_letter_topic_does_not_answer_ends_in_time(
+    own_kafka: KafkaServer, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
     consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
 ) -> None:  # fmt: skip
-    env = _env(service_env)
+    """The flush waits for its dead letters' acknowledgement (dead_letter_timeout_s is 50 s here) from
+    a broker that stopped answering (SIGSTOP): SIGTERM still ends the process within its shutdown
+    timeout, unclean, and the window is left to the next owner."""
+    env = _env({**service_env, "KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap},
+               # One window for the whole stream, closed by time once the broker is frozen; the group
+               # session outlasts the freeze, so the write is cut by the shutdown, not by a rebalance.
+               MICROBATCH_MAX_WAIT_MS="5000", MICROBATCH_MAX_RECORDS="1000000", MICROBATCH_MAX_BYTES="1073741824",
+               MICROBATCH_KAFKA_CONFIG=json.dumps({"session.timeout.ms": "60000",
+                                                   "heartbeat.interval.ms": "3000"}))  # fmt: skip
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
-    dlq = f"invoices-{unique}.dlq"
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
-    admin.create_topics([NewTopic(dlq, 1, 1, config={"max.message.bytes": "16"})])[dlq].result(timeout=30)
-    _produce(env, invoice_pipeline, tmp_path / "ledger.jsonl", 1000, seed=3, bad="0.2")
+    create_topic(own_kafka.bootstrap, f"invoices-{unique}", PARTITIONS)
     consumer = consumer_factory(env, invoice_pipeline)
-    wait_until(lambda: "dead letter" in consumer.output().lower() or _stalled(database_url), timeout=60,
-               what="a write waiting for its dead letters")  # fmt: skip
-    code, took = _sigterm(consumer)
+    port = port_of(consumer)
+    wait_until(lambda: "assigned " in consumer.output(), timeout=60, what="the consumer to join its group")
+    ledger = tmp_path / "ledger.jsonl"
+    _produce(env, invoice_pipeline, ledger, 1000, seed=3, bad="0.2")
+    consumed = f'microbatch_messages_consumed_total{{topic="invoices-{unique}"}}'
+    wait_until(lambda: sample(port, consumed) >= len(read_ledger([ledger])), timeout=30,
+               what="the stream to be in the open window")  # fmt: skip
+    with frozen(own_kafka):
+        wait_until(lambda: _stalled(database_url), timeout=30, what="the flush waiting for its dead letters")
+        assert sample(port, "microbatch_halted") == 0, "waiting, not halted"
+        code, took = _sigterm(consumer)
     assert took <= SHUTDOWN_S + SLACK_S, f"exit took {took:.1f} s (shutdown_timeout_s = {SHUTDOWN_S})"
-    assert code != 0, "records were left unwritten: the exit code must say so"
+    assert code == EXIT_UNCLEAN, consumer.output()[-2000:]
+    assert "Traceback" not in consumer.output(), consumer.output()[-2000:]
+    assert _rows(database_url) == 0, "the cut write rolled back"
 
 
 def test_sigterm_while_the_database_is_down_ends_in_time(

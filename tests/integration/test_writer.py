@@ -22,6 +22,7 @@ from pipeline.records import Batch, PartitionId, Record, Rejection, RejectReason
 from pipeline.rejects import RejectSink
 from pipeline.spec_loader import builtin_dir, load_pipeline
 from pipeline.target import Target
+from tests.support.services import microbatch_waits, wait_until
 
 TOPIC = "invoice-lines"
 
@@ -283,6 +284,9 @@ def test_the_writer_thread_signals_the_hand_over_before_the_statement_ends(
         writer.wait_for_handover(10.0)
         assert time.monotonic() - started < 10.0, "the hand-over was signalled, not timed out"
         assert not writer.finished, "the statement is still waiting for the locks"
+        # What the write waits for is these locks: its statement reached PostgreSQL and waits there.
+        wait_until(lambda: microbatch_waits(database_url), timeout=10, what="the statement to wait for the locks")
+        assert not writer.finished
         blocker.rollback()
     outcome = writer.wait()
     writer.close()
