@@ -35,7 +35,7 @@ from bench import baseline, ceilings, commit_cost, connect_peer, lookups, pg_pro
 from bench.defaults import WINDOW_RECORDS, window_settings
 from bench.lab import Dataset, Lab
 from bench.measure import machine, source, versions
-from bench.report import write_report
+from bench.report import runs_correct, write_report
 from pipeline.records import Record
 
 console = Console(stderr=True)
@@ -360,8 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         args.export.mkdir(parents=True, exist_ok=True)
     report = run(mode, args.out, with_quix=with_quix, with_connect=with_connect, export=args.export, only=args.only)
     missing = sorted((args.only or frozenset()) - report["variants"].keys())  # e.g. a baseline not made ready
-    correct = all(v.get("correct", False) for v in report["variants"].values())
-    console.print(f"benchmark finished in {report['seconds']:.0f} s; every variant that ran was correct: {correct}")
+    wrong = sorted(name for name, right in runs_correct(report).items() if not right)
+    correct = not wrong
+    console.print(f"benchmark finished in {report['seconds']:.0f} s; every run that ran was correct: {correct}")
+    if wrong:
+        console.print(f"[bold red]wrong tables[/]: {', '.join(wrong)}")
     if why := report.get("baseline_missing"):  # not a failure unless it was asked for by name
         console.print(f"[bold red]the baseline was not run[/]: {why}")
     if missing:

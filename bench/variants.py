@@ -207,6 +207,7 @@ def steady(
             _alive(consumer, log_path, deadline)
             time.sleep(0.05)
         count = int(rate * seconds)
+        expected_file = lab.workdir / f"{group}.expected.json"
         producer = subprocess.Popen(
             [
                 str(MICROBATCH),
@@ -221,6 +222,8 @@ def steady(
                 "99",
                 "--partitions",
                 "4",
+                "--expected",
+                str(expected_file),
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -246,6 +249,9 @@ def steady(
         ).fetchone()
     if row is None or row[0] is None:
         raise RuntimeError("steady mode wrote no rows")
+    # Latencies count only if the run wrote what it was sent: the tables against the expected totals.
+    failed = [f"{check.name}: {check.detail}" for check in compare_totals(url, json.loads(expected_file.read_text()))
+              if not check.ok]  # fmt: skip
     return {
         "rate": rate,
         "seconds": seconds,
@@ -254,6 +260,8 @@ def steady(
         "p99_latency_s": round(float(row[1]), 3),
         "max_lag": max_lag,
         "lag_bounded": max_lag < rate * 2,
+        "correct": not failed,
+        **({"failed_checks": failed} if failed else {}),
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 from bench import ceilings, pg_profile, variants
 from bench.__main__ import paired_consumer_cpu
 from bench.defaults import window_settings
-from bench.report import ceiling_gap_note, ratios, render_markdown, targets
+from bench.report import ceiling_gap_note, ratios, render_markdown, runs_correct, targets
 from consumer.window import LIMITS
 
 
@@ -177,7 +177,7 @@ def test_the_settings_line_gives_the_consumer_s_own_defaults() -> None:
         f"max_wait_ms={DEFAULTS['max_wait_ms']}"
     )
     found = report(60_000, 62_000)
-    found["steady"] = {"50%": {"p99_latency_s": (DEFAULTS["max_wait_ms"] + 240) / 1000}}
+    found["steady"] = {"50%": {"p99_latency_s": (DEFAULTS["max_wait_ms"] + 240) / 1000, "correct": True}}
     row = next(t for t in targets(found) if "p99 end-to-end" in t["target"])
     assert row["met"] is True
     assert f"({(DEFAULTS['max_wait_ms'] + 250) / 1000:g} s)" in row["target"]
@@ -196,3 +196,30 @@ def test_the_ceilings_profile_and_steady_runs_use_the_consumer_s_default_window(
     function: Callable[..., Any], parameter: str, setting: str
 ) -> None:
     assert inspect.signature(function).parameters[parameter].default == DEFAULTS[setting]
+
+
+def _with_runs(*, steady_correct: bool, rss_correct: bool) -> dict[str, Any]:
+    found = report(70_000, 72_000)
+    found["variants"]["microbatch"]["correct"] = True
+    found["variants"]["pg_ceiling"]["correct"] = True
+    found["steady"] = {"50%": {"p99_latency_s": 0.2, "lag_bounded": True, "correct": steady_correct}}
+    found["rss_drain"] = {"peak_rss_bytes": 100 * 2**20, "correct": rss_correct}
+    found["grid"] = {"max_records=1000": {"correct": True}}
+    return found
+
+
+def test_a_figure_of_a_run_whose_tables_were_wrong_meets_no_target() -> None:
+    def verdicts(found: dict[str, Any]) -> dict[str, bool | None]:
+        return {t["target"]: t["met"] for t in targets(found) if "steady" in t["target"] or "RSS" in t["target"]}
+
+    assert set(verdicts(_with_runs(steady_correct=True, rss_correct=True)).values()) == {True}
+    assert set(verdicts(_with_runs(steady_correct=False, rss_correct=False)).values()) == {None}
+
+
+def test_every_run_that_checks_its_tables_counts_toward_the_exit_status() -> None:
+    assert all(runs_correct(_with_runs(steady_correct=True, rss_correct=True)).values())
+    wrong = runs_correct(_with_runs(steady_correct=False, rss_correct=True))
+    assert [name for name, right in wrong.items() if not right] == ["steady 50%"]
+    assert set(runs_correct(_with_runs(steady_correct=True, rss_correct=True))) == {
+        "variant microbatch", "variant pg_ceiling", "grid max_records=1000", "steady 50%", "memory drain",
+    }  # fmt: skip
