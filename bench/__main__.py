@@ -35,7 +35,8 @@ from bench import baseline, ceilings, commit_cost, connect_peer, lookups, pg_pro
 from bench.defaults import WINDOW_RECORDS, window_settings
 from bench.lab import Dataset, Lab
 from bench.measure import machine, source, versions
-from bench.report import runs_correct, write_report
+from bench.report import write_report
+from bench.verdicts import runs_correct
 from pipeline.records import Record
 
 console = Console(stderr=True)

@@ -12,6 +12,7 @@ from bench import pg_profile, profile
 from bench.chart import draw_chart
 from bench.commit_cost import most_replay_saves
 from bench.defaults import WINDOW_RECORDS, WINDOW_WAIT_MS
+from bench.verdicts import if_correct
 
 MB = 1024 * 1024
 P99_BOUND_S = (WINDOW_WAIT_MS + 250) / 1000  # steady at 50%: the default max_wait + 250 ms
@@ -104,8 +105,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     r = report["ratios"]
     mb = report["variants"].get("microbatch", {})
     # A figure counts only from a run whose tables were right (None otherwise: not met, not failed).
-    steady = _if_correct(report.get("steady", {}).get("50%", {}))
-    rss = _if_correct(report.get("rss_drain", {})).get("peak_rss_bytes")
+    steady = if_correct(report.get("steady", {}).get("50%", {}))
+    rss = if_correct(report.get("rss_drain", {})).get("peak_rss_bytes")
     bad = report.get("bad_row", {})
     replay = report["variants"].get("microbatch_replay", {})
     fsync_p99, replay_p99 = mb.get("flush_p99_s"), replay.get("flush_p99_s")
@@ -142,21 +143,6 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         {"target": name, "measured": value, "met": None if value is None else bool(check(value))}
         for name, value, check in rows
     ]
-
-
-def _if_correct(figures: dict[str, Any]) -> dict[str, Any]:
-    return figures if figures.get("correct") else {}
-
-
-def runs_correct(report: dict[str, Any]) -> dict[str, bool]:
-    """Every run of the report that verifies its tables, by name, and whether it was right: the
-    variants, the window grid, steady mode and the memory drain (`make bench` fails unless all were)."""
-    runs = {f"variant {name}": figures for name, figures in report["variants"].items()}
-    runs |= {f"grid {name}": figures for name, figures in report.get("grid", {}).items()}
-    runs |= {f"steady {name}": figures for name, figures in report.get("steady", {}).items()}
-    if "rss_drain" in report:
-        runs["memory drain"] = report["rss_drain"]
-    return {name: bool(figures.get("correct", False)) for name, figures in runs.items()}
 
 
 def write_report(report: dict[str, Any], out: Path, *, root: Path) -> None:

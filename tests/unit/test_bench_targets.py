@@ -12,7 +12,8 @@ import pytest
 from bench import ceilings, pg_profile, variants
 from bench.__main__ import paired_consumer_cpu
 from bench.defaults import window_settings
-from bench.report import ceiling_gap_note, ratios, render_markdown, runs_correct, targets
+from bench.report import ceiling_gap_note, ratios, render_markdown, targets
+from bench.verdicts import runs_correct
 from consumer.window import LIMITS
 
 
