@@ -4,9 +4,11 @@ with its own variants (durability = replay, secured, lookups: bench/lookups.py) 
 was before the performance work (bench/baseline.py), on this machine, in one run. Writes bench/results/latest.json,
 BENCHMARKS.md and bench/results/chart.png.
 
-Variants are interleaved (every repetition runs each once) and medians are reported; every run is
-checked for correctness against the generator's expected totals. PostgreSQL keeps its defaults
-(fsync and synchronous_commit on).
+Variants are interleaved (every repetition runs each once) and medians are reported. microbatch's runs
+(variants, grid, steady mode, memory) and our write path's ceiling are checked against the generator's
+expected totals, the other ceilings and the peers against their own counts; the exit status is 1 unless
+every checked run was right (bench/verdicts.py). PostgreSQL keeps its defaults (fsync and
+synchronous_commit on).
 
 `--export DIR` (the smoke test's) also writes what each dataset's broker acknowledged and what each
 table-writing variant left in its tables, for a check made outside the harness (bench/export.py).

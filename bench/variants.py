@@ -250,8 +250,11 @@ def steady(
     if row is None or row[0] is None:
         raise RuntimeError("steady mode wrote no rows")
     # Latencies count only if the run wrote what it was sent: the tables against the expected totals.
-    failed = [f"{check.name}: {check.detail}" for check in compare_totals(url, json.loads(expected_file.read_text()))
-              if not check.ok]  # fmt: skip
+    if producer.returncode != 0 or not expected_file.exists():
+        failed = [f"the producer failed (exit {producer.returncode}): nothing to check the tables against"]
+    else:
+        expected = json.loads(expected_file.read_text())
+        failed = [f"{check.name}: {check.detail}" for check in compare_totals(url, expected) if not check.ok]
     return {
         "rate": rate,
         "seconds": seconds,

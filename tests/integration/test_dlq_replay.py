@@ -94,8 +94,9 @@ def _letters(letters: list[Read]) -> dict[tuple[bytes | None, bytes | None], str
 
 
 def _letters_in(bootstrap: str, topic: str) -> int:
-    """How many messages `topic` holds, for a poll: -1 while a read comes back incomplete (the topic is
-    being created, a partition has no leader yet): not yet, rather than a failure of the poll."""
+    """How many messages `topic` holds, for a poll: -1 while a read comes back incomplete (IncompleteRead:
+    a metadata error other than an unknown topic, or the topic not read to its end in 10 s): not yet,
+    rather than a failure of the poll."""
     try:
         return len(read_topic(bootstrap, topic, timeout=10))
     except IncompleteRead:
