@@ -198,6 +198,10 @@ def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: R
             adopt_kafka_offsets=settings.adopt_kafka_offsets,
             coordinates_need_topic_id=target.spec.coordinates_need_topic_id(),
             needs_topic_id=any(column.kafka == "topic_id" for column in target.spec.raw.columns.values()),
+            # Offsets a truncated log reuses would be taken for duplicates of the rows of the lost messages.
+            dedupes_by_offset=any(
+                target.spec.raw.columns[name].kafka == "offset" for name in target.spec.raw.dedupe_key
+            ),
         ),
         shutdown_timeout_s=settings.shutdown_timeout_s,
         retry_initial_s=settings.retry_initial_ms / 1000,

@@ -19,7 +19,7 @@ OUTCOMES = ("ok", "bisected", "retry", "failed")
 REASONS = ("invalid_json", "invalid_event", "too_large", "empty", "db_rejected", "unknown_reference")
 REBALANCES = ("assign", "revoke", "lost")
 FAILURE_CLASSES = ("transient", "systemic", "dead_letter")
-POSITION_RESETS = ("topic_recreated", "reset", "adopted_kafka_offset")
+POSITION_RESETS = ("topic_recreated", "log_truncated", "reset", "adopted_kafka_offset")
 GAP_ACTIONS = ("halt", "skip")
 
 # How a flush attempt ended, for its duration (microbatch_flush_duration_seconds{outcome}).
@@ -173,7 +173,8 @@ class Metrics:
         self.position_resets = Counter(
             "microbatch_position_resets",
             "Stored positions moved outside a write, by reason: topic_recreated (the topic was deleted and "
-            "re-created), reset (a partition without a stored position placed at auto_offset_reset), "
+            "re-created), log_truncated (the log was truncated below the stored position and written again: read "
+            "from where it diverged), reset (a partition without a stored position placed at auto_offset_reset), "
             "adopted_kafka_offset (placed at the group's Kafka commit)",
             ["reason"],
             registry=r,

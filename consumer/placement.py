@@ -6,6 +6,12 @@ valid, or a decision that is logged, counted and audited. Pure.
   live topic ID (audit `adopted_topic_id`);
 - a stored row of another topic ID (the topic was deleted and re-created): the old position does not
   apply: start at `auto_offset_reset` (audit `topic_recreated`), or halt (below);
+- a stored position whose leader epoch the broker refused (`diverged_at`: the log was truncated
+  below it, then written again, by an unclean leader election or a broker on one replica that lost
+  its unflushed tail; the topic ID and the log's bounds do not show it): the offsets from where the
+  log diverged up to the stored position now hold other messages, never written. Start where it
+  diverged (audit `log_truncated`), or halt when the dedupe key holds the Kafka offset (audit
+  `truncation_halted`: those messages would be taken for duplicates of the lost ones);
 - a stored position below the log start or above its end (retention, a truncated log, a database
   restored from an old backup) is a gap: halt (audit `gap_halted`), or with on_position_gap = skip
   start at the first available offset (audit `gap_skipped`, with the range);
@@ -19,10 +25,25 @@ halts, unless its dedupe key includes `{ kafka = "topic_id" }`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from pipeline.offsets import PositionChange, StoredPosition
 from pipeline.records import PartitionId
+
+# librdkafka's words when a position's leader epoch shows a truncated log (its KIP-320 check): the
+# description of ERR__LOG_TRUNCATION, and the end offset the broker gave for that epoch (-1: none left).
+_TRUNCATION = "partition log truncation detected"
+_END_OFFSET = re.compile(r"broker end offset is (-?\d+)")
+
+
+def diverged_at(refusal: str) -> int | None:
+    """Where the log diverged, from the Kafka client's refusal of a fetch position (-1: not said, or
+    no record of the epoch left); None when the refusal is not about a truncated log."""
+    if _TRUNCATION not in refusal.lower():
+        return None
+    found = _END_OFFSET.search(refusal)
+    return int(found.group(1)) if found else -1
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,7 @@ class Rules:
     adopt_kafka_offsets: bool = False
     coordinates_need_topic_id: bool = False  # the dedupe key is Kafka coordinates without the topic ID
     needs_topic_id: bool = False  # a raw column holds the topic ID: never read a partition without it
+    dedupes_by_offset: bool = False  # the dedupe key holds the Kafka offset (with or without the topic ID)
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,9 @@ class Facts:
     high: int | None  # the high watermark
     kafka_committed: int | None = None
     assigned_at: int | None = None  # where this consumer's ownership started (its row vanished since)
+    # The broker refused the stored position's leader epoch: where the log of that epoch ends now
+    # (-1: the broker knows no record of that epoch or an earlier one any more).
+    diverged_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,7 @@ class Placement:
     change: PositionChange | None = None
     halt: str | None = None
     topic_id: str | None = None  # the incarnation the partition is read from (None: not known)
+    leader_epoch: int | None = None  # seek with it: the broker checks that the log was not truncated below `start`
 
     @property
     def event(self) -> str | None:
@@ -73,7 +99,7 @@ def place(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:
     return replace(placement, topic_id=facts.topic_id or stored_id) if placement.start is not None else placement
 
 
-def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa: PLR0911 - one return per case
+def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa: PLR0911, PLR0912 - one return per case
     topic, partition = pid
     stored, live = facts.stored, facts.topic_id
     if live is None and (rules.needs_topic_id or (stored is not None and stored.topic_id is not None)):
@@ -119,10 +145,16 @@ def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa:
         return Placement(start, PositionChange(pid, stored, StoredPosition(start, live), "topic_recreated", detail))
     original, adopted = stored, None
     if stored.topic_id is None and live is not None:
-        adopted = PositionChange(pid, stored, StoredPosition(stored.offset, live), "adopted_topic_id")
+        recorded = StoredPosition(stored.offset, live, stored.leader_epoch)
+        adopted = PositionChange(pid, stored, recorded, "adopted_topic_id")
+    if facts.diverged_at is not None:
+        diverged = _diverged(pid, stored, facts, rules)
+        if diverged is not None:
+            return diverged
     gap = _gap(stored.offset, facts)
     if gap is None:
-        return Placement(stored.offset, adopted)
+        epoch = stored.leader_epoch if facts.diverged_at is None else None  # refused once: not asked again
+        return Placement(stored.offset, adopted, leader_epoch=epoch)
     first, end, resume = gap
     missing = f"{topic}[{partition}] offsets {first}..{end - 1}"
     if rules.on_position_gap == "skip":
@@ -139,6 +171,41 @@ def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa:
         "or set on_position_gap = skip"
     )
     return Placement(None, PositionChange(pid, original, original, "gap_halted", f"{missing} {why}"), halt=halt)
+
+
+def _diverged(pid: PartitionId, stored: StoredPosition, facts: Facts, rules: Rules) -> Placement | None:
+    """The decision for a stored position whose leader epoch the broker refused; None when the log
+    diverged at or after it (nothing written was replaced: start there, without the epoch)."""
+    topic, partition = pid
+    low = facts.low or 0
+    # No record of the epoch left (-1): everything up to the log start is gone; what follows it came later.
+    point = facts.diverged_at if facts.diverged_at is not None and facts.diverged_at >= 0 else low
+    if stored.offset <= point:
+        return None
+    replaced = f"{topic}[{partition}] offsets {point}..{stored.offset - 1}"
+    detail = (
+        f"the log was truncated below the stored position {stored.offset} (leader epoch {stored.leader_epoch}) "
+        f"and written again: {replaced} hold other messages than those written"
+    )
+    if rules.dedupes_by_offset:
+        halt = (
+            f"log truncated: {detail}; the pipeline deduplicates by Kafka offset, so their rows would be dropped "
+            f"as duplicates of the lost messages' rows: delete the rows of {replaced} from the raw table, then "
+            f"`microbatch positions reset --topic {topic} --partition {partition} --to earliest`"
+        )
+        return Placement(None, PositionChange(pid, stored, stored, "truncation_halted", detail), halt=halt)
+    if point < low:  # and retention deleted some of those before they were read
+        missing = f"{topic}[{partition}] offsets {point}..{low - 1} were deleted before they were read"
+        if rules.on_position_gap != "skip":
+            halt = (
+                f"position gap: {detail}, and {missing}; reset with `microbatch positions reset --topic {topic} "
+                f"--partition {partition} --to earliest`, or set on_position_gap = skip"
+            )
+            return Placement(None, PositionChange(pid, stored, stored, "gap_halted", f"{detail}; {missing}"), halt=halt)
+        detail += f"; {missing} (on_position_gap = skip)"
+    start = max(point, low)
+    new = StoredPosition(start, facts.topic_id or stored.topic_id)
+    return Placement(start, PositionChange(pid, stored, new, "log_truncated", f"{detail}; reading them from {start}"))
 
 
 def _in_range(offset: int, facts: Facts) -> bool:

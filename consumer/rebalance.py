@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from consumer.flow import FlowControl
 from consumer.handover import Handover
 from consumer.positions import Positions
-from consumer.seeking import Seeker, describe
+from consumer.seeking import UNPLACED_OFFSET, Seeker, describe
 from consumer.telemetry import Telemetry
 from consumer.window import Trigger, Window
 from pipeline import failpoints
@@ -23,13 +23,6 @@ from pipeline.errors import DatabaseFailure
 from pipeline.offsets import PositionConflict
 
 log = logging.getLogger("microbatch.loop")
-# Where a partition that could not be placed yet is assigned: an absolute offset, never a logical one
-# (END, BEGINNING, STORED). librdkafka resolves a logical offset with an offset lookup, and a lookup
-# that answers after our seek to the stored position is retried 500 ms later from the logical offset:
-# the fetch position then jumps to the end of the log, and the records between were never delivered
-# (librdkafka 2.x, reproduced; it lost 2,400 records in CI before this). The partition stays paused and
-# its records are dropped until it is placed and sought (a fetch refused as out of range places it).
-UNPLACED_OFFSET = 0
 
 
 class Rebalance:
@@ -69,6 +62,10 @@ class Rebalance:
                 placement = placements.get(pid)
                 start = placement.start if placement is not None and placement.halt is None else None
                 topic_id = placement.topic_id if placement is not None else None
+                # librdkafka asks the broker about a position's leader epoch on a seek, not on an assign:
+                # a start with one is sought at the loop's next step (placed again), like an unplaced one.
+                sought = start is not None and placement is not None and placement.leader_epoch is not None
+                start = None if sought else start
                 self._positions.assign(pid, start, known=start is not None, topic_id=topic_id)
                 # A partition not placed yet starts paused: nothing of it is read until it is placed.
                 assigned.append(TopicPartition(pid[0], pid[1], start if start is not None else UNPLACED_OFFSET))
@@ -114,6 +111,7 @@ class Rebalance:
                 # Write what we have while we still own it (one attempt: no retries inside a rebalance).
                 self._handover.write_now(self._window, Trigger.REVOKE)
             self._handover.release(self._window, revoked)
+            self._seeker.released(revoked)
             self._telemetry.rebalance("revoke", len(self._positions))
             if revoked:
                 log.info("revoked %s", describe(sorted(revoked), {}))
@@ -126,6 +124,7 @@ class Rebalance:
             self._handover.settle()
             pids = {(tp.topic, tp.partition) for tp in partitions}
             self._handover.release(self._window, pids)
+            self._seeker.released(pids)
             self._telemetry.rebalance("lost", len(self._positions))
             log.warning("lost %s (session expired): buffers dropped, nothing committed", describe(sorted(pids), {}))
         except Exception:

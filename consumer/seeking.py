@@ -22,7 +22,7 @@ from consumer.failures import Action, Failure
 from consumer.flow import FlowControl
 from consumer.log_facts import LogFacts
 from consumer.pending import Pending
-from consumer.placement import Facts, Placement, Rules, place
+from consumer.placement import Facts, Placement, Rules, diverged_at, place
 from consumer.positions import Positions
 from consumer.telemetry import Telemetry
 from consumer.window import Window
@@ -33,6 +33,13 @@ from pipeline.records import PartitionId
 
 log = logging.getLogger("microbatch.loop")
 SEEK_RETRY_INTERVAL_S = 1.0
+# Where a partition that could not be placed yet is assigned: an absolute offset, never a logical one
+# (END, BEGINNING, STORED). librdkafka resolves a logical offset with an offset lookup, and a lookup
+# that answers after our seek to the stored position is retried 500 ms later from the logical offset:
+# the fetch position then jumps to the end of the log, and the records between were never delivered
+# (librdkafka 2.x, reproduced; it lost 2,400 records in CI before this). The partition stays paused and
+# its records are dropped until it is placed and sought (a fetch refused as out of range places it).
+UNPLACED_OFFSET = 0
 
 
 def describe(pids: Iterable[PartitionId], stored: Mapping[PartitionId, int]) -> str:
@@ -64,6 +71,9 @@ class Seeker:
         self._next_seek_at = 0.0
         self._audited: set[tuple[PartitionId, str, str]] = set()  # halts already audited (once per halt)
         self._opened_seen: int | None = None  # the writer's connections opened, when last looked at
+        # Partitions whose stored leader epoch the broker refused (a truncated log) → where it diverged;
+        # kept until the partition is positioned again or released.
+        self._diverged: dict[PartitionId, int] = {}
 
     def stored(self, pids: Sequence[PartitionId]) -> dict[PartitionId, StoredPosition]:
         """Stored positions of `pids`, read on the writer thread. Raises DatabaseFailure."""
@@ -110,6 +120,7 @@ class Seeker:
                     *bounds.get(pid, (None, None)),
                     committed.get(pid),
                     assigned_at=self._positions.assigned_at(pid),
+                    diverged_at=self._diverged.get(pid),
                 ),
                 self._rules,
             )
@@ -133,6 +144,9 @@ class Seeker:
             if change.kind == "gap_skipped":
                 self._telemetry.position_gap("skip")
                 log.warning("%s: %s; starting at %d", where, change.detail, change.new.offset)
+            elif change.kind == "log_truncated":
+                self._telemetry.position_reset(change.kind)
+                log.warning("%s: %s", where, change.detail)
             elif change.kind == "adopted_topic_id":
                 log.info(
                     "%s: recorded topic ID %s with stored position %d", where, change.new.topic_id, change.new.offset
@@ -152,12 +166,20 @@ class Seeker:
         self.seek_unknown(now=True)
 
     def out_of_range(self, pid: PartitionId, message: str) -> None:
-        """The broker refused the fetch position (auto.offset.reset = error): place the partition again."""
+        """The broker refused the fetch position (auto.offset.reset = error): place the partition again,
+        knowing where its log diverged when the refusal says it was truncated."""
+        if (point := diverged_at(message)) is not None and pid in self._positions:
+            self._diverged[pid] = point
         if pid in self._positions:
             # A partition not placed yet fetches from a placeholder (consumer/rebalance.py): not news.
             level = logging.WARNING if pid in self._positions.known() else logging.DEBUG
             log.log(level, "%s[%d]: %s; placing it again", pid[0], pid[1], message)
             self.forget([pid])
+
+    def released(self, pids: Iterable[PartitionId]) -> None:
+        """Partitions this consumer no longer owns: what it learnt of their logs no longer applies."""
+        for pid in pids:
+            self._diverged.pop(pid, None)
 
     def seek_unknown(self, *, now: bool = False, halted: bool = False) -> None:
         """Place and seek every partition whose position is unknown (at most once a second), and with
@@ -185,8 +207,9 @@ class Seeker:
             return
         if placement.start is None:
             return  # nothing known yet: placed again later
-        if not self._seek(TopicPartition(pid[0], pid[1], placement.start)):
+        if not self._seek(seek_target(pid, placement.start, placement.leader_epoch)):
             return
+        self._diverged.pop(pid, None)
         self._window.drop([pid])
         self._pending.drop([pid])
         self._positions.sought(pid, placement.start, fetch=placement.start, topic_id=placement.topic_id)
@@ -196,7 +219,9 @@ class Seeker:
 
     def _seek(self, partition: TopicPartition) -> bool:
         """Move the fetch position. A partition whose fetch failed (out of range: auto.offset.reset = error)
-        refuses a seek (erroneous state): it is assigned again at the offset instead."""
+        or has not started refuses a seek (erroneous state): it is assigned again at the offset instead;
+        or, for a position with a leader epoch (which only a seek has checked), at the placeholder,
+        paused, and sought once its fetch started (False: placed again within a second)."""
         try:
             self._kafka.seek(partition)
             return True
@@ -204,8 +229,14 @@ class Seeker:
             if exc.args[0].code() != KafkaError._STATE:
                 log.debug("seek %s not possible yet: %s", partition, exc)
                 return False
+        checked = partition.leader_epoch is not None
         try:
             self._kafka.incremental_unassign([TopicPartition(partition.topic, partition.partition)])
+            if checked:
+                placeholder = TopicPartition(partition.topic, partition.partition, UNPLACED_OFFSET)
+                self._kafka.incremental_assign([placeholder])
+                self._kafka.pause([placeholder])
+                return False
             self._kafka.incremental_assign([partition])
             if self._flow.paused:
                 self._kafka.pause([partition])
@@ -251,6 +282,13 @@ class Seeker:
             log.warning("stored positions went backwards for %s (the database lost commits): reading them again",
                         describe(behind, {pid: pos.offset for pid, pos in stored.items()}))  # fmt: skip
         return behind
+
+
+def seek_target(pid: PartitionId, offset: int, leader_epoch: int | None) -> TopicPartition:
+    """Where a partition is sought or assigned; with the leader epoch of the record before `offset`
+    when known, so that librdkafka checks it with the broker first (KIP-320) and refuses a position in
+    a log truncated below it (consumer/placement.py)."""
+    return TopicPartition(pid[0], pid[1], offset, leader_epoch=-1 if leader_epoch is None else leader_epoch)
 
 
 def _halt_key(change: PositionChange) -> tuple[PartitionId, str, str]:

@@ -6,10 +6,13 @@
   1  the offsets table: (consumer_group, topic, partition) → next_offset, updated_at
   2  + `topic_id` on the offsets table (the topic incarnation a position belongs to), the audit table
      `microbatch_position_events`, and this version table.
+  3  + `leader_epoch` and `leader_epoch_offset` on the offsets table (the Kafka leader epoch of the
+     record before the stored position, and the position it was stored with).
 
 A rolling upgrade is safe: a consumer of version 1 still reads and compare-and-sets `next_offset`
 (it never touches `topic_id`), and a consumer of version 2 records the topic ID when it next takes
-the partition.
+the partition. A consumer of version 2 leaves the epoch behind when it moves a position, and a
+newer one then ignores it (`leader_epoch_offset` no longer equals `next_offset`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from psycopg import sql
 
 from pipeline.offsets import EVENTS_TABLE
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 VERSION_TABLE = "microbatch_schema_version"
 
 
@@ -56,13 +59,19 @@ def migrate(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> l
     notes: list[str] = []
     ensure_schema(conn, schema)
     current = _version(conn, schema, offsets_table)
-    if current is None and _exists(conn, schema, offsets_table):
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS topic_id text").format(
-                sql.Identifier(schema, offsets_table)
+    if current != SCHEMA_VERSION and _exists(conn, schema, offsets_table):
+        added = [("topic_id", "text")] if current is None else []
+        added += [("leader_epoch", "integer"), ("leader_epoch_offset", "bigint")]
+        for column, kind in added:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} " + kind).format(
+                    sql.Identifier(schema, offsets_table), sql.Identifier(column)
+                )
             )
+        notes.append(
+            f"upgraded {schema}.{offsets_table} from schema version {current or 1} to {SCHEMA_VERSION}: "
+            f"added {', '.join(column for column, _ in added)}"
         )
-        notes.append(f"upgraded {schema}.{offsets_table} from schema version 1 to {SCHEMA_VERSION}: added topic_id")
     if not _exists(conn, schema, EVENTS_TABLE):
         conn.execute(
             sql.SQL(

@@ -87,6 +87,21 @@ def read_headers(source: tuple[Header, ...] | HeaderSource) -> tuple[Header, ...
     return None if found is _UNREADABLE else normalize_headers(found)
 
 
+def leader_epoch_of(record: Record) -> int | None:
+    """The Kafka leader epoch of a consumed record's message (the epoch of the partition leader that
+    appended it), read through the message its headers' accessor belongs to; None for a record that
+    was not consumed (its headers are pairs) or a message without one.
+
+    Read only for the last record of each partition in a batch, when its position is stored: a field
+    of its own would cost every record a call on the hot path.
+    """
+    read = getattr(getattr(record.headers, "__self__", None), "leader_epoch", None)
+    if not callable(read):
+        return None
+    epoch = read()
+    return epoch if isinstance(epoch, int) and epoch >= 0 else None
+
+
 def normalize_headers(headers: object) -> tuple[Header, ...]:
     """(name, bytes) pairs, whatever shape the Kafka client hands out (list of pairs or dict; str or bytes)."""
     if not headers:
@@ -220,3 +235,8 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def leader_epochs(self) -> dict[PartitionId, int | None]:
+        """The leader epoch of each partition's last record (`leader_epoch_of`): stored with the position
+        after it, so that a log truncated below that position is detected when it is read again."""
+        return {pid: leader_epoch_of(run[-1]) for pid, run in ordered_runs(self.records)}

@@ -230,6 +230,8 @@ class WritePlan:
                 Column("next_offset", "bigint", not_null=True),
                 Column("updated_at", "timestamp with time zone", not_null=True, default="now()"),
                 Column("topic_id", "text", not_null=False),
+                Column("leader_epoch", "integer", not_null=False),
+                Column("leader_epoch_offset", "bigint", not_null=False),
             ),
             ("consumer_group", "topic", "partition"),
         )

@@ -199,7 +199,7 @@ class BatchWriter:
         limit = min(len(rows), first_row + self.max_savepoints) if sliced else len(rows)
         # 1. compare-and-set: this transaction owns these partitions' ranges, or nobody writes.
         targets = {pid: run.batch.to_positions[pid] for pid in partitions}
-        with self._begin(conn, {pid: run.stored.get(pid) for pid in partitions}, targets, run.batch.topic_ids):
+        with self._begin(conn, {pid: run.stored.get(pid) for pid in partitions}, targets, run.batch):
             run.on_progress()
             if first_row < limit:
                 if not run.copy_per_node:
@@ -236,7 +236,7 @@ class BatchWriter:
         conn: psycopg.Connection[Any],
         expected: dict[PartitionId, int | None],
         targets: dict[PartitionId, int],
-        topic_ids: dict[PartitionId, str | None],
+        batch: Batch,
     ) -> Iterator[None]:
         """A transaction block whose BEGIN and compare-and-set travel in one round trip (pipeline mode).
 
@@ -252,7 +252,7 @@ class BatchWriter:
                 transaction.enter_context(psycopg.Transaction(conn))
                 if not self.synchronous_commit:  # durability = replay: see the module docstring
                     conn.execute("SET LOCAL synchronous_commit = off")
-                check = self.offsets.compare_and_set(conn, expected, targets, topic_ids)
+                check = self.offsets.compare_and_set(conn, expected, targets, batch.topic_ids, batch.leader_epochs())
             check()
             yield
 

@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.rebalance import UNPLACED_OFFSET
+from consumer.seeking import UNPLACED_OFFSET
 from tests.support.services import KafkaService
 
 RECORDS = 20_000

@@ -213,7 +213,8 @@ def test_own_tables_of_an_older_version_are_refused_then_upgraded_in_place(
     _produce(env, invoice_pipeline, tmp_path / "ledger.jsonl", 900, seed=7)
     with psycopg.connect(database_url, autocommit=True) as conn:  # what microbatch's schema version 1 left
         conn.execute("DROP TABLE microbatch_schema_version, microbatch_position_events")
-        conn.execute("ALTER TABLE microbatch_offsets DROP COLUMN topic_id")
+        conn.execute("ALTER TABLE microbatch_offsets DROP COLUMN topic_id, DROP COLUMN leader_epoch, "
+                     "DROP COLUMN leader_epoch_offset")  # fmt: skip
         for p in range(PARTITIONS):
             conn.execute("INSERT INTO microbatch_offsets (consumer_group, topic, partition, next_offset) "
                          "VALUES (%s, %s, %s, 0)", (group, topic, p))  # fmt: skip
@@ -223,7 +224,8 @@ def test_own_tables_of_an_older_version_are_refused_then_upgraded_in_place(
     assert "run `microbatch init-db` to upgrade microbatch's own tables" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
     upgraded = run_cli(env, "init-db", "--pipeline", str(invoice_pipeline))
-    assert upgraded.returncode == 0 and "from schema version 1 to 2" in upgraded.stdout, upgraded.stdout
+    added = "from schema version 1 to 3: added topic_id, leader_epoch, leader_epoch_offset"
+    assert upgraded.returncode == 0 and added in upgraded.stdout, upgraded.stdout
     again = run_cli(env, "init-db", "--pipeline", str(invoice_pipeline))
     assert again.returncode == 0 and "schema version" not in again.stdout, "init-db is idempotent"
     consumer = consumer_factory(env, invoice_pipeline)

@@ -16,7 +16,8 @@ from confluent_kafka import TopicPartition
 
 from consumer.placement import Placement
 from consumer.positions import Positions
-from consumer.rebalance import UNPLACED_OFFSET, Rebalance
+from consumer.rebalance import Rebalance
+from consumer.seeking import UNPLACED_OFFSET
 from consumer.telemetry import Telemetry
 from consumer.window import Window, WindowPolicy
 from pipeline.errors import DatabaseFailure, FailureClass

@@ -1,0 +1,107 @@
+"""A log truncated below the stored position, then written again, against a real broker: the broker
+on one replica loses the tail of a partition (killed, its log cut at a batch boundary), comes back in
+a new leader epoch, and producers write past the old end. The topic ID and the log's bounds look as
+before; only the stored leader epoch shows that the offsets from the cut on hold other messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from devstack.kafka_server import KafkaServer
+from devstack.verify import caught_up, high_watermarks
+from pipeline.offsets import OffsetsTable, StoredPosition
+from tests.support.consumer_process import ConsumerProcess, run_cli
+from tests.support.dead_letters import create_topic
+from tests.support.log_surgery import cut_partition_log
+from tests.support.oracle import check, read_ledger
+from tests.support.services import wait_until
+
+
+def _produce(env: dict[str, str], pipeline: Path, ledger: Path, count: int, seed: int) -> None:
+    result = run_cli(env, "produce", "--pipeline", str(pipeline), "--count", str(count), "--partitions", "1",
+                     "--seed", str(seed), "--bad-ratio", "0.01", "--duplicate-ratio", "0.01",
+                     "--ledger", str(ledger))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def _stored(database_url: str, group: str) -> tuple[int, int | None]:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT next_offset, CASE WHEN leader_epoch_offset = next_offset THEN leader_epoch END "
+            "FROM microbatch_offsets WHERE consumer_group = %s",
+            (group,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), row[1]
+
+
+def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
+    own_kafka: KafkaServer, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    topic, group = f"invoices-{unique}", f"group-{unique}"
+    env = {**service_env, "KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap, "MICROBATCH_MAX_WAIT_MS": "200"}
+    assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
+    create_topic(own_kafka.bootstrap, topic, 1)
+    kept, lost, refill = tmp_path / "kept.jsonl", tmp_path / "lost.jsonl", tmp_path / "refill.jsonl"
+    _produce(env, invoice_pipeline, kept, 300, seed=11)
+    cut_at = high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)]
+    _produce(env, invoice_pipeline, lost, 300, seed=12)  # its own producer: its batches start at cut_at
+    consumer = consumer_factory(env, invoice_pipeline)
+    caught = lambda: caught_up(database_url, group, own_kafka.bootstrap, topic, 1)  # noqa: E731
+    wait_until(caught, timeout=90, what="the first stream to be written")
+    assert consumer.terminate() == 0
+    written, epoch = _stored(database_url, group)
+    assert written > cut_at and epoch is not None, "the position is stored with its record's leader epoch"
+
+    ends_at = cut_partition_log(own_kafka, topic, 0, cut_at)
+    assert ends_at == cut_at and high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)] == cut_at
+    _produce(env, invoice_pipeline, refill, 400, seed=13)
+    high = high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)]
+    assert high > written, "the log is written again past the stored position: its bounds show nothing"
+
+    consumer = consumer_factory(env, invoice_pipeline)
+    wait_until(caught, timeout=90, what="the written-again log to be read")
+    assert consumer.terminate() == 0
+    output = consumer.output()
+    assert "Traceback" not in output, output[-2000:]
+    assert f"{topic}[0] offsets {cut_at}..{written - 1}" in output, output[-3000:]
+    with psycopg.connect(database_url) as conn:
+        events = conn.execute(
+            "SELECT kind, old_position, new_position FROM microbatch_position_events WHERE consumer_group = %s "
+            "AND kind = 'log_truncated'",
+            (group,),
+        ).fetchall()
+    assert events == [("log_truncated", written, cut_at)], events
+    # Every message written, once: those Kafka lost were written before it lost them; those that
+    # replaced them (at the same offsets) too. Dead letters of the lost ones are in the dead-letter topic.
+    verdict = check(read_ledger([kept, lost, refill]), database_url, own_kafka.bootstrap, topic, f"{topic}.dlq",
+                    group, 1)  # fmt: skip
+    assert verdict.ok, verdict.details
+
+
+def test_own_tables_of_version_2_gain_the_leader_epoch_and_an_epoch_left_behind_is_not_used(
+    database_url: str, service_env: dict[str, str], invoice_pipeline: Path, unique: str
+) -> None:
+    group = f"group-{unique}"
+    assert run_cli(service_env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:  # what microbatch's schema version 2 left
+        conn.execute("ALTER TABLE microbatch_offsets DROP COLUMN leader_epoch, DROP COLUMN leader_epoch_offset")
+        conn.execute("UPDATE microbatch_schema_version SET version = 2 WHERE table_name = 'microbatch_offsets'")
+    upgraded = run_cli(service_env, "init-db", "--pipeline", str(invoice_pipeline))
+    added = "from schema version 2 to 3: added leader_epoch, leader_epoch_offset"
+    assert upgraded.returncode == 0 and added in upgraded.stdout, upgraded.stdout
+    table, pid = OffsetsTable("public", "microbatch_offsets", group), ("orders", 0)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        table.compare_and_set(conn, {pid: None}, {pid: 100}, {pid: "AAAAAAAAAAAAAAAAAAAAAA"}, {pid: 4})()
+        assert table.read(conn, [pid]) == {pid: StoredPosition(100, "AAAAAAAAAAAAAAAAAAAAAA", 4)}
+        # A consumer of version 2 moves the position and leaves the epoch behind: it no longer applies.
+        conn.execute("UPDATE microbatch_offsets SET next_offset = 150 WHERE consumer_group = %s", (group,))
+        assert table.read(conn, [pid]) == {pid: StoredPosition(150, "AAAAAAAAAAAAAAAAAAAAAA", None)}
+        table.compare_and_set(conn, {pid: 150}, {pid: 180}, {}, {pid: 6})()
+        assert table.read(conn, [pid])[pid].leader_epoch == 6
+        table.move(conn, {pid: 170})  # a prefix of a batch: the batch's last epoch is not this position's
+        assert table.read(conn, [pid]) == {pid: StoredPosition(170, "AAAAAAAAAAAAAAAAAAAAAA", None)}
