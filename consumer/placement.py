@@ -39,7 +39,8 @@ _END_OFFSET = re.compile(r"broker end offset is (-?\d+)")
 
 def diverged_at(refusal: str) -> int | None:
     """Where the log diverged, from the Kafka client's refusal of a fetch position (-1: not said, or
-    no record of the epoch left); None when the refusal is not about a truncated log."""
+    the broker knows no record of the epoch or an earlier one); None when the refusal is not about a
+    truncated log."""
     if _TRUNCATION not in refusal.lower():
         return None
     found = _END_OFFSET.search(refusal)
@@ -68,8 +69,10 @@ class Facts:
     high: int | None  # the high watermark
     kafka_committed: int | None = None
     assigned_at: int | None = None  # where this consumer's ownership started (its row vanished since)
-    # The broker refused the stored position's leader epoch: where the log of that epoch ends now
-    # (-1: the broker knows no record of that epoch or an earlier one any more).
+    # The broker refused this partition's fetch position since it was last placed (`refused`), and,
+    # when the refusal said the log was truncated, where the log of the epoch ends now (`diverged_at`;
+    # -1: not said, or no record of that epoch or an earlier one left).
+    refused: bool = False
     diverged_at: int | None = None
 
 
@@ -151,9 +154,13 @@ def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa:
         diverged = _diverged(pid, stored, facts, rules)
         if diverged is not None:
             return diverged
+    epoch = None if facts.refused else stored.leader_epoch  # refused once: not asked again
     gap = _gap(stored.offset, facts)
     if gap is None:
-        epoch = stored.leader_epoch if facts.diverged_at is None else None  # refused once: not asked again
+        return Placement(stored.offset, adopted, leader_epoch=epoch)
+    if epoch is not None and facts.high is not None and stored.offset > facts.high:
+        # Beyond the end: a log truncated and not yet written again past the position. The broker says
+        # where the log of the epoch ends, and new messages from there are read rather than skipped.
         return Placement(stored.offset, adopted, leader_epoch=epoch)
     first, end, resume = gap
     missing = f"{topic}[{partition}] offsets {first}..{end - 1}"
@@ -177,9 +184,22 @@ def _diverged(pid: PartitionId, stored: StoredPosition, facts: Facts, rules: Rul
     """The decision for a stored position whose leader epoch the broker refused; None when the log
     diverged at or after it (nothing written was replaced: start there, without the epoch)."""
     topic, partition = pid
-    low = facts.low or 0
-    # No record of the epoch left (-1): everything up to the log start is gone; what follows it came later.
-    point = facts.diverged_at if facts.diverged_at is not None and facts.diverged_at >= 0 else low
+    low, point = facts.low or 0, facts.diverged_at if facts.diverged_at is not None else -1
+    if point < 0:
+        # No record of the epoch left: fine for a position at the log start (the next epoch starts
+        # there and retention deleted the rest); above it, a broker that lost its epoch history or a
+        # refusal in other words than librdkafka's: where the log diverged is not known. Never guessed.
+        if stored.offset <= low:
+            return None
+        detail = (
+            f"the broker knows no record of leader epoch {stored.leader_epoch} or an earlier one, although the "
+            f"stored position {stored.offset} is above the log start {low}: where the log diverged is not known"
+        )
+        halt = (
+            f"{topic}[{partition}]: {detail}; check the broker's log, then move the position with "
+            f"`microbatch positions reset --topic {topic} --partition {partition} --to <offset>`"
+        )
+        return Placement(None, PositionChange(pid, stored, stored, "truncation_halted", detail), halt=halt)
     if stored.offset <= point:
         return None
     replaced = f"{topic}[{partition}] offsets {point}..{stored.offset - 1}"

@@ -65,8 +65,9 @@ class Rebalance:
                 # librdkafka asks the broker about a position's leader epoch on a seek, not on an assign:
                 # a start with one is sought at the loop's next step (placed again), like an unplaced one.
                 sought = start is not None and placement is not None and placement.leader_epoch is not None
+                # Unknown until sought, but owned from `start` (where to read again if its row vanishes).
+                self._positions.assign(pid, start, known=start is not None and not sought, topic_id=topic_id)
                 start = None if sought else start
-                self._positions.assign(pid, start, known=start is not None, topic_id=topic_id)
                 # A partition not placed yet starts paused: nothing of it is read until it is placed.
                 assigned.append(TopicPartition(pid[0], pid[1], start if start is not None else UNPLACED_OFFSET))
                 if start is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -71,9 +72,11 @@ class Seeker:
         self._next_seek_at = 0.0
         self._audited: set[tuple[PartitionId, str, str]] = set()  # halts already audited (once per halt)
         self._opened_seen: int | None = None  # the writer's connections opened, when last looked at
-        # Partitions whose stored leader epoch the broker refused (a truncated log) → where it diverged;
-        # kept until the partition is positioned again or released.
-        self._diverged: dict[PartitionId, int] = {}
+        # Partitions whose fetch position the broker refused → where the log diverged when the refusal
+        # said it was truncated, and the stored row it was decided on (bound at the first placement
+        # after it). Dropped once the partition is positioned, released, or its row changed (an
+        # operator's reset): a refusal says nothing about a position moved since.
+        self._refusals: dict[PartitionId, _Refusal] = {}
 
     def stored(self, pids: Sequence[PartitionId]) -> dict[PartitionId, StoredPosition]:
         """Stored positions of `pids`, read on the writer thread. Raises DatabaseFailure."""
@@ -107,6 +110,7 @@ class Seeker:
     def _decide(
         self, pids: Sequence[PartitionId], stored: Mapping[PartitionId, StoredPosition]
     ) -> dict[PartitionId, Placement]:
+        refusals = self._bind_refusals(pids, stored)
         ids = self._facts.topic_ids(topic for topic, _ in pids)
         bounds = self._facts.bounds(pids)
         unplaced = [pid for pid in pids if pid not in stored]
@@ -120,12 +124,31 @@ class Seeker:
                     *bounds.get(pid, (None, None)),
                     committed.get(pid),
                     assigned_at=self._positions.assigned_at(pid),
-                    diverged_at=self._diverged.get(pid),
+                    refused=pid in refusals,
+                    diverged_at=refusals[pid].point if pid in refusals else None,
                 ),
                 self._rules,
             )
             for pid in pids
         }
+
+    def _bind_refusals(
+        self, pids: Sequence[PartitionId], stored: Mapping[PartitionId, StoredPosition]
+    ) -> dict[PartitionId, _Refusal]:
+        """The refusals that still apply to `pids`: bound to the stored row they are first decided on,
+        dropped when the row is another by now."""
+        applying = {}
+        for pid in pids:
+            refusal = self._refusals.get(pid)
+            if refusal is None:
+                continue
+            if not refusal.bound:
+                refusal.bound, refusal.row = True, stored.get(pid)
+            if refusal.row == stored.get(pid):
+                applying[pid] = refusal
+            else:
+                del self._refusals[pid]
+        return applying
 
     def _announce(self, placements: Mapping[PartitionId, Placement]) -> None:
         """One log line, a metric and (already written) an audit row per decision."""
@@ -168,9 +191,8 @@ class Seeker:
     def out_of_range(self, pid: PartitionId, message: str) -> None:
         """The broker refused the fetch position (auto.offset.reset = error): place the partition again,
         knowing where its log diverged when the refusal says it was truncated."""
-        if (point := diverged_at(message)) is not None and pid in self._positions:
-            self._diverged[pid] = point
         if pid in self._positions:
+            self._refusals[pid] = _Refusal(diverged_at(message))
             # A partition not placed yet fetches from a placeholder (consumer/rebalance.py): not news.
             level = logging.WARNING if pid in self._positions.known() else logging.DEBUG
             log.log(level, "%s[%d]: %s; placing it again", pid[0], pid[1], message)
@@ -179,7 +201,7 @@ class Seeker:
     def released(self, pids: Iterable[PartitionId]) -> None:
         """Partitions this consumer no longer owns: what it learnt of their logs no longer applies."""
         for pid in pids:
-            self._diverged.pop(pid, None)
+            self._refusals.pop(pid, None)
 
     def seek_unknown(self, *, now: bool = False, halted: bool = False) -> None:
         """Place and seek every partition whose position is unknown (at most once a second), and with
@@ -209,7 +231,7 @@ class Seeker:
             return  # nothing known yet: placed again later
         if not self._seek(seek_target(pid, placement.start, placement.leader_epoch)):
             return
-        self._diverged.pop(pid, None)
+        self._refusals.pop(pid, None)
         self._window.drop([pid])
         self._pending.drop([pid])
         self._positions.sought(pid, placement.start, fetch=placement.start, topic_id=placement.topic_id)
@@ -282,6 +304,16 @@ class Seeker:
             log.warning("stored positions went backwards for %s (the database lost commits): reading them again",
                         describe(behind, {pid: pos.offset for pid, pos in stored.items()}))  # fmt: skip
         return behind
+
+
+@dataclass
+class _Refusal:
+    """A fetch position the broker refused: where the log diverged (None: not a truncation), and the
+    stored row the refusal applies to once bound."""
+
+    point: int | None
+    bound: bool = False
+    row: StoredPosition | None = None
 
 
 def seek_target(pid: PartitionId, offset: int, leader_epoch: int | None) -> TopicPartition:

@@ -220,23 +220,14 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Read]:
     """Every message currently in `topic` (empty when it does not exist).
 
     Raises IncompleteRead rather than return part of the topic: when the broker answers its
-    metadata with another error than "unknown topic", or when `timeout` passes before every
+    metadata with another error than "unknown topic" (or does not answer), or when `timeout` passes before every
     partition was read up to the high watermark it had when the read began. A caller counting what
     is in the topic (dead letters, their copies) must never count a cut read."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None:
+        ends = _partition_ends(consumer, topic)
+        if not ends:
             return []
-        if metadata.error is not None:
-            if metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                return []
-            raise IncompleteRead(f"{topic}: the broker's metadata answer is an error: {metadata.error}")
-        ends = {}
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            if high > low:
-                ends[partition] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         out: list[Read] = []
         deadline = time.monotonic() + timeout
@@ -255,6 +246,27 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Read]:
         return out
     finally:
         consumer.close()
+
+
+def _partition_ends(consumer: Consumer, topic: str) -> dict[int, int]:
+    """Each non-empty partition of `topic` → its high watermark (empty: no such topic). Raises
+    IncompleteRead when the broker answers with an error or does not answer."""
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None:
+            return {}
+        if metadata.error is not None:
+            if metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return {}
+            raise IncompleteRead(f"{topic}: the broker's metadata answer is an error: {metadata.error}")
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high > low:
+                ends[partition] = high
+    except KafkaException as error:  # no answer about the topic or its bounds: nothing read is complete
+        raise IncompleteRead(f"{topic}: the broker did not say what the topic holds: {error}") from error
+    return ends
 
 
 def dead_letters_by_reason(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[str, int]:

@@ -59,6 +59,8 @@ def migrate(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> l
     notes: list[str] = []
     ensure_schema(conn, schema)
     current = _version(conn, schema, offsets_table)
+    if current is not None and current > SCHEMA_VERSION:
+        return [f"{schema}.{offsets_table} is at schema version {current}, newer than this release's: left as it is"]
     if current != SCHEMA_VERSION and _exists(conn, schema, offsets_table):
         added = [("topic_id", "text")] if current is None else []
         added += [("leader_epoch", "integer"), ("leader_epoch_offset", "bigint")]

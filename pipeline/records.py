@@ -8,6 +8,7 @@ position* is the one in the offsets table, which only a flush's compare-and-set 
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +83,9 @@ def read_headers(source: tuple[Header, ...] | HeaderSource) -> tuple[Header, ...
     except Exception:  # whatever the client raises, the headers are unreadable
         replace = getattr(getattr(source, "__self__", None), "set_headers", None)
         if callable(replace):
-            replace(_UNREADABLE)
+            # confluent-kafka's only swaps a pointer; if another client's failed, they stay unreadable: None.
+            with contextlib.suppress(Exception):
+                replace(_UNREADABLE)
         return None
     return None if found is _UNREADABLE else normalize_headers(found)
 

@@ -212,7 +212,7 @@ class BatchWriter:
             committed = run.positions_at(boundary, partitions)
             if committed != targets:
                 # The budget ran out: commit the resolved prefix only (we hold these rows' locks).
-                self.offsets.move(conn, committed)
+                self.offsets.move(conn, {pid: at for pid, at in committed.items() if at != targets[pid]})
                 run.on_progress()
             # 5. rejected records are durably stored before the positions move past them.
             fresh = run.rejections_between(start, boundary)

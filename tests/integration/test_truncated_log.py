@@ -9,14 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from devstack.kafka_server import KafkaServer
 from devstack.verify import caught_up, high_watermarks
 from pipeline.offsets import OffsetsTable, StoredPosition
 from tests.support.consumer_process import ConsumerProcess, run_cli
 from tests.support.dead_letters import create_topic
+from tests.support.invoice_rules import judge
+from tests.support.kafka_io import port_of, sample
 from tests.support.log_surgery import cut_partition_log
-from tests.support.oracle import check, read_ledger
+from tests.support.oracle import check, entry_bytes, read_ledger
 from tests.support.services import wait_until
 
 
@@ -38,10 +41,14 @@ def _stored(database_url: str, group: str) -> tuple[int, int | None]:
     return int(row[0]), row[1]
 
 
+@pytest.mark.parametrize("running", [False, True], ids=["restarted", "running"])
 def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
     own_kafka: KafkaServer, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
-    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path, running: bool,
 ) -> None:  # fmt: skip
+    """`restarted`: the consumer is stopped while the broker loses the tail, and seeks with the stored
+    epoch when it starts. `running`: it stays up through the broker's death and return (its group
+    session expires meanwhile, and the partition is placed again, sought with the stored epoch)."""
     topic, group = f"invoices-{unique}", f"group-{unique}"
     env = {**service_env, "KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap, "MICROBATCH_MAX_WAIT_MS": "200"}
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
@@ -53,7 +60,8 @@ def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
     consumer = consumer_factory(env, invoice_pipeline)
     caught = lambda: caught_up(database_url, group, own_kafka.bootstrap, topic, 1)  # noqa: E731
     wait_until(caught, timeout=90, what="the first stream to be written")
-    assert consumer.terminate() == 0
+    if not running:
+        assert consumer.terminate() == 0
     written, epoch = _stored(database_url, group)
     assert written > cut_at and epoch is not None, "the position is stored with its record's leader epoch"
 
@@ -63,7 +71,8 @@ def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
     high = high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)]
     assert high > written, "the log is written again past the stored position: its bounds show nothing"
 
-    consumer = consumer_factory(env, invoice_pipeline)
+    if not running:
+        consumer = consumer_factory(env, invoice_pipeline)
     wait_until(caught, timeout=90, what="the written-again log to be read")
     assert consumer.terminate() == 0
     output = consumer.output()
@@ -105,3 +114,50 @@ def test_own_tables_of_version_2_gain_the_leader_epoch_and_an_epoch_left_behind_
         assert table.read(conn, [pid])[pid].leader_epoch == 6
         table.move(conn, {pid: 170})  # a prefix of a batch: the batch's last epoch is not this position's
         assert table.read(conn, [pid]) == {pid: StoredPosition(170, "AAAAAAAAAAAAAAAAAAAAAA", None)}
+
+
+def test_a_pipeline_deduplicated_by_offset_halts_on_a_truncated_log_until_an_operator_moves_the_position(
+    own_kafka: KafkaServer, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    topic, group = f"invoices-{unique}", f"group-{unique}"
+    env = {**service_env, "KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap, "MICROBATCH_MAX_WAIT_MS": "200",
+           "MICROBATCH_HALTED_RETRY_S": "1"}  # fmt: skip
+    text = invoice_pipeline.read_text().replace(
+        'dedupe_key = ["event_id"]', 'dedupe_key = ["kafka_topic", "kafka_partition", "kafka_offset"]'
+    )
+    pipeline = tmp_path / "coordinates.toml"
+    pipeline.write_text(text)
+    assert run_cli(env, "init-db", "--pipeline", str(pipeline)).returncode == 0
+    create_topic(own_kafka.bootstrap, topic, 1)
+    kept, lost, refill = tmp_path / "kept.jsonl", tmp_path / "lost.jsonl", tmp_path / "refill.jsonl"
+    _produce(env, pipeline, kept, 300, seed=21)
+    cut_at = high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)]
+    _produce(env, pipeline, lost, 300, seed=22)
+    consumer = consumer_factory(env, pipeline)
+    caught = lambda: caught_up(database_url, group, own_kafka.bootstrap, topic, 1)  # noqa: E731
+    wait_until(caught, timeout=90, what="the first stream to be written")
+    assert consumer.terminate() == 0
+    written, _ = _stored(database_url, group)
+    assert cut_partition_log(own_kafka, topic, 0, cut_at) == cut_at
+    _produce(env, pipeline, refill, 400, seed=23)
+
+    consumer = consumer_factory(env, pipeline)
+    port = port_of(consumer)
+    wait_until(lambda: sample(port, "microbatch_halted") == 1, timeout=60, what="the consumer to halt")
+    assert _stored(database_url, group)[0] == written, "nothing moves while halted"
+    assert sample(port, "microbatch_duplicates_skipped_total") == 0, "nothing dropped as a duplicate"
+    assert f"{topic}[0] offsets {cut_at}..{written - 1}" in consumer.output(), consumer.output()[-3000:]
+    # What the halt asks of the operator: the lost messages' rows out of the way, then the position.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM transactions WHERE kafka_offset >= %s", (cut_at,))
+    reset = run_cli(env, "positions", "reset", "--topic", topic, "--partition", "0", "--to", str(cut_at),
+                    "--pipeline", str(pipeline))  # fmt: skip
+    assert reset.returncode == 0, reset.stderr
+    wait_until(caught, timeout=90, what="the halted consumer to resume by itself from the new position")
+    assert sample(port, "microbatch_halted") == 0
+    assert consumer.terminate() == 0
+    good = sum(1 for e in read_ledger([kept, refill]) if judge(entry_bytes(e, "value")).invoice is not None)
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM transactions").fetchone()
+    assert row is not None and row[0] == good, "every message of the log as it is now, once"

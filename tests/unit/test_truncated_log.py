@@ -43,7 +43,7 @@ def test_a_stored_epoch_is_sought_with_until_it_was_refused() -> None:
 
 def test_a_truncated_log_is_read_again_from_where_it_diverged() -> None:
     stored = StoredPosition(20, TOPIC_ID, leader_epoch=0)
-    placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=40, diverged_at=10), Rules())
+    placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=40, refused=True, diverged_at=10), Rules())
     assert placement.start == 10 and placement.leader_epoch is None and placement.halt is None
     assert placement.event == "log_truncated"
     assert placement.change is not None and placement.change.old == stored
@@ -54,7 +54,7 @@ def test_a_truncated_log_is_read_again_from_where_it_diverged() -> None:
 def test_a_truncated_log_halts_a_pipeline_deduplicated_by_offset() -> None:
     stored = StoredPosition(20, TOPIC_ID, leader_epoch=0)
     rules = Rules(dedupes_by_offset=True, on_position_gap="skip")
-    placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=40, diverged_at=10), rules)
+    placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=40, refused=True, diverged_at=10), rules)
     assert placement.start is None and placement.halt is not None and placement.event == "truncation_halted"
     assert "offsets 10..19" in placement.halt and "duplicates" in placement.halt
     assert placement.change is not None and placement.change.new == placement.change.old, "nothing moves"
@@ -62,7 +62,7 @@ def test_a_truncated_log_halts_a_pipeline_deduplicated_by_offset() -> None:
 
 def test_a_truncation_below_the_log_start_is_a_gap_too() -> None:
     stored = StoredPosition(20, TOPIC_ID, leader_epoch=0)
-    facts = Facts(stored, TOPIC_ID, low=14, high=40, diverged_at=10)
+    facts = Facts(stored, TOPIC_ID, low=14, high=40, refused=True, diverged_at=10)
     halted = place(PID, facts, Rules())
     assert halted.start is None and halted.event == "gap_halted"
     assert halted.halt is not None and "offsets 10..13 were deleted before they were read" in halted.halt
@@ -71,18 +71,18 @@ def test_a_truncation_below_the_log_start_is_a_gap_too() -> None:
     assert skipped.change is not None and "offsets 10..13 were deleted" in skipped.change.detail
 
 
-def test_an_epoch_the_broker_no_longer_knows_reads_from_the_log_start() -> None:
-    stored = StoredPosition(20, TOPIC_ID, leader_epoch=3)
-    beyond = place(PID, Facts(stored, TOPIC_ID, low=12, high=40, diverged_at=-1), Rules())
-    assert beyond.start == 12 and beyond.event == "log_truncated", "what follows the log start came later"
-    at_start = place(PID, Facts(StoredPosition(12, TOPIC_ID, 3), TOPIC_ID, low=12, high=40, diverged_at=-1), Rules())
+def test_an_epoch_the_broker_no_longer_knows_is_fine_at_the_log_start() -> None:
+    # The next epoch starts at the stored position, and retention deleted everything before it.
+    at_start = place(
+        PID, Facts(StoredPosition(12, TOPIC_ID, 3), TOPIC_ID, low=12, high=40, refused=True, diverged_at=-1), Rules()
+    )
     assert (at_start.start, at_start.change, at_start.leader_epoch) == (12, None, None), "refused once: not asked again"
 
 
 def test_a_position_before_the_divergence_is_kept_without_its_epoch() -> None:
     # The client refused its own fetch position, ahead of the stored one (records not written yet).
     stored = StoredPosition(8, TOPIC_ID, leader_epoch=0)
-    placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=40, diverged_at=10), Rules())
+    placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=40, refused=True, diverged_at=10), Rules())
     assert (placement.start, placement.change, placement.leader_epoch) == (8, None, None)
 
 
@@ -108,3 +108,29 @@ def test_a_batch_stores_the_leader_epoch_of_each_partitions_last_record() -> Non
     assert batch.leader_epochs() == {("orders", 0): 3, ("orders", 1): 2}
     assert leader_epoch_of(Record("orders", 0, 1, None, b"{}")) is None, "a record not consumed has none"
     assert leader_epoch_of(consumed(0, 1, -1)) is None
+
+
+def test_a_refused_position_is_not_sought_with_its_epoch_again() -> None:
+    stored = StoredPosition(20, TOPIC_ID, leader_epoch=0)
+    placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=40, refused=True), Rules())
+    assert (placement.start, placement.leader_epoch) == (20, None)
+
+
+def test_a_position_beyond_the_end_is_sought_with_its_epoch_before_it_is_called_a_gap() -> None:
+    # Truncated and not yet written again past it: the broker says where the epoch's log ends.
+    stored = StoredPosition(600, TOPIC_ID, leader_epoch=0)
+    placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=400), Rules())
+    assert (placement.start, placement.leader_epoch, placement.halt) == (600, 0, None)
+    refused = place(PID, Facts(stored, TOPIC_ID, low=0, high=400, refused=True, diverged_at=300), Rules())
+    assert refused.start == 300 and refused.event == "log_truncated"
+    out_of_range = place(PID, Facts(stored, TOPIC_ID, low=0, high=400, refused=True), Rules())
+    assert out_of_range.start is None and out_of_range.event == "gap_halted", "refused without a truncation"
+    no_epoch = place(PID, Facts(StoredPosition(600, TOPIC_ID), TOPIC_ID, low=0, high=400), Rules())
+    assert no_epoch.event == "gap_halted"
+
+
+def test_an_unknown_divergence_above_the_log_start_halts_rather_than_guess() -> None:
+    stored = StoredPosition(20, TOPIC_ID, leader_epoch=3)
+    placement = place(PID, Facts(stored, TOPIC_ID, low=12, high=40, refused=True, diverged_at=-1), Rules())
+    assert placement.start is None and placement.event == "truncation_halted"
+    assert placement.halt is not None and "not known" in placement.halt
