@@ -192,26 +192,28 @@ def _diverged(pid: PartitionId, stored: StoredPosition, facts: Facts, rules: Rul
         if stored.offset <= low:
             return None
         detail = (
-            f"the broker knows no record of leader epoch {stored.leader_epoch} or an earlier one, although the "
-            f"stored position {stored.offset} is above the log start {low}: where the log diverged is not known"
+            f"the broker refused the stored position {stored.offset} as truncated without saying where its log "
+            f"diverged (no record of its leader epoch or an earlier one, above the log start {low})"
         )
         halt = (
             f"{topic}[{partition}]: {detail}; check the broker's log, then move the position with "
-            f"`microbatch positions reset --topic {topic} --partition {partition} --to <offset>`"
+            f"`microbatch positions reset --topic {topic} --partition {partition} --to earliest` (everything "
+            "Kafka holds is read again: safe when the dedupe key is not the Kafka offset) or `--to <offset>`"
         )
         return Placement(None, PositionChange(pid, stored, stored, "truncation_halted", detail), halt=halt)
     if stored.offset <= point:
         return None
     replaced = f"{topic}[{partition}] offsets {point}..{stored.offset - 1}"
+    epoch = "" if stored.leader_epoch is None else f" (leader epoch {stored.leader_epoch})"
     detail = (
-        f"the log was truncated below the stored position {stored.offset} (leader epoch {stored.leader_epoch}) "
-        f"and written again: {replaced} hold other messages than those written"
+        f"the log was truncated below the stored position {stored.offset}{epoch} and written again: {replaced} "
+        "hold other messages than those written"
     )
     if rules.dedupes_by_offset:
         halt = (
             f"log truncated: {detail}; the pipeline deduplicates by Kafka offset, so their rows would be dropped "
-            f"as duplicates of the lost messages' rows: delete the rows of {replaced} from the raw table, then "
-            f"`microbatch positions reset --topic {topic} --partition {partition} --to earliest`"
+            f"as duplicates of the lost messages' rows: move the rows of {replaced} out of the raw table, then "
+            f"`microbatch positions reset --topic {topic} --partition {partition} --to {point}`"
         )
         return Placement(None, PositionChange(pid, stored, stored, "truncation_halted", detail), halt=halt)
     if point < low:  # and retention deleted some of those before they were read

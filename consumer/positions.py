@@ -79,6 +79,13 @@ class Positions:
         state = self._owned.get(pid)
         return None if state is None else state.assigned_at
 
+    def diverged(self, pid: PartitionId, offset: int) -> None:
+        """The log diverged at `offset`: what this ownership covers starts there at the latest (a row
+        that vanishes is read again from there, not from a position the broker refused)."""
+        state = self._owned.get(pid)
+        if state is not None and state.assigned_at is not None and offset < state.assigned_at:
+            state.assigned_at = offset
+
     # -- ownership ---------------------------------------------------------------------------------
 
     def assign(self, pid: PartitionId, stored: int | None, *, known: bool = True, topic_id: str | None = None) -> None:

@@ -119,6 +119,7 @@ class Rebalance:
         except Exception:
             log.exception("on_revoke failed; the partitions' buffers were dropped")
             self._handover.release(self._window, revoked)
+            self._seeker.released(revoked)
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
@@ -131,3 +132,4 @@ class Rebalance:
         except Exception:
             log.exception("on_lost failed; the partitions' buffers were dropped")
             self._handover.release(self._window, {(tp.topic, tp.partition) for tp in partitions})
+            self._seeker.released({(tp.topic, tp.partition) for tp in partitions})

@@ -72,10 +72,10 @@ class Seeker:
         self._next_seek_at = 0.0
         self._audited: set[tuple[PartitionId, str, str]] = set()  # halts already audited (once per halt)
         self._opened_seen: int | None = None  # the writer's connections opened, when last looked at
-        # Partitions whose fetch position the broker refused → where the log diverged when the refusal
-        # said it was truncated, and the stored row it was decided on (bound at the first placement
-        # after it). Dropped once the partition is positioned, released, or its row changed (an
-        # operator's reset): a refusal says nothing about a position moved since.
+        # Placed partitions whose fetch position the broker refused → where the log diverged when the
+        # refusal said it was truncated, and the stored position believed then. Dropped once the
+        # partition is positioned or released, or when its row holds another position (an operator's
+        # reset): a refusal says nothing about a position moved since.
         self._refusals: dict[PartitionId, _Refusal] = {}
 
     def stored(self, pids: Sequence[PartitionId]) -> dict[PartitionId, StoredPosition]:
@@ -135,16 +135,15 @@ class Seeker:
     def _bind_refusals(
         self, pids: Sequence[PartitionId], stored: Mapping[PartitionId, StoredPosition]
     ) -> dict[PartitionId, _Refusal]:
-        """The refusals that still apply to `pids`: bound to the stored row they are first decided on,
-        dropped when the row is another by now."""
+        """The refusals that still apply to `pids`: those whose stored row still holds the position
+        believed when the broker refused (dropped otherwise)."""
         applying = {}
         for pid in pids:
             refusal = self._refusals.get(pid)
             if refusal is None:
                 continue
-            if not refusal.bound:
-                refusal.bound, refusal.row = True, stored.get(pid)
-            if refusal.row == stored.get(pid):
+            row = stored.get(pid)
+            if row is not None and row.offset == refusal.stored:
                 applying[pid] = refusal
             else:
                 del self._refusals[pid]
@@ -191,8 +190,11 @@ class Seeker:
     def out_of_range(self, pid: PartitionId, message: str) -> None:
         """The broker refused the fetch position (auto.offset.reset = error): place the partition again,
         knowing where its log diverged when the refusal says it was truncated."""
-        if pid in self._positions:
-            self._refusals[pid] = _Refusal(diverged_at(message))
+        # A partition not placed yet fetches from a placeholder: its refusals say nothing of its position.
+        if pid in self._positions.known() and (believed := self._positions.stored(pid)) is not None:
+            self._refusals[pid] = _Refusal(point := diverged_at(message), believed)
+            if point is not None and point >= 0:
+                self._positions.diverged(pid, point)
             # A partition not placed yet fetches from a placeholder (consumer/rebalance.py): not news.
             level = logging.WARNING if pid in self._positions.known() else logging.DEBUG
             log.log(level, "%s[%d]: %s; placing it again", pid[0], pid[1], message)
@@ -306,14 +308,13 @@ class Seeker:
         return behind
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Refusal:
     """A fetch position the broker refused: where the log diverged (None: not a truncation), and the
-    stored row the refusal applies to once bound."""
+    stored position believed then (the refusal applies while the row still holds it)."""
 
     point: int | None
-    bound: bool = False
-    row: StoredPosition | None = None
+    stored: int
 
 
 def seek_target(pid: PartitionId, offset: int, leader_epoch: int | None) -> TopicPartition:

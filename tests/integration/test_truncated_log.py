@@ -41,16 +41,21 @@ def _stored(database_url: str, group: str) -> tuple[int, int | None]:
     return int(row[0]), row[1]
 
 
-@pytest.mark.parametrize("running", [False, True], ids=["restarted", "running"])
+@pytest.mark.parametrize("mode", ["restarted", "running", "short"])
 def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
     own_kafka: KafkaServer, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
-    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path, running: bool,
+    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path, mode: str,
 ) -> None:  # fmt: skip
     """`restarted`: the consumer is stopped while the broker loses the tail, and seeks with the stored
-    epoch when it starts. `running`: it stays up through the broker's death and return (its group
-    session expires meanwhile, and the partition is placed again, sought with the stored epoch)."""
-    topic, group = f"invoices-{unique}", f"group-{unique}"
-    env = {**service_env, "KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap, "MICROBATCH_MAX_WAIT_MS": "200"}
+    epoch when it starts. `running`: it stays up through the broker's death and return (whichever
+    notices first, librdkafka's own check when the leader epoch changes or a placement after the
+    session expired, must read from where the log diverged). `short`: it starts while the log is
+    written again only part of the way (the stored position is beyond its end, and with
+    on_position_gap = skip the gap's resume point would skip what was written meanwhile); the rest
+    comes after."""
+    topic, group, running = f"invoices-{unique}", f"group-{unique}", mode == "running"
+    env = {**service_env, "KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap, "MICROBATCH_MAX_WAIT_MS": "200",
+           "MICROBATCH_ON_POSITION_GAP": "skip"}  # fmt: skip
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
     create_topic(own_kafka.bootstrap, topic, 1)
     kept, lost, refill = tmp_path / "kept.jsonl", tmp_path / "lost.jsonl", tmp_path / "refill.jsonl"
@@ -67,11 +72,17 @@ def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
 
     ends_at = cut_partition_log(own_kafka, topic, 0, cut_at)
     assert ends_at == cut_at and high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)] == cut_at
+    part = tmp_path / "part.jsonl"
+    if mode == "short":
+        _produce(env, invoice_pipeline, part, 100, seed=14)
+        assert cut_at < high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)] < written
+        consumer = consumer_factory(env, invoice_pipeline)
+        wait_until(lambda: "reading them from" in consumer.output(), timeout=60, what="the truncation found")
     _produce(env, invoice_pipeline, refill, 400, seed=13)
     high = high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)]
     assert high > written, "the log is written again past the stored position: its bounds show nothing"
 
-    if not running:
+    if mode == "restarted":
         consumer = consumer_factory(env, invoice_pipeline)
     wait_until(caught, timeout=90, what="the written-again log to be read")
     assert consumer.terminate() == 0
@@ -87,8 +98,8 @@ def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
     assert events == [("log_truncated", written, cut_at)], events
     # Every message written, once: those Kafka lost were written before it lost them; those that
     # replaced them (at the same offsets) too. Dead letters of the lost ones are in the dead-letter topic.
-    verdict = check(read_ledger([kept, lost, refill]), database_url, own_kafka.bootstrap, topic, f"{topic}.dlq",
-                    group, 1)  # fmt: skip
+    verdict = check(read_ledger([kept, lost, part, refill]), database_url, own_kafka.bootstrap, topic,
+                    f"{topic}.dlq", group, 1)  # fmt: skip
     assert verdict.ok, verdict.details
 
 
@@ -148,16 +159,23 @@ def test_a_pipeline_deduplicated_by_offset_halts_on_a_truncated_log_until_an_ope
     assert _stored(database_url, group)[0] == written, "nothing moves while halted"
     assert sample(port, "microbatch_duplicates_skipped_total") == 0, "nothing dropped as a duplicate"
     assert f"{topic}[0] offsets {cut_at}..{written - 1}" in consumer.output(), consumer.output()[-3000:]
-    # What the halt asks of the operator: the lost messages' rows out of the way, then the position.
+    with psycopg.connect(database_url) as conn:
+        kinds = conn.execute("SELECT DISTINCT kind FROM microbatch_position_events WHERE consumer_group = %s "
+                             "AND kind LIKE 'truncation%%'", (group,)).fetchall()  # fmt: skip
+    assert kinds == [("truncation_halted",)], kinds
+    # What the halt asks of the operator: the lost messages' rows out of the way, then the position;
+    # here above where the log diverged (the operator gives up 50 messages), which must hold.
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DELETE FROM transactions WHERE kafka_offset >= %s", (cut_at,))
-    reset = run_cli(env, "positions", "reset", "--topic", topic, "--partition", "0", "--to", str(cut_at),
+    resume = cut_at + 50
+    reset = run_cli(env, "positions", "reset", "--topic", topic, "--partition", "0", "--to", str(resume),
                     "--pipeline", str(pipeline))  # fmt: skip
     assert reset.returncode == 0, reset.stderr
     wait_until(caught, timeout=90, what="the halted consumer to resume by itself from the new position")
     assert sample(port, "microbatch_halted") == 0
     assert consumer.terminate() == 0
-    good = sum(1 for e in read_ledger([kept, refill]) if judge(entry_bytes(e, "value")).invoice is not None)
+    entries = read_ledger([kept]) + [e for e in read_ledger([refill]) if e["offset"] >= resume]
+    good = sum(1 for e in entries if judge(entry_bytes(e, "value")).invoice is not None)
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT count(*) FROM transactions").fetchone()
     assert row is not None and row[0] == good, "every message of the log as it is now, once"

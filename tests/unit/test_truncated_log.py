@@ -133,4 +133,4 @@ def test_an_unknown_divergence_above_the_log_start_halts_rather_than_guess() -> 
     stored = StoredPosition(20, TOPIC_ID, leader_epoch=3)
     placement = place(PID, Facts(stored, TOPIC_ID, low=12, high=40, refused=True, diverged_at=-1), Rules())
     assert placement.start is None and placement.event == "truncation_halted"
-    assert placement.halt is not None and "not known" in placement.halt
+    assert placement.halt is not None and "without saying where its log diverged" in placement.halt
