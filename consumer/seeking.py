@@ -190,15 +190,17 @@ class Seeker:
     def out_of_range(self, pid: PartitionId, message: str) -> None:
         """The broker refused the fetch position (auto.offset.reset = error): place the partition again,
         knowing where its log diverged when the refusal says it was truncated."""
-        # A partition not placed yet fetches from a placeholder: its refusals say nothing of its position.
-        if pid in self._positions.known() and (believed := self._positions.stored(pid)) is not None:
+        if pid not in self._positions:
+            return
+        # A partition not placed yet fetches from a placeholder (consumer/rebalance.py): its refusals
+        # say nothing of its position, and are not news.
+        placed = pid in self._positions.known()
+        if placed and (believed := self._positions.stored(pid)) is not None:
             self._refusals[pid] = _Refusal(point := diverged_at(message), believed)
             if point is not None and point >= 0:
                 self._positions.diverged(pid, point)
-            # A partition not placed yet fetches from a placeholder (consumer/rebalance.py): not news.
-            level = logging.WARNING if pid in self._positions.known() else logging.DEBUG
-            log.log(level, "%s[%d]: %s; placing it again", pid[0], pid[1], message)
-            self.forget([pid])
+        log.log(logging.WARNING if placed else logging.DEBUG, "%s[%d]: %s; placing it again", pid[0], pid[1], message)
+        self.forget([pid])
 
     def released(self, pids: Iterable[PartitionId]) -> None:
         """Partitions this consumer no longer owns: what it learnt of their logs no longer applies."""
