@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -38,7 +38,7 @@ from pipeline.records import PartitionId, Record, Rejection, RejectReason
 from pipeline.row_compiler import compile_row
 from pipeline.spec import PipelineSpec
 from pipeline.staged_keys import StagedKey
-from pipeline.struct_reader import struct_reader
+from pipeline.struct_reader import StructReader, struct_reader
 from pipeline.transform import Transform
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
@@ -49,6 +49,7 @@ _EXACT_JSON = json.JSONDecoder(parse_float=Decimal)
 # reference path, it rests for this many batches and learns no keys meanwhile: the reference path then
 # costs about what it cost without a fast path.
 STRUCT_MIN_BATCH, STRUCT_REST_BATCHES = 64, 16
+_VALUE = Record._fields.index("value")
 
 
 @dataclass
@@ -177,10 +178,55 @@ class Decoder:
         `topic_ids` ((topic, partition) → the topic ID it was read from) feed `{ kafka = "topic_id" }` columns.
         """
         self._topic_ids = topic_ids or {}
+        struct = self._struct if self._struct_rest == 0 else None
+        if struct is not None and not self._kafka_readers:
+            out = self._decode_numbered(records, struct)
+        else:
+            out = self._decode_each(records, struct)
+        self._pace_fast_path(tried=struct is not None, records=len(records))
+        return out
+
+    def _decode_numbered(self, records: Sequence[Record], struct: StructReader) -> DecodedBatch:
+        """The batch read by one comprehension over the fast path (StructReader.numbered), which
+        numbers its rows itself; a record it does not read gets its verdict from `_late` right there,
+        in order. So every verdict, row and row number is the one `_decode_each` gives. Saves the
+        per-record statements of that loop: about a fifth of decoding."""
+        out = DecodedBatch()
+        counter = [0]
+        read, late = struct.numbered(self.max_message_bytes, counter), self._late
+        made = [read(record[_VALUE], record) or late(i, record, out, counter) for i, record in enumerate(records)]
+        if counter[0] == len(made):  # every record made a row: none is None
+            out.rows, out.row_records = cast("list[tuple[Any, ...]]", made), list(range(len(made)))
+        else:
+            out.rows = [row for row in made if row is not None]
+            out.row_records = [index for index, row in enumerate(made) if row is not None]
+        return out
+
+    def _late(self, index: int, record: Record, out: DecodedBatch, counter: list[int]) -> tuple[Any, ...] | None:
+        """The verdict on `records[index]` after the fast path did not read it: its row (numbered
+        `counter[0]`, the counter moved on), or None once it is rejected or skipped in `out`."""
+        try:
+            value, limit = record.value, self.max_message_bytes
+            if not value or len(value) > limit:
+                out.reject(index, _size_rejection(record, limit))
+                return None
+            row = self._reference_row(value, index, record, out, counter[0])
+        except FieldError as exc:
+            out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, str(exc), "FieldError"))
+            return None
+        except Exception as exc:
+            out.reject(index, _failure(record, exc))
+            return None
+        if row is not None:
+            counter[0] += 1
+        return row
+
+    def _decode_each(self, records: Sequence[Record], struct: StructReader | None) -> DecodedBatch:
+        """The batch read one record at a time: for pipelines with Kafka columns read by a function
+        (a timestamp, a topic ID), or whose fast path rests or is missing."""
         out = DecodedBatch()
         rows, row_records = out.rows, out.row_records
         kafka_readers, limit = self._kafka_readers, self.max_message_bytes
-        struct = self._struct if self._struct_rest == 0 else None
         for index, record in enumerate(records):
             # A `try` costs nothing until something is raised (CPython 3.11+): a record ends in the
             # loop's last statement (a row) or in one `out.reject`, whatever it raises.
@@ -195,7 +241,7 @@ class Decoder:
                         row = struct.row(struct.parse(value), len(rows), record)
                     except Exception:  # refused, or a check raised: the reference path decides
                         row = None
-                if row is None and (row := self._reference_row(value, index, record, out)) is None:
+                if row is None and (row := self._reference_row(value, index, record, out, len(rows))) is None:
                     continue  # rejected, or skipped by the hook
                 if kafka_readers:
                     row += tuple([read(record) for read in kafka_readers])
@@ -205,7 +251,6 @@ class Decoder:
                 out.reject(index, Rejection(record, RejectReason.INVALID_EVENT, str(exc), "FieldError"))
             except Exception as exc:
                 out.reject(index, _failure(record, exc))
-        self._pace_fast_path(tried=struct is not None, records=len(records))
         return out
 
     def _pace_fast_path(self, *, tried: bool, records: int) -> None:
@@ -223,10 +268,12 @@ class Decoder:
                 self._struct_rest = STRUCT_REST_BATCHES
             self._tried = self._referred = 0
 
-    def _reference_row(self, value: bytes, index: int, record: Record, out: DecodedBatch) -> tuple[Any, ...] | None:
-        """The row of `record` read by the reference path (orjson, the hook, the compiled row reader),
-        or None once its verdict is given in `out` (a rejection, or skipped by the hook). Raises what
-        the row reader raises."""
+    def _reference_row(
+        self, value: bytes, index: int, record: Record, out: DecodedBatch, seq: int
+    ) -> tuple[Any, ...] | None:
+        """The row of `record` read by the reference path (orjson, the hook, the compiled row reader)
+        and numbered `seq`, or None once its verdict is given in `out` (a rejection, or skipped by the
+        hook). Raises what the row reader raises."""
         if self._struct is not None and self._struct_rest == 0:
             self._referred += 1
         try:
@@ -243,7 +290,7 @@ class Decoder:
             event = _hooked(self.transform, event, index, record, out)
             if event is None:
                 return None
-        row = self._read_row(event, len(out.rows), record)
+        row = self._read_row(event, seq, record)
         if self._struct is not None and self._struct_rest == 0:  # a resting fast path does not learn either
             self._struct.learn(event)  # from documents that make a row only: junk keys teach nothing
         return row

@@ -150,11 +150,69 @@ def compile_struct_row(
     its `check`.
     """
     namespace: dict[str, Any] = {"MISSING": MISSING, "UNSET": msgspec.UNSET}
-    body = []
-    values = []
+    body, values = _struct_row_body(fields, record_items, residuals or {}, keys, namespace)
+    source = "\n".join(["def row(event, seq, record):", *body, f"    return (seq, {''.join(values)})"])
+    exec(compiled(source, f"<struct row reader of {len(fields)} fields>"), namespace)  # noqa: S102 - our own source
+    row: StructRow = namespace["row"]
+    return row
+
+
+StructRead = Callable[[Any, Sequence[Any]], "tuple[Any, ...] | None"]
+# The lines of a struct read function up to its parse (the size check, then msgspec): bench/profile.py
+# counts samples there as parsing, not as field checks.
+STRUCT_READ_PARSE_LINES = 5
+
+
+def compile_struct_read(
+    fields: Mapping[str, FieldSpec],
+    record_items: Sequence[int] = (),
+    residuals: Mapping[str, Condition] | None = None,
+    keys: StagedKeys = (),
+) -> tuple[StructRead, dict[str, Any]]:
+    """`compile_struct_row` with the parse written in: `read(value, record)` is `row(parse(value), seq,
+    record)` for a value neither empty nor longer than `limit` bytes, None for those and whenever that
+    raises or gives None. `seq` is `counter[0]`, taken (and the counter moved on) by a row only, so that
+    the decoder's loop can be one comprehension whose rows are numbered as they are made.
+
+    Returns the function and its namespace, where the caller sets `parse` (again whenever the struct
+    learns a key), `limit` and `counter` (a one-item list) before any call.
+    """
+    namespace: dict[str, Any] = {"MISSING": MISSING, "UNSET": msgspec.UNSET, "parse": None, "limit": 0, "counter": [0]}
+    body, values = _struct_row_body(fields, record_items, residuals or {}, keys, namespace)
+    source = "\n".join(
+        [
+            "def read(value, record):",
+            "    try:",
+            "        if not value or len(value) > limit:",
+            "            return None",
+            "        event = parse(value)",
+            *(f"    {line}" for line in body),
+            "    except Exception:",  # msgspec refused the document, or a check raised: the reference path decides
+            "        return None",
+            "    seq = counter[0]",
+            "    counter[0] = seq + 1",
+            f"    return (seq, {''.join(values)})",
+        ]
+    )
+    exec(compiled(source, f"<struct read of {len(fields)} fields>"), namespace)  # noqa: S102 - our own source
+    read: StructRead = namespace["read"]
+    return read, namespace
+
+
+def _struct_row_body(
+    fields: Mapping[str, FieldSpec],
+    record_items: Sequence[int],
+    residuals: Mapping[str, Condition],
+    keys: StagedKeys,
+    namespace: dict[str, Any],
+) -> tuple[list[str], list[str]]:
+    """The statements of a struct row reader (`event.f<i>` into `v<i>`, `return None` where the reference
+    path must decide) and the row's values after `seq`, with their constants put in `namespace`."""
+    body: list[str] = []
+    values: list[str] = []
     for i, (name, spec) in enumerate(fields.items()):
         kind = FIELD_TYPES[spec.type]
-        residual = (residuals or {}).get(name)
+        residual = residuals.get(name)
         body.append(f"    v{i} = event.f{i}")
         if not spec.required:
             namespace[f"default{i}"] = default_value(spec)  # as compile_field's; a missing key reads MISSING
@@ -199,7 +257,4 @@ def compile_struct_row(
     key_lines, key_names = _staged_keys(keys, namespace)  # a key that raises: the reference path decides
     body += key_lines
     values += key_names + [f"record[{int(item)}], " for item in record_items]
-    source = "\n".join(["def row(event, seq, record):", *body, f"    return (seq, {''.join(values)})"])
-    exec(compiled(source, f"<struct row reader of {len(fields)} fields>"), namespace)  # noqa: S102 - our own source
-    row: StructRow = namespace["row"]
-    return row
+    return body, values

@@ -41,7 +41,7 @@ import msgspec
 import orjson
 
 from pipeline.field_types import INT64_MAX, INT64_MIN
-from pipeline.row_compiler import StagedKeys, StructRow, compile_struct_row
+from pipeline.row_compiler import StagedKeys, StructRead, StructRow, compile_struct_read, compile_struct_row
 from pipeline.spec import FieldSpec
 from pipeline.struct_forms import StructForm, struct_form
 
@@ -234,6 +234,16 @@ class StructReader:
         self.parse: Callable[[bytes], Any] = self._struct.decode
         residuals = {name: form.residual for name, form in forms.items()}
         self.row: StructRow = compile_struct_row(fields, record_items, residuals, keys)
+        # The same reader with the parse written in, for the decoder's batch loop (`numbered`).
+        self.read_numbered: StructRead
+        self.read_numbered, self._numbered = compile_struct_read(fields, record_items, residuals, keys)
+        self._numbered["parse"] = self.parse
+
+    def numbered(self, limit: int, counter: list[int]) -> StructRead:
+        """`read_numbered`, reading values of at most `limit` bytes and numbering its rows from
+        `counter` (a one-item list it moves on by one per row): see row_compiler.compile_struct_read."""
+        self._numbered["limit"], self._numbered["counter"] = limit, counter
+        return self.read_numbered
 
     @property
     def unread_keys(self) -> tuple[str, ...]:
@@ -250,7 +260,7 @@ class StructReader:
         """Take note of the top-level keys of `event`, a document the reference path parsed, that the
         pipeline does not read, so that the next documents with them are read here too."""
         if self._struct.learn(event):
-            self.parse = self._struct.decode
+            self.parse = self._numbered["parse"] = self._struct.decode
 
     def struct(self, value: bytes) -> Any:
         """The struct msgspec parses `value` into (for the start-up self-test); raises what it raises."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dis
+
 import pytest
 
 from bench.profile import STAGES, markdown, stage_of, summarise
+from pipeline.row_compiler import STRUCT_READ_PARSE_LINES, compile_struct_read
+from pipeline.spec_loader import load_pipeline
 
 LOOP = "thread (1): MainThread;<module> (microbatch:10);RunLoop.run (consumer/loop.py:132)"
 WRITER = "thread (2): microbatch-write_0;Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:83)"
@@ -23,6 +27,11 @@ WRITER = "thread (2): microbatch-write_0;Thread.run (threading.py:982);_worker (
         (f"{LOOP};RunLoop.step (consumer/loop.py:164);Decoder.decode (pipeline/decode.py:186);"
          "StructReader.read (pipeline/struct_reader.py:101)", "JSON and decode loop"),
         (f"{LOOP};RunLoop.step (consumer/loop.py:164);Decoder.decode (pipeline/decode.py:171)", "JSON and decode loop"),
+        (f"{LOOP};RunLoop.step (consumer/loop.py:164);Decoder.decode (pipeline/decode.py:186);"
+         "Decoder._decode_numbered (pipeline/decode.py:197);read (<struct read of 7 fields>:5)",
+         "JSON and decode loop"),
+        (f"{LOOP};RunLoop.step (consumer/loop.py:164);Decoder.decode (pipeline/decode.py:186);"
+         "Decoder._decode_numbered (pipeline/decode.py:197);read (<struct read of 7 fields>:6)", "field checks"),
         (f"{LOOP};RunLoop.step (consumer/loop.py:164);CopyEncoder.encode (pipeline/copydata.py:63);"
          "BinaryFormatter.write_row (psycopg/_copy_base.py:289)", "COPY encoding"),
         (f"{LOOP};RunLoop.step (consumer/loop.py:158);RunLoop._accept (consumer/loop.py:175);"
@@ -65,3 +74,13 @@ def test_the_report_section_lists_every_stage_or_says_why_there_is_none() -> Non
     assert "verified" in text and "NOT verified" not in text
     assert markdown({}) == []
     assert "The profiled run failed: RuntimeError: py-spy" in "\n".join(markdown({"error": "RuntimeError: py-spy"}))
+
+
+def test_the_parse_of_a_struct_read_function_is_on_the_line_the_profile_counts_as_parsing() -> None:
+    read, _ = compile_struct_read(load_pipeline("invoices").fields)
+    lines, line = set(), None
+    for instruction in dis.get_instructions(read):
+        line = instruction.starts_line or line
+        if instruction.argval == "parse":
+            lines.add(line)
+    assert lines == {STRUCT_READ_PARSE_LINES}

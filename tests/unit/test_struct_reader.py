@@ -303,6 +303,23 @@ def test_the_fast_path_rests_after_a_batch_it_mostly_left_to_the_reference_path(
     assert decoder._struct_rest == 0  # read by the fast path again
 
 
+def test_a_key_learned_in_a_batch_lets_the_rest_of_that_batch_take_the_fast_path() -> None:
+    """The batch is one comprehension (Decoder._decode_numbered), but a key learned from one record is
+    used for the next: only the first document with it takes the reference path, so the fast path does
+    not rest; rows are numbered in order around the records that made none."""
+    decoder = Decoder(INVOICE)
+    new_key = [orjson.dumps({**GOOD, "event_id": f"099950d8-36f6-45cc-81e7-{n:012d}", "new": n}) for n in range(80)]
+    values = [*new_key[:10], b"", orjson.dumps({**GOOD, "quantity": 0}), b"{", *new_key[10:]]
+    records = [Record("t", 0, n, None, value) for n, value in enumerate(values)]
+    out = decoder.decode(records)
+    assert verdicts(out) == verdicts(without_fast_path(Decoder(INVOICE)).decode(records))
+    assert [row[0] for row in out.rows] == list(range(80))
+    assert out.row_records == [*range(10), *range(13, 83)]
+    assert out.rejected_records == [10, 11, 12]
+    assert decoder._struct is not None and "new" in decoder._struct.unread_keys
+    assert decoder._struct_rest == 0  # 4 of 83 left to the reference path, not 80
+
+
 def test_small_batches_are_counted_together_and_an_empty_one_does_not_count() -> None:
     decoder = Decoder(INVOICE)
     odd = [Record("t", 0, n, None, orjson.dumps({**GOOD, 'quote"': n})) for n in range(8)]
