@@ -3,8 +3,8 @@
 Encoding a window's staging rows costs the client a few milliseconds per thousand rows. Done in the
 writer thread, inside the transaction, PostgreSQL waits for it; done on the loop thread while the
 previous window is still being written, it overlaps with the database's work, and the writer only
-sends bytes. The encoding is psycopg's own (the documented `Copy` with a `FileWriter`), so the bytes
-are exactly what `write_row` would have sent.
+sends bytes. The encoding is psycopg's own: its row formatter, called here once per row, where it
+gives exactly the stream `Copy.write_row` gives (`_formatted`), else `Copy.write_row` itself.
 
 psycopg encodes with the adapters of a connection. The writer's connection belongs to the writer
 thread, so the encoder opens one of its own (application_name `microbatch-encoder`), used by the
@@ -13,13 +13,13 @@ loop thread only and never for a query: it is idle for its whole life.
 
 from __future__ import annotations
 
+import importlib
 import io
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import _copy_base
 from psycopg.copy import FileWriter
 
 # A connection attempt must not hold the loop thread long: it polls Kafka between windows.
@@ -50,38 +50,58 @@ def encode_copy_data(
     return buffer.getvalue()
 
 
-# psycopg's own row formatter, the one `Copy.write_row` calls (in C with psycopg's C or binary
-# package), called here once per row without the two Python frames `write_row` adds: a quarter of the
-# encoding's CPU. It is not part of psycopg's documented API, so it is used only where it gives
-# exactly the bytes `write_row` gives (`_formatted`); tests/unit/test_copydata.py holds this too.
-_FORMAT_ROW: Callable[[Sequence[Any], Any, bytearray], None] | None = getattr(_copy_base, "format_row_binary", None)
+def _row_formatter() -> Callable[[Sequence[Any], Any, bytearray], None] | None:
+    """psycopg's own row formatter, the one `Copy.write_row` calls (in C with psycopg's C or binary
+    package); None when the installed psycopg has none where this looks for it."""
+    try:
+        module = importlib.import_module("psycopg._copy_base")
+    except ImportError:
+        return None
+    found = getattr(module, "format_row_binary", None)
+    return found if callable(found) else None
+
+
+# Called once per row without the two Python frames `write_row` adds around it. It is not part of
+# psycopg's documented API, so it is used only where it gives exactly the bytes `write_row` gives
+# (`_formatted`); tests/integration/test_copy_data.py holds this too.
+_FORMAT_ROW = _row_formatter()
 # The framing of PostgreSQL's binary COPY format (its manual, COPY, "Binary Format"): the 11-byte
 # signature, then a 32-bit flags field and a 32-bit header-extension length, both 0; a 16-bit -1 ends it.
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 TRAILER = b"\xff\xff"
-_FORMATS_AS_WRITE_ROW: dict[tuple[str, ...], bool] = {}  # column types → the direct formatter agreed
+# Column types → whether the direct formatter gave `write_row`'s stream on their first batch. Used by
+# the loop thread only.
+_FORMATS_AS_WRITE_ROW: dict[tuple[str, ...], bool] = {}
 
 
 def _formatted(
     copy: psycopg.Copy, cursor: psycopg.Cursor[Any], types: Sequence[str], rows: Sequence[tuple[Any, ...]]
-) -> bytes | None:
-    """`rows` as a whole binary COPY stream by psycopg's row formatter, or None (use `write_row`):
-    no such formatter in the installed psycopg, or it gave other bytes than `write_row` for the first
-    batch of these column types (checked once per process, on that batch). Raises what formatting raises."""
+) -> bytearray | None:
+    """`rows` as a whole binary COPY stream by psycopg's row formatter, or None (use `write_row`): no
+    such formatter, or on the first batch of these column types it gave other bytes than `write_row`,
+    or raised where `write_row` does not. Raises what formatting raises for a value `write_row` refuses
+    too (the caller's verdict: not encoded ahead)."""
     transformer = getattr(getattr(copy, "formatter", None), "transformer", None)
     key = tuple(types)
-    if _FORMAT_ROW is None or transformer is None or _FORMATS_AS_WRITE_ROW.get(key) is False:
+    format_row = _FORMAT_ROW
+    if format_row is None or transformer is None or _FORMATS_AS_WRITE_ROW.get(key) is False:
         return None
     out = bytearray(SIGNATURE)
-    format_row = _FORMAT_ROW
-    for row in rows:
-        format_row(row, transformer, out)
+    try:
+        for row in rows:
+            format_row(row, transformer, out)
+    except Exception:
+        if key in _FORMATS_AS_WRITE_ROW:
+            raise  # a value it cannot encode, as write_row cannot
+        _written_rows(cursor, types, rows)  # raises when write_row refuses a value too: not decided yet
+        _FORMATS_AS_WRITE_ROW[key] = False  # it raised where write_row does not: never again
+        return None
     out += TRAILER
     if key not in _FORMATS_AS_WRITE_ROW:
         _FORMATS_AS_WRITE_ROW[key] = _written_rows(cursor, types, rows) == out
         if not _FORMATS_AS_WRITE_ROW[key]:
             return None
-    return bytes(out)
+    return out
 
 
 def _written_rows(cursor: psycopg.Cursor[Any], types: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> bytes:

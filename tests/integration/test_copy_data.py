@@ -52,9 +52,34 @@ def test_copy_data_encoded_ahead_is_byte_for_byte_what_write_row_makes(
         )
 
 
-def test_a_value_the_formatter_refuses_gives_no_copy_data(database_url: str) -> None:
-    """Nothing is decided while encoding ahead: the writer meets the value row by row and isolates it."""
+def test_a_value_the_formatter_refuses_gives_no_copy_data(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is decided while encoding ahead: the writer meets the value row by row and isolates it.
+    On a first batch, that says nothing about the formatter either."""
     types = WritePlan(load_pipeline("invoices")).copy_types
     bad = (0, "e", "i", "u", "item", "not an integer", "1.5", None, "t", 0, 0)
+    monkeypatch.setattr(copydata, "_FORMATS_AS_WRITE_ROW", {})
     with psycopg.connect(database_url) as conn:
         assert copydata.encode_copy_data(conn.cursor(), types, [bad]) is None
+        assert copydata._FORMATS_AS_WRITE_ROW == {}
+        assert copydata.encode_copy_data(conn.cursor(), types, [bad]) is None
+
+
+def test_a_formatter_that_raises_where_write_row_does_not_is_never_used_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A psycopg whose private formatter changed its signature: the rows are encoded by `write_row`."""
+    spec = load_pipeline("invoices")
+    workload = InvoiceWorkload(WorkloadOptions(count=20, seed=13, items=5))
+    rows = Decoder(spec).decode([Record("t", 0, n, m.key, m.value) for n, m in enumerate(workload.messages())]).rows
+    types = WritePlan(spec).copy_types
+
+    def changed(row: Sequence[object], transformer: object, out: bytearray) -> None:
+        raise TypeError("format_row_binary() takes 2 positional arguments but 3 were given")
+
+    monkeypatch.setattr(copydata, "_FORMAT_ROW", changed)
+    monkeypatch.setattr(copydata, "_FORMATS_AS_WRITE_ROW", {})
+    with psycopg.connect(database_url) as conn:
+        expected = copydata._written_rows(conn.cursor(), types, rows)
+        assert copydata.encode_copy_data(conn.cursor(), types, rows) == expected
+        assert list(copydata._FORMATS_AS_WRITE_ROW.values()) == [False]
+        assert copydata.encode_copy_data(conn.cursor(), types, rows) == expected

@@ -317,7 +317,7 @@ def test_a_key_learned_in_a_batch_lets_the_rest_of_that_batch_take_the_fast_path
     assert out.row_records == [*range(10), *range(13, 83)]
     assert out.rejected_records == [10, 11, 12]
     assert decoder._struct is not None and "new" in decoder._struct.unread_keys
-    assert decoder._struct_rest == 0  # 4 of 83 left to the reference path, not 80
+    assert decoder._struct_rest == 0  # 3 of 83 left to the reference path, not 80
 
 
 def test_small_batches_are_counted_together_and_an_empty_one_does_not_count() -> None:
