@@ -189,8 +189,8 @@ class Decoder:
     def _decode_numbered(self, records: Sequence[Record], struct: StructReader) -> DecodedBatch:
         """The batch read by one comprehension over the fast path (StructReader.numbered), which
         numbers its rows itself; a record it does not read gets its verdict from `_late` right there,
-        in order. So every verdict, row and row number is the one `_decode_each` gives. Saves the
-        per-record statements of that loop: about a fifth of decoding."""
+        in order. So every verdict, row and row number is the one `_decode_each` gives, without that
+        loop's statements per record (decoding 2.31 → 2.23 µs per invoice event, by hand)."""
         out = DecodedBatch()
         counter = [0]
         read, late = struct.numbered(self.max_message_bytes, counter), self._late
