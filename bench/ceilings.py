@@ -33,6 +33,7 @@ from pipeline.copydata import encode_copy_data
 from pipeline.decode import Decoder
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record
+from pipeline.rejects import RejectSink
 from pipeline.spec_loader import load_pipeline
 from pipeline.sqlplan import KAFKA_PREFIX
 from pipeline.target import Target
@@ -40,7 +41,7 @@ from pipeline.target import Target
 Figures = dict[str, Any]
 
 
-class NoSink:
+class NoSink(RejectSink):
     """Rejected records are counted, not produced (ceilings measure the write path only)."""
 
     def __init__(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 
 @dataclass(frozen=True)
@@ -35,20 +36,41 @@ class DeadLetterBreaker:
         self._consecutive = 0
 
     def check(self, outcomes: Sequence[bool]) -> str | None:
-        """Why committing `outcomes` (True = rejected) would trip the breaker, or None if it may go ahead."""
+        """Why committing `outcomes` (True = rejected) would trip the breaker, or None if it may go ahead.
+
+        Written to cost a few C passes over a window rather than a Python step per outcome (it runs
+        before every commit with a rejection): what one outcome at a time would find, the same text.
+        """
         policy = self.policy
-        consecutive = self._consecutive
-        if any(outcomes):  # else no run of rejections grows (scanned in C: a clean batch costs no loop)
-            for rejected in outcomes:
-                consecutive = consecutive + 1 if rejected else 0
-                if consecutive >= policy.max_consecutive:
-                    return f"{consecutive} consecutive messages rejected (limit {policy.max_consecutive})"
-        combined = [*self._recent, *outcomes][-policy.window :]
-        if len(combined) >= policy.min_records:
-            ratio = sum(combined) / len(combined)
+        reached = _run_reaching(outcomes, self._consecutive, policy.max_consecutive)
+        if reached is not None:
+            return f"{reached} consecutive messages rejected (limit {policy.max_consecutive})"
+        # The last `window` outcomes of the recent ones followed by these: their rejections, counted.
+        length = min(policy.window, len(self._recent) + len(outcomes))
+        if length >= policy.min_records:
+            rejected = self._rejected_in_last(length - len(outcomes)) + outcomes[-length:].count(True)
+            ratio = rejected / length
             if ratio > policy.max_ratio:
-                return f"{ratio:.0%} of the last {len(combined)} messages rejected (limit {policy.max_ratio:.0%})"
+                return f"{ratio:.0%} of the last {length} messages rejected (limit {policy.max_ratio:.0%})"
         return None
+
+    def surely_admits(self, rejected: int, outcomes: int) -> bool:
+        """True when no `outcomes` outcomes of which at most `rejected` are rejections can trip the
+        breaker, in any order: `check` would say None, and their flags need not be made. False: ask
+        `check`."""
+        policy = self.policy
+        if self._consecutive + rejected >= policy.max_consecutive:
+            return False
+        length = min(policy.window, len(self._recent) + outcomes)
+        return length < policy.min_records or (self._recent.count(True) + rejected) / length <= policy.max_ratio
+
+    def _rejected_in_last(self, count: int) -> int:
+        """Rejections among the last `count` recent outcomes (in C)."""
+        recent = self._recent
+        if count <= 0:
+            return 0
+        before = len(recent) - count
+        return recent.count(True) - (list(islice(recent, before)).count(True) if before > 0 else 0)
 
     def record(self, outcomes: Sequence[bool]) -> None:
         """Remember `outcomes` as committed."""
@@ -59,3 +81,29 @@ class DeadLetterBreaker:
             self._consecutive = outcomes[::-1].index(False)
         else:
             self._consecutive += len(outcomes)
+
+
+def _run_reaching(outcomes: Sequence[bool], carried: int, limit: int) -> int | None:
+    """The length of the run of rejections (`carried` of them before `outcomes`) at the outcome
+    where it first reaches `limit`; None when it never does. Jumps from run to run (list.index, in
+    C): a window with a few rejections costs a few steps."""
+    if not any(outcomes):  # no run grows (scanned in C: a clean batch costs no step)
+        return None
+    run, at, end = carried, 0, len(outcomes)
+    while at < end:
+        if not outcomes[at]:
+            run, at = 0, _index(outcomes, True, at, end)
+            continue
+        stop = _index(outcomes, False, at, end)  # the run is outcomes[at:stop]
+        if run + stop - at >= limit:
+            return max(run + 1, limit)
+        run, at = run + stop - at, stop
+    return None
+
+
+def _index(outcomes: Sequence[bool], value: bool, start: int, end: int) -> int:
+    """The index of the first `value` in outcomes[start:end], or `end`."""
+    try:
+        return outcomes.index(value, start, end)
+    except ValueError:
+        return end

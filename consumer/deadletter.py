@@ -38,7 +38,7 @@ from consumer.dlq_refusals import MISSING, refusal, too_large, topic_problem
 from consumer.outcomes import BreakerOpen, DeadLetterRefused, DeadLetterUnavailable, HaltingReject
 from pipeline import failpoints
 from pipeline.records import Header, Record, Rejection
-from pipeline.rejects import RejectSink
+from pipeline.rejects import RejectSink, RejectSinkError
 
 __all__ = [
     "DLQ_PREFIX",
@@ -118,6 +118,25 @@ class DeadLetterProducer:
         if missing:
             self._fail(missing, len(wanted), deadline)
         self._refused = None
+
+    def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record] = ()) -> None:
+        """Hand the rejections never sent yet to the producer, without waiting for acknowledgements
+        or for room in the local queue: the `deliver` before the COMMIT then mostly finds them
+        acknowledged (pipeline.rejects). Never raises: at the first letter that cannot be handed
+        over at once (a full queue, a refusal), it stops and leaves the rest to `deliver`, which
+        meets the same and decides. A letter too large for the topic's limit as known may cost one
+        metadata request of at most 0.1 s (the limit read again), as in `deliver`."""
+        if not rejections or self._broken or self._refused is not None:
+            return  # `deliver` recovers first
+        self._refreshed = False
+        now = self._clock()
+        try:
+            for rejection in rejections:
+                key = key_of(rejection.record)
+                if self.book.state(key) is State.NEW:
+                    self._send(key, rejection, now, deadline=time.monotonic())  # a deadline already due: no wait
+        except RejectSinkError as exc:
+            log.debug("dead letters not sent ahead (the delivery before the commit tries again): %s", exc)
 
     def _await(self, wanted: dict[Key, Rejection], now: datetime, deadline: float) -> None:
         """Until every wanted message is acknowledged or failed, or the deadline (less the reserve) passed;
@@ -252,6 +271,9 @@ class DeadLetterProducer:
 class HaltOnReject:
     """A reject sink that refuses every rejection: the flush rolls back and the consumer stops."""
 
+    def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record] = ()) -> None:
+        """Nothing goes anywhere ahead: `deliver` refuses."""
+
     def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record] = ()) -> None:
         if not rejections:
             return
@@ -270,6 +292,18 @@ class GuardedSink:
     def __init__(self, inner: RejectSink, breaker: DeadLetterBreaker) -> None:
         self.inner = inner
         self.breaker = breaker
+
+    def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+        """Ahead only what the breaker would let through: a storm of bad data is not sent on. A few
+        rejections among many records are let through without the records' flags."""
+        if not rejections:
+            return
+        breaker = self.breaker
+        if (
+            breaker.surely_admits(len(rejections), len(resolved))
+            or breaker.check(rejected_flags(rejections, resolved)) is None
+        ):
+            self.inner.send_ahead(rejections, resolved)
 
     def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
         outcomes = rejected_flags(rejections, resolved)

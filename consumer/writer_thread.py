@@ -7,7 +7,8 @@ Who may touch what (the whole of it; docs/ARCHITECTURE.md repeats it):
   `Positions`, `Pending`, metrics and health. It reaches the database only through this object:
   `submit` a write, `wait` for its outcome, or `call` a function with the target and wait for it;
 - what crosses between them: a `Batch` and its `DecodedBatch` (handed over, not touched again by
-  the loop), an `Outcome` (handed back), and the positions each COMMIT stored (a queue, `commits`);
+  the loop, which only frees them once the write ended: `wait`), an `Outcome` (handed back), and
+  the positions each COMMIT stored (a queue, `commits`);
 - one exception, at shutdown only: the loop may ask PostgreSQL to cancel the statement in flight
   (`cancel`: libpq's cancel request is made to be sent from another thread).
 
@@ -79,6 +80,7 @@ class Outcome:
 @dataclass
 class _InFlight:
     batch: Batch
+    decoded: DecodedBatch
     trigger: Trigger
     future: Future[tuple[FlushResult, float]]
 
@@ -95,6 +97,8 @@ class WriterThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microbatch-write")
         self._commits: queue.SimpleQueue[dict[PartitionId, int]] = queue.SimpleQueue()
         self._in_flight: _InFlight | None = None
+        # The last write whose outcome was collected, kept until the next write has handed over: see `wait`.
+        self._spent: _InFlight | None = None
         self._handed_over = threading.Event()
 
     @property
@@ -117,7 +121,7 @@ class WriterThread:
             raise RuntimeError("a write is already in flight: wait() for it first")
         self._handed_over.clear()
         future = self._executor.submit(self._write, batch, decoded)
-        self._in_flight = _InFlight(batch, trigger, future)
+        self._in_flight = _InFlight(batch, decoded, trigger, future)
 
     def _write(self, batch: Batch, decoded: DecodedBatch) -> tuple[FlushResult, float]:
         started = time.monotonic()
@@ -147,13 +151,21 @@ class WriterThread:
         """
         if self._in_flight is not None:
             self._handed_over.wait(timeout_s)
+        self._spent = None  # PostgreSQL runs the statement meanwhile: the last window is freed now (`wait`)
 
     def wait(self, timeout_s: float | None = None) -> Outcome | None:
         """Block until the write in flight (if any) ends, at most `timeout_s`; its outcome, or None when
-        there was none. Raises StillWriting (the write stays in flight) when the time is up."""
+        there was none. Raises StillWriting (the write stays in flight) when the time is up.
+
+        The write's records and rows stay alive here (`_spent`) until the next write has handed over
+        (`wait_for_handover`), or the next `wait`: freeing a window of 5,000 records holds the GIL
+        for about 2 ms. Freed as the outcome was collected, part on each thread, it kept PostgreSQL
+        waiting for the next write: 2.4 ms between two writes, 0.36 ms since (medians of 100).
+        """
         in_flight = self._in_flight
         if in_flight is None:
             return None
+        self._spent = in_flight
         started = time.monotonic()
         try:
             result, seconds = in_flight.future.result(timeout=timeout_s)

@@ -21,6 +21,19 @@ class RejectSink(Protocol):
         transaction back. Runs on the writer thread.
         """
 
+    def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+        """Optionally start storing `rejections` now, without waiting: `deliver`, which alone
+        confirms they are stored, then has less to wait for while the transaction is open.
+
+        Called by the writer inside the first transaction of a write, while PostgreSQL reads its
+        COPY, with the rejections decoding made (`resolved`: every record of the batch). They may
+        end up stored even if that transaction never commits (duplicates are allowed, as in
+        `deliver`). Never raises, and never waits for them to be stored: what it cannot start at
+        once is left to `deliver`. Runs on the writer thread. This default starts nothing; a sink
+        that subclasses the protocol inherits it.
+        """
+        return  # nothing started: `deliver` does all of it
+
 
 class RejectSinkError(Exception):
     """The reject sink could not store every rejection; the transaction was rolled back."""

@@ -11,7 +11,8 @@ The order inside a transaction is the correctness argument; the steps are number
   3+4. one statement inserts the new rows into the raw table (ids joined from the reference
      tables) and upserts the summaries from what was new;
   5. rejected records go to the reject sink, which returns only once they are durably stored
-     (the dead-letter topic acknowledged them), before any position moves past them;
+     (the dead-letter topic acknowledged them), before any position moves past them (decoding's
+     rejections were sent ahead during the COPY: the sink mostly finds them acknowledged);
   6. COMMIT.
 
 The first statement of a write runs without a SAVEPOINT: clean batches are the common case, and
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -50,6 +50,7 @@ from pipeline.offsets import OffsetsTable
 from pipeline.records import PARTITION_OF, Batch, PartitionId, Rejection, RejectReason
 from pipeline.rejects import RejectSink
 from pipeline.sqlplan import WritePlan
+from pipeline.write_run import WriteRun
 
 # Pipeline mode needs libpq 14 or later (the binary wheel bundles a newer one).
 _PIPELINE_SUPPORTED = psycopg.Pipeline.is_supported()
@@ -61,54 +62,6 @@ class _CopyFailed(Exception):
 
 class _BulkFailed(Exception):
     """Internal: the first statement (no SAVEPOINT) hit bad data; roll back and bisect in a new transaction."""
-
-
-@dataclass
-class _Run:
-    """Progress of one `write` across its transactions."""
-
-    batch: Batch
-    decoded: DecodedBatch
-    stored: dict[PartitionId, int | None]  # the stored positions as this write's commits move them
-    stack: RangeStack
-    result: FlushResult = field(default_factory=FlushResult)
-    db_rejections: dict[int, Rejection] = field(default_factory=dict)  # row index → rejection
-    committed_records: int = 0  # records before this index are committed (written or rejected)
-    copy_per_node: bool = False
-    on_statement: Callable[[], None] | None = None  # called once, before the first insert-and-upsert
-    on_progress: Callable[[], None] = lambda: None  # after every round trip that can wait (liveness)
-
-    def record_boundary(self) -> int:
-        """Records before the returned index are resolved, given the rows resolved so far."""
-        resolved_rows = self.stack.resolved
-        if resolved_rows < len(self.decoded.rows):
-            return self.decoded.row_records[resolved_rows]
-        return len(self.batch.records)
-
-    def positions_at(self, boundary: int, partitions: set[PartitionId]) -> dict[PartitionId, int]:
-        """Where each of `partitions` stands once the records before `boundary` are resolved."""
-        positions = {pid: self.batch.to_positions[pid] for pid in partitions}
-        seen: set[PartitionId] = set()
-        for record in self.batch.records[boundary:]:
-            pid = record.partition_id
-            if pid not in seen:
-                seen.add(pid)
-                positions[pid] = record.offset
-        return positions
-
-    def rejections_between(self, start: int, stop: int) -> list[Rejection]:
-        """Decode and database rejections of records in [start, stop), in record order."""
-        found = [
-            (index, rejection)
-            for index, rejection in zip(self.decoded.rejected_records, self.decoded.rejections, strict=True)
-            if start <= index < stop
-        ]
-        for row, rejection in self.db_rejections.items():
-            index = self.decoded.row_records[row]
-            if start <= index < stop:
-                found.append((index, rejection))
-        found.sort(key=lambda item: item[0])
-        return [rejection for _, rejection in found]
 
 
 class BatchWriter:
@@ -160,7 +113,9 @@ class BatchWriter:
         or DatabaseFailure (classified). In every case the open transaction was rolled back, and earlier
         commits were reported through `on_commit`.
         """
-        run = _Run(batch, decoded, dict(batch.from_positions), RangeStack(len(decoded.rows)), on_statement=on_statement)
+        run = WriteRun(
+            batch, decoded, dict(batch.from_positions), RangeStack(len(decoded.rows)), on_statement=on_statement
+        )
         if on_progress is not None:
             run.on_progress = on_progress
         try:
@@ -185,7 +140,7 @@ class BatchWriter:
         run.result.skipped = len(decoded.skipped)
         return run.result
 
-    def _transaction(self, run: _Run, sink: RejectSink, *, sliced: bool) -> dict[PartitionId, int]:
+    def _transaction(self, run: WriteRun, sink: RejectSink, *, sliced: bool) -> dict[PartitionId, int]:
         """One transaction resolving what its savepoints allow of the batch (`sliced`: its next max_savepoints rows)."""
         conn = self.database.connection()
         if self.database.opened != self._known_since:  # a new connection: reference rows may have been lost
@@ -203,8 +158,11 @@ class BatchWriter:
             run.on_progress()
             if first_row < limit:
                 if not run.copy_per_node:
-                    # 2. COPY once for the whole transaction; the statements select ranges of it.
-                    self._copy_bulk(conn, rows, first_row, limit, run.decoded.copy_data)
+                    # 2. COPY once for the whole transaction; the statements select ranges of it. While
+                    # PostgreSQL reads it, decoding's rejections start on their way to the sink (step 5).
+                    ahead = run.decoded.rejections if start == 0 else []
+                    self._copy_bulk(conn, rows, first_row, limit, run.decoded.copy_data,
+                                    meanwhile=lambda: sink.send_ahead(ahead, run.batch.records))  # fmt: skip
                     run.on_progress()
                 # 3+4. the insert-and-upsert statement, bisected on bad data.
                 self._bisect(conn, run, limit, budget=self.max_savepoints)
@@ -257,25 +215,29 @@ class BatchWriter:
             yield
 
     def _copy_bulk(
-        self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int, encoded: bytes | None
-    ) -> None:
+        self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int, encoded: bytes | None,
+        *, meanwhile: Callable[[], None],
+    ) -> None:  # fmt: skip
         try:
-            self._copy(conn, rows, lo, hi, encoded)
+            self._copy(conn, rows, lo, hi, encoded, meanwhile=meanwhile)
         except psycopg.Error as exc:
             if classify(exc) is not FailureClass.BAD_DATA:
                 raise
             raise _CopyFailed from exc
 
     def _copy(
-        self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int, encoded: bytes | None = None
-    ) -> None:
-        """COPY rows [lo, hi) into staging: the bytes encoded ahead when they are exactly those rows."""
+        self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], lo: int, hi: int,
+        encoded: bytes | None = None, *, meanwhile: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
+        """COPY rows [lo, hi) into staging: the bytes encoded ahead when they are exactly those rows.
+        `meanwhile` runs once the rows are sent, before the COPY's end is: PostgreSQL is still reading."""
         if encoded is not None and lo == 0 and hi == len(rows):
             half = len(encoded) // 2
             with conn.cursor().copy(self.plan.copy_staging) as copy:
                 copy.write(encoded[:half])
                 failpoints.hit("mid_copy")
                 copy.write(encoded[half:])
+                meanwhile()
             return
         middle = (lo + hi) // 2
         with conn.cursor().copy(self.plan.copy_staging) as copy:
@@ -290,8 +252,9 @@ class BatchWriter:
             except (TypeError, ValueError, OverflowError) as exc:
                 # A value the validators let through but the binary encoder refuses: bad data.
                 raise RowEncodingError(f"a value cannot be encoded for the database ({type(exc).__name__})") from exc
+            meanwhile()
 
-    def _bisect(self, conn: psycopg.Connection[Any], run: _Run, limit: int, budget: int) -> None:
+    def _bisect(self, conn: psycopg.Connection[Any], run: WriteRun, limit: int, budget: int) -> None:
         """Resolve ranges left to right until `limit` rows are resolved or the budget is spent."""
         stack = run.stack
         if not run.result.bisected and not run.copy_per_node:
@@ -308,7 +271,7 @@ class BatchWriter:
             else:
                 self._succeeded(run, node, misses)
 
-    def _bulk_statement(self, conn: psycopg.Connection[Any], run: _Run, limit: int) -> None:
+    def _bulk_statement(self, conn: psycopg.Connection[Any], run: WriteRun, limit: int) -> None:
         """Every row in one statement, without a SAVEPOINT; bad data raises _BulkFailed.
 
         Only before any bad data was seen in this write: the stack then holds one range from the
@@ -328,13 +291,13 @@ class BatchWriter:
         self._succeeded(run, node, misses)
 
     @staticmethod
-    def _succeeded(run: _Run, node: Node, misses: dict[int, Rejection]) -> None:
+    def _succeeded(run: WriteRun, node: Node, misses: dict[int, Rejection]) -> None:
         """`node` was written; rows whose lookup found no reference row are rejected (known only now:
         a node that fails rolls its lookups back with it, and its rows are looked up again)."""
         run.db_rejections.update(misses)
         run.stack.succeed(node)
 
-    def _failed(self, conn: psycopg.Connection[Any], run: _Run, node: Node, exc: psycopg.Error) -> None:
+    def _failed(self, conn: psycopg.Connection[Any], run: WriteRun, node: Node, exc: psycopg.Error) -> None:
         """A statement over `node` failed: split it, or reject its one row; re-raise what is not bad data."""
         if classify(exc) is not FailureClass.BAD_DATA or conn.broken:
             raise exc
@@ -346,7 +309,7 @@ class BatchWriter:
             run.stack.fail(node)
 
     def _statement(
-        self, conn: psycopg.Connection[Any], run: _Run, node: Node, *, whole: bool = False
+        self, conn: psycopg.Connection[Any], run: WriteRun, node: Node, *, whole: bool = False
     ) -> dict[int, Rejection]:
         """Write the rows of `node`: its lookups, then the insert-and-upsert statement. Returns the
         rows (by index) that a find-only lookup found no reference row for: they were not written."""
@@ -377,7 +340,7 @@ class BatchWriter:
         return misses
 
     def _lookups(
-        self, conn: psycopg.Connection[Any], run: _Run, node: Node, params: dict[str, int] | None
+        self, conn: psycopg.Connection[Any], run: WriteRun, node: Node, params: dict[str, int] | None
     ) -> dict[int, Rejection]:
         """Run the lookups' statements (pipeline.lookup_sql) over `node` (`params` None: all staged rows)."""
         misses: dict[int, Rejection] = {}
@@ -395,6 +358,6 @@ class BatchWriter:
         return misses
 
     @staticmethod
-    def _rejection(run: _Run, node: Node, exc: psycopg.Error) -> Rejection:
+    def _rejection(run: WriteRun, node: Node, exc: psycopg.Error) -> Rejection:
         record = run.batch.records[run.decoded.row_records[node.lo]]
         return Rejection(record, RejectReason.DB_REJECTED, redacted_message(exc), type(exc).__name__, exc.sqlstate)

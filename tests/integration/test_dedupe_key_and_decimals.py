@@ -14,6 +14,7 @@ import pytest
 from pipeline.decode import Decoder
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record, Rejection
+from pipeline.rejects import RejectSink
 from pipeline.schema import init_db, verify
 from pipeline.spec_loader import builtin_dir, load_pipeline, parse_pipeline
 from pipeline.sqlplan import WritePlan
@@ -69,7 +70,7 @@ def test_only_the_nullable_columns_of_a_composite_key_are_named(database_url: st
     assert len(problems) == 1 and problems[0].startswith("dedupe key column kafka_offset can be NULL")
 
 
-class Collecting:
+class Collecting(RejectSink):
     def __init__(self) -> None:
         self.delivered: list[Rejection] = []
 

@@ -18,6 +18,7 @@ from pipeline.aggregates import AggregateKind, Fold
 from pipeline.field_types import MISSING, FieldError, FieldType, Rules
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record, Rejection, RejectReason
+from pipeline.rejects import RejectSink
 from pipeline.spec_loader import load_pipeline
 from pipeline.tables import Column
 from pipeline.target import Target
@@ -84,7 +85,7 @@ aggregates.plays = { count = true }
 """
 
 
-class Collecting:
+class Collecting(RejectSink):
     def __init__(self) -> None:
         self.rejected: list[Rejection] = []
 

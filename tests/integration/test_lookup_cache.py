@@ -12,13 +12,14 @@ import pytest
 from pipeline.errors import DatabaseFailure, FailureClass
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record, Rejection
+from pipeline.rejects import RejectSink
 from pipeline.spec_loader import load_pipeline
 from pipeline.target import Target
 
 TOPIC = "vendor-invoice-lines"
 
 
-class Collecting:
+class Collecting(RejectSink):
     def __init__(self) -> None:
         self.delivered: list[Rejection] = []
 

@@ -27,7 +27,7 @@ from tests.support.services import microbatch_waits, wait_until
 TOPIC = "invoice-lines"
 
 
-class Collecting:
+class Collecting(RejectSink):
     """A reject sink that keeps what it is given (as the dead-letter producer would send it)."""
 
     def __init__(self) -> None:
@@ -209,10 +209,35 @@ def test_a_batch_of_only_invalid_messages_still_moves_the_position(pipeline: Pip
     assert pipeline.stored_positions([(TOPIC, 2)]) == {(TOPIC, 2): 5}
 
 
+def test_decoding_rejections_are_sent_ahead_during_the_copy_and_delivered_before_the_commit(
+    pipeline: Pipeline, database_url: str
+) -> None:
+    class Ordered(Collecting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[tuple[str, list[int], int]] = []
+
+        def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+            active = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY %'"
+            copying = count(database_url, active)
+            self.events.append(("ahead", [r.record.offset for r in rejections], copying))
+
+        def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+            self.events.append(("deliver", [r.record.offset for r in rejections], len(resolved)))
+            super().deliver(rejections, resolved)
+
+    batch = [*records(10, seed=23), Record(TOPIC, 0, 10, None, b"{broken"), Record(TOPIC, 0, 11, None, b"")]
+    sink = Ordered()
+    result = pipeline.write(Batch(batch, {(TOPIC, 0): None}), sink, decoded=pipeline.prepare(batch))
+    # Ahead while the writer's COPY is in progress; then the same ones delivered, before the COMMIT.
+    assert sink.events == [("ahead", [10, 11], 1), ("deliver", [10, 11], 12)]
+    assert result.inserted == 10 and pipeline.stored_positions([(TOPIC, 0)]) == {(TOPIC, 0): 12}
+
+
 def test_a_refusing_sink_rolls_everything_back(pipeline: Pipeline, database_url: str) -> None:
     from pipeline.rejects import RejectSinkError
 
-    class Refusing:
+    class Refusing(RejectSink):
         def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
             if rejections:
                 raise RejectSinkError("dead-letter topic down")

@@ -124,6 +124,37 @@ def test_a_retry_waits_for_the_queued_copy_instead_of_queueing_another() -> None
     assert [r.record.offset for r in producer.delivered] == [0, 1, 2]  # type: ignore[attr-defined]
 
 
+def test_letters_sent_ahead_are_delivered_without_a_second_copy() -> None:
+    fake = FakeProducer()
+    producer = sink(fake)
+    bad = [rejection(n) for n in range(3)]
+    producer.send_ahead(bad)
+    assert len(fake.produced) == 3 and len(fake.queued) == 3, "handed to the producer, no report awaited"
+    assert producer.delivered == []  # type: ignore[attr-defined]
+    producer.send_ahead(bad)  # sending: not sent again
+    producer.deliver([*bad, rejection(3)])  # the one decoding did not know of (a database rejection)
+    assert [int(p.headers["dlq.original.offset"] or b"") for p in fake.produced] == [0, 1, 2, 3]
+    assert sorted(r.record.offset for r in producer.delivered) == [0, 1, 2, 3]  # type: ignore[attr-defined]
+    assert all(p.headers["dlq.attempts"] == b"1" for p in fake.produced)
+
+
+def test_sending_ahead_never_waits_nor_raises_and_leaves_the_verdict_to_deliver() -> None:
+    full = FakeProducer(full_for=1_000)
+    producer = sink(full, timeout_s=5.0)
+    started = time.monotonic()
+    producer.send_ahead([rejection(n) for n in range(3)])
+    assert time.monotonic() - started < 1.0, "it waited for room in the local queue"
+    assert full.produced == []
+    full.full_for = 0
+    producer.deliver([rejection(n) for n in range(3)])
+    assert len(full.produced) == 3
+    refusing = FakeProducer(raises=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    producer = sink(refusing)
+    producer.send_ahead([rejection(0)])  # refused: said by deliver, not here
+    with pytest.raises(DeadLetterRefused, match="not authorized"):
+        producer.deliver([rejection(0)])
+
+
 def test_an_acknowledged_message_is_not_sent_again_within_the_memory() -> None:
     fake = FakeProducer()
     producer = sink(fake, remember=3)

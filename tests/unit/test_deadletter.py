@@ -13,6 +13,7 @@ from consumer.breaker import BreakerPolicy, DeadLetterBreaker
 from consumer.deadletter import GuardedSink, HaltOnReject, dead_letter_headers, rejected_flags
 from consumer.outcomes import BreakerOpen, HaltingReject
 from pipeline.records import Record, Rejection, RejectReason
+from pipeline.rejects import RejectSink
 
 
 def rejection(
@@ -73,12 +74,16 @@ def test_breaker_opens_on_consecutive_rejections_across_calls() -> None:
     assert breaker.check([True, True]) is not None
 
 
-class RecordingSink:
+class RecordingSink(RejectSink):
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.ahead: list[int] = []
 
     def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
         self.calls.append(len(rejections))
+
+    def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+        self.ahead.append(len(rejections))
 
 
 def test_guarded_sink_refuses_before_delivering_anything() -> None:
@@ -95,10 +100,27 @@ def test_guarded_sink_refuses_before_delivering_anything() -> None:
     assert inner.calls == [0]
 
 
+def test_guarded_sink_sends_ahead_only_what_the_breaker_would_let_through() -> None:
+    inner = RecordingSink()
+    sink = GuardedSink(
+        inner, DeadLetterBreaker(BreakerPolicy(max_ratio=0.5, window=100, min_records=2, max_consecutive=100))
+    )
+    storm = [rejection(offset) for offset in range(3)]
+    sink.send_ahead(storm, [r.record for r in storm])  # all rejected: the commit would be refused
+    sink.send_ahead([], [Record("orders", 3, 9, None, b"{}")])  # nothing to send
+    assert inner.ahead == []
+    few = [rejection(offset) for offset in (1, 5)]
+    resolved = [few[0].record, *(Record("orders", 3, n, None, b"{}") for n in (2, 3, 4)), few[1].record]
+    sink.send_ahead(few, resolved)
+    assert inner.ahead == [2] and inner.calls == [], "sent ahead, not delivered: only deliver confirms"
+    assert sink.breaker.check([False]) is None and list(sink.breaker._recent) == [], "nothing was recorded"
+
+
 def test_halt_on_reject_names_the_message_and_what_to_do() -> None:
     with pytest.raises(HaltingReject, match=r"orders\[3\]@7 is invalid .*set dead_letter_topic"):
         HaltOnReject().deliver([rejection()], [])
     HaltOnReject().deliver([], [])  # nothing rejected: nothing to refuse
+    HaltOnReject().send_ahead([rejection()], [])  # nothing goes ahead: the delivery refuses
 
 
 @settings(max_examples=300, deadline=None, database=None, derandomize=True)
@@ -114,6 +136,56 @@ def test_breaker_remembers_outcomes_as_one_at_a_time_would(batches: list[list[bo
             consecutive = consecutive + 1 if rejected else 0
         assert breaker._consecutive == consecutive
         assert list(breaker._recent) == recent[-window:]
+
+
+def reference_check(policy: BreakerPolicy, history: list[bool], outcomes: list[bool]) -> str | None:
+    """The breaker's verdict taken one outcome at a time, as it was first written."""
+    consecutive = 0
+    for rejected in history:
+        consecutive = consecutive + 1 if rejected else 0
+    for rejected in outcomes:
+        consecutive = consecutive + 1 if rejected else 0
+        if consecutive >= policy.max_consecutive:
+            return f"{consecutive} consecutive messages rejected (limit {policy.max_consecutive})"
+    combined = [*history, *outcomes][-policy.window :]
+    if len(combined) >= policy.min_records and (ratio := sum(combined) / len(combined)) > policy.max_ratio:
+        return f"{ratio:.0%} of the last {len(combined)} messages rejected (limit {policy.max_ratio:.0%})"
+    return None
+
+
+@settings(max_examples=1000, deadline=None, database=None, derandomize=True)
+@given(
+    batches=st.lists(st.lists(st.booleans(), max_size=30), max_size=6),
+    outcomes=st.lists(st.booleans(), max_size=40),
+    window=st.integers(1, 50),
+    min_records=st.integers(1, 20),
+    max_consecutive=st.integers(1, 12),
+    max_ratio=st.sampled_from([0.1, 0.25, 0.5, 0.9, 1.0]),
+)
+def test_breaker_checks_as_one_outcome_at_a_time_would_and_admits_surely_only_what_it_admits(
+    batches: list[list[bool]], outcomes: list[bool], window: int, min_records: int, max_consecutive: int,
+    max_ratio: float,
+) -> None:  # fmt: skip
+    policy = BreakerPolicy(max_ratio=max_ratio, window=window, min_records=min_records, max_consecutive=max_consecutive)
+    breaker = DeadLetterBreaker(policy)
+    history: list[bool] = []
+    for batch in batches:
+        breaker.record(batch)
+        history += batch
+    verdict = breaker.check(outcomes)
+    assert verdict == reference_check(policy, history, outcomes)
+    if breaker.surely_admits(outcomes.count(True), len(outcomes)):
+        assert verdict is None
+
+
+def test_breaker_surely_admits_a_window_with_a_few_rejections_without_its_flags() -> None:
+    breaker = DeadLetterBreaker(BreakerPolicy())  # the defaults: 50% of 10,000, 1,000 in a row
+    breaker.record([n % 1000 == 0 for n in range(10_000)])
+    assert breaker.surely_admits(5, 5_000)
+    assert not breaker.surely_admits(1_000, 5_000), "1,000 in a row would trip it: check"
+    breaker.record([n % 5 < 2 for n in range(10_000)])  # 40% rejected, in runs of two
+    assert not breaker.surely_admits(2_000, 5_000), "might be over half of the last 10,000: check"
+    assert breaker.check([n % 5 == 0 for n in range(5_000)]) is None, "checked: 30% of the last 10,000"
 
 
 @settings(max_examples=300, deadline=None, database=None, derandomize=True)
