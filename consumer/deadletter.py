@@ -38,7 +38,7 @@ from consumer.dlq_refusals import MISSING, refusal, too_large, topic_problem
 from consumer.outcomes import BreakerOpen, DeadLetterRefused, DeadLetterUnavailable, HaltingReject
 from pipeline import failpoints
 from pipeline.records import Header, Record, Rejection
-from pipeline.rejects import RejectSink, RejectSinkError
+from pipeline.rejects import RejectSink
 
 __all__ = [
     "DLQ_PREFIX",
@@ -120,23 +120,30 @@ class DeadLetterProducer:
         self._refused = None
 
     def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record] = ()) -> None:
-        """Hand the rejections never sent yet to the producer, without waiting for acknowledgements
-        or for room in the local queue: the `deliver` before the COMMIT then mostly finds them
-        acknowledged (pipeline.rejects). Never raises: at the first letter that cannot be handed
-        over at once (a full queue, a refusal), it stops and leaves the rest to `deliver`, which
-        meets the same and decides. A letter too large for the topic's limit as known may cost one
-        metadata request of at most 0.1 s (the limit read again), as in `deliver`."""
+        """Hand the rejections never sent yet to the producer, whole, without waiting for anything:
+        the `deliver` before the COMMIT then mostly finds them acknowledged (pipeline.rejects).
+        Never raises and changes nothing but the book: a letter that does not fit whole under the
+        limit as known is left to `deliver`, which may read the topic's limit again first, and at
+        the first letter the producer does not take at once (a full queue, a refusal) the rest is
+        left to `deliver` too, which meets the same and decides."""
         if not rejections or self._broken or self._refused is not None:
             return  # `deliver` recovers first
-        self._refreshed = False
         now = self._clock()
-        try:
-            for rejection in rejections:
-                key = key_of(rejection.record)
-                if self.book.state(key) is State.NEW:
-                    self._send(key, rejection, now, deadline=time.monotonic())  # a deadline already due: no wait
-        except RejectSinkError as exc:
-            log.debug("dead letters not sent ahead (the delivery before the commit tries again): %s", exc)
+        for rejection in rejections:
+            key = key_of(rejection.record)
+            if self.book.state(key) is not State.NEW:
+                continue
+            letter = fit(rejection, self.group, self.book.attempts(key) + 1, now, self.limit.bytes)
+            if letter is None or letter.omitted:
+                continue
+            copy = Copy(letter.size)
+            try:
+                self.producer.produce(self.topic, value=letter.value, key=letter.key, headers=letter.headers,
+                                      on_delivery=self._report(key, rejection, copy))  # fmt: skip
+            except (BufferError, KafkaException) as exc:
+                log.debug("dead letters not sent ahead (the delivery before the commit sends them): %s", exc)
+                return
+            self.book.sent(key, copy)
 
     def _await(self, wanted: dict[Key, Rejection], now: datetime, deadline: float) -> None:
         """Until every wanted message is acknowledged or failed, or the deadline (less the reserve) passed;
@@ -295,7 +302,10 @@ class GuardedSink:
 
     def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
         """Ahead only what the breaker would let through: a storm of bad data is not sent on. A few
-        rejections among many records are let through without the records' flags."""
+        rejections among many records are let through without the records' flags. This judges
+        decoding's rejections against the whole batch; `deliver` judges the records a commit
+        resolves, with the database's rejections: letters can go ahead of a commit the breaker then
+        refuses (they are sent again after the halt, as after a crash: duplicates, never a loss)."""
         if not rejections:
             return
         breaker = self.breaker

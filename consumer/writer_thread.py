@@ -7,7 +7,7 @@ Who may touch what (the whole of it; docs/ARCHITECTURE.md repeats it):
   `Positions`, `Pending`, metrics and health. It reaches the database only through this object:
   `submit` a write, `wait` for its outcome, or `call` a function with the target and wait for it;
 - what crosses between them: a `Batch` and its `DecodedBatch` (handed over, not touched again by
-  the loop, which only frees them once the write ended: `wait`), an `Outcome` (handed back), and
+  the loop, which only frees them once the next write has handed over: `wait`), an `Outcome` (handed back), and
   the positions each COMMIT stored (a queue, `commits`);
 - one exception, at shutdown only: the loop may ask PostgreSQL to cancel the statement in flight
   (`cancel`: libpq's cancel request is made to be sent from another thread).
@@ -157,8 +157,8 @@ class WriterThread:
         """Block until the write in flight (if any) ends, at most `timeout_s`; its outcome, or None when
         there was none. Raises StillWriting (the write stays in flight) when the time is up.
 
-        The write's records and rows stay alive here (`_spent`) until the next write has handed over
-        (`wait_for_handover`), or the next `wait`: freeing a window of 5,000 records holds the GIL
+        A successful write's records and rows stay alive here (`_spent`) until the next write has handed
+        over (`wait_for_handover`), or the next `wait`: freeing a window of 5,000 records holds the GIL
         for about 2 ms. Freed as the outcome was collected, part on each thread, it kept PostgreSQL
         waiting for the next write: 2.4 ms between two writes, 0.36 ms since (medians of 100).
         """
@@ -172,10 +172,10 @@ class WriterThread:
         except FutureTimeout:
             raise StillWriting from None
         except _Failed as failed:
-            self._in_flight = None
+            self._in_flight = self._spent = None  # its records go back to pending; its rows are not kept
             return Outcome(in_flight.batch, in_flight.trigger, failed.seconds, error=failed.error)
         except Exception as error:
-            self._in_flight = None
+            self._in_flight = self._spent = None
             return Outcome(in_flight.batch, in_flight.trigger, time.monotonic() - started, error=error)
         self._in_flight = None
         return Outcome(in_flight.batch, in_flight.trigger, seconds, result=result)

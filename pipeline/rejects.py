@@ -22,11 +22,12 @@ class RejectSink(Protocol):
         """
 
     def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
-        """Optionally start storing `rejections` now, without waiting: `deliver`, which alone
-        confirms they are stored, then has less to wait for while the transaction is open.
+        """Start storing `rejections` now, as far as the sink can without waiting: `deliver`, which
+        alone confirms they are stored, then has less to wait for while the transaction is open.
 
-        Called by the writer inside the first transaction of a write, while PostgreSQL reads its
-        COPY, with the rejections decoding made (`resolved`: every record of the batch). They may
+        Called by the writer while PostgreSQL reads a transaction's COPY, when that transaction
+        starts at the batch's first record, with the rejections decoding made (`resolved`: every
+        record of the batch). They may
         end up stored even if that transaction never commits (duplicates are allowed, as in
         `deliver`). Never raises, and never waits for them to be stored: what it cannot start at
         once is left to `deliver`. Runs on the writer thread. This default starts nothing; a sink

@@ -230,7 +230,8 @@ class BatchWriter:
         encoded: bytes | None = None, *, meanwhile: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
         """COPY rows [lo, hi) into staging: the bytes encoded ahead when they are exactly those rows.
-        `meanwhile` runs once the rows are sent, before the COPY's end is: PostgreSQL is still reading."""
+        `meanwhile` runs once the rows are handed to libpq, before the COPY's end is sent: PostgreSQL
+        is still reading them."""
         if encoded is not None and lo == 0 and hi == len(rows):
             half = len(encoded) // 2
             with conn.cursor().copy(self.plan.copy_staging) as copy:

@@ -21,14 +21,16 @@ StreamFactory = Callable[..., Stream]
 
 # Failpoints of the write path; each crash is a real os._exit(137) inside `microbatch run`.
 CRASH_POINTS = ["after_consume", "mid_copy", "before_commit", "after_db_commit", "after_dlq_produce"]
-# The points where a crash can cut a flush between its dead-letter produce and its COMMIT
-# (pipeline/writer.py, step 5), leaving copies whose positions did not move: the restarted consumer
-# sends them again. Those two points themselves, and after_consume: the loop thread consumes while the
-# writer thread writes the window before (overlap_writes), so that kill can land inside it. The other
-# points are on the writer thread, which writes one window at a time: before the produce
-# (mid_copy, after_lookups) nothing was sent yet, after the COMMIT (after_db_commit) the positions are
-# past those messages; a crash there re-sends nothing.
-RESENDING_POINTS = frozenset({"after_consume", "after_dlq_produce", "before_commit"})
+# The points where a crash can cut a flush between its dead-letter produce and its COMMIT, leaving
+# copies whose positions did not move: the restarted consumer sends them again. Decoding's rejections
+# are produced at the end of the COPY (pipeline/writer.py, send_ahead), the database's at step 5: so
+# after_lookups, after_dlq_produce and before_commit, and after_consume: the loop thread consumes while
+# the writer thread writes the window before (overlap_writes), so that kill can land inside it. The
+# other points are on the writer thread, which writes one window at a time: at mid_copy (between the
+# COPY's two halves) nothing was sent yet, as these streams have no row the database refuses (a window
+# bisected in a second transaction would have sent its rejections in the first); after the COMMIT
+# (after_db_commit) the positions are past those messages. A crash there re-sends nothing.
+RESENDING_POINTS = frozenset({"after_consume", "after_lookups", "after_dlq_produce", "before_commit"})
 # Without a crash in between: a flush whose dead letters were acknowledged in part (the others timed
 # out, DeadLetterUnavailable) is retried and sends only the others; a crash anywhere in the retry then
 # leaves the acknowledged ones to be sent again by the next consumer. Such a flush logs this.

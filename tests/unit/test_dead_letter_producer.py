@@ -155,6 +155,16 @@ def test_sending_ahead_never_waits_nor_raises_and_leaves_the_verdict_to_deliver(
         producer.deliver([rejection(0)])
 
 
+def test_a_letter_that_does_not_fit_whole_is_left_to_deliver_which_sizes_it() -> None:
+    fake = FakeProducer()
+    producer = sink(fake, limit=SizeLimit(4000))
+    big, small = rejection(0, b"x" * 5000), rejection(1, b"small")
+    producer.send_ahead([big, small])
+    assert [p.value for p in fake.produced] == [b"small"], "only the letter that fits whole went ahead"
+    producer.deliver([big, small])
+    assert len(fake.produced) == 2 and fake.produced[1].headers["dlq.value.omitted"] == b"true"
+
+
 def test_an_acknowledged_message_is_not_sent_again_within_the_memory() -> None:
     fake = FakeProducer()
     producer = sink(fake, remember=3)

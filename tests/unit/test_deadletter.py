@@ -103,7 +103,7 @@ def test_guarded_sink_refuses_before_delivering_anything() -> None:
 def test_guarded_sink_sends_ahead_only_what_the_breaker_would_let_through() -> None:
     inner = RecordingSink()
     sink = GuardedSink(
-        inner, DeadLetterBreaker(BreakerPolicy(max_ratio=0.5, window=100, min_records=2, max_consecutive=100))
+        inner, DeadLetterBreaker(BreakerPolicy(max_ratio=0.5, window=100, min_records=2, max_consecutive=3))
     )
     storm = [rejection(offset) for offset in range(3)]
     sink.send_ahead(storm, [r.record for r in storm])  # all rejected: the commit would be refused
@@ -111,8 +111,13 @@ def test_guarded_sink_sends_ahead_only_what_the_breaker_would_let_through() -> N
     assert inner.ahead == []
     few = [rejection(offset) for offset in (1, 5)]
     resolved = [few[0].record, *(Record("orders", 3, n, None, b"{}") for n in (2, 3, 4)), few[1].record]
-    sink.send_ahead(few, resolved)
+    sink.send_ahead(few, resolved)  # surely let through
     assert inner.ahead == [2] and inner.calls == [], "sent ahead, not delivered: only deliver confirms"
+    spread = [rejection(offset) for offset in (0, 2, 4)]  # 3 could be a run of 3: checked, they are not
+    resolved = [Record("orders", 3, n, None, b"{}") if n % 2 else spread[n // 2].record for n in range(6)]
+    assert not sink.breaker.surely_admits(3, 6)
+    sink.send_ahead(spread, resolved)
+    assert inner.ahead == [2, 3]
     assert sink.breaker.check([False]) is None and list(sink.breaker._recent) == [], "nothing was recorded"
 
 

@@ -8,6 +8,7 @@ target answers at once.
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import Any
 
@@ -45,5 +46,27 @@ def test_a_finished_write_is_freed_after_the_next_write_handed_over_not_before()
         writer.wait_for_handover(10)
         assert alive() is None, "the last window outlived the next write's hand-over"
         assert writer.wait(10) is not None
+    finally:
+        writer.close()
+
+
+class FailingTarget:
+    def write(self, batch: Batch, decoded: Any, sink: Any, **callbacks: Any) -> FlushResult:
+        raise RuntimeError("the database went away")
+
+
+def test_a_failed_write_is_not_kept_its_records_go_back_to_pending_and_are_decoded_again() -> None:
+    writer = WriterThread(FailingTarget(), sink=None)  # type: ignore[arg-type]
+    try:
+        failed = DecodedBatch()
+        alive = weakref.ref(failed)
+        writer.submit(batch(0), failed, Trigger.RECORDS)
+        del failed
+        outcome = writer.wait(10)
+        assert outcome is not None and isinstance(outcome.error, RuntimeError)
+        del outcome  # its error's traceback holds the write's frame, as long as the loop holds the outcome
+        writer.call(lambda target: None)
+        gc.collect()  # and the future's, in a cycle through wait()'s frame: the collector frees those
+        assert alive() is None, "a failed window's rows stayed alive through its retry's wait"
     finally:
         writer.close()
