@@ -31,13 +31,18 @@ def batch(offset: int) -> Batch:
     return Batch([Record("t", 0, offset, None, b"{}")], {("t", 0): offset or None})
 
 
+def submitted(writer: WriterThread) -> weakref.ref[DecodedBatch]:
+    """Submit a write of one record whose DecodedBatch only the writer holds; a reference that says
+    whether that DecodedBatch is still alive."""
+    decoded = DecodedBatch()
+    writer.submit(batch(0), decoded, Trigger.RECORDS)
+    return weakref.ref(decoded)
+
+
 def test_a_finished_write_is_freed_after_the_next_write_handed_over_not_before() -> None:
     writer = WriterThread(InstantTarget(), sink=None)  # type: ignore[arg-type]
     try:
-        first = DecodedBatch()
-        alive = weakref.ref(first)
-        writer.submit(batch(0), first, Trigger.RECORDS)
-        del first
+        alive = submitted(writer)
         outcome = writer.wait(10)
         assert outcome is not None and outcome.ok
         writer.call(lambda target: None)  # the writer thread has since dropped its own references
@@ -58,10 +63,7 @@ class FailingTarget:
 def test_a_failed_write_is_not_kept_its_records_go_back_to_pending_and_are_decoded_again() -> None:
     writer = WriterThread(FailingTarget(), sink=None)  # type: ignore[arg-type]
     try:
-        failed = DecodedBatch()
-        alive = weakref.ref(failed)
-        writer.submit(batch(0), failed, Trigger.RECORDS)
-        del failed
+        alive = submitted(writer)
         outcome = writer.wait(10)
         assert outcome is not None and isinstance(outcome.error, RuntimeError)
         del outcome  # its error's traceback holds the write's frame, as long as the loop holds the outcome
