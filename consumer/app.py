@@ -17,7 +17,7 @@ from consumer import __version__
 from consumer.breaker import BreakerPolicy, DeadLetterBreaker
 from consumer.deadletter import DeadLetterProducer, GuardedSink, HaltOnReject
 from consumer.dlq_limits import SizeLimit, producer_max_bytes, topic_max_bytes
-from consumer.kafka_config import consumer_config, dead_letter_producer_config
+from consumer.kafka_config import consumer_config, dead_letter_producer_config, reconnects
 from consumer.loop import LoopOptions, RunLoop
 from consumer.metrics import Metrics
 from consumer.placement import Rules
@@ -134,6 +134,14 @@ def security_config(settings: Settings) -> dict[str, str]:
     return {k: v for k, v in settings.kafka_config.items() if k.startswith(("security.", "sasl.", "ssl."))}
 
 
+def lasting_admin(settings: Settings, logger: logging.Logger) -> AdminClient:
+    """An admin client that lives as long as the consumer: kafka_config's security settings, and the
+    reconnect settings of the consumer and producers (consumer/kafka_config.py: RECONNECTS)."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **reconnects(settings)}
+    config.update(security_config(settings), logger=logger)
+    return AdminClient(config)
+
+
 def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSink:
     """The dead-letter producer behind the circuit breaker, or HaltOnReject without a topic."""
     topic = target.spec.dead_letter_topic
@@ -149,9 +157,7 @@ def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSi
         return GuardedSink(HaltOnReject(), breaker)
     # The topic's max.message.bytes, read once here (and again when a letter is refused as too large):
     # a letter over it, or over the producer's message.max.bytes, is sent without its value.
-    admin_config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **security_config(settings)}
-    admin_config["logger"] = quiet_logger()
-    admin = AdminClient(admin_config)
+    admin = lasting_admin(settings, quiet_logger())
     topic_bytes = topic_max_bytes(admin, topic, KAFKA_REQUEST_TIMEOUT_S)
     producer_settings = dead_letter_producer_config(settings, topic_bytes)
     limit = SizeLimit(
@@ -212,7 +218,5 @@ def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: R
     )
     describe(telemetry.metrics, target)
     sink = sink or build_sink(settings, target, telemetry.metrics)
-    admin_config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **security_config(settings)}
-    admin_config["logger"] = logging.getLogger("librdkafka")
-    admin = AdminClient(admin_config)
+    admin = lasting_admin(settings, logging.getLogger("librdkafka"))
     return RunLoop(kafka, build_preparer(settings, target), target, sink, options, admin=admin, telemetry=telemetry)

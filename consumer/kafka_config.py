@@ -55,6 +55,22 @@ def check_passthrough(extra: Mapping[str, str]) -> None:
 
 
 FETCH_QUEUE_BACKOFF_MS = 10
+# How our long-lived clients reconnect to brokers that are down; kafka_config may say otherwise.
+# librdkafka (2.10 and later) re-bootstraps once every broker it knows is down: it drops them and adds
+# the bootstrap servers again, as new brokers. While a request waits (the consumer's coordinator query,
+# always), it tries one every 50 ms (half of reconnect.backoff.ms), and each new broker's first failure
+# is logged as an ERROR, never suppressed as a repeat: 1,385 lines from the consumer in a 60 s outage
+# of its only broker. Without re-bootstrap the brokers stay the same, and librdkafka logs a repeated
+# error once per 30 s (6 to 8 lines in the same outage). The cost: a client whose every known broker is gone
+# for good (the whole cluster moved to new addresses between two metadata refreshes) does not fall back
+# to bootstrap.servers by itself; restart it, or set metadata.recovery.strategy = rebootstrap.
+RECONNECTS: dict[str, str | int | bool] = {"metadata.recovery.strategy": "none"}
+
+
+def reconnects(settings: Settings) -> dict[str, str | int | bool]:
+    """RECONNECTS with the user's values of its keys (kafka_config): for the admin clients, which take
+    nothing else of kafka_config but its security settings."""
+    return {key: settings.kafka_config.get(key, value) for key, value in RECONNECTS.items()}
 
 
 def client_id(role: str) -> str:
@@ -84,6 +100,7 @@ def consumer_config(settings: Settings, group: str) -> dict[str, str | int | boo
         # costs a wake-up per 10 ms; paused partitions (consumer/flow.py) are not fetched at all. Never 0:
         # librdkafka's fetcher would spin while the queue is full.
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+        **RECONNECTS,
     }
     config.update(settings.kafka_config)
     config.update({key: required for key, (required, _) in NON_NEGOTIABLE.items()})
@@ -101,9 +118,8 @@ def producer_config(settings: Settings, role: str) -> dict[str, str | int | bool
                      "fetch.min.bytes", "max.partition.fetch.bytes", "fetch.message.max.bytes",
                      "fetch.error.backoff.ms", "auto.commit.interval.ms", "check.crcs", "group.protocol",
                      "group.remote.assignor", "enable.partition.eof"}  # fmt: skip
-    config: dict[str, str | int | bool] = {
-        key: value for key, value in settings.kafka_config.items() if key not in consumer_only
-    }
+    config: dict[str, str | int | bool] = dict(RECONNECTS)
+    config.update({key: value for key, value in settings.kafka_config.items() if key not in consumer_only})
     config.update(
         {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
