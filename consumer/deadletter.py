@@ -111,7 +111,7 @@ class DeadLetterProducer:
                 if state is State.ACKNOWLEDGED:
                     self._stored.add(key)
                 elif state is not State.SENDING:
-                    self._send(key, rejection, now, deadline, below=self._smaller_than(key))
+                    self._send(key, rejection, now, deadline)
         failpoints.hit("after_dlq_produce")
         self._await(wanted, now, deadline)
         missing = [key for key in wanted if key not in self._stored]
@@ -150,8 +150,9 @@ class DeadLetterProducer:
         a copy the topic found too large is sent again, smaller."""
         while True:
             for key, rejection in wanted.items():
-                if (below := self._smaller_than(key)) is not None:
-                    self._send(key, rejection, now, deadline, below=below)
+                failed = self.book.failure(key) if self.book.state(key) is State.FAILED else None
+                if failed is not None and too_large(failed[0]):
+                    self._send(key, rejection, now, deadline, below=failed[1].size)
             if not any(self.book.state(key) is State.SENDING for key in wanted if key not in self._stored):
                 return
             left = deadline - self._reserve_s - time.monotonic()
@@ -160,12 +161,6 @@ class DeadLetterProducer:
             # flush(), unlike poll(), sends at once instead of lingering (linger.ms) first: the
             # flush's transaction is open meanwhile, and PostgreSQL waits for this.
             self.producer.flush(min(left, 0.5))
-
-    def _smaller_than(self, key: Key) -> int | None:
-        """The size the next copy of `key` must stay below: its last copy's, when the topic found that
-        one too large (a copy sent ahead, or by an earlier attempt, included); else None."""
-        failed = self.book.failure(key) if self.book.state(key) is State.FAILED else None
-        return failed[1].size if failed is not None and too_large(failed[0]) else None
 
     def _fail(self, missing: list[Key], wanted: int, deadline: float) -> None:
         errors = [failed[0] for key in missing if (failed := self.book.failure(key)) is not None]

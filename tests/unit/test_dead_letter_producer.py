@@ -253,19 +253,6 @@ def test_the_topic_refusing_a_copy_as_too_large_gets_a_smaller_copy_and_a_fresh_
     assert len(described) == 1 and producer.limit.bytes == 3000
 
 
-def test_a_letter_sent_ahead_that_the_topic_found_too_large_is_sent_smaller_at_once() -> None:
-    # The topic's limit was lowered since start-up: the copy sent ahead whole is refused as too large.
-    fake = FakeProducer(
-        decide=lambda p: KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if len(p.value or b"") > 2000 else None
-    )
-    producer = sink(fake, limit=SizeLimit(1_000_000, lambda timeout: 3000, topic_bytes=1_000_000))
-    producer.send_ahead([rejection(5, b"y" * 2500)])
-    producer.deliver([rejection(5, b"y" * 2500)])
-    assert [p.value for p in fake.produced] == [b"y" * 2500, None], "the whole letter was sent twice"
-    assert fake.produced[1].headers["dlq.value.bytes"] == b"2500"
-    assert [r.record.offset for r in producer.delivered] == [5]  # type: ignore[attr-defined]
-
-
 def test_produce_raising_msg_size_too_large_does_not_escape() -> None:
     fake = FakeProducer(max_value=500)  # a producer limit the sink was not told of
     producer = sink(fake)
