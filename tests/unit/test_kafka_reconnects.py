@@ -31,3 +31,11 @@ def test_the_user_may_say_otherwise_in_kafka_config(strategy: str) -> None:
     assert consumer_config(given, "g")["metadata.recovery.strategy"] == strategy
     assert dead_letter_producer_config(given, None)["metadata.recovery.strategy"] == strategy
     assert reconnects(given) == {"metadata.recovery.strategy": strategy}, "the admin clients follow it too"
+
+
+def test_the_admin_clients_take_the_other_metadata_recovery_settings_too() -> None:
+    given = settings({"metadata.recovery.rebootstrap.trigger.ms": "60000", "fetch.max.bytes": "1048576"})
+    assert reconnects(given) == {
+        "metadata.recovery.strategy": "none",
+        "metadata.recovery.rebootstrap.trigger.ms": "60000",
+    }
