@@ -378,9 +378,12 @@ def _write_config(lab: Lab, url: str, home: Path, topic: str, run: Run) -> list[
         paths.append(str(path))
     log4j = lab.workdir / f"{run.name}.log4j.properties"
     log4j.write_text(LOG4J)
+    tmpdir = lab.workdir / f"{run.name}.tmp"  # native libraries the JVM unpacks stay out of /tmp
+    tmpdir.mkdir(exist_ok=True)
     java = shutil.which("java") or "java"
     main = "org.apache.kafka.connect.cli.ConnectStandalone"
-    return [java, *JVM_OPTIONS, f"-Dlog4j.configuration=file:{log4j}", "-cp", f"{home / 'lib'}/*", main, *paths]
+    options = [*JVM_OPTIONS, f"-Djava.io.tmpdir={tmpdir}", f"-Dlog4j.configuration=file:{log4j}"]
+    return [java, *options, "-cp", f"{home / 'lib'}/*", main, *paths]
 
 
 def _check(process: subprocess.Popen[bytes], log: Path, deadline: float, run: Run, rows: int) -> None:

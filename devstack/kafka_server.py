@@ -347,9 +347,13 @@ def _launch(
     security: KafkaSecurity | None = None,
 ) -> KafkaServer:
     lib = kafka_libdir()
+    # The JVM's temporary files in the broker's own directory: lz4-java unpacks its native library
+    # into java.io.tmpdir at every start and leaves it there (a .so and a .lck per broker in /tmp).
+    tmpdir = workdir / "tmp"
+    tmpdir.mkdir(exist_ok=True)
     argv = [
         _java(), "-Xms256m", "-Xmx768m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-        "-Djava.awt.headless=true",
+        "-Djava.awt.headless=true", f"-Djava.io.tmpdir={tmpdir}",
         f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}",
         f"-Dmicrobatch.devstack={workdir}",
         "-cp", f"{lib}/*", "kafka.Kafka", str(workdir / "server.properties"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumer.produce import ensure_topic
+from devstack.kafka_server import start_kafka
 from devstack.process import pid_alive
 from tests.support.services import KafkaService, PostgresService, wait_until
 
@@ -109,3 +111,24 @@ def test_dev_stack_up_writes_env_and_down_leaves_nothing() -> None:
     )
     assert not state.exists()
     scratch.rmdir()
+
+
+def test_local_broker_unpacks_native_libraries_in_its_own_directory(kafka: KafkaService, unique: str) -> None:
+    # lz4-java unpacks a native library into java.io.tmpdir when the broker first reads an lz4 batch and
+    # never removes it: in /tmp, every broker a test suite starts left a .so and a .lck behind.
+    jvm_default = Path("/tmp")  # noqa: S108 - the JVM's default java.io.tmpdir on Linux: only read here
+    scratch = None if kafka.server is not None else Path(tempfile.mkdtemp(prefix="microbatch-lz4-", dir="/tmp"))
+    server = kafka.server if scratch is None else start_kafka(scratch)
+    assert server is not None
+    try:
+        before = set(jvm_default.glob("liblz4-java-*"))
+        producer = Producer({"bootstrap.servers": server.bootstrap, "compression.type": "lz4"})
+        for n in range(100):
+            producer.produce(f"lz4-{unique}", value=b"x" * 100, key=str(n).encode())
+        assert producer.flush(30) == 0
+        assert list((server.workdir / "tmp").glob("liblz4-java-*.so")), "lz4-java unpacked nowhere we know"
+        assert set(jvm_default.glob("liblz4-java-*")) == before
+    finally:
+        if scratch is not None:
+            server.stop(hard=True)
+            shutil.rmtree(scratch, ignore_errors=True)
