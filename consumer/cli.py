@@ -201,11 +201,12 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         print(f"skipped {summary.copies} extra {'copy' if summary.copies == 1 else 'copies'} of messages "
               "already replayed in this run")  # fmt: skip
     if summary.omitted:
-        print(f"skipped {len(summary.omitted)} dead letter(s) whose value was omitted (too large for the "
-              "dead-letter topic); replay these from their original topic:")  # fmt: skip
+        print(f"skipped {len(summary.omitted)} dead letter(s) sent without their value or key (too large for "
+              "the dead-letter topic); replay these from their original topic:")  # fmt: skip
         for letter in summary.omitted[:MAX_LISTED]:
             where = f"{letter.original[0]}[{letter.original[1]}]@{letter.original[2]}" if letter.original else "unknown"
-            print(f"  original {where} ({letter.size} bytes, sha256 {letter.sha256}), dead letter {letter.letter}")
+            print(f"  original {where} ({letter.size} bytes, sha256 {letter.sha256}, no {' or '.join(letter.parts)} "
+                  f"in the letter), dead letter {letter.letter}")  # fmt: skip
         if len(summary.omitted) > MAX_LISTED:
             print(f"  … and {len(summary.omitted) - MAX_LISTED} more")
     return 0

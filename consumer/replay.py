@@ -8,8 +8,11 @@ and produces each one with its original key, value and headers (our `dlq.*` head
 coordinates, so two letters at the same coordinates with different values are two messages) is sent
 at most once per run: the dead-letter topic may hold two copies of it (a retried flush); the extra
 copies are counted and skipped. A dead letter whose
-value was omitted (too large for the dead-letter topic) cannot be replayed: it is counted, and where
-its original is (its source topic, partition and offset) is reported instead. Nothing is committed to
+value or key was omitted (too large for the dead-letter topic) cannot be replayed: without its key the
+message would land on another partition, with a null key. It is counted, and where its original is (its
+source topic, partition and offset) is reported instead. One whose original headers were omitted is
+replayed without them. A letter that cannot be produced at all (a foreign letter naming a topic no
+client can name) fails the run once the others were sent. Nothing is committed to
 the dead-letter topic's consumer group: a replay can be repeated; the pipeline's dedupe key makes a
 repeated good event harmless, and one that is still bad is dead-lettered again.
 """
@@ -20,11 +23,11 @@ import hashlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.deadletter import DLQ_PREFIX, header_dict
 from pipeline.records import read_headers
@@ -51,6 +54,8 @@ class ReplayFilter:
             failed_at = datetime.fromisoformat(headers.get("dlq.failed_at", ""))
         except ValueError:
             return False
+        if failed_at.tzinfo is None:  # ours are UTC; a foreign letter's bare time is read as the filters' are
+            failed_at = failed_at.replace(tzinfo=UTC)
         return (self.since is None or failed_at >= self.since) and (self.until is None or failed_at < self.until)
 
 
@@ -58,14 +63,22 @@ Original = tuple[str, int, int]
 Identity = tuple[str, int, int, str]  # an original's coordinates and the sha256 of its value
 
 
+# The parts of a message a dead letter must hold for it to be replayed from there.
+REPLAYED_PARTS = ("value", "key")
+# Produce raises these for a message no client can send (a topic name with a NUL, an invalid name).
+_UNSENDABLE = (ValueError, TypeError, KafkaException)
+FULL_QUEUE_WAIT_S = 0.05  # between two tries of a produce the local queue had no room for
+
+
 @dataclass(frozen=True)
 class Omitted:
-    """A dead letter without its value: where it is, and where its original is."""
+    """A dead letter without its value or key: where it is, and where its original is."""
 
     letter: str  # <dlq topic>/<partition>/<offset>
     original: Original | None
-    size: str  # dlq.value.bytes
+    size: str  # the value's: dlq.value.bytes when it was omitted
     sha256: str
+    parts: tuple[str, ...] = ("value",)  # what it was sent without, of REPLAYED_PARTS
 
 
 @dataclass
@@ -93,6 +106,38 @@ def identity_of(headers: dict[str, str], value: bytes | None) -> Identity | None
     if headers.get("dlq.value.omitted") == "true":
         return (*original, headers.get("dlq.value.sha256", "?"))
     return (*original, hashlib.sha256(value or b"").hexdigest())
+
+
+def omitted_parts(headers: dict[str, str]) -> tuple[str, ...]:
+    """The parts of REPLAYED_PARTS a dead letter was sent without (too large for its topic)."""
+    return tuple(part for part in REPLAYED_PARTS if headers.get(f"dlq.{part}.omitted") == "true")
+
+
+def _omitted(message: Message, headers: dict[str, str], dlq_topic: str, parts: tuple[str, ...]) -> Omitted:
+    """What the run reports of a letter it cannot replay (`parts` omitted)."""
+    if "value" in parts:
+        size, digest = headers.get("dlq.value.bytes", "?"), headers.get("dlq.value.sha256", "?")
+    else:
+        value = message.value() or b""
+        size, digest = str(len(value)), hashlib.sha256(value).hexdigest()
+    letter = f"{dlq_topic}/{message.partition()}/{message.offset()}"
+    return Omitted(letter, original_of(headers), size, digest, parts)
+
+
+def _produce(producer: Producer, target: str, message: Message, dlq_topic: str, *, deadline: float,
+             delivered: Callable[[KafkaError | None, Message], None]) -> None:  # fmt: skip
+    """Hand one replayed message to the producer, waiting while its local queue is full (until `deadline`).
+    Raises what `_UNSENDABLE` names when no client can send it, ReplayError at the deadline."""
+    headers = replay_headers(message, dlq_topic)
+    while True:
+        try:
+            producer.produce(target, key=message.key(), value=message.value(), headers=headers, on_delivery=delivered)
+            break
+        except BufferError:
+            if time.monotonic() > deadline:
+                raise ReplayError("the producer's local queue stayed full: messages not replayed") from None
+            producer.poll(FULL_QUEUE_WAIT_S)
+    producer.poll(0)
 
 
 def original_of(headers: dict[str, str]) -> Original | None:
@@ -167,6 +212,7 @@ def replay(
 
     seen: set[Identity] = set()
     omitted: dict[Identity | str, Omitted] = {}  # by original (by letter when it names none)
+    deadline = time.monotonic() + timeout_s
     try:
         for message in _read_until(reader, dlq_topic, _ends(reader, dlq_topic), timeout_s):
             summary.scanned += 1
@@ -180,12 +226,11 @@ def replay(
             if original is not None and original in seen:
                 summary.copies += 1
                 continue
-            if headers.get("dlq.value.omitted") == "true":
-                letter = f"{dlq_topic}/{message.partition()}/{message.offset()}"
-                size, digest = headers.get("dlq.value.bytes", "?"), headers.get("dlq.value.sha256", "?")
-                if (original or letter) in omitted:
+            if parts := omitted_parts(headers):
+                found = _omitted(message, headers, dlq_topic, parts)
+                if (original or found.letter) in omitted:
                     summary.copies += 1
-                omitted.setdefault(original or letter, Omitted(letter, original_of(headers), size, digest))
+                omitted.setdefault(original or found.letter, found)
                 continue
             if original is not None:
                 seen.add(original)
@@ -193,10 +238,11 @@ def replay(
             summary.by_reason[headers.get("dlq.reason", "unknown")] += 1
             summary.by_target[target] += 1
             if producer is not None:
-                headers_out = replay_headers(message, dlq_topic)
-                producer.produce(target, key=message.key(), value=message.value(), headers=headers_out,
-                                 on_delivery=delivered)  # fmt: skip
-                producer.poll(0)
+                try:
+                    _produce(producer, target, message, dlq_topic, deadline=deadline, delivered=delivered)
+                except _UNSENDABLE as exc:  # the run goes on, and fails once the others were sent
+                    failures.append(f"dead letter {dlq_topic}/{message.partition()}/{message.offset()} cannot be "
+                                    f"sent to {target!r}: {exc}")  # fmt: skip
         # A message with an omitted copy and a whole one was replayed from the whole one.
         summary.copies += sum(1 for found in omitted if found in seen)
         summary.omitted = [letter for found, letter in omitted.items() if found not in seen]
