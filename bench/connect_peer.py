@@ -376,14 +376,11 @@ def _write_config(lab: Lab, url: str, home: Path, topic: str, run: Run) -> list[
         path = lab.workdir / f"{run.name}.{suffix}.properties"
         path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
         paths.append(str(path))
-    log4j = lab.workdir / f"{run.name}.log4j.properties"
-    log4j.write_text(LOG4J)
-    tmpdir = lab.workdir / f"{run.name}.tmp"  # native libraries the JVM unpacks stay out of /tmp
-    tmpdir.mkdir(exist_ok=True)
-    java = shutil.which("java") or "java"
-    main = "org.apache.kafka.connect.cli.ConnectStandalone"
+    (log4j := lab.workdir / f"{run.name}.log4j.properties").write_text(LOG4J)
+    (tmpdir := lab.workdir / f"{run.name}.tmp").mkdir(exist_ok=True)  # what the JVM unpacks stays out of /tmp
     options = [*JVM_OPTIONS, f"-Djava.io.tmpdir={tmpdir}", f"-Dlog4j.configuration=file:{log4j}"]
-    return [java, *options, "-cp", f"{home / 'lib'}/*", main, *paths]
+    main = "org.apache.kafka.connect.cli.ConnectStandalone"
+    return [shutil.which("java") or "java", *options, "-cp", f"{home / 'lib'}/*", main, *paths]
 
 
 def _check(process: subprocess.Popen[bytes], log: Path, deadline: float, run: Run, rows: int) -> None:

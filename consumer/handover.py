@@ -125,15 +125,27 @@ class Handover:
         return self._conclude(outcome, retry=not self.closing)
 
     def write_now(self, window: Window, trigger: Trigger) -> None:
-        """Close `window` and write everything pending, once, waiting for the outcome (no retry)."""
+        """Close `window` and write everything pending, once, waiting for the outcome (a rebalance
+        callback's write: it is not retried in there). A failed write's records are pending again and
+        its retry is scheduled as any write's, so that the partitions kept write them after the
+        callback, not when their next window closes. Whatever raises before the write is handed over
+        leaves every record pending: a kept partition's buffer dropped while its fetch position stays
+        ahead would let the next write store a position past records never written."""
         self.settle()
         if len(window):
             self.pending.add_window(window, trigger)
         records = self._positions.unwritten(self.pending.records)
+        if not records:
+            self._take(records)
+            return
+        decoded = self._preparer.prepare(records, self._positions.topic_ids())
         trigger, size = self._take(records)
-        if records:
-            self._submit(records, self._preparer.prepare(records, self._positions.topic_ids()), trigger, size)
-            self._conclude(self._writer.wait(), retry=False)
+        try:
+            self._submit(records, decoded, trigger, size)
+        except BaseException:
+            self.pending.give_back(records, trigger)  # nothing was handed over
+            raise
+        self._conclude(self._writer.wait(), retry=not self.closing)
 
     def _take(self, records: list[Record]) -> tuple[Trigger, int]:
         """Empty what is pending, of which `records` are written: the trigger, and their bytes (the

@@ -117,9 +117,11 @@ class Rebalance:
             if revoked:
                 log.info("revoked %s", describe(sorted(revoked), {}))
         except Exception:
-            log.exception("on_revoke failed; the partitions' buffers were dropped")
+            log.exception("on_revoke failed; the revoked partitions' buffers were dropped")
             self._handover.release(self._window, revoked)
             self._seeker.released(revoked)
+            if self._handover.pending.records and not self._flow.waiting:
+                self._flow.retry_now()  # the kept partitions' records: written after the callback
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
