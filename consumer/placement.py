@@ -15,6 +15,10 @@ valid, or a decision that is logged, counted and audited. Pure.
 - a stored position below the log start or above its end (retention, a truncated log, a database
   restored from an old backup) is a gap: halt (audit `gap_halted`), or with on_position_gap = skip
   start at the first available offset (audit `gap_skipped`, with the range);
+- a row that vanished while this consumer owned the partition (a restore, a failover that lost
+  commits): the database may have lost more than this ownership wrote (other members', an earlier
+  process's), so start at the log start with auto_offset_reset = earliest (the rows it still holds
+  are skipped as duplicates), else where this ownership started rather than at the end (audit `reset`);
 - no stored row: start at the group's Kafka-committed offset when adopt_kafka_offsets is on and
   there is one (audit `adopted_kafka_offset`), else at `auto_offset_reset` (audit `reset`).
 
@@ -109,9 +113,15 @@ def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa:
         return Placement(None)  # the topic's incarnation cannot be checked now: placed again later
     if stored is None and facts.assigned_at is not None and _in_range(facts.assigned_at, facts):
         # The row vanished while this consumer owned the partition (a restore, a failover that lost
-        # commits): read again from where the ownership started, not from the reset policy.
-        again = facts.assigned_at
-        detail = f"the stored row vanished: reading again from {again}, where this consumer's ownership started"
+        # commits): never the Kafka commit, nor the end; the log start when the reset policy says so.
+        fresh = _fresh_start(rules, facts)
+        again = facts.assigned_at if fresh is None else min(facts.assigned_at, fresh)
+        detail = (
+            f"the stored row vanished: reading again from {again}, where this consumer's ownership started"
+            if again == facts.assigned_at
+            else f"the stored row vanished: reading again from {again} (auto_offset_reset = earliest), before "
+            f"where this consumer's ownership started ({facts.assigned_at})"
+        )
         return Placement(again, PositionChange(pid, None, StoredPosition(again, live), "reset", detail))
     if stored is None:
         committed = facts.kafka_committed

@@ -106,6 +106,15 @@ def test_a_row_that_vanished_during_the_ownership_is_read_again_from_where_it_st
     assert placement.change is not None and "vanished" in placement.change.detail
 
 
+def test_a_row_that_vanished_is_read_again_from_the_log_start_with_earliest() -> None:
+    # What the database lost may predate this ownership: rows other members (or an earlier process)
+    # wrote since the row was created. With earliest, the log start; the rows still there are duplicates.
+    facts = Facts(None, NEW, low=200, high=9_000, kafka_committed=4_000, assigned_at=1_000)
+    placement = place(PID, facts, Rules(auto_offset_reset="earliest", adopt_kafka_offsets=True))
+    assert placement.start == 200 and placement.event == "reset"
+    assert placement.change is not None and "(1000)" in placement.change.detail
+
+
 def test_a_partition_read_from_an_old_incarnation_is_found_and_no_other() -> None:
     a, b, c, d = ("t", 0), ("t", 1), ("u", 0), ("v", 0)
     asked = {a: "X", b: "Y", c: "X", d: "Z"}
