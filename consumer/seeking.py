@@ -72,6 +72,7 @@ class Seeker:
         self._next_seek_at = 0.0
         self._audited: set[tuple[PartitionId, str, str]] = set()  # halts already audited (once per halt)
         self._opened_seen: int | None = None  # the writer's connections opened, when last looked at
+        self._next_recheck_at = 0.0  # after a recheck that could not read the database: not before then
         # Placed partitions whose fetch position the broker refused → where the log diverged when the
         # refusal said it was truncated, and the stored position believed then. Dropped once the
         # partition is positioned or released, or when its row holds another position (an operator's
@@ -280,10 +281,13 @@ class Seeker:
         if self._opened_seen is None or opened == self._opened_seen:
             self._opened_seen = opened
             return
+        if self._clock() < self._next_recheck_at:
+            return
         try:
             behind = self.behind()
-        except DatabaseFailure:
-            return  # unreachable again: looked at on a later turn
+        except DatabaseFailure:  # unreachable again: looked at again in a while, not at every turn of
+            self._next_recheck_at = self._clock() + SEEK_RETRY_INTERVAL_S  # the loop (each a connection attempt)
+            return
         self._opened_seen = opened
         if behind:
             self.forget(behind)
