@@ -16,18 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from consumer import __version__
-from consumer.app import (
-    StartupError,
-    build_loop,
-    build_target,
-    check_kafka,
-    database_error,
-    describe,
-)
+from consumer.app import StartupError, build_loop, build_target, check_kafka, database_error, describe
 from consumer.generators import NoGenerator, workload_options
 from consumer.health import Health, HealthServer
-from consumer.kafka_config import check_passthrough, consumer_config, producer_config
-from consumer.logs import setup_logging
+from consumer.kafka_check import check_kafka_config
+from consumer.kafka_config import consumer_config, producer_config
+from consumer.logs import mask_secrets, setup_logging
 from consumer.loop import EXIT_OK, KafkaRefused, RunLoop
 from consumer.metrics import REASONS, Metrics
 from consumer.operations import check_config, collect_status
@@ -49,7 +43,7 @@ log = logging.getLogger("microbatch")
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config, pipeline=getattr(args, "pipeline", None))
-    check_passthrough(settings.kafka_config)  # refuse unsafe Kafka overrides before touching anything
+    check_kafka_config(settings)  # refuse unsafe or unusable Kafka overrides before touching anything
     return settings
 
 
@@ -82,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         watchdog.code = _serve(settings, target, stopping, requested=lambda: requested)
         return watchdog.code
     except StartupGaveUp as exc:
-        print(f"microbatch: error: {exc}", file=sys.stderr)
+        print(f"microbatch: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_GAVE_UP
     finally:
         target.close()  # also when start-up fails: no connection is left to the garbage collector
@@ -263,7 +257,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     results = check_config(args.file or args.config, args.pipeline)
     for result in results:
         mark = "ok  " if result.ok else "FAIL"
-        print(f"{mark} {result.what}: {result.detail}")
+        print(f"{mark} {result.what}: {mask_secrets(result.detail)}")
     failed = [r for r in results if not r.ok]
     print("configuration OK" if not failed else f"{len(failed)} problem(s) found")
     return 0 if not failed else EXIT_USAGE
@@ -389,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except USER_ERRORS as exc:
-        print(f"microbatch: error: {exc}", file=sys.stderr)
+        print(f"microbatch: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         print(f"microbatch: interrupted ({exc.args[0] if exc.args else 'SIGINT'}): stopped", file=sys.stderr)

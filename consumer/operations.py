@@ -20,7 +20,7 @@ from consumer.app import (
     quiet_logger,
     security_config,
 )
-from consumer.kafka_config import check_passthrough
+from consumer.kafka_check import check_kafka_config
 from consumer.settings import ConfigError, Settings, load_settings
 from pipeline.errors import DatabaseFailure
 from pipeline.spec_loader import PipelineFileError, load_pipeline
@@ -115,7 +115,7 @@ def check_config(config_file: Path | None, pipeline_source: str | None) -> list[
     results: list[CheckResult] = []
     try:
         settings = load_settings(config_file, pipeline=pipeline_source)
-        check_passthrough(settings.kafka_config)
+        check_kafka_config(settings)
     except ConfigError as exc:
         return [CheckResult("configuration", False, str(exc))]
     results.append(CheckResult("configuration", True, "all settings valid"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
@@ -27,9 +26,11 @@ from consumer.environment import (
     is_service_link,
     is_service_link_value,
 )
+from consumer.logs import keep_out
 from consumer.secret_files import read_secret_files
 from consumer.settings_errors import format_validation_error
 from consumer.window import LIMITS
+from pipeline.toml_file import TomlError, read_toml
 
 # A connect attempt and a round trip on top of the longest single wait of one flush step: the liveness
 # probe must allow that much beyond max(statement_timeout_ms, dead_letter_timeout_s).
@@ -94,6 +95,7 @@ class Settings(BaseModel):
     )
     group_id: str | None = Field(
         None,
+        min_length=1,
         description="Consumer group; default: the pipeline's `group`.",
     )
     startup_timeout_s: float = Field(
@@ -287,6 +289,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(format_validation_error(exc, from_env, config_file)) from None
     if overrides:
         settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    secrets = [str(value) for key, value in settings.kafka_config.items() if secret_kafka_key(key)]
+    keep_out(*secrets, database_url=settings.database_url.get_secret_value())  # masked in all we print
     problems = inconsistencies(settings)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
@@ -324,12 +328,12 @@ def _read_environment(environ: Mapping[str, str], values: dict[str, Any]) -> dic
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
+        values = read_toml(path)
     except FileNotFoundError:
         named = f" (named by {CONFIG_ENV})" if os.environ.get(CONFIG_ENV) == str(path) else ""
         raise ConfigError(f"config file {path} does not exist{named}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except TomlError as exc:
+        raise ConfigError(f"config file {path} {exc}") from None
     unknown = sorted(key for key in values if key not in Settings.model_fields)
     if unknown:
         raise ConfigError("invalid configuration:\n" + "\n".join(

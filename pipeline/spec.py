@@ -274,7 +274,7 @@ class PipelineSpec(_Strict):
 
     name: str
     topics: Annotated[tuple[str, ...], Field(min_length=1)]
-    group: str
+    group: str = Field(min_length=1)  # librdkafka's consumer aborts the process on an empty group.id
     dead_letter_topic: str | None = None
     schema_name: str = Field(default="public", alias="schema")
     fields: dict[str, FieldSpec]

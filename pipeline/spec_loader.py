@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from pipeline.fields import default_value
 from pipeline.spec import PipelineSpec
+from pipeline.toml_file import TomlError, read_toml
 
 DEFAULT_PIPELINE = "invoices"
 
@@ -36,11 +37,11 @@ def load_pipeline(source: str | Path | None = None) -> PipelineSpec:
     """
     path = _resolve(source)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_toml(path)
     except FileNotFoundError:
         raise PipelineFileError(f"pipeline file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PipelineFileError(f"{path}: not valid TOML: {exc}") from None
+    except TomlError as exc:
+        raise PipelineFileError(f"pipeline file {path} {exc}") from None
     spec = parse_pipeline(data, origin=str(path))
     spec._origin = path.resolve().parent
     return spec
@@ -49,9 +50,24 @@ def load_pipeline(source: str | Path | None = None) -> PipelineSpec:
 def parse_pipeline(data: dict[str, object], origin: str = "<pipeline>") -> PipelineSpec:
     """Validate already-parsed TOML data."""
     try:
-        return PipelineSpec.model_validate(data)
+        spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
         raise PipelineFileError(f"{origin}: invalid pipeline\n" + format_errors(exc)) from None
+    if problems := _refused_defaults(spec):
+        raise PipelineFileError(f"{origin}: invalid pipeline\n" + "\n".join(problems))
+    return spec
+
+
+def _refused_defaults(spec: PipelineSpec) -> list[str]:
+    """A field's default that its own checks refuse: found when the file is read, not by the first
+    event without the field (which would find it while the consumer runs)."""
+    problems = []
+    for name, field in spec.fields.items():
+        try:
+            default_value(field)
+        except (ValueError, TypeError) as exc:  # FieldError is a ValueError
+            problems.append(f"  fields.{name}.default: {exc}")
+    return problems
 
 
 def format_errors(exc: ValidationError) -> str:

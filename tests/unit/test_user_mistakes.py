@@ -1,0 +1,126 @@
+"""User mistakes found by probing the command line: each is one clear line, never a traceback, and a
+password written into DATABASE_URL without percent-encoding never shows in what microbatch prints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from consumer.kafka_check import check_kafka_config
+from consumer.logs import keep_out, mask_secrets
+from consumer.settings import ConfigError, load_settings
+from pipeline.spec_loader import PipelineFileError, builtin_dir, load_pipeline
+
+INVOICES = (builtin_dir() / "invoices.toml").read_text()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("MICROBATCH_") or key in {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"}:
+            monkeypatch.delenv(key)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot be read: Is a directory"),
+        (b"\xff\xfe", "is not UTF-8 text (byte 0)"),
+        (b"x = " + b"9" * 5000, "Exceeds the limit (4300 digits)"),
+        (b"x = " + b"[" * 100_000, "is not valid TOML"),
+    ],
+)
+def test_a_pipeline_or_config_file_that_cannot_be_read_says_why(
+    tmp_path: Path, content: bytes | None, reason: str
+) -> None:
+    path = tmp_path / "file.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(PipelineFileError, match=r"pipeline file .*file\.toml") as pipeline:
+        load_pipeline(path)
+    with pytest.raises(ConfigError, match=r"config file .*file\.toml") as config:
+        load_settings(path)
+    assert reason in str(pipeline.value) and reason in str(config.value), (pipeline.value, config.value)
+
+
+def test_an_empty_group_is_refused_before_librdkafka_aborts_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(INVOICES.replace('group = "microbatch-invoices"', 'group = ""'))
+    with pytest.raises(PipelineFileError, match="group: String should have at least 1 character"):
+        load_pipeline(path)
+    monkeypatch.setenv("MICROBATCH_GROUP_ID", "")
+    with pytest.raises(ConfigError, match="group_id"):
+        load_settings()
+
+
+def test_a_default_its_own_field_refuses_is_found_when_the_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    optional = 'ts = { type = "timestamp", required = false, default = "notatime" }'
+    path.write_text(INVOICES.replace('ts = { type = "timestamp" }', optional))
+    with pytest.raises(PipelineFileError, match=r"fields\.ts\.default: must be an RFC 3339 timestamp"):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize(
+    ("kafka_config", "said"),
+    [
+        ('{"security.protocol": "bogus"}', 'Invalid value "bogus" for configuration property "security.protocol"'),
+        ('{"bogus.prop": "x"}', 'No such configuration property: "bogus.prop"'),
+        ('{"security.protocol": "ssl", "ssl.ca.location": "/nonexistent"}', "ssl.ca.location failed"),
+    ],
+)
+def test_a_kafka_config_librdkafka_refuses_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, kafka_config: str, said: str
+) -> None:
+    monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG", kafka_config)
+    with pytest.raises(ConfigError, match="kafka_config: the Kafka client refuses it") as refused:
+        check_kafka_config(load_settings())
+    assert said in str(refused.value)
+
+
+def test_the_kafka_clients_refusal_masks_the_credentials_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # librdkafka quotes the value it refuses: here the password too (the same text, in another key).
+    monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG", '{"security.protocol": "Hunter2Hunter2", "sasl.password": '
+                       '"Hunter2Hunter2"}')  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        check_kafka_config(load_settings())
+    assert "Hunter2" not in str(refused.value) and "**********" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:S3cret/PW@127.0.0.1:1/x",  # a '/' not encoded: libpq reads a port and a database
+        "postgresql://postgres:S3c@retPW@127.0.0.1:1/x",  # an '@': libpq reads a host
+        '"postgresql://postgres:S3cretPW@127.0.0.1:1/x"',  # quoted, as some env files leave it
+        'postgresql://postgres:S3c"ret PW@127.0.0.1:1/x',  # libpq quotes what it cannot parse
+        "dbname=postgresql://postgres:S3cretPW@127.0.0.1:1/x",  # a URL given as a database name
+        "host=127.0.0.1 port=1 password='S3c ret\\'PW'",
+    ],
+)
+def test_a_password_libpq_does_not_read_as_one_never_shows(url: str) -> None:
+    # init-db fails at once on each (nothing listens on port 1): what it prints must not hold the password.
+    env = {**os.environ, "DATABASE_URL": url, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    result = subprocess.run([sys.executable, "-m", "consumer.cli", "init-db"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    printed = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in printed, printed
+    assert "microbatch: error:" in printed and "PostgreSQL" in printed, printed
+    for part in ("S3cret", "retPW", "ret PW", "ret'PW", "S3c ret"):
+        assert part not in printed, printed
+
+
+def test_parts_of_a_password_are_masked_wherever_they_show() -> None:
+    keep_out("Hunter2Hunter2", database_url="postgresql://u:S3c@ret/PW@db/x")
+    assert mask_secrets("host 'ret/PW@db' and Hunter2Hunter2") == "host '***@db' and ***"
+    assert mask_secrets("postgres on db:5432") == "postgres on db:5432", "what is not a part of one stays"
+    keep_out()
+    assert mask_secrets("ret/PW") == "ret/PW", "each call names the secrets anew"
