@@ -52,6 +52,7 @@ class Ledger:
         if path is None:
             yield cls(None)
             return
+        _writable(path, "the ledger")
         with path.open("ab") as out:
             yield cls(out)
 
@@ -110,6 +111,8 @@ def produce_workload(
     `rate` limits messages per second; `expected` receives the totals as JSON; `on_ack(message,
     generated)` is called for every acknowledged message with the generator's record of it.
     """
+    if expected is not None:  # found before anything is produced, not once it all was
+        _writable(expected, "the expected totals")
     bootstrap = str(producer_config["bootstrap.servers"])
     # The producer's own address and credentials (security.*, sasl.*, ssl.*), not its tuning.
     admin = AdminClient({k: v for k, v in producer_config.items()
@@ -169,6 +172,15 @@ def produce_workload(
     if expected is not None:
         expected.write_bytes(workload.totals.to_json())
     return ProduceResult(acked, seconds)
+
+
+def _writable(path: Path, what: str) -> None:
+    """Raise ProduceError unless `path` can be written (created when missing, appended to otherwise)."""
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise ProduceError(f"cannot write {what} to {path}: {exc.strerror or exc}") from None
 
 
 def _bind(

@@ -124,3 +124,14 @@ def test_parts_of_a_password_are_masked_wherever_they_show() -> None:
     assert mask_secrets("postgres on db:5432") == "postgres on db:5432", "what is not a part of one stays"
     keep_out()
     assert mask_secrets("ret/PW") == "ret/PW", "each call names the secrets anew"
+
+
+@pytest.mark.parametrize("option", ["--expected", "--ledger"])
+def test_produce_refuses_a_file_it_cannot_write_before_it_produces_anything(tmp_path: Path, option: str) -> None:
+    # Nothing listens on port 1: had it produced first, it would fail on Kafka, not on the file.
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    result = subprocess.run([sys.executable, "-m", "consumer.cli", "produce", "--count", "10", option, str(tmp_path)],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot write the {'expected totals' if option == '--expected' else 'ledger'} to {tmp_path}: Is a " \
+           "directory" in result.stderr, result.stderr  # fmt: skip
