@@ -108,7 +108,9 @@ def check_database(settings: Settings, target: Target) -> None:
 def check_kafka(settings: Settings, timeout: float = KAFKA_REQUEST_TIMEOUT_S) -> AdminClient:
     """Raise StartupError unless a broker answers within `timeout` seconds."""
     config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **security_config(settings)}
-    config["logger"] = quiet_logger()
+    # A metadata request naming a topic (`positions reset --topic`) must not create it on a broker
+    # with auto.create.topics.enable (Kafka's default): an admin client asks for that unless told not to.
+    config.update(logger=quiet_logger(), **{"allow.auto.create.topics": False})
     admin = AdminClient(config)
     try:
         admin.list_topics(timeout=timeout)

@@ -252,7 +252,7 @@ def _stored(database_url: str, group: str, topic: str, partition: int) -> int:
 
 
 def test_positions_reset_refuses_a_mistake_in_one_clear_line(
-    service_env: dict[str, str], invoice_pipeline: Path, unique: str
+    kafka: KafkaService, service_env: dict[str, str], invoice_pipeline: Path, unique: str
 ) -> None:
     assert run_cli(service_env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
     for argv, fragment in (
@@ -261,6 +261,8 @@ def test_positions_reset_refuses_a_mistake_in_one_clear_line(
     ):
         result = run_cli(service_env, "positions", "reset", *argv, "--pipeline", str(invoice_pipeline))
         assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr, result.stderr
+    # The broker creates topics on request (auto.create.topics.enable, its default): a typo must not.
+    assert f"missing-{unique}" not in AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=10).topics
 
 
 @pytest.mark.parametrize("with_topic_id", [False, True], ids=["coordinates only", "coordinates and topic_id"])
