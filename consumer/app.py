@@ -140,7 +140,7 @@ def lasting_admin(settings: Settings, logger: logging.Logger) -> AdminClient:
     """An admin client that lives as long as the consumer: kafka_config's security settings, and the
     reconnect settings of the consumer and producers (consumer/kafka_config.py: RECONNECTS)."""
     config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **reconnects(settings)}
-    config.update(security_config(settings), logger=logger)
+    config.update(security_config(settings), logger=logger, **{"allow.auto.create.topics": False})  # as check_kafka
     return AdminClient(config)
 
 
