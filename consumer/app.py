@@ -17,6 +17,7 @@ from consumer import __version__
 from consumer.breaker import BreakerPolicy, DeadLetterBreaker
 from consumer.deadletter import DeadLetterProducer, GuardedSink, HaltOnReject
 from consumer.dlq_limits import SizeLimit, producer_max_bytes, topic_max_bytes
+from consumer.kafka_clients import made
 from consumer.kafka_config import consumer_config, dead_letter_producer_config, reconnects
 from consumer.loop import LoopOptions, RunLoop
 from consumer.metrics import Metrics
@@ -111,7 +112,7 @@ def check_kafka(settings: Settings, timeout: float = KAFKA_REQUEST_TIMEOUT_S) ->
     # A metadata request naming a topic (`positions reset --topic`) must not create it on a broker
     # with auto.create.topics.enable (Kafka's default): an admin client asks for that unless told not to.
     config.update(logger=quiet_logger(), **{"allow.auto.create.topics": False})
-    admin = AdminClient(config)
+    admin = made(AdminClient, config)
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -141,7 +142,7 @@ def lasting_admin(settings: Settings, logger: logging.Logger) -> AdminClient:
     reconnect settings of the consumer and producers (consumer/kafka_config.py: RECONNECTS)."""
     config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, **reconnects(settings)}
     config.update(security_config(settings), logger=logger, **{"allow.auto.create.topics": False})  # as check_kafka
-    return AdminClient(config)
+    return made(AdminClient, config)
 
 
 def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSink:
@@ -167,12 +168,12 @@ def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSi
     )
     producer_settings["logger"] = logging.getLogger("librdkafka")  # type: ignore[assignment]
     producer = DeadLetterProducer(
-        Producer(producer_settings),
+        made(Producer, producer_settings),
         topic,
         target.group,
         timeout_s=settings.dead_letter_timeout_s,
         limit=limit,
-        renew=lambda: Producer(producer_settings),
+        renew=lambda: made(Producer, producer_settings),
         on_delivered=lambda rejection: metrics.dead_letters.labels(rejection.reason.value).inc(),
     )
     return GuardedSink(producer, breaker)
@@ -194,7 +195,7 @@ def build_loop(settings: Settings, target: Target, telemetry: Telemetry, sink: R
     """The run loop over a real Kafka consumer for the pipeline of `target`."""
     config = consumer_config(settings, target.group)
     config["logger"] = logging.getLogger("librdkafka")  # type: ignore[assignment]
-    kafka = Consumer(config)
+    kafka = made(Consumer, config)
     options = LoopOptions(
         topics=target.spec.topics,
         group=target.group,

@@ -19,8 +19,7 @@ from consumer import __version__
 from consumer.app import StartupError, build_loop, build_target, check_kafka, database_error, describe
 from consumer.generators import NoGenerator, workload_options
 from consumer.health import Health, HealthServer
-from consumer.kafka_check import check_kafka_config
-from consumer.kafka_config import consumer_config, producer_config
+from consumer.kafka_config import check_passthrough, consumer_config, producer_config
 from consumer.logs import mask_secrets, setup_logging
 from consumer.loop import EXIT_OK, KafkaRefused, RunLoop
 from consumer.metrics import REASONS, Metrics
@@ -43,7 +42,7 @@ log = logging.getLogger("microbatch")
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config, pipeline=getattr(args, "pipeline", None))
-    check_kafka_config(settings)  # refuse unsafe or unusable Kafka overrides before touching anything
+    check_passthrough(settings.kafka_config)  # refuse unsafe Kafka overrides before touching anything
     return settings
 
 

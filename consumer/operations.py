@@ -20,7 +20,9 @@ from consumer.app import (
     quiet_logger,
     security_config,
 )
-from consumer.kafka_check import check_kafka_config
+from consumer.kafka_check import check_clients
+from consumer.kafka_clients import made
+from consumer.kafka_config import check_passthrough
 from consumer.settings import ConfigError, Settings, load_settings
 from pipeline.errors import DatabaseFailure
 from pipeline.spec_loader import PipelineFileError, load_pipeline
@@ -62,8 +64,9 @@ def collect_status(settings: Settings, target: Target) -> Status:
         stored = target.all_positions()
     except DatabaseFailure as error:
         raise database_error(settings, error) from None
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": target.group,
-                      "enable.auto.commit": False, "logger": quiet_logger(), **security_config(settings)})  # fmt: skip
+    probe = made(Consumer, {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": target.group,
+                            "enable.auto.commit": False, "logger": quiet_logger(),
+                            **security_config(settings)})  # fmt: skip
     try:
         status = Status(group=target.group, dead_letter_topic=target.spec.dead_letter_topic)
         for topic in target.spec.topics:
@@ -115,7 +118,7 @@ def check_config(config_file: Path | None, pipeline_source: str | None) -> list[
     results: list[CheckResult] = []
     try:
         settings = load_settings(config_file, pipeline=pipeline_source)
-        check_kafka_config(settings)
+        check_passthrough(settings.kafka_config)
     except ConfigError as exc:
         return [CheckResult("configuration", False, str(exc))]
     results.append(CheckResult("configuration", True, "all settings valid"))
@@ -126,10 +129,11 @@ def check_config(config_file: Path | None, pipeline_source: str | None) -> list[
     results.append(CheckResult("pipeline", True, f"{spec.name!r}: {len(spec.fields)} fields, "
                                                  f"{1 + len(spec.summaries) + len(spec.lookups)} tables"))  # fmt: skip
     try:
+        check_clients(settings, settings.group_id or spec.group, spec.dead_letter_topic)
         admin = check_kafka(settings)
         results.append(CheckResult("kafka", True, f"broker reachable at {settings.kafka_bootstrap_servers}"))
         results += _check_topics(admin, [*spec.topics], spec.dead_letter_topic)
-    except StartupError as exc:
+    except (StartupError, ConfigError) as exc:
         results.append(CheckResult("kafka", False, str(exc)))
     target = build_target(settings, spec)
     try:

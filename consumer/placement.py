@@ -115,6 +115,8 @@ def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa:
         # The row vanished while this consumer owned the partition (a restore, a failover that lost
         # commits): never the Kafka commit, nor the end; the log start when the reset policy says so.
         fresh = _fresh_start(rules, facts)
+        if fresh is None and rules.auto_offset_reset == "earliest":
+            return Placement(None)  # the log start is unknown now: the partition is placed later
         again = facts.assigned_at if fresh is None else min(facts.assigned_at, fresh)
         detail = (
             f"the stored row vanished: reading again from {again}, where this consumer's ownership started"

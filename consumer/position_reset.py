@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumer.app import StartupError, build_target, check_database, check_kafka, database_error, quiet_logger
+from consumer.kafka_clients import made
 from consumer.kafka_config import consumer_config
 from consumer.log_facts import LogFacts
 from consumer.settings import Settings
@@ -137,7 +138,7 @@ def reset_command(settings: Settings, topic: str, partition: int | None, to_text
     target = build_target(settings)
     admin = check_kafka(settings)
     probe_config: dict[str, Any] = {**consumer_config(settings, target.group), "logger": quiet_logger()}
-    probe = Consumer(probe_config)
+    probe = made(Consumer, probe_config)
     partitions = None if partition is None else [partition]
     try:
         check_database(settings, target)

@@ -7,6 +7,7 @@ run that ends with unacknowledged messages fails loudly instead of writing wrong
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from consumer.generators import new_workload
+from consumer.kafka_clients import made
 from consumer.workload import Message as GeneratedMessage
 from consumer.workload import WorkloadOptions
 
@@ -52,8 +54,11 @@ class Ledger:
         if path is None:
             yield cls(None)
             return
-        _writable(path, "the ledger")
-        with path.open("ab") as out:
+        try:
+            out = path.open("ab")
+        except OSError as exc:
+            raise ProduceError(f"cannot write the ledger to {path}: {exc.strerror or exc}") from None
+        with out:
             yield cls(out)
 
     def record(self, message: Message, generated: object) -> None:
@@ -115,8 +120,12 @@ def produce_workload(
         _writable(expected, "the expected totals")
     bootstrap = str(producer_config["bootstrap.servers"])
     # The producer's own address and credentials (security.*, sasl.*, ssl.*), not its tuning.
-    admin = AdminClient({k: v for k, v in producer_config.items()
-                         if k == "bootstrap.servers" or k.startswith(("security.", "sasl.", "ssl."))})  # fmt: skip
+    reach = {
+        k: v
+        for k, v in producer_config.items()
+        if k == "bootstrap.servers" or k.startswith(("security.", "sasl.", "ssl."))
+    }
+    admin = made(AdminClient, reach)
     try:
         ensure_topic(admin, topic, partitions)
     except KafkaException as exc:
@@ -127,7 +136,7 @@ def produce_workload(
         "compression.type": "lz4",
         **producer_config,
     }
-    producer = Producer(config)
+    producer = made(Producer, config)
     workload = new_workload(options)
     failures: list[str] = []
     acked = 0
@@ -175,12 +184,17 @@ def produce_workload(
 
 
 def _writable(path: Path, what: str) -> None:
-    """Raise ProduceError unless `path` can be written (created when missing, appended to otherwise)."""
-    try:
-        with path.open("ab"):
-            pass
-    except OSError as exc:
-        raise ProduceError(f"cannot write {what} to {path}: {exc.strerror or exc}") from None
+    """Raise ProduceError unless `path` could be written, without creating it: a file that may be
+    replaced, or none yet in a directory that may hold it."""
+    if path.is_dir():
+        problem = "Is a directory"
+    elif not path.parent.is_dir():
+        problem = "No such file or directory"
+    elif not os.access(path if path.exists() else path.parent, os.W_OK):
+        problem = "Permission denied"
+    else:
+        return
+    raise ProduceError(f"cannot write {what} to {path}: {problem}")
 
 
 def _bind(

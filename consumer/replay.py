@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.deadletter import DLQ_PREFIX, header_dict
+from consumer.kafka_clients import made
 from pipeline.records import read_headers
 
 
@@ -124,10 +125,13 @@ def _omitted(message: Message, headers: dict[str, str], dlq_topic: str, parts: t
     return Omitted(letter, original_of(headers), size, digest, parts)
 
 
-def _produce(producer: Producer, target: str, message: Message, dlq_topic: str, *, deadline: float,
-             delivered: Callable[[KafkaError | None, Message], None]) -> None:  # fmt: skip
-    """Hand one replayed message to the producer, waiting while its local queue is full (until `deadline`).
-    Raises what `_UNSENDABLE` names when no client can send it, ReplayError at the deadline."""
+def _produce(  # noqa: PLR0917 - one call site, the run's own state
+    producer: Producer, target: str, message: Message, dlq_topic: str, deadline: float,
+    delivered: Callable[[KafkaError | None, Message], None], failures: list[str],
+) -> bool:  # fmt: skip
+    """Hand one replayed message to the producer, waiting while its local queue is full (ReplayError at
+    `deadline`). False, with the reason in `failures`, when no client can send it: the run goes on, and
+    fails once the others were sent."""
     headers = replay_headers(message, dlq_topic)
     while True:
         try:
@@ -137,7 +141,12 @@ def _produce(producer: Producer, target: str, message: Message, dlq_topic: str, 
             if time.monotonic() > deadline:
                 raise ReplayError("the producer's local queue stayed full: messages not replayed") from None
             producer.poll(FULL_QUEUE_WAIT_S)
+        except _UNSENDABLE as exc:
+            where = f"{dlq_topic}/{message.partition()}/{message.offset()}"
+            failures.append(f"dead letter {where} cannot be sent to {target!r}: {exc}")
+            return False
     producer.poll(0)
+    return True
 
 
 def original_of(headers: dict[str, str]) -> Original | None:
@@ -201,8 +210,8 @@ def replay(
     """Replay matching dead letters; returns what was scanned, matched and (unless dry_run) replayed."""
     config = {**consumer_config, "group.id": f"microbatch-dlq-replay-{uuid.uuid4().hex[:8]}",
               "enable.auto.commit": False, "enable.partition.eof": False}  # fmt: skip
-    reader = Consumer(config)
-    producer = None if dry_run else Producer(producer_config)
+    reader = made(Consumer, config)
+    producer = None if dry_run else made(Producer, producer_config)
     summary = ReplaySummary()
     failures: list[str] = []
 
@@ -232,17 +241,14 @@ def replay(
                     summary.copies += 1
                 omitted.setdefault(original or found.letter, found)
                 continue
+            if producer is not None and not _produce(producer, target, message, dlq_topic, deadline, delivered,
+                                                     failures):  # fmt: skip
+                continue  # not selected: a later copy of it is tried in its turn
             if original is not None:
                 seen.add(original)
             summary.selected += 1
             summary.by_reason[headers.get("dlq.reason", "unknown")] += 1
             summary.by_target[target] += 1
-            if producer is not None:
-                try:
-                    _produce(producer, target, message, dlq_topic, deadline=deadline, delivered=delivered)
-                except _UNSENDABLE as exc:  # the run goes on, and fails once the others were sent
-                    failures.append(f"dead letter {dlq_topic}/{message.partition()}/{message.offset()} cannot be "
-                                    f"sent to {target!r}: {exc}")  # fmt: skip
         # A message with an omitted copy and a whole one was replayed from the whole one.
         summary.copies += sum(1 for found in omitted if found in seen)
         summary.omitted = [letter for found, letter in omitted.items() if found not in seen]
@@ -250,7 +256,7 @@ def replay(
             remaining = producer.flush(60)
             if failures or remaining:
                 first = failures[0] if failures else "timed out"
-                raise ReplayError(f"{len(failures) + remaining} replayed message(s) not acknowledged: {first}")
+                raise ReplayError(f"{len(failures) + remaining} message(s) not replayed: {first}")
             summary.replayed = summary.selected
     finally:
         reader.close()

@@ -26,7 +26,6 @@ from consumer.environment import (
     is_service_link,
     is_service_link_value,
 )
-from consumer.logs import keep_out
 from consumer.secret_files import read_secret_files
 from consumer.settings_errors import format_validation_error
 from consumer.window import LIMITS
@@ -95,7 +94,6 @@ class Settings(BaseModel):
     )
     group_id: str | None = Field(
         None,
-        min_length=1,
         description="Consumer group; default: the pipeline's `group`.",
     )
     startup_timeout_s: float = Field(
@@ -289,8 +287,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(format_validation_error(exc, from_env, config_file)) from None
     if overrides:
         settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    secrets = [str(value) for key, value in settings.kafka_config.items() if secret_kafka_key(key)]
-    keep_out(*secrets, database_url=settings.database_url.get_secret_value())  # masked in all we print
     problems = inconsistencies(settings)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in problems))

@@ -26,6 +26,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from consumer.app import KAFKA_REQUEST_TIMEOUT_S, StartupError, database_error, quiet_logger, security_config
 from consumer.health import Health
+from consumer.kafka_clients import made
 from consumer.settings import Settings
 from pipeline.database import describe_target
 from pipeline.errors import DatabaseFailure, FailureClass
@@ -90,7 +91,7 @@ def kafka_wait(
         "logger": quiet_logger(),
         "error_cb": refusals.append,
     }
-    admin = make_admin(config)
+    admin = made(make_admin, config)
     servers = settings.kafka_bootstrap_servers
     try:
         topics = admin.list_topics(timeout=KAFKA_REQUEST_TIMEOUT_S).topics

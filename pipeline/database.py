@@ -11,6 +11,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from pipeline.url_text import scrub
+
 
 @dataclass(frozen=True)
 class SessionSettings:
@@ -58,19 +60,24 @@ class Database:
             return self._conn
         self.discard()
         s = self.settings
-        conn = psycopg.connect(
-            self._url,
-            autocommit=True,
-            connect_timeout=s.connect_timeout_s,
-            # A silently dropped connection (a failover, a dead NAT entry) is noticed in tens of seconds,
-            # not after the kernel's two hours: keepalives while idle, tcp_user_timeout while sending.
-            keepalives=1,
-            keepalives_idle=s.keepalive_idle_s,
-            keepalives_interval=5,
-            keepalives_count=4,
-            tcp_user_timeout=s.tcp_user_timeout_ms,
-            application_name=s.application_name,
-        )
+        try:
+            conn = psycopg.connect(
+                self._url,
+                autocommit=True,
+                connect_timeout=s.connect_timeout_s,
+                # A silently dropped connection (a failover, a dead NAT entry) is noticed in tens of seconds,
+                # not after the kernel's two hours: keepalives while idle, tcp_user_timeout while sending.
+                keepalives=1,
+                keepalives_idle=s.keepalive_idle_s,
+                keepalives_interval=5,
+                keepalives_count=4,
+                tcp_user_timeout=s.tcp_user_timeout_ms,
+                application_name=s.application_name,
+            )
+        except psycopg.OperationalError as exc:
+            if (scrubbed := scrub(str(exc), self._url)) != str(exc):  # libpq named a host read out of a password
+                raise psycopg.OperationalError(scrubbed) from None
+            raise
         try:
             conn.execute(
                 "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false), "
@@ -124,4 +131,4 @@ def describe_target(url: str) -> str:
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
     port = str(params.get("port") or "5432")
     dbname = str(params.get("dbname") or params.get("user") or "")
-    return f"{host}:{port}/{dbname}"
+    return scrub(f"{host}:{port}/{dbname}", url)

@@ -175,8 +175,9 @@ def redacted_message(exc: BaseException, limit: int = 300) -> str:
         text = _DIGITS.sub("…", text)
     elif isinstance(exc, psycopg.ProgrammingError) and sqlstate_of(exc) is None:
         # libpq could not parse the connection string, and quotes the part it could not read: maybe the
-        # password (`invalid percent-encoded token: "p%zz…"`).
-        text = _QUOTED.sub(lambda match: f'{match.group("word") or ""}"…"', text)
+        # password (`invalid percent-encoded token: "p%zz…"`), itself holding quotes: from the first
+        # quote to the last, all of it goes.
+        text = re.sub(r'".*"', '"…"', text)
     return text[:limit]
 
 

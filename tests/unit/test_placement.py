@@ -113,6 +113,8 @@ def test_a_row_that_vanished_is_read_again_from_the_log_start_with_earliest() ->
     placement = place(PID, facts, Rules(auto_offset_reset="earliest", adopt_kafka_offsets=True))
     assert placement.start == 200 and placement.event == "reset"
     assert placement.change is not None and "(1000)" in placement.change.detail
+    unknown = place(PID, Facts(None, NEW, low=None, high=None, assigned_at=1_000), Rules(auto_offset_reset="earliest"))
+    assert unknown.start is None and unknown.change is None, "not where the ownership started: placed later"
 
 
 def test_a_partition_read_from_an_old_incarnation_is_found_and_no_other() -> None:

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
-from consumer.kafka_check import check_kafka_config
-from consumer.logs import keep_out, mask_secrets
+from consumer.kafka_check import check_clients
+from consumer.kafka_clients import made
 from consumer.settings import ConfigError, load_settings
 from pipeline.spec_loader import PipelineFileError, builtin_dir, load_pipeline
+from pipeline.url_text import scrub
 
 INVOICES = (builtin_dir() / "invoices.toml").read_text()
 
@@ -49,16 +51,11 @@ def test_a_pipeline_or_config_file_that_cannot_be_read_says_why(
     assert reason in str(pipeline.value) and reason in str(config.value), (pipeline.value, config.value)
 
 
-def test_an_empty_group_is_refused_before_librdkafka_aborts_the_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_empty_group_is_refused_before_librdkafka_aborts_the_process(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text(INVOICES.replace('group = "microbatch-invoices"', 'group = ""'))
     with pytest.raises(PipelineFileError, match="group: String should have at least 1 character"):
         load_pipeline(path)
-    monkeypatch.setenv("MICROBATCH_GROUP_ID", "")
-    with pytest.raises(ConfigError, match="group_id"):
-        load_settings()
 
 
 def test_a_default_its_own_field_refuses_is_found_when_the_file_is_read(tmp_path: Path) -> None:
@@ -82,16 +79,22 @@ def test_a_kafka_config_librdkafka_refuses_is_a_configuration_error(
 ) -> None:
     monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG", kafka_config)
     with pytest.raises(ConfigError, match="kafka_config: the Kafka client refuses it") as refused:
-        check_kafka_config(load_settings())
+        check_clients(load_settings(), "group", None)
     assert said in str(refused.value)
 
 
-def test_the_kafka_clients_refusal_masks_the_credentials_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_config_makes_the_producer_only_where_run_makes_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # librdkafka refuses this for an idempotent producer only: run makes one for a dead-letter topic.
+    monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG", '{"max.in.flight.requests.per.connection": "10"}')
+    check_clients(load_settings(), "group", None)
+    with pytest.raises(ConfigError, match=r"max\.in\.flight"):
+        check_clients(load_settings(), "group", "events.dlq")
+
+
+def test_the_kafka_clients_refusal_masks_the_credentials_in_it() -> None:
     # librdkafka quotes the value it refuses: here the password too (the same text, in another key).
-    monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG", '{"security.protocol": "Hunter2Hunter2", "sasl.password": '
-                       '"Hunter2Hunter2"}')  # fmt: skip
     with pytest.raises(ConfigError) as refused:
-        check_kafka_config(load_settings())
+        made(Producer, {"security.protocol": "Hunter2Hunter2", "sasl.password": "Hunter2Hunter2"})
     assert "Hunter2" not in str(refused.value) and "**********" in str(refused.value)
 
 
@@ -118,12 +121,14 @@ def test_a_password_libpq_does_not_read_as_one_never_shows(url: str) -> None:
         assert part not in printed, printed
 
 
-def test_parts_of_a_password_are_masked_wherever_they_show() -> None:
-    keep_out("Hunter2Hunter2", database_url="postgresql://u:S3c@ret/PW@db/x")
-    assert mask_secrets("host 'ret/PW@db' and Hunter2Hunter2") == "host '***@db' and ***"
-    assert mask_secrets("postgres on db:5432") == "postgres on db:5432", "what is not a part of one stays"
-    keep_out()
-    assert mask_secrets("ret/PW") == "ret/PW", "each call names the secrets anew"
+def test_only_a_password_libpq_misreads_is_masked_and_only_in_messages_of_that_url() -> None:
+    misread = "postgresql://u:S3c@ret/PW@db/x"  # libpq: password S3c, host ret, database PW@db/x
+    assert scrub("host 'ret/PW@db' at db:5432/PW@db/x", misread) == "host '***/***@db' at db:5432/***@db/x"
+    as_written = "postgresql://microbatch:microbatch@db:5432/microbatch"  # read as written: nothing hidden
+    assert scrub("cannot connect to db:5432/microbatch (microbatch.loop)", as_written) == (
+        "cannot connect to db:5432/microbatch (microbatch.loop)"
+    )
+    assert scrub("u:x@h", "postgresql://u:x/y@h/d") == "u:x@h", "a single character alone stays"
 
 
 @pytest.mark.parametrize("option", ["--expected", "--ledger"])
