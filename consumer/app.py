@@ -173,7 +173,7 @@ def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSi
         target.group,
         timeout_s=settings.dead_letter_timeout_s,
         limit=limit,
-        renew=lambda: made(Producer, producer_settings),
+        renew=lambda: Producer(producer_settings),  # accepted by librdkafka at start: not a configuration error now
         on_delivered=lambda rejection: metrics.dead_letters.labels(rejection.reason.value).inc(),
     )
     return GuardedSink(producer, breaker)

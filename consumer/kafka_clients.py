@@ -23,7 +23,7 @@ def made(kind: Callable[[dict[str, Any]], Client], config: Mapping[str, Any]) ->
     """`kind(config)` (a Consumer, a Producer, an AdminClient); ConfigError when librdkafka refuses `config`."""
     try:
         return kind(dict(config))
-    except KafkaException as exc:
+    except (KafkaException, TypeError, ValueError) as exc:  # the last two: the binding's own checks (`*_cb`)
         error = exc.args[0] if exc.args else exc
         refusal = error.str() if hasattr(error, "str") else str(error)
         for key, value in config.items():

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from pipeline.errors import sqlstate_of
 from pipeline.url_text import scrub
 
 
@@ -30,6 +31,11 @@ class SessionSettings:
     keepalive_idle_s: int = 10
     tcp_user_timeout_ms: int = 30_000
     application_name: str = "microbatch"
+
+
+class ScrubbedConnectionError(psycopg.OperationalError):
+    """A connection failure whose message had the parts of a misread password taken out (pipeline.url_text),
+    with the original's SQLSTATE."""
 
 
 class Database:
@@ -76,7 +82,9 @@ class Database:
             )
         except psycopg.OperationalError as exc:
             if (scrubbed := scrub(str(exc), self._url)) != str(exc):  # libpq named a host read out of a password
-                raise psycopg.OperationalError(scrubbed) from None
+                error = ScrubbedConnectionError(scrubbed)
+                error.sqlstate = sqlstate_of(exc)  # classified as the original (a refused login by its words)
+                raise error from None
             raise
         try:
             conn.execute(

@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from confluent_kafka import Producer
 
 from consumer.kafka_check import check_clients
 from consumer.kafka_clients import made
 from consumer.settings import ConfigError, load_settings
+from pipeline.database import Database, ScrubbedConnectionError, describe_target
+from pipeline.errors import FailureClass, classify, sqlstate_of
 from pipeline.spec_loader import PipelineFileError, builtin_dir, load_pipeline
-from pipeline.url_text import scrub
+from pipeline.url_text import leaked_parts, scrub
 
 INVOICES = (builtin_dir() / "invoices.toml").read_text()
 
@@ -72,6 +75,7 @@ def test_a_default_its_own_field_refuses_is_found_when_the_file_is_read(tmp_path
         ('{"security.protocol": "bogus"}', 'Invalid value "bogus" for configuration property "security.protocol"'),
         ('{"bogus.prop": "x"}', 'No such configuration property: "bogus.prop"'),
         ('{"security.protocol": "ssl", "ssl.ca.location": "/nonexistent"}', "ssl.ca.location failed"),
+        ('{"stats_cb": "x"}', "expected stats_cb property as a callable function"),  # the binding's own check
     ],
 )
 def test_a_kafka_config_librdkafka_refuses_is_a_configuration_error(
@@ -124,11 +128,25 @@ def test_a_password_libpq_does_not_read_as_one_never_shows(url: str) -> None:
 def test_only_a_password_libpq_misreads_is_masked_and_only_in_messages_of_that_url() -> None:
     misread = "postgresql://u:S3c@ret/PW@db/x"  # libpq: password S3c, host ret, database PW@db/x
     assert scrub("host 'ret/PW@db' at db:5432/PW@db/x", misread) == "host '***/***@db' at db:5432/***@db/x"
-    as_written = "postgresql://microbatch:microbatch@db:5432/microbatch"  # read as written: nothing hidden
-    assert scrub("cannot connect to db:5432/microbatch (microbatch.loop)", as_written) == (
-        "cannot connect to db:5432/microbatch (microbatch.loop)"
-    )
+    for as_written in (
+        "postgresql://microbatch:microbatch@db:5432/microbatch",  # the password is also the database's name
+        "postgresql://microbatch:microbatch@db:5432/microbatch?application_name=svc@pod1",  # an '@' in the query
+        "host=db user=u password=ab&cd dbname=abacus",  # a DSN value runs to the next space
+        "postgresql://u:p%40x@db/d",  # percent-encoded, as it should be
+    ):
+        assert leaked_parts(as_written) == set(), as_written
+        assert describe_target(as_written).startswith("db:5432/"), as_written
     assert scrub("u:x@h", "postgresql://u:x/y@h/d") == "u:x@h", "a single character alone stays"
+
+
+def test_a_scrubbed_connection_error_is_classified_as_the_original() -> None:
+    url = "postgresql://u:pass/word@127.0.0.1:1/x"  # libpq: host u, port pass, database word@127.0.0.1:1/x
+    with pytest.raises(psycopg.OperationalError) as failed:
+        Database(url).connection()
+    assert "pass" not in str(failed.value) and "word" not in str(failed.value), failed.value
+    refused = ScrubbedConnectionError("FATAL:  ***ssword authentication failed for user")
+    refused.sqlstate = sqlstate_of(psycopg.OperationalError('FATAL:  password authentication failed for user "u"'))
+    assert classify(refused) is FailureClass.SYSTEMIC and sqlstate_of(refused) == "28P01"
 
 
 @pytest.mark.parametrize("option", ["--expected", "--ledger"])
