@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from consumer import __version__
 from consumer.app import StartupError, build_loop, build_target, check_kafka, database_error, describe
+from consumer.cli_args import messages_per_second, positive, ratio, timestamp
 from consumer.generators import NoGenerator, workload_options
 from consumer.health import Health, HealthServer
 from consumer.kafka_config import check_passthrough, consumer_config, producer_config
@@ -118,6 +118,11 @@ def _serve(settings: Settings, target: Target, stopping: list[RunLoop], requeste
 
 def cmd_init_db(args: argparse.Namespace) -> int:
     """Create the pipeline's tables (idempotent); list mismatches of existing ones."""
+    if args.grant_to is not None and args.grant_to.lower() == "public":  # refused before anything is read
+        raise StartupError(
+            f"--grant-to {args.grant_to}: PostgreSQL takes the role name public, even quoted, for PUBLIC, every "
+            "role: it would let every role write the pipeline's tables; name the consumer's own role"
+        )
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
     target = build_target(settings)
@@ -262,28 +267,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0 if not failed else EXIT_USAGE
 
 
-def _timestamp(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 CONFIG_HELP = "TOML file with settings (env vars override it; default: $MICROBATCH_CONFIG)"
 
 
@@ -313,13 +296,13 @@ def parser() -> argparse.ArgumentParser:
     init.set_defaults(handler=cmd_init_db)
 
     produce = commands.add_parser("produce", parents=[config], help="produce seeded events for an example pipeline")
-    produce.add_argument("--count", type=_positive, required=True, help="messages to produce")
-    produce.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
-    produce.add_argument("--partitions", type=_positive, default=4, help="partitions when creating the topic")
-    produce.add_argument("--bad-ratio", type=_ratio, default=0.0, help="share of invalid messages")
-    produce.add_argument("--duplicate-ratio", type=_ratio, default=0.0, help="share of producer duplicates")
+    produce.add_argument("--count", type=positive, required=True, help="messages to produce")
+    produce.add_argument("--rate", type=messages_per_second, help="messages per second (default: as fast as possible)")
+    produce.add_argument("--partitions", type=positive, default=4, help="partitions when creating the topic")
+    produce.add_argument("--bad-ratio", type=ratio, default=0.0, help="share of invalid messages")
+    produce.add_argument("--duplicate-ratio", type=ratio, default=0.0, help="share of producer duplicates")
     produce.add_argument("--seed", type=int, default=1, help="random seed")
-    produce.add_argument("--items", type=_positive, help="distinct items (default: 1000; vendor-invoices: 2000)")
+    produce.add_argument("--items", type=positive, help="distinct items (default: 1000; vendor-invoices: 2000)")
     produce.add_argument("--topic", help="topic (default: the pipeline's first topic)")
     produce.add_argument("--expected", type=Path, help="write the expected totals (JSON) here")
     produce.add_argument("--ledger", type=Path, help="append one JSON line per acknowledged message (for the oracle)")
@@ -331,8 +314,8 @@ def parser() -> argparse.ArgumentParser:
     )
     replay_cmd = dlq.add_parser("replay", parents=[config], help="re-drive dead letters to their source topic")
     replay_cmd.add_argument("--reason", action="append", choices=list(REASONS), help="only this reason (repeatable)")
-    replay_cmd.add_argument("--since", type=_timestamp, help="only dead letters that failed at or after this time")
-    replay_cmd.add_argument("--until", type=_timestamp, help="only dead letters that failed before this time")
+    replay_cmd.add_argument("--since", type=timestamp, help="only dead letters that failed at or after this time")
+    replay_cmd.add_argument("--until", type=timestamp, help="only dead letters that failed before this time")
     replay_cmd.add_argument("--to", help="produce to this topic instead of each message's original topic")
     replay_cmd.add_argument("--topic", help="dead-letter topic (default: the pipeline's)")
     replay_cmd.add_argument("--dry-run", action="store_true", help="count what would be replayed, produce nothing")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumer.app import StartupError, build_target, check_database, check_kafka, database_error, quiet_logger
+from consumer.cli_args import NEEDS_OFFSET
 from consumer.kafka_clients import made
 from consumer.kafka_config import consumer_config
 from consumer.log_facts import LogFacts
@@ -29,6 +30,8 @@ from pipeline.records import PartitionId
 from pipeline.target import Target
 
 ATTEMPTS = 5
+# Kafka's offsets_for_times reads a negative time as a request (-1 latest, -2 earliest), not a time.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ResetError(Exception):
@@ -47,14 +50,17 @@ class Moved:
 
 
 def parse_target(text: str) -> int | str | datetime:
-    """`earliest`, `latest`, an offset, or an RFC 3339 timestamp; ValueError otherwise."""
+    """`earliest`, `latest`, an offset, or an RFC 3339 timestamp with its UTC offset, not before the Unix
+    epoch; ValueError otherwise."""
     if text in {"earliest", "latest"}:
         return text
     if text.isdigit():
         return int(text)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
-        raise ValueError("a timestamp needs a UTC offset (e.g. 2026-12-01T10:00:00Z)")
+        raise ValueError(NEEDS_OFFSET)
+    if moment < EPOCH:
+        raise ValueError("a timestamp before 1970-01-01T00:00:00Z is not a time Kafka can look up: use earliest")
     return moment
 
 
@@ -86,10 +92,24 @@ def plan_reset(
             offset = at_time.get(pid, high)
         else:
             offset = int(to)
+            check_offset(pid, offset, low, high)
         if offset is None:
             raise ResetError(f"cannot read the offsets of {topic}[{pid[1]}] from Kafka")
         moved.append(Moved(pid, stored.get(pid), StoredPosition(offset, live), low, high))
     return moved
+
+
+def check_offset(pid: PartitionId, offset: int, low: int | None, high: int | None) -> None:
+    """ResetError unless `offset` is in the partition's log, from its start to its end (the high watermark,
+    where the next message goes): a position outside it is a position gap the consumer would halt on."""
+    where = f"{pid[0]}[{pid[1]}]"
+    if low is None or high is None:
+        raise ResetError(f"cannot read the offsets of {where} from Kafka")
+    if not low <= offset <= high:
+        raise ResetError(
+            f"offset {offset} is outside the log of {where} ({low}..{high}, {high} being its end): "
+            "give an offset in that range, or earliest or latest"
+        )
 
 
 def _offsets_at(kafka: Consumer, pids: Sequence[PartitionId], moment: datetime) -> dict[PartitionId, int]:

@@ -315,6 +315,10 @@ def _read_environment(environ: Mapping[str, str], values: dict[str, Any]) -> dic
                 raise ConfigError(
                     f"invalid configuration:\n  {name} (env {var}): not valid JSON for this setting"
                 ) from None
+            except RecursionError:  # json.loads recurses once per level of nesting
+                raise ConfigError(
+                    f"invalid configuration:\n  {name} (env {var}): not valid JSON for this setting (nested too deeply)"
+                ) from None
             if isinstance(value, dict):  # merged key by key: e.g. the password from a Secret, the rest from the file
                 from_env.update({f"{name}.{key}": var for key in value})
                 value = {**values[name], **value} if isinstance(values.get(name), dict) else value

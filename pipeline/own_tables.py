@@ -29,7 +29,8 @@ VERSION_TABLE = "microbatch_schema_version"
 
 
 def _version(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> int | None:
-    """The recorded version of the offsets table (None: no version table or no row: version 1 or nothing)."""
+    """The recorded version of the offsets table (None: no version table or no row: version 1 or nothing).
+    psycopg.errors.DatatypeMismatch when the recorded version is not an integer (a table made by hand)."""
     exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{VERSION_TABLE}"',)).fetchone()
     if not exists or exists[0] is None:
         return None
@@ -37,7 +38,15 @@ def _version(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> 
         sql.SQL("SELECT version FROM {} WHERE table_name = %s").format(sql.Identifier(schema, VERSION_TABLE)),
         (offsets_table,),
     ).fetchone()
-    return None if row is None else int(row[0])
+    if row is None:
+        return None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError, OverflowError):  # a database error, so callers report it as one
+        raise psycopg.errors.DatatypeMismatch(
+            f"{schema}.{VERSION_TABLE} records version {row[0]!r} for {offsets_table}, not an integer: "
+            "fix or drop that table, then run `microbatch init-db`"
+        ) from None
 
 
 def _exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:

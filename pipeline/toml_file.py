@@ -1,6 +1,7 @@
 """A TOML file a user names (a pipeline, a config file), read so that every way it can fail says why in
-one line: a directory, a file without read permission, bytes that are not UTF-8, text that is not TOML,
-an integer longer than Python converts or a nesting deeper than the parser recurses."""
+one line: a directory, a file without read permission, a file too large to be one (/dev/zero), bytes that
+are not UTF-8, text that is not TOML, an integer longer than Python converts or a nesting deeper than the
+parser recurses."""
 
 from __future__ import annotations
 
@@ -8,21 +9,32 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+# A pipeline or settings file is a few KB. Reading no more than this keeps a path named by mistake (/dev/zero,
+# a log file, a disk image) from being read for ever or filling the memory; far above any real file.
+MAX_BYTES = 16 * 1024 * 1024
+
 
 class TomlError(Exception):
     """The file exists but cannot be read as TOML; str() says why, after the file's name."""
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """The document at `path`. Raises FileNotFoundError when there is no such file, TomlError otherwise."""
+    """The document at `path`. Raises FileNotFoundError when there is no such file, TomlError otherwise
+    (also when it holds more than MAX_BYTES)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise TomlError(f"is not UTF-8 text (byte {exc.start})") from None
+        with path.open("rb") as file:
+            data = file.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise TomlError(f"cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise TomlError(f"is larger than {MAX_BYTES:,} bytes: not a pipeline or settings file (a few KB)")
+    try:
+        # Lines end as Path.read_text (universal newlines) ended them: a lone CR too.
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        raise TomlError(f"is not UTF-8 text (byte {exc.start})") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
