@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.produce import ensure_topic
 from devstack.verify import caught_up, high_watermarks, stored_positions
 from tests.support.consumer_process import ConsumerProcess, run_cli
+from tests.support.dead_letters import produce_noisy
 from tests.support.invoice_rules import Invoice, judge, totals
 from tests.support.kafka_io import metrics_port, scrape
 from tests.support.oracle import check, entry_bytes, read_ledger
@@ -23,13 +24,6 @@ from tests.support.services import KafkaService, wait_until
 from tests.support.user_paths import delete_topics
 
 PARTITIONS = 3
-
-
-def _produce(env: dict[str, str], pipeline: Path, ledger: Path, count: int, seed: int) -> None:
-    result = run_cli(env, "produce", "--pipeline", str(pipeline), "--count", str(count), "--partitions",
-                     str(PARTITIONS), "--seed", str(seed), "--bad-ratio", "0.01", "--duplicate-ratio", "0.01",
-                     "--ledger", str(ledger))  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 def _events(database_url: str, group: str) -> list[tuple[str, int, str, int | None, int | None, str]]:
@@ -73,12 +67,13 @@ def test_a_topic_deleted_and_re_created_is_read_from_its_start_with_an_audit_row
     topic, group, env = f"invoices-{unique}", f"group-{unique}", _env(service_env)
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    _produce(env, invoice_pipeline, first, 6000, seed=1)
+    produce_noisy(env, invoice_pipeline, first, 6000, seed=1, partitions=PARTITIONS)
     consumer = consumer_factory(env, invoice_pipeline)
     wait_until(_settle(kafka, database_url, unique), timeout=90, what="the first incarnation to be written")
     assert consumer.terminate() == 0
     delete_topics(kafka.bootstrap, topic)
-    _produce(env, invoice_pipeline, second, 9000, seed=2)  # re-creates the topic: offsets start at 0 again
+    # It re-creates the topic: offsets start at 0 again.
+    produce_noisy(env, invoice_pipeline, second, 9000, seed=2, partitions=PARTITIONS)
     assert all(mark < 6000 // PARTITIONS * 2 for mark in high_watermarks(kafka.bootstrap, topic, PARTITIONS).values())
     consumer = consumer_factory(env, invoice_pipeline)
     wait_until(_settle(kafka, database_url, unique), timeout=90, what="the new incarnation to be written")
@@ -111,11 +106,11 @@ def test_a_retention_gap_halts_naming_the_range_until_positions_reset_then_every
     topic, group, env = f"invoices-{unique}", f"group-{unique}", _env(service_env)
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
     ledgers = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
-    _produce(env, invoice_pipeline, ledgers[0], 3000, seed=3)
+    produce_noisy(env, invoice_pipeline, ledgers[0], 3000, seed=3, partitions=PARTITIONS)
     consumer = consumer_factory(env, invoice_pipeline)
     wait_until(_settle(kafka, database_url, unique), timeout=90, what="the first batch to be written")
     assert consumer.terminate() == 0
-    _produce(env, invoice_pipeline, ledgers[1], 3000, seed=4)
+    produce_noisy(env, invoice_pipeline, ledgers[1], 3000, seed=4, partitions=PARTITIONS)
     # Retention runs while the consumer is stopped: half of what it has not read yet is deleted.
     stored = {p: _stored(database_url, group, topic, p) for p in range(PARTITIONS)}
     high = high_watermarks(kafka.bootstrap, topic, PARTITIONS)
@@ -163,7 +158,7 @@ def test_with_skip_a_gap_is_skipped_and_the_audit_rows_are_the_deleted_ranges(
     env = _env(service_env, MICROBATCH_ON_POSITION_GAP="skip")
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
     ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, PARTITIONS)
-    _produce(env, invoice_pipeline, tmp_path / "ledger.jsonl", 3000, seed=5)
+    produce_noisy(env, invoice_pipeline, tmp_path / "ledger.jsonl", 3000, seed=5, partitions=PARTITIONS)
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     # The group has stored positions at 0 (as if it had started long ago), and retention deleted 0..99.
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -188,7 +183,7 @@ def test_a_stored_position_beyond_the_end_of_the_log_halts(
 ) -> None:  # fmt: skip
     topic, group, env = f"invoices-{unique}", f"group-{unique}", _env(service_env)
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
-    _produce(env, invoice_pipeline, tmp_path / "ledger.jsonl", 600, seed=6)
+    produce_noisy(env, invoice_pipeline, tmp_path / "ledger.jsonl", 600, seed=6, partitions=PARTITIONS)
     high = high_watermarks(kafka.bootstrap, topic, PARTITIONS)
     with psycopg.connect(database_url, autocommit=True) as conn:  # a truncated log (unclean leader election)
         for p in range(PARTITIONS):
@@ -210,7 +205,7 @@ def test_own_tables_of_an_older_version_are_refused_then_upgraded_in_place(
 ) -> None:  # fmt: skip
     topic, group, env = f"invoices-{unique}", f"group-{unique}", _env(service_env)
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
-    _produce(env, invoice_pipeline, tmp_path / "ledger.jsonl", 900, seed=7)
+    produce_noisy(env, invoice_pipeline, tmp_path / "ledger.jsonl", 900, seed=7, partitions=PARTITIONS)
     with psycopg.connect(database_url, autocommit=True) as conn:  # what microbatch's schema version 1 left
         conn.execute("DROP TABLE microbatch_schema_version, microbatch_position_events")
         conn.execute("ALTER TABLE microbatch_offsets DROP COLUMN topic_id, DROP COLUMN leader_epoch, "
@@ -282,14 +277,14 @@ def test_a_pipeline_deduplicated_by_coordinates_halts_on_a_re_created_topic_unle
     pipeline.write_text(text)
     assert run_cli(env, "init-db", "--pipeline", str(pipeline)).returncode == 0
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    _produce(env, pipeline, first, 1500, seed=8)
+    produce_noisy(env, pipeline, first, 1500, seed=8, partitions=PARTITIONS)
     consumer = consumer_factory(env, pipeline)
     wait_until(_settle(kafka, database_url, unique), timeout=90, what="the first incarnation to be written")
     assert consumer.terminate() == 0
     before, positions = _rows(database_url), stored_positions(database_url, f"group-{unique}")
     assert len(positions) == PARTITIONS, positions
     delete_topics(kafka.bootstrap, topic)
-    _produce(env, pipeline, second, 1500, seed=9)
+    produce_noisy(env, pipeline, second, 1500, seed=9, partitions=PARTITIONS)
     consumer = consumer_factory(env, pipeline)
     if not with_topic_id:
         wait_until(lambda: _sample(consumer, "microbatch_halted") == 1, timeout=60, what="the consumer to halt")
@@ -306,7 +301,7 @@ def test_a_pipeline_deduplicated_by_coordinates_halts_on_a_re_created_topic_unle
     assert consumer.terminate() == 0
     # A restart against the stored rows (same incarnation) reads the topic ID again for its rows.
     third = tmp_path / "third.jsonl"
-    _produce(env, pipeline, third, 900, seed=10)
+    produce_noisy(env, pipeline, third, 900, seed=10, partitions=PARTITIONS)
     consumer = consumer_factory(env, pipeline)
     wait_until(_settle(kafka, database_url, unique), timeout=90, what="the restarted consumer to catch up")
     assert consumer.terminate() == 0

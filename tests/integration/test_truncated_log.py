@@ -15,19 +15,12 @@ from devstack.kafka_server import KafkaServer
 from devstack.verify import caught_up, high_watermarks
 from pipeline.offsets import OffsetsTable, StoredPosition
 from tests.support.consumer_process import ConsumerProcess, run_cli
-from tests.support.dead_letters import create_topic
+from tests.support.dead_letters import create_topic, produce_noisy
 from tests.support.invoice_rules import judge
 from tests.support.kafka_io import port_of, sample
 from tests.support.log_surgery import cut_partition_log
 from tests.support.oracle import check, entry_bytes, read_ledger
 from tests.support.services import wait_until
-
-
-def _produce(env: dict[str, str], pipeline: Path, ledger: Path, count: int, seed: int) -> None:
-    result = run_cli(env, "produce", "--pipeline", str(pipeline), "--count", str(count), "--partitions", "1",
-                     "--seed", str(seed), "--bad-ratio", "0.01", "--duplicate-ratio", "0.01",
-                     "--ledger", str(ledger))  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 def _stored(database_url: str, group: str) -> tuple[int, int | None]:
@@ -60,9 +53,9 @@ def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
     assert run_cli(env, "init-db", "--pipeline", str(invoice_pipeline)).returncode == 0
     create_topic(own_kafka.bootstrap, topic, 1)
     kept, lost, refill = tmp_path / "kept.jsonl", tmp_path / "lost.jsonl", tmp_path / "refill.jsonl"
-    _produce(env, invoice_pipeline, kept, 300, seed=11)
+    produce_noisy(env, invoice_pipeline, kept, 300, seed=11, partitions=1)
     cut_at = high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)]
-    _produce(env, invoice_pipeline, lost, 300, seed=12)  # its own producer: its batches start at cut_at
+    produce_noisy(env, invoice_pipeline, lost, 300, seed=12, partitions=1)  # own producer: batches start at cut_at
     consumer = consumer_factory(env, invoice_pipeline)
     caught = lambda: caught_up(database_url, group, own_kafka.bootstrap, topic, 1)  # noqa: E731
     wait_until(caught, timeout=90, what="the first stream to be written")
@@ -75,11 +68,11 @@ def test_a_log_truncated_and_written_again_is_read_from_where_it_diverged(
     assert ends_at == cut_at and high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)] == cut_at
     part = tmp_path / "part.jsonl"
     if mode == "short":
-        _produce(env, invoice_pipeline, part, 100, seed=14)
+        produce_noisy(env, invoice_pipeline, part, 100, seed=14, partitions=1)
         assert cut_at < high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)] < written
         consumer = consumer_factory(env, invoice_pipeline)
         wait_until(lambda: "reading them from" in consumer.output(), timeout=60, what="the truncation found")
-    _produce(env, invoice_pipeline, refill, 400, seed=13)
+    produce_noisy(env, invoice_pipeline, refill, 400, seed=13, partitions=1)
     high = high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)]
     assert high > written, "the log is written again past the stored position: its bounds show nothing"
 
@@ -143,16 +136,16 @@ def test_a_pipeline_deduplicated_by_offset_halts_on_a_truncated_log_until_an_ope
     assert run_cli(env, "init-db", "--pipeline", str(pipeline)).returncode == 0
     create_topic(own_kafka.bootstrap, topic, 1)
     kept, lost, refill = tmp_path / "kept.jsonl", tmp_path / "lost.jsonl", tmp_path / "refill.jsonl"
-    _produce(env, pipeline, kept, 300, seed=21)
+    produce_noisy(env, pipeline, kept, 300, seed=21, partitions=1)
     cut_at = high_watermarks(own_kafka.bootstrap, topic, 1)[(topic, 0)]
-    _produce(env, pipeline, lost, 300, seed=22)
+    produce_noisy(env, pipeline, lost, 300, seed=22, partitions=1)
     consumer = consumer_factory(env, pipeline)
     caught = lambda: caught_up(database_url, group, own_kafka.bootstrap, topic, 1)  # noqa: E731
     wait_until(caught, timeout=90, what="the first stream to be written")
     assert consumer.terminate() == 0
     written, _ = _stored(database_url, group)
     assert cut_partition_log(own_kafka, topic, 0, cut_at) == cut_at
-    _produce(env, pipeline, refill, 400, seed=23)
+    produce_noisy(env, pipeline, refill, 400, seed=23, partitions=1)
 
     consumer = consumer_factory(env, pipeline)
     port = port_of(consumer)

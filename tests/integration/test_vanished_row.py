@@ -11,16 +11,9 @@ import psycopg
 
 from devstack.verify import caught_up
 from tests.support.consumer_process import ConsumerProcess, run_cli
-from tests.support.dead_letters import create_topic
+from tests.support.dead_letters import create_topic, produce_noisy
 from tests.support.oracle import check, read_ledger
 from tests.support.services import KafkaService, wait_until
-
-
-def _produce(env: dict[str, str], pipeline: Path, ledger: Path, count: int, seed: int) -> None:
-    result = run_cli(env, "produce", "--pipeline", str(pipeline), "--count", str(count), "--partitions", "1",
-                     "--seed", str(seed), "--bad-ratio", "0.01", "--duplicate-ratio", "0.01",
-                     "--ledger", str(ledger))  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 def _audited(database_url: str, group: str) -> list[tuple[int, str]]:
@@ -45,12 +38,12 @@ def test_a_row_lost_in_a_restore_is_read_again_from_the_log_start_with_everythin
     caught = lambda: caught_up(database_url, group, kafka.bootstrap, topic, 1)  # noqa: E731
     ledgers = [tmp_path / f"part{n}.jsonl" for n in range(3)]
 
-    _produce(env, invoice_pipeline, ledgers[0], 300, seed=31)
+    produce_noisy(env, invoice_pipeline, ledgers[0], 300, seed=31, partitions=1)
     earlier = consumer_factory(env, invoice_pipeline)  # an earlier process writes the first part
     wait_until(caught, timeout=90, what="the first part to be written")
     assert earlier.terminate() == 0
     consumer = consumer_factory(env, invoice_pipeline)  # this one's ownership starts after it
-    _produce(env, invoice_pipeline, ledgers[1], 300, seed=32)
+    produce_noisy(env, invoice_pipeline, ledgers[1], 300, seed=32, partitions=1)
     wait_until(caught, timeout=90, what="the second part to be written")
 
     # The restore: a backup from before the partition's row existed (every table as init-db left it),
@@ -62,7 +55,7 @@ def test_a_row_lost_in_a_restore_is_read_again_from_the_log_start_with_everythin
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
                      "AND pid <> pg_backend_pid()")  # fmt: skip
     wait_until(lambda: _audited(database_url, group) != [], timeout=60, what="the lost row to be found")
-    _produce(env, invoice_pipeline, ledgers[2], 100, seed=33)
+    produce_noisy(env, invoice_pipeline, ledgers[2], 100, seed=33, partitions=1)
     wait_until(caught, timeout=90, what="everything to be written again")
     assert consumer.terminate() == 0
     assert "Traceback" not in consumer.output(), consumer.output()[-2000:]

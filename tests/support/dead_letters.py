@@ -36,11 +36,20 @@ def create_topic(bootstrap: str, topic: str, partitions: int, **config: str) -> 
     wait_until(lambda: topic in admin.list_topics(timeout=10).topics, timeout=30, what=f"topic {topic} to exist")
 
 
-def produce_stream(env: dict[str, str], pipeline: Path, ledger: Path, count: int, *extra: str) -> None:
-    """`microbatch produce` of `count` seeded invoice events over PARTITIONS partitions, recorded in `ledger`."""
+def produce_stream(
+    env: dict[str, str], pipeline: Path, ledger: Path, count: int, *extra: str, partitions: int = PARTITIONS
+) -> None:
+    """`microbatch produce` of `count` seeded invoice events (over `partitions` partitions when it creates
+    the topic), recorded in `ledger`."""
     result = run_cli(env, "produce", "--pipeline", str(pipeline), "--count", str(count),
-                     "--partitions", str(PARTITIONS), "--ledger", str(ledger), *extra)  # fmt: skip
+                     "--partitions", str(partitions), "--ledger", str(ledger), *extra)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def produce_noisy(env: dict[str, str], pipeline: Path, ledger: Path, count: int, *, seed: int, partitions: int) -> None:
+    """`produce_stream` with 1% invalid messages and 1% producer duplicates."""
+    produce_stream(env, pipeline, ledger, count, "--seed", str(seed), "--bad-ratio", "0.01",
+                   "--duplicate-ratio", "0.01", partitions=partitions)  # fmt: skip
 
 
 def _b64(data: str | bytes | None) -> str | None:
