@@ -15,13 +15,14 @@ from confluent_kafka.admin import AdminClient
 
 from consumer import __version__
 from consumer.breaker import BreakerPolicy, DeadLetterBreaker
-from consumer.deadletter import DeadLetterProducer, GuardedSink, HaltOnReject
+from consumer.deadletter import DeadLetterProducer
 from consumer.dlq_limits import SizeLimit, producer_max_bytes, topic_max_bytes
 from consumer.kafka_clients import made
 from consumer.kafka_config import consumer_config, dead_letter_producer_config, reconnects
 from consumer.loop import LoopOptions, RunLoop
 from consumer.metrics import Metrics
 from consumer.placement import Rules
+from consumer.reject_sinks import GuardedSink, HaltOnReject
 from consumer.settings import Settings
 from consumer.telemetry import Telemetry
 from consumer.window import LIMITS, WindowPolicy
@@ -162,18 +163,23 @@ def build_sink(settings: Settings, target: Target, metrics: Metrics) -> RejectSi
     # a letter over it, or over the producer's message.max.bytes, is sent without its value.
     admin = lasting_admin(settings, quiet_logger())
     topic_bytes = topic_max_bytes(admin, topic, KAFKA_REQUEST_TIMEOUT_S)
-    producer_settings = dead_letter_producer_config(settings, topic_bytes)
     limit = SizeLimit(
-        producer_max_bytes(producer_settings), lambda timeout: topic_max_bytes(admin, topic, timeout), topic_bytes
+        producer_max_bytes(dead_letter_producer_config(settings, topic_bytes)),
+        lambda timeout: topic_max_bytes(admin, topic, timeout),
+        topic_bytes,
     )
-    producer_settings["logger"] = logging.getLogger("librdkafka")  # type: ignore[assignment]
+
+    def producer_settings(topic_bytes: int | None) -> dict[str, Any]:
+        return {**dead_letter_producer_config(settings, topic_bytes), "logger": logging.getLogger("librdkafka")}
+
     producer = DeadLetterProducer(
-        made(Producer, producer_settings),
+        made(Producer, producer_settings(topic_bytes)),
         topic,
         target.group,
         timeout_s=settings.dead_letter_timeout_s,
         limit=limit,
-        renew=lambda: Producer(producer_settings),  # accepted by librdkafka at start: not a configuration error now
+        # Settings librdkafka accepted at start: a refusal now is not a configuration error.
+        renew=lambda topic_bytes: Producer(producer_settings(topic_bytes)),
         on_delivered=lambda rejection: metrics.dead_letters.labels(rejection.reason.value).inc(),
     )
     return GuardedSink(producer, breaker)

@@ -7,7 +7,10 @@ Whatever the message and whatever the broker says, it returns or raises one of t
 anything else:
 
 * a letter too large for the topic is sent without its value (then key, then original headers),
-  described by size and sha256 (consumer/dlq_letter.py);
+  described by size and sha256 (consumer/dlq_letter.py). A copy that fits the limit but was refused
+  while it shared its flight (the topic's max.message.bytes limits whole batches, and that limit
+  may have been lowered since the producer was made, or be unreadable) is sent again as it was;
+  only a copy refused by itself is made smaller;
 * `DeadLetterRefused` (the flush halts) when the topic refuses for good: deleted, not authorized,
   misconfigured, a fatal producer error, too small for any letter (consumer/dlq_refusals.py);
 * `DeadLetterUnavailable` (the flush is retried) otherwise: no acknowledgement within
@@ -16,48 +19,41 @@ anything else:
 A retried flush does not send again what the topic acknowledged (the last 100,000 messages are
 remembered) nor what is still queued in the producer: it waits for that copy (consumer/dlq_book.py).
 
-`HaltOnReject` is used when the pipeline names no dead-letter topic: a rejected record stops the
-consumer instead of being skipped. `GuardedSink` puts the circuit breaker in front of either.
+What decides whether rejections may go there at all (the circuit breaker; halting when the pipeline
+has no dead-letter topic) is consumer/reject_sinks.py.
 """
 
 from __future__ import annotations
 
 import logging
-import operator
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from consumer.breaker import DeadLetterBreaker
 from consumer.dlq_book import REMEMBER, Book, Copy, Key, State, key_of
 from consumer.dlq_letter import DLQ_PREFIX, MAX_ERROR_MESSAGE, Letter, dead_letter_headers, fit
-from consumer.dlq_limits import PRODUCER_DEFAULT_MAX_BYTES, SizeLimit
+from consumer.dlq_limits import PRODUCER_DEFAULT_MAX_BYTES, SizeLimit, batch_bytes
 from consumer.dlq_refusals import MISSING, refusal, too_large, topic_problem
-from consumer.outcomes import BreakerOpen, DeadLetterRefused, DeadLetterUnavailable, HaltingReject
+from consumer.outcomes import DeadLetterRefused, DeadLetterUnavailable
 from pipeline import failpoints
 from pipeline.records import Header, Record, Rejection
-from pipeline.rejects import RejectSink
 
-__all__ = [
-    "DLQ_PREFIX",
-    "MAX_ERROR_MESSAGE",
-    "DeadLetterProducer",
-    "GuardedSink",
-    "HaltOnReject",
-    "dead_letter_headers",
-    "header_dict",
-]
+__all__ = ["DLQ_PREFIX", "MAX_ERROR_MESSAGE", "DeadLetterProducer", "dead_letter_headers", "header_dict"]
 
 log = logging.getLogger("microbatch.deadletter")
+# What making a producer from settings librdkafka accepted before can still raise (consumer.kafka_clients).
+RENEWAL_ERRORS = (KafkaException, TypeError, ValueError, RuntimeError)
 
 
 class DeadLetterProducer:
     """An idempotent (acks=all) producer to one dead-letter topic; `deliver` waits for every ack.
 
-    `limit` sizes the letters (the producer's and the topic's limits); `renew` makes a new producer
-    after a fatal error (without it a fatal error halts for good).
+    `limit` sizes the letters (the producer's and the topic's limits); `renew(topic_bytes)` makes a new
+    producer with batches that fit a topic limit of `topic_bytes` (None: unknown): after a fatal error
+    (without it, a fatal error halts for good) and once the topic's limit is read lower.
     """
 
     def __init__(
@@ -68,7 +64,7 @@ class DeadLetterProducer:
         *,
         timeout_s: float = 30.0,
         limit: SizeLimit | None = None,
-        renew: Callable[[], Producer] | None = None,
+        renew: Callable[[int | None], Producer] | None = None,
         on_delivered: Callable[[Rejection], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         remember: int = REMEMBER,
@@ -86,6 +82,9 @@ class DeadLetterProducer:
         self._broken = False  # a fatal error: the producer must be replaced
         self._refreshed = False  # the topic's limit was read again during this attempt
         self._stored: set[Key] = set()  # messages acknowledged during this attempt, or before it
+        self._sized_for = batch_bytes(self.limit.topic_bytes)  # the producer's batch.size, as made
+        self._tried_for = self._sized_for  # the lowest batch.size a new producer was asked for
+        self._rebatched = False  # copies refused as too large were sent again together in this attempt
 
     # A share of the timeout is kept for the metadata request that tells a refusal from an outage.
     @property
@@ -97,7 +96,7 @@ class DeadLetterProducer:
         if not rejections:
             return
         deadline = time.monotonic() + self.timeout_s
-        self._refreshed = False
+        self._refreshed = self._rebatched = False
         self._recover(deadline)
         self.producer.poll(0)  # reports of copies queued by an earlier attempt
         now = self._clock()
@@ -110,7 +109,7 @@ class DeadLetterProducer:
                 state = self.book.state(key)
                 if state is State.ACKNOWLEDGED:
                     self._stored.add(key)
-                elif state is not State.SENDING:
+                elif state is not State.SENDING and not self._refused_as_too_large(key):
                     self._send(key, rejection, now, deadline)
         failpoints.hit("after_dlq_produce")
         self._await(wanted, now, deadline)
@@ -122,12 +121,14 @@ class DeadLetterProducer:
     def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record] = ()) -> None:
         """Hand the rejections never sent yet to the producer, whole, without waiting for anything:
         the `deliver` before the COMMIT then mostly finds them acknowledged (pipeline.rejects).
-        Never raises and changes nothing but the book: a letter that does not fit whole under the
+        Never raises and changes nothing but the book (and the producer, for one whose batches fit
+        a lower limit read since): a letter that does not fit whole under the
         limit as known is left to `deliver`, which may read the topic's limit again first, and at
         the first letter the producer does not take at once (a full queue, a refusal) the rest is
         left to `deliver` too, which meets the same and decides."""
         if not rejections or self._broken or self._refused is not None:
             return  # `deliver` recovers first
+        self._resize()
         now = self._clock()
         for rejection in rejections:
             key = key_of(rejection.record)
@@ -146,14 +147,26 @@ class DeadLetterProducer:
             self.book.sent(key, copy)
 
     def _await(self, wanted: dict[Key, Rejection], now: datetime, deadline: float) -> None:
-        """Until every wanted message is acknowledged or failed, or the deadline (less the reserve) passed;
-        a copy the topic found too large is sent again, smaller."""
+        """Until every wanted message is acknowledged or failed, or the deadline (less the reserve) passed.
+        A copy the topic refused as too large is made smaller when it was refused by itself or is over
+        the limit as now known. Otherwise the batch it was in may be what was too large: it is sent
+        again as it was, with nothing else in flight: all such copies together once the producer's
+        batches fit the limit as known (once per attempt), else one at a time."""
+        again: deque[Key] = deque()  # refused, perhaps for their batch: to be sent again as they were
         while True:
-            for key, rejection in wanted.items():
-                failed = self.book.failure(key) if self.book.state(key) is State.FAILED else None
-                if failed is not None and too_large(failed[0]):
-                    self._send(key, rejection, now, deadline, below=failed[1].size)
-            if not any(self.book.state(key) is State.SENDING for key in wanted if key not in self._stored):
+            lone = self.book.lone()
+            if not again and (lone is None or lone not in wanted):  # (a wanted copy flying alone: wait)
+                again.extend(self._resend_too_large(wanted, now, deadline))
+            if again and not self.book.sending():
+                self._resize()
+                together = not self._rebatched and self._batches_fit()
+                self._rebatched = self._rebatched or together
+                for _ in range(len(again) if together else 1):
+                    key = again.popleft()
+                    failed = self.book.failure(key) if self.book.state(key) is State.FAILED else None
+                    if failed is not None:
+                        self._send(key, wanted[key], now, deadline, below=failed[1].below)
+            if not again and not any(self.book.state(k) is State.SENDING for k in wanted if k not in self._stored):
                 return
             left = deadline - self._reserve_s - time.monotonic()
             if left <= 0:
@@ -161,6 +174,30 @@ class DeadLetterProducer:
             # flush(), unlike poll(), sends at once instead of lingering (linger.ms) first: the
             # flush's transaction is open meanwhile, and PostgreSQL waits for this.
             self.producer.flush(min(left, 0.5))
+
+    def _resend_too_large(self, wanted: dict[Key, Rejection], now: datetime, deadline: float) -> list[Key]:
+        """Send again smaller each wanted copy refused as too large by itself, or over the limit as now
+        known; return the others (they fit it: the batch they were in may have been refused)."""
+        again = []
+        for key, rejection in wanted.items():
+            failed = self.book.failure(key) if self.book.state(key) is State.FAILED else None
+            if failed is None or not too_large(failed[0]):
+                continue
+            self._refresh(deadline)  # the limit may have changed since it was read
+            if not failed[1].alone and failed[1].size <= self.limit.bytes:
+                again.append(key)
+            else:
+                self._send(key, rejection, now, deadline, below=failed[1].size)
+        return again
+
+    def _batches_fit(self) -> bool:
+        """The topic's limit is known and the producer was made with batches that fit it."""
+        return self.limit.topic_bytes is not None and self._sized_for <= batch_bytes(self.limit.topic_bytes)
+
+    def _refused_as_too_large(self, key: Key) -> bool:
+        """The last copy of `key` was refused as too large: `_await` sends it again, whole or smaller."""
+        failed = self.book.failure(key)
+        return failed is not None and too_large(failed[0])
 
     def _fail(self, missing: list[Key], wanted: int, deadline: float) -> None:
         errors = [failed[0] for key in missing if (failed := self.book.failure(key)) is not None]
@@ -182,19 +219,38 @@ class DeadLetterProducer:
         """Before an attempt: a new producer after a fatal error; after a refusal, whether the topic is
         back (refused again at once, without producing, while it is not)."""
         if self._broken and self._renew is not None:
-            old, self.producer = self.producer, self._renew()
+            try:
+                producer = self._renew(self.limit.topic_bytes)
+            except RENEWAL_ERRORS as exc:
+                raise DeadLetterUnavailable(f"could not make a new dead-letter producer: {exc}") from None
+            old, self.producer, self._sized_for = self.producer, producer, batch_bytes(self.limit.topic_bytes)
             self.book.abandon()
             self._broken = False
-            try:
-                old.purge()
-                old.flush(0)
-            except (KafkaException, RuntimeError) as exc:
-                log.debug("discarding the failed dead-letter producer: %s", exc)
+            _discard(old, purge=True)
             log.info("replaced the dead-letter producer after a fatal error")
+        self._resize()
         if self._refused is not None:
             problem = topic_problem(self.producer, self.topic, min(5.0, deadline - time.monotonic()))
             if problem is not None:
                 raise DeadLetterRefused(f"dead letters not acknowledged by {self.topic}: {problem}")
+
+    def _resize(self) -> None:
+        """A new producer when the topic's limit is lower than the one its batches were sized for (its
+        batch.size is fixed when it is made), once none of its copies is in flight: letters that each
+        fit would otherwise keep being batched over the limit, refused, and sent again one by one."""
+        sized_for = batch_bytes(self.limit.topic_bytes)
+        if self._renew is None or self.book.sending() or sized_for >= min(self._sized_for, self._tried_for):
+            return
+        self._tried_for = sized_for  # once per limit: if it cannot be made, copies refused together go one by one
+        try:
+            producer = self._renew(self.limit.topic_bytes)
+        except RENEWAL_ERRORS as exc:
+            log.warning("could not make a dead-letter producer for %s's lower limit: %s", self.topic, exc)
+            return
+        old, self.producer, self._sized_for = self.producer, producer, sized_for
+        _discard(old, purge=False)
+        log.info("made a new dead-letter producer whose batches fit %s's max.message.bytes of %d bytes",
+                 self.topic, sized_for)  # fmt: skip
 
     def _letter(self, rejection: Rejection, attempts: int, now: datetime, deadline: float, below: int | None) -> Letter:
         """The letter to send, within the limit (and below `below` bytes after a too-large report)."""
@@ -232,7 +288,7 @@ class DeadLetterProducer:
         """Hand one copy to the producer; a full local queue is waited for until the deadline."""
         while True:
             letter = self._letter(rejection, self.book.attempts(key) + 1, now, deadline, below)
-            copy = Copy(letter.size)
+            copy = Copy(letter.size, below)
             try:
                 self.producer.produce(self.topic, value=letter.value, key=letter.key, headers=letter.headers,
                                       on_delivery=self._report(key, rejection, copy))  # fmt: skip
@@ -275,77 +331,14 @@ class DeadLetterProducer:
         self.producer.flush(timeout_s)
 
 
-class HaltOnReject:
-    """A reject sink that refuses every rejection: the flush rolls back and the consumer stops."""
-
-    def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record] = ()) -> None:
-        """Nothing goes anywhere ahead: `deliver` refuses."""
-
-    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record] = ()) -> None:
-        if not rejections:
-            return
-        first = rejections[0]
-        record = first.record
-        raise HaltingReject(
-            f"message {record.topic}[{record.partition}]@{record.offset} is invalid ({first.reason.value}: "
-            f"{first.message}) and the pipeline has no dead_letter_topic; stopping without writing it "
-            f"({len(rejections)} invalid message(s) in this batch). Fix the producer or set dead_letter_topic."
-        )
-
-
-class GuardedSink:
-    """A circuit breaker in front of a reject sink: refuses a commit that rejects too much."""
-
-    def __init__(self, inner: RejectSink, breaker: DeadLetterBreaker) -> None:
-        self.inner = inner
-        self.breaker = breaker
-
-    def send_ahead(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
-        """Ahead only what the breaker would let through: a storm of bad data is not sent on. A few
-        rejections among many records are let through without the records' flags. This judges
-        decoding's rejections against the whole batch; `deliver` judges the records a commit
-        resolves, with the database's rejections: letters can go ahead of a commit the breaker then
-        refuses (they are sent again after the halt, as after a crash: duplicates, never a loss)."""
-        if not rejections:
-            return
-        breaker = self.breaker
-        if (
-            breaker.surely_admits(len(rejections), len(resolved))
-            or breaker.check(rejected_flags(rejections, resolved)) is None
-        ):
-            self.inner.send_ahead(rejections, resolved)
-
-    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
-        outcomes = rejected_flags(rejections, resolved)
-        reason = self.breaker.check(outcomes)
-        if reason is not None:
-            raise BreakerOpen(reason)
-        self.inner.deliver(rejections, resolved)
-        # Recorded before the COMMIT: if that COMMIT then fails, the retry counts these records
-        # again, which can only make the breaker stricter, never let more through.
-        self.breaker.record(outcomes)
-
-
-_POSITION = operator.attrgetter("topic", "partition", "offset")
-
-
-def rejected_flags(rejections: Sequence[Rejection], resolved: Sequence[Record]) -> list[bool]:
-    """For each record of `resolved`, whether one of `rejections` rejects it (same topic, partition
-    and offset).
-
-    The rejections' records are normally the very objects in `resolved` (the writer hands both out
-    of one batch): then they are matched by identity, in C, instead of building a position per
-    resolved record (0.16 µs each). When not every rejection is found exactly once that way, by
-    position. The two agree whenever no two records of `resolved` share a position, as in a batch.
-    """
-    if not rejections:
-        return [False] * len(resolved)
-    identities = {id(rejection.record) for rejection in rejections}
-    flags = list(map(identities.__contains__, map(id, resolved)))
-    if flags.count(True) == len(identities) == len(rejections):
-        return flags
-    positions = set(map(_POSITION, (rejection.record for rejection in rejections)))
-    return list(map(positions.__contains__, map(_POSITION, resolved)))
+def _discard(producer: Producer, *, purge: bool) -> None:
+    """Let go of a replaced producer (`purge`: drop what it still queues; its copies were abandoned)."""
+    try:
+        if purge:
+            producer.purge()
+        producer.flush(0)
+    except (KafkaException, RuntimeError) as exc:
+        log.debug("discarding the replaced dead-letter producer: %s", exc)
 
 
 def header_dict(headers: Sequence[Header] | None) -> dict[str, str]:

@@ -39,12 +39,16 @@ class State(Enum):
 
 
 class Copy:
-    """One produced copy; its report counts only while it is the message's latest copy."""
+    """One produced copy; its report counts only while it is the message's latest copy. `below`: the
+    cap it was made under (None: whole, as the limit allowed). `alone` (kept by the Book): no other
+    copy was in flight at any time while it was, so no batch held anything else."""
 
-    __slots__ = ("size",)
+    __slots__ = ("alone", "below", "size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, below: int | None = None) -> None:
         self.size = size
+        self.below = below
+        self.alone = False
 
 
 class Book:
@@ -56,6 +60,7 @@ class Book:
         self._sending: dict[Key, Copy] = {}
         self._failed: OrderedDict[Key, tuple[KafkaError, Copy]] = OrderedDict()
         self._attempts: OrderedDict[Key, int] = OrderedDict()
+        self._lone: tuple[Key, Copy] | None = None  # the copy in flight by itself all along, if any
 
     def state(self, key: Key) -> State:
         if key in self._acknowledged:
@@ -73,9 +78,19 @@ class Book:
         """Copies queued in the producer whose report has not come back."""
         return len(self._sending)
 
+    def lone(self) -> Key | None:
+        """The message whose copy is in flight and has been the only one in flight all along (None:
+        no such copy)."""
+        return None if self._lone is None else self._lone[0]
+
     def sent(self, key: Key, copy: Copy) -> None:
         """`copy` of `key` was handed to the producer (its report is awaited); counts an attempt."""
         self._failed.pop(key, None)
+        if self._lone is not None:  # it shares its flight, and may share its batch
+            self._lone[1].alone, self._lone = False, None
+        copy.alone = not self._sending
+        if copy.alone:
+            self._lone = (key, copy)
         self._sending[key] = copy
         self._attempts[key] = self._attempts.pop(key, 0) + 1
         while len(self._attempts) > self.remember:
@@ -87,6 +102,8 @@ class Book:
 
     def reported(self, key: Key, copy: Copy, error: KafkaError | None) -> None:
         """The delivery report of `copy`."""
+        if self._lone is not None and self._lone[1] is copy:
+            self._lone = None
         if error is None:
             self._acknowledged[key] = None
             self._acknowledged.move_to_end(key)
@@ -109,3 +126,4 @@ class Book:
         for key, copy in self._sending.items():
             self._failed[key] = (KafkaError(KafkaError._PURGE_QUEUE, "producer replaced"), copy)
         self._sending.clear()
+        self._lone = None

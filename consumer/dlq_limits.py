@@ -20,6 +20,14 @@ log = logging.getLogger("microbatch.deadletter")
 PRODUCER_DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
 
 
+def batch_bytes(topic_bytes: int | None) -> int:
+    """The batch.size that keeps a producer's batches within a topic limit of `topic_bytes` (None:
+    unknown, librdkafka's default): a topic's max.message.bytes limits whole batches, so several
+    letters that each fit must not be batched into one that does not (a larger letter is still sent
+    alone)."""
+    return PRODUCER_DEFAULT_MAX_BYTES if topic_bytes is None else max(1, min(topic_bytes, PRODUCER_DEFAULT_MAX_BYTES))
+
+
 def producer_max_bytes(config: dict[str, str | int | bool]) -> int:
     """The producer's message.max.bytes (librdkafka's default when not set)."""
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Mapping
 
+from consumer.dlq_limits import batch_bytes
 from consumer.settings import ConfigError, Settings
 
 # Settings microbatch relies on, with the reason a user override is refused.
@@ -149,8 +151,9 @@ def dead_letter_producer_config(settings: Settings, topic_max_bytes: int | None)
         # librdkafka keeps an unacknowledged message for message.timeout.ms (default 300 s), retrying
         # it, while each flush gives up on it after dead_letter_timeout_s: bound the one by the other.
         config["message.timeout.ms"] = max(10, int(settings.dead_letter_timeout_s * 1000))
-    if topic_max_bytes is not None and "batch.size" not in user:
-        # A topic's max.message.bytes limits whole batches: several letters that each fit must not be
-        # batched into one that does not. (A single larger letter is still sent alone.)
-        config["batch.size"] = max(1, min(topic_max_bytes, 1_000_000))
+    if topic_max_bytes is not None:
+        # A topic's max.message.bytes limits whole batches: batches that fit it, whatever batch.size says.
+        fitting = batch_bytes(topic_max_bytes)
+        with contextlib.suppress(ValueError):  # not a number: librdkafka refuses it, a configuration error
+            config["batch.size"] = min(fitting, int(config.get("batch.size", fitting)))
     return config

@@ -316,7 +316,7 @@ def test_a_deleted_topic_halts_and_is_checked_again_before_producing_until_it_is
 def test_a_fatal_error_halts_once_and_the_next_attempt_uses_a_new_producer() -> None:
     broken = FakeProducer(decide=lambda letter: KafkaError(KafkaError._FATAL, "fenced", fatal=True))
     fresh = FakeProducer()
-    producer = sink(broken, renew=lambda: fresh)
+    producer = sink(broken, renew=lambda topic_bytes: fresh)
     with pytest.raises(DeadLetterRefused, match="fatal error"):
         producer.deliver([rejection(1)])
     producer.deliver([rejection(1)])
@@ -341,7 +341,9 @@ def test_the_dead_letter_producer_config_bounds_retention_and_never_creates_topi
     )
     config = dead_letter_producer_config(load_settings(), 300_000)
     assert (config["allow.auto.create.topics"], config["message.timeout.ms"], config["batch.size"]) == (
-        "true", "9000", "5000",
+        "true", "9000", 5000,
     )  # fmt: skip
+    monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG", '{"batch.size": "900000"}')  # batches the topic would refuse
+    assert dead_letter_producer_config(load_settings(), 300_000)["batch.size"] == 300_000
     monkeypatch.delenv("MICROBATCH_KAFKA_CONFIG")
     assert "batch.size" not in dead_letter_producer_config(load_settings(), None)  # topic limit unknown

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.breaker import BreakerPolicy, DeadLetterBreaker
-from consumer.deadletter import GuardedSink, HaltOnReject, dead_letter_headers, rejected_flags
+from consumer.deadletter import dead_letter_headers
 from consumer.outcomes import BreakerOpen, HaltingReject
+from consumer.reject_sinks import GuardedSink, HaltOnReject, rejected_flags
 from pipeline.records import Record, Rejection, RejectReason
 from pipeline.rejects import RejectSink
 
