@@ -57,7 +57,10 @@ WORKDIR /app
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without a passwd entry.
 USER 10001:10001
 EXPOSE 9108
-# /healthz on the metrics port (MICROBATCH_METRICS_PORT, default 9108): 200 while the loop makes progress.
+# /healthz of `run`: 200 while the loop makes progress. It assumes the health server answers on loopback
+# (metrics_host 0.0.0.0, the default, or 127.0.0.1) at the port of MICROBATCH_METRICS_PORT (default 9108):
+# a port set in a config file is not seen. One-shot commands (init-db, produce, dlq replay) serve no
+# /healthz: run them with --no-healthcheck (docker run and podman run alike).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/app/.venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MICROBATCH_METRICS_PORT', '9108'), timeout=4)"]
 # `run` drains its window and leaves the group on SIGTERM (within shutdown_timeout_s); the other

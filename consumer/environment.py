@@ -12,9 +12,11 @@ PLAIN_ENV = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "database_url
 # The credentials can also come from files (a mounted Secret): setting → the variable naming its file.
 SECRET_FILE_ENV = {"database_url": "MICROBATCH_DATABASE_URL_FILE", "kafka_config": "MICROBATCH_KAFKA_CONFIG_FILE"}
 # Environment variables with our prefix that are not settings of the consumer: the config file, secret files, fault
-# injection, the dev stack's cache and service choice, and what `make test`, `make chaos`, `make fuzz` set.
+# injection, the dev stack's cache, service choice, images and Debian mirror, the compose stack's image, and what
+# `make test`, `make chaos`, `make fuzz` set.
 KNOWN_NON_SETTINGS = frozenset({
-    CONFIG_ENV, "MICROBATCH_FAILPOINTS", "MICROBATCH_CACHE", "MICROBATCH_NO_DOCKER",
+    CONFIG_ENV, "MICROBATCH_FAILPOINTS", "MICROBATCH_CACHE", "MICROBATCH_NO_DOCKER", "MICROBATCH_SERVICES",
+    "MICROBATCH_KAFKA_IMAGE", "MICROBATCH_POSTGRES_IMAGE", "MICROBATCH_DEBIAN_MIRROR", "MICROBATCH_IMAGE",
     "MICROBATCH_REQUIRE_INTEGRATION", "MICROBATCH_CHAOS", "MICROBATCH_CHAOS_REPORT_DIR", "MICROBATCH_FUZZ",
     *SECRET_FILE_ENV.values(),
 })  # fmt: skip

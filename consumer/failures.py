@@ -39,7 +39,7 @@ class Failure:
     """A classified failure: what to do, the metric label and SQLSTATE, a reason for people."""
 
     action: Action
-    label: str  # the `class` label of microbatch_flush_retries_total: transient, systemic, dead_letter
+    label: str  # the `failure` label of microbatch_retries_total: transient, systemic, dead_letter
     reason: str
     sqlstate: str | None = None
     breaker: bool = False

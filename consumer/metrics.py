@@ -107,11 +107,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        # counter: flush retries, by failure class and SQLSTATE class (two characters, or "none").
+        # counter: failed flush attempts (retried or not), by failure and SQLSTATE class (two characters, or "none").
         self.retries = Counter(
             "microbatch_retries",
-            "Failed flush attempts that will be retried, by failure (transient, systemic, dead_letter) and "
-            "SQLSTATE class (2 characters, or none)",
+            "Failed flush attempts, by failure (transient, systemic, dead_letter) and SQLSTATE class (2 characters, "
+            "or none)",
             ["failure", "sqlstate_class"],
             registry=r,
         )

@@ -243,8 +243,8 @@ def test_microbatch_config_names_the_config_file(tmp_path: Path, monkeypatch: py
 
 @pytest.mark.parametrize(
     "variable",
-    ["MICROBATCH_REQUIRE_INTEGRATION", "MICROBATCH_CHAOS", "MICROBATCH_CHAOS_REPORT_DIR", "MICROBATCH_FUZZ",
-     "MICROBATCH_FAILPOINTS", "MICROBATCH_CACHE", "MICROBATCH_NO_DOCKER"],
+    [f"MICROBATCH_{name}" for name in ("REQUIRE_INTEGRATION", "CHAOS", "CHAOS_REPORT_DIR", "FUZZ", "FAILPOINTS",
+     "CACHE", "NO_DOCKER", "SERVICES", "KAFKA_IMAGE", "POSTGRES_IMAGE", "DEBIAN_MIRROR", "IMAGE")],
 )  # fmt: skip
 def test_variables_of_the_tooling_are_not_unknown_settings(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
     monkeypatch.setenv(variable, "1")  # `make test` sets MICROBATCH_REQUIRE_INTEGRATION=1, and so on

@@ -37,8 +37,9 @@ def test_job_pipeline_and_instance_variables_chain() -> None:
     assert variables["job"]["current"]["value"] == "microbatch"
     assert "$job" in variables["pipeline"]["definition"]
     assert "$job" in variables["instance"]["definition"] and "$pipeline" in variables["instance"]["definition"]
-    for name in ("pipeline", "instance"):
-        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    assert variables["pipeline"]["includeAll"] and variables["pipeline"]["allValue"] == ".*"
+    # No allValue: "All" instances are the listed ones, those of the chosen pipelines, not every instance.
+    assert variables["instance"]["includeAll"] and "allValue" not in variables["instance"]
 
 
 def test_every_series_of_every_panel_follows_the_job_and_instance_variables() -> None:
