@@ -40,8 +40,10 @@ class AggregateKind:
     `operand`: what the function's key takes in the pipeline file (`sum = "a * b"`: an expression;
     `last = "col"`: a bare column; `count = true`: nothing). `ordered_by`: whether it needs `by`, a
     timestamp column ordering the rows. `result_type(input_type)` gives the column type from the
-    operand's SQL type (None without an operand). `columns` and `folds` give the table columns and
-    the SQL of a column named `name`; `value` is the rendered operand, `by` the rendered `by` column.
+    operand's SQL type (None without an operand). `additive`: merged by adding each batch's value to
+    the stored one, so the column's type must hold every total exactly (pipeline/total_types.py).
+    `columns` and `folds` give the table columns and the SQL of a column named `name`; `value` is the
+    rendered operand, `by` the rendered `by` column.
     """
 
     name: str
@@ -50,6 +52,7 @@ class AggregateKind:
     folds: Callable[[str, sql.Composable | None, sql.Composable | None], list[Fold]]
     columns: Callable[[str, str, str | None], list[Column]]
     ordered_by: bool = False
+    additive: bool = False
 
 
 AGGREGATES: Registry[AggregateKind] = Registry()
@@ -127,8 +130,8 @@ def _last_columns(name: str, result: str, by_type: str | None) -> list[Column]:
     return [Column(name, result, not_null=False), Column(name + LAST_SUFFIX, by_type or "", False)]
 
 
-register(AggregateKind("sum", "expression", _widened, _sum, _additive))
-register(AggregateKind("count", "none", lambda _: "bigint", _count, _additive))
+register(AggregateKind("sum", "expression", _widened, _sum, _additive, additive=True))
+register(AggregateKind("count", "none", lambda _: "bigint", _count, _additive, additive=True))
 register(AggregateKind("min", "expression", _same, _extreme("min", "LEAST"), _nullable))
 register(AggregateKind("max", "expression", _same, _extreme("max", "GREATEST"), _nullable))
 register(AggregateKind("last", "column", _same, _last, _last_columns, ordered_by=True))

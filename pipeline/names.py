@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# \Z, not $: $ also matches before a final newline ("items\n").
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 RESERVED_PREFIX = "_mb"
 
 
@@ -26,7 +27,7 @@ def check_identifier(name: str, what: str) -> str:
 
 SQL_TYPES = re.compile(
     r"^(smallint|integer|bigint|numeric(\(\d{1,4}(,\d{1,4})?\))?|real|double precision|text|boolean"
-    r"|uuid|date|timestamp with time zone|timestamptz)$"
+    r"|uuid|date|timestamp with time zone|timestamptz)\Z"
 )
 
 
@@ -38,5 +39,5 @@ def check_sql_type(name: str) -> str:
 
 
 def check_topic(topic: str) -> None:
-    if not re.match(r"^[A-Za-z0-9._-]{1,249}$", topic) or topic in {".", ".."}:
+    if not re.match(r"^[A-Za-z0-9._-]{1,249}\Z", topic) or topic in {".", ".."}:
         raise ValueError(f"{topic!r} is not a valid Kafka topic name")

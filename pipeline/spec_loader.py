@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from pipeline.fields import default_value
 from pipeline.spec import PipelineSpec
 from pipeline.toml_file import TomlError, read_toml
+from pipeline.total_types import lossy_totals
 
 DEFAULT_PIPELINE = "invoices"
 
@@ -53,7 +54,7 @@ def parse_pipeline(data: dict[str, object], origin: str = "<pipeline>") -> Pipel
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
         raise PipelineFileError(f"{origin}: invalid pipeline\n" + format_errors(exc)) from None
-    if problems := _refused_defaults(spec):
+    if problems := _refused_defaults(spec) + lossy_totals(spec):
         raise PipelineFileError(f"{origin}: invalid pipeline\n" + "\n".join(problems))
     return spec
 

@@ -22,6 +22,7 @@ from pipeline.aggregates import Fold
 from pipeline.lookup_sql import LookupPlan
 from pipeline.spec import KAFKA_TYPES, Aggregate, KeyColumn, PipelineSpec
 from pipeline.tables import Column, TableShape
+from pipeline.total_types import operand_type
 
 STAGING_TABLE = "_mb_stage"
 SEQ_COLUMN = "_mb_seq"
@@ -215,7 +216,7 @@ class WritePlan:
             columns = [Column(name, self._key_type(key), not_null=True) for name, key in summary.key.items()]
             for name, agg in summary.aggregates.items():
                 by_type = None if agg.by is None else self.spec.column_type(agg.by)
-                result = agg.type or agg.kind.result_type(self._operand_type(agg))
+                result = agg.type or agg.kind.result_type(operand_type(self.spec, agg))
                 columns += agg.kind.columns(name, _canonical(result), by_type)
             shapes.append(TableShape(summary.table, tuple(columns), tuple(summary.key), fillfactor=SUMMARY_FILLFACTOR))
         return shapes
@@ -242,16 +243,6 @@ class WritePlan:
         if key.bucket is not None:
             return "timestamp with time zone"
         return self.spec.column_type(key.source)
-
-    def _operand_type(self, agg: Aggregate) -> str | None:
-        """The SQL type of an aggregate's operand (None without one)."""
-        expression = agg.expression()
-        if expression is None:
-            return None
-        if expression.is_bare_name:
-            return self.spec.column_type(expression.names[0])
-        types = {self.spec.column_type(name) for name in expression.names}
-        return "double precision" if types & {"real", "double precision"} else "numeric"
 
     def _folds(self, name: str, agg: Aggregate) -> list[Fold]:
         expression = agg.expression()

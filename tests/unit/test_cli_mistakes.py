@@ -5,7 +5,9 @@ deeply."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +21,17 @@ from pipeline.spec_loader import PipelineFileError, load_pipeline
 
 # Nothing listens on port 1: a test that reached for a service would fail at once, never touch one.
 NOWHERE = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """`main` configures the root logger for the whole process (consumer.logs.setup_logging; check-config
+    sets ERROR): put it back, or later tests' caplog would see no warning."""
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 @pytest.fixture(autouse=True)
