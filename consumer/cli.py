@@ -118,10 +118,10 @@ def _serve(settings: Settings, target: Target, stopping: list[RunLoop], requeste
 
 def cmd_init_db(args: argparse.Namespace) -> int:
     """Create the pipeline's tables (idempotent); list mismatches of existing ones."""
-    if args.grant_to is not None and args.grant_to.lower() == "public":  # refused before anything is read
+    if args.grant_to == "public":  # refused before anything is read (PUBLIC or Public is a role of its own)
         raise StartupError(
-            f"--grant-to {args.grant_to}: PostgreSQL takes the role name public, even quoted, for PUBLIC, every "
-            "role: it would let every role write the pipeline's tables; name the consumer's own role"
+            "--grant-to public: PostgreSQL takes the role name public, even quoted, for PUBLIC, every role: it "
+            "would let every role write the pipeline's tables; name the consumer's own role"
         )
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
@@ -297,7 +297,7 @@ def parser() -> argparse.ArgumentParser:
 
     produce = commands.add_parser("produce", parents=[config], help="produce seeded events for an example pipeline")
     produce.add_argument("--count", type=positive, required=True, help="messages to produce")
-    produce.add_argument("--rate", type=messages_per_second, help="messages per second (default: as fast as possible)")
+    produce.add_argument("--rate", type=messages_per_second, help="messages per second (0 or none: no limit)")
     produce.add_argument("--partitions", type=positive, default=4, help="partitions when creating the topic")
     produce.add_argument("--bad-ratio", type=ratio, default=0.0, help="share of invalid messages")
     produce.add_argument("--duplicate-ratio", type=ratio, default=0.0, help="share of producer duplicates")

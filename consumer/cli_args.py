@@ -39,8 +39,9 @@ def positive(text: str) -> int:
 
 
 def messages_per_second(text: str) -> float:
-    """A finite number above 0: float() also takes nan, inf and negative numbers, which no pace means."""
+    """A finite number, at least 0 (0: no limit, as the option's absence): float() also takes nan, inf and
+    negative numbers, which no pace means."""
     value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive number of messages per second")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be a number of messages per second (0: no limit)")
     return value

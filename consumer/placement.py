@@ -225,7 +225,8 @@ def _diverged(pid: PartitionId, stored: StoredPosition, facts: Facts, rules: Rul
         halt = (
             f"log truncated: {detail}; the pipeline deduplicates by Kafka offset, so their rows would be dropped "
             f"as duplicates of the lost messages' rows: move the rows of {replaced} out of the raw table, then "
-            f"`microbatch positions reset --topic {topic} --partition {partition} --to {point}`"
+            # (not below the log start: retention may have deleted some of them since, and reset refuses it)
+            f"`microbatch positions reset --topic {topic} --partition {partition} --to {max(point, low)}`"
         )
         return Placement(None, PositionChange(pid, stored, stored, "truncation_halted", detail), halt=halt)
     if point < low:  # and retention deleted some of those before they were read

@@ -14,6 +14,10 @@ from typing import Any
 
 from consumer.environment import SECRET_FILE_ENV
 
+# A database URL or a JSON object of client settings is a few hundred bytes. Reading no more than this
+# keeps a path named by mistake (/dev/zero, a log) from being read for ever.
+MAX_BYTES = 1024 * 1024
+
 
 def read_secret_files(
     environ: Mapping[str, str],
@@ -45,7 +49,9 @@ def read_secret_files(
 
 def _read(var: str, path: Path, error: Callable[[str], Exception]) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_BYTES + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise error(f"{var}: the file {path} does not exist") from None
     except IsADirectoryError:
@@ -53,6 +59,8 @@ def _read(var: str, path: Path, error: Callable[[str], Exception]) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise error(f"{var}: the file {path} cannot be read ({reason})") from None
+    if len(data) > MAX_BYTES:
+        raise error(f"{var}: the file {path} is larger than {MAX_BYTES:,} bytes: not a secret of ours")
     # A Secret written by hand usually ends with a newline; no URL or JSON object ends with one on purpose.
     text = text.strip()
     if not text:
@@ -63,7 +71,7 @@ def _read(var: str, path: Path, error: Callable[[str], Exception]) -> str:
 def _json_object(var: str, path: str, text: str, error: Callable[[str], Exception]) -> dict[str, str]:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # (json.loads recurses once per level of nesting)
         raise error(f"{var}: the file {path} is not valid JSON (its content is not shown: it holds secrets)") from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise error(f'{var}: the file {path} must hold a JSON object of strings, e.g. {{"sasl.password": "..."}}')

@@ -40,13 +40,13 @@ def _version(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> 
     ).fetchone()
     if row is None:
         return None
-    try:
-        return int(row[0])
-    except (TypeError, ValueError, OverflowError):  # a database error, so callers report it as one
-        raise psycopg.errors.DatatypeMismatch(
-            f"{schema}.{VERSION_TABLE} records version {row[0]!r} for {offsets_table}, not an integer: "
-            "fix or drop that table, then run `microbatch init-db`"
-        ) from None
+    if isinstance(row[0], int) and not isinstance(row[0], bool):
+        return row[0]
+    # A database error, so that callers report it as one.
+    raise psycopg.errors.DatatypeMismatch(
+        f"{schema}.{VERSION_TABLE} records version {str(row[0])[:40]!r} for {offsets_table}, not an integer: "
+        "fix or drop that table, then run `microbatch init-db`"
+    )
 
 
 def _exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:

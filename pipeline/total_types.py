@@ -6,20 +6,20 @@ that rounds (fewer decimal places, an integer type over fractions, `real` or `do
 exact numbers) makes the stored total depend on where windows ended: the same messages would add up
 to another total after a restart, a rebalance or a bisection. A type too narrow for every total
 overflows, and valid events are then dead-lettered. So a pipeline may only choose, for such a
-column, a type that holds every total of its operand exactly; other aggregates (min, max, last)
-commute with rounding and may take any type.
+column, a type that holds every total of its operand exactly (for `double precision`, as exactly as
+floating point adds); other aggregates (min, max, last) commute with rounding and may take any type.
 """
 
 from __future__ import annotations
 
 from pipeline.spec import Aggregate, PipelineSpec
 
-# The total's type without a `type` (aggregates.py: _widened, count) → the types that hold every such total.
-EXACT_TOTALS = {
-    "bigint": ("bigint", "numeric"),
-    "numeric": ("numeric",),
-    "double precision": ("double precision",),
-}
+INTEGERS = frozenset({"smallint", "integer", "bigint"})
+# Exact for a total of integers (a count, a sum of an integer column): bigint too, as the total's own
+# type for smallint and integer operands; past 2^63 it would overflow, not round.
+OF_INTEGERS = ("bigint", "numeric")
+# The total's type without a `type` (aggregates.py: _widened) → the types that hold every such total.
+EXACT_TOTALS = {"bigint": OF_INTEGERS, "numeric": ("numeric",), "double precision": ("double precision",)}
 
 
 def operand_type(spec: PipelineSpec, agg: Aggregate) -> str | None:
@@ -40,8 +40,9 @@ def lossy_totals(spec: PipelineSpec) -> list[str]:
         for name, agg in summary.aggregates.items():
             if agg.type is None or not agg.kind.additive:
                 continue
-            natural = agg.kind.result_type(operand_type(spec, agg))
-            exact = EXACT_TOTALS.get(natural, (natural,))
+            operand = operand_type(spec, agg)
+            natural = agg.kind.result_type(operand)
+            exact = OF_INTEGERS if operand in INTEGERS else EXACT_TOTALS.get(natural, (natural,))
             if agg.type not in exact:
                 problems.append(
                     f"  summaries.{index}.aggregates.{name}.type: {agg.type!r} cannot hold every {agg.function} "

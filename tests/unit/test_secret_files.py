@@ -116,3 +116,17 @@ def test_a_url_file_wins_over_the_config_file(tmp_path: Path, monkeypatch: pytes
     path.write_text(f"postgresql://app:{PASSWORD}@from-file/x")
     monkeypatch.setenv("MICROBATCH_DATABASE_URL_FILE", str(path))
     assert load_settings(config).database_url.get_secret_value() == f"postgresql://app:{PASSWORD}@from-file/x"
+
+
+def test_a_file_that_never_ends_or_nests_too_deeply_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MICROBATCH_DATABASE_URL_FILE", "/dev/zero")
+    with pytest.raises(ConfigError, match=r"MICROBATCH_DATABASE_URL_FILE: the file /dev/zero is larger than"):
+        load_settings()
+    monkeypatch.delenv("MICROBATCH_DATABASE_URL_FILE")
+    nested = tmp_path / "kafka.json"
+    nested.write_text('{"a": ' * 5000 + '"x"' + "}" * 5000)
+    monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG_FILE", str(nested))
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        load_settings()

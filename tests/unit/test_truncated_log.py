@@ -57,7 +57,11 @@ def test_a_truncated_log_halts_a_pipeline_deduplicated_by_offset() -> None:
     placement = place(PID, Facts(stored, TOPIC_ID, low=0, high=40, refused=True, diverged_at=10), rules)
     assert placement.start is None and placement.halt is not None and placement.event == "truncation_halted"
     assert "offsets 10..19" in placement.halt and "duplicates" in placement.halt
+    assert placement.halt.endswith("--partition 2 --to 10`")
     assert placement.change is not None and placement.change.new == placement.change.old, "nothing moves"
+    # Retention deleted some of them too: the reset it advises starts at the log start (reset refuses below it).
+    below = place(PID, Facts(stored, TOPIC_ID, low=14, high=40, refused=True, diverged_at=10), rules)
+    assert below.halt is not None and below.halt.endswith("--partition 2 --to 14`"), below.halt
 
 
 def test_a_truncation_below_the_log_start_is_a_gap_too() -> None:
