@@ -15,7 +15,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from consumer.dlq_book import Book, Copy
 from consumer.dlq_limits import SizeLimit
-from consumer.outcomes import DeadLetterRefused
+from consumer.outcomes import DeadLetterRefused, DeadLetterUnavailable
 from tests.unit.test_dead_letter_producer import HOLD, Decision, FakeProducer, Produced, rejection, sink
 
 TOO_LARGE = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
@@ -171,3 +171,24 @@ def test_a_copy_flying_alone_for_another_window_does_not_hold_this_one() -> None
     started = time.monotonic()
     producer.deliver([rejection(2)])  # a retry of the first: acknowledged already
     assert time.monotonic() - started < 1.0, "deliver waited for a letter it does not need"
+
+
+def test_a_producer_that_cannot_be_renewed_after_a_fatal_error_is_a_retry_and_tried_again() -> None:
+    broken = FakeProducer(decide=lambda letter: KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+    fresh = FakeProducer()
+    asked: list[int | None] = []
+
+    def renew(topic_bytes: int | None) -> FakeProducer:
+        asked.append(topic_bytes)
+        if len(asked) == 1:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no broker"))
+        return fresh
+
+    producer = sink(broken, renew=renew, limit=SizeLimit(1_000_000, lambda timeout: None, topic_bytes=300_000))
+    with pytest.raises(DeadLetterRefused, match="fatal error"):
+        producer.deliver([rejection(1)])
+    with pytest.raises(DeadLetterUnavailable, match="could not make a new dead-letter producer"):
+        producer.deliver([rejection(1)])
+    producer.deliver([rejection(1)])
+    assert asked == [300_000, 300_000], "the topic's limit as known sizes the new producer's batches"
+    assert len(fresh.produced) == 1
