@@ -227,6 +227,7 @@ def _diverged(pid: PartitionId, stored: StoredPosition, facts: Facts, rules: Rul
             f"as duplicates of the lost messages' rows: move the rows of {replaced} out of the raw table, then "
             # (not below the log start: retention may have deleted some of them since, and reset refuses it)
             f"`microbatch positions reset --topic {topic} --partition {partition} --to {max(point, low)}`"
+            + (f"; offsets {point}..{low - 1} were deleted before they were read: lost" if point < low else "")
         )
         return Placement(None, PositionChange(pid, stored, stored, "truncation_halted", detail), halt=halt)
     if point < low:  # and retention deleted some of those before they were read

@@ -1,8 +1,8 @@
 """Credentials read from files, as Kubernetes mounts a Secret: `MICROBATCH_DATABASE_URL_FILE` holds the
 database URL, `MICROBATCH_KAFKA_CONFIG_FILE` a JSON object of librdkafka settings (e.g. sasl.password).
 
-A file that is named but missing, unreadable, empty or (for kafka_config) not a JSON object of strings is
-a ConfigError naming the variable and the path, never the content.
+A file that is named but missing, unreadable, empty, over 1 MiB or (for kafka_config) not a JSON object of
+strings is a ConfigError naming the variable and the path, never the content.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _read(var: str, path: Path, error: Callable[[str], Exception]) -> str:
     try:
         with path.open("rb") as file:
             data = file.read(MAX_BYTES + 1)
-        text = data.decode("utf-8")
+        text = "" if len(data) > MAX_BYTES else data.decode("utf-8")
     except FileNotFoundError:
         raise error(f"{var}: the file {path} does not exist") from None
     except IsADirectoryError:

@@ -44,7 +44,8 @@ def _version(conn: psycopg.Connection[Any], schema: str, offsets_table: str) -> 
         return row[0]
     # A database error, so that callers report it as one.
     raise psycopg.errors.DatatypeMismatch(
-        f"{schema}.{VERSION_TABLE} records version {str(row[0])[:40]!r} for {offsets_table}, not an integer: "
+        f"{schema}.{VERSION_TABLE} records version {str(row[0])[:40]!r} ({type(row[0]).__name__}) for "
+        f"{offsets_table}, not an integer: "
         "fix or drop that table, then run `microbatch init-db`"
     )
 

@@ -4,10 +4,10 @@ A `sum` or `count` column is merged by adding each window's total to the stored 
 (`t.x + excluded.x`), and each window's total is cast to the column's type before it is added. A type
 that rounds (fewer decimal places, an integer type over fractions, `real` or `double precision` over
 exact numbers) makes the stored total depend on where windows ended: the same messages would add up
-to another total after a restart, a rebalance or a bisection. A type too narrow for every total
-overflows, and valid events are then dead-lettered. So a pipeline may only choose, for such a
-column, a type that holds every total of its operand exactly (for `double precision`, as exactly as
-floating point adds); other aggregates (min, max, last) commute with rounding and may take any type.
+to another total after a restart, a rebalance or a bisection. So a pipeline may only choose, for such
+a column, a type that holds every total of its operand exactly (for `double precision`, as exactly as
+floating point adds; `bigint` over integers fails past 2^63, never rounds); other aggregates (min,
+max, last) commute with rounding and may take any type.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_a_schema_version_that_is_not_an_integer_is_one_line_naming_the_table_an
         conn.execute("ALTER TABLE microbatch_schema_version ALTER COLUMN version TYPE text")
         conn.execute("UPDATE microbatch_schema_version SET version = 'three'")
     said = (
-        "public.microbatch_schema_version records version 'three' for microbatch_offsets, not an integer: "
+        "public.microbatch_schema_version records version 'three' (str) for microbatch_offsets, not an integer: "
         "fix or drop that table, then run `microbatch init-db` (SQLSTATE 42804)"
     )
     _one_line_refusal(run_cli(service_env, "init-db", "--pipeline", str(invoice_pipeline)), said)

@@ -189,6 +189,7 @@ def test_a_producer_that_cannot_be_renewed_after_a_fatal_error_is_a_retry_and_tr
         producer.deliver([rejection(1)])
     with pytest.raises(DeadLetterUnavailable, match="could not make a new dead-letter producer"):
         producer.deliver([rejection(1)])
+    producer.limit.topic_bytes = 200_000  # read again meanwhile
     producer.deliver([rejection(1)])
-    assert asked == [300_000, 300_000], "the topic's limit as known sizes the new producer's batches"
-    assert len(fresh.produced) == 1
+    assert asked == [300_000, 200_000], "the topic's limit as known now sizes the new producer's batches"
+    assert broken.purged and len(broken.produced) == 1 and len(fresh.produced) == 1

@@ -126,7 +126,17 @@ def test_a_file_that_never_ends_or_nests_too_deeply_is_one_clear_line(
         load_settings()
     monkeypatch.delenv("MICROBATCH_DATABASE_URL_FILE")
     nested = tmp_path / "kafka.json"
-    nested.write_text('{"a": ' * 5000 + '"x"' + "}" * 5000)
+    nested.write_text("[" * 100_000 + "]" * 100_000)  # deeper than any Python's json recurses (3.13: 5,000 is fine)
     monkeypatch.setenv("MICROBATCH_KAFKA_CONFIG_FILE", str(nested))
     with pytest.raises(ConfigError, match="is not valid JSON"):
+        load_settings()
+
+
+def test_a_large_binary_file_is_refused_for_its_size_not_its_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = tmp_path / "image.bin"
+    big.write_bytes(b"\xff" * (2 * 1024 * 1024))
+    monkeypatch.setenv("MICROBATCH_DATABASE_URL_FILE", str(big))
+    with pytest.raises(ConfigError, match="is larger than 1,048,576 bytes"):
         load_settings()

@@ -71,6 +71,8 @@ def test_bigint_holds_a_sum_of_any_integer_column() -> None:
     fields["quantity"] = {"type": "integer"}  # unbounded: a bigint column
     spec = parse_pipeline(data)
     assert spec.column_type("quantity") == "bigint"
+    shape = next(shape for shape in WritePlan(spec).summary_shapes() if shape.name == "extra_totals")
+    assert {column.name: column.type for column in shape.columns}["units"] == "bigint"
 
 
 def test_a_name_ending_in_a_newline_is_refused() -> None:
