@@ -4,11 +4,13 @@ Ranges are resolved strictly left to right, so at any moment the rows before `re
 (written or rejected) and a transaction can commit that prefix. When a range fails it is split in
 halves; when the left half of a failed range then succeeds, the right half must hold the failure,
 so it is split again without being tried (one attempt saved per level). Single rows are always
-tried: a leaf either succeeds or is rejected with its own error.
+tried: a leaf either succeeds or is rejected with its own error, except a row whose verdict is
+already known (`settled`: a retry of a write that dead-lettered it), which is rejected untried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -19,6 +21,7 @@ class Node:
     lo: int
     hi: int
     known_bad: bool = False
+    settled: bool = False  # a single row whose verdict is already known (pipeline.sent_verdicts): never tried
     # On the left half of a failed range: its right half, which must fail if this half succeeds.
     sibling: Node | None = None
 
@@ -30,9 +33,21 @@ class Node:
 class RangeStack:
     """Pending ranges, leftmost first, covering exactly the unresolved rows [resolved, n)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, settled: Iterable[int] = ()) -> None:
+        """Rows [0, n) pending as one range, or cut around the `settled` rows, each pending alone."""
         self._n = n
-        self._pending: list[Node] = [Node(0, n)] if n > 0 else []  # reversed: last = leftmost
+        nodes: list[Node] = []
+        lo = 0
+        for row in sorted(settled):
+            if not lo <= row < n:
+                raise ValueError(f"settled row {row} is not one of the {n} rows, or is given twice")
+            if lo < row:
+                nodes.append(Node(lo, row))
+            nodes.append(Node(row, row + 1, settled=True))
+            lo = row + 1
+        if lo < n:
+            nodes.append(Node(lo, n))
+        self._pending: list[Node] = nodes[::-1]  # reversed: last = leftmost
 
     @property
     def resolved(self) -> int:
@@ -61,7 +76,7 @@ class RangeStack:
             node.sibling.known_bad = True
 
     def reject(self, node: Node) -> None:
-        """`node` (the current leftmost, a single row) failed on its own: it is rejected."""
+        """`node` (the current leftmost, a single row) failed on its own, or is settled: it is rejected."""
         if node.size != 1:
             raise ValueError("only a single row is rejected; split larger ranges")
         self._pop(node)

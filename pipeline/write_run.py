@@ -22,6 +22,7 @@ class WriteRun:
     stack: RangeStack
     result: FlushResult = field(default_factory=FlushResult)
     db_rejections: dict[int, Rejection] = field(default_factory=dict)  # row index → rejection
+    settled: dict[int, Rejection] = field(default_factory=dict)  # rows already dead-lettered (sent_verdicts)
     committed_records: int = 0  # records before this index are committed (written or rejected)
     copy_per_node: bool = False
     on_statement: Callable[[], None] | None = None  # called once, before the first insert-and-upsert

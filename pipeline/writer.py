@@ -12,7 +12,9 @@ The order inside a transaction is the correctness argument; the steps are number
      tables) and upserts the summaries from what was new;
   5. rejected records go to the reject sink, which returns only once they are durably stored
      (the dead-letter topic acknowledged them), before any position moves past them (decoding's
-     rejections were sent ahead during the COPY: the sink mostly finds them acknowledged);
+     rejections were sent ahead during the COPY: the sink mostly finds them acknowledged); the
+     database's verdicts among them are final from then on, even if the COMMIT fails
+     (pipeline.sent_verdicts: a retry rejects those rows untried);
   6. COMMIT.
 
 The first statement of a write runs without a SAVEPOINT: clean batches are the common case, and
@@ -49,6 +51,7 @@ from pipeline.lookup_cache import KnownKeys
 from pipeline.offsets import OffsetsTable
 from pipeline.records import PARTITION_OF, Batch, PartitionId, Rejection, RejectReason
 from pipeline.rejects import RejectSink
+from pipeline.sent_verdicts import SentVerdicts
 from pipeline.sqlplan import WritePlan
 from pipeline.write_run import WriteRun
 
@@ -88,6 +91,7 @@ class BatchWriter:
         self.max_transactions = max_transactions
         self.synchronous_commit = synchronous_commit
         self._known_since = 0  # the connection the known keys were learnt on (Database.opened)
+        self.sent = SentVerdicts()
 
     def write(
         self,
@@ -113,9 +117,12 @@ class BatchWriter:
         or DatabaseFailure (classified). In every case the open transaction was rolled back, and earlier
         commits were reported through `on_commit`.
         """
-        run = WriteRun(
-            batch, decoded, dict(batch.from_positions), RangeStack(len(decoded.rows)), on_statement=on_statement
-        )
+        # Rows a failed attempt already dead-lettered stay rejected (pipeline.sent_verdicts); they are
+        # written around, under savepoints, as a bisection would.
+        settled = self.sent.of_rows(batch.records, decoded.row_records)
+        stack = RangeStack(len(decoded.rows), settled)
+        run = WriteRun(batch, decoded, dict(batch.from_positions), stack, settled=settled, on_statement=on_statement)
+        run.result.bisected = bool(settled)
         if on_progress is not None:
             run.on_progress = on_progress
         try:
@@ -175,6 +182,7 @@ class BatchWriter:
             # 5. rejected records are durably stored before the positions move past them.
             fresh = run.rejections_between(start, boundary)
             sink.deliver(fresh, run.batch.records[start:boundary])
+            self.sent.remember(run.db_rejections.values())  # final, even if the COMMIT fails
             run.on_progress()
             failpoints.hit("before_commit")
             # 6. COMMIT when the block ends.
@@ -186,6 +194,7 @@ class BatchWriter:
         run.result.rejections.extend(fresh)
         run.stored.update(committed)
         run.committed_records = boundary
+        self.sent.settle(committed)
         return committed
 
     @contextmanager
@@ -261,7 +270,13 @@ class BatchWriter:
         if not run.result.bisected and not run.copy_per_node:
             self._bulk_statement(conn, run, limit)
             return
-        while budget > 0 and (node := stack.next(limit)) is not None:
+        while (node := stack.next(limit)) is not None:
+            if node.settled:  # dead-lettered by an attempt that did not commit: rejected untried
+                run.db_rejections[node.lo] = run.settled[node.lo]
+                stack.reject(node)
+                continue
+            if budget == 0:
+                return
             budget -= 1
             run.result.savepoints += 1
             try:

@@ -1,0 +1,134 @@
+"""A verdict of the database that reached the dead-letter topic stands when the COMMIT after it fails
+(pipeline/sent_verdicts.py), against real PostgreSQL: the retry never writes a dead-lettered message."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+
+from pipeline import failpoints
+from pipeline.errors import DatabaseFailure, FailureClass
+from pipeline.prepare import Preparer
+from pipeline.records import Batch, Record, Rejection, RejectReason
+from pipeline.rejects import RejectSink
+from pipeline.spec_loader import builtin_dir, load_pipeline
+from pipeline.target import Target
+from tests.support.lookup_runs import register, replace_once
+
+TOPIC = "vendor-invoice-lines"
+
+
+class CreatingOnDelivery(RejectSink):
+    """Keeps what it is given; the first time a letter is delivered, someone registers the vendors the
+    letters lacked (a reference row appearing between the dead letter and the COMMIT)."""
+
+    def __init__(self, database_url: str, *vendors: str) -> None:
+        self.database_url, self.vendors = database_url, vendors
+        self.delivered: list[list[Rejection]] = []
+
+    def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+        self.delivered.append(list(rejections))
+        if rejections and len(self.delivered) == 1:
+            with psycopg.connect(self.database_url, autocommit=True) as conn:
+                register(conn, *self.vendors)
+
+
+def _records(vendors: Sequence[str], *, start: int = 0) -> list[Record]:
+    return [
+        Record(TOPIC, 0, start + n, None, orjson.dumps({
+            "event_id": str(uuid.uuid4()), "invoice_id": f"i-{n}", "vendor": vendor, "sku": f"sku-{n % 3}",
+            "quantity": 1 + n % 4, "unit_price": 2.5, "ts": "2026-01-01T00:00:00Z",
+        }))
+        for n, vendor in enumerate(vendors)
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def find_only(database_url: str, tmp_path: Path) -> Iterator[tuple[Target, Preparer]]:
+    """The vendor-invoices pipeline whose vendors are found only (unknown ones are dead-lettered)."""
+    path = tmp_path / "vendor-invoices.toml"
+    path.write_text(replace_once(
+        (builtin_dir() / "vendor-invoices.toml").read_text(),
+        'id = { column = "vendor_id", type = "bigint" }\ncreate = true',
+        'id = { column = "vendor_id", type = "bigint" }\ncreate = false\non_missing = "dead_letter"',
+    ))  # fmt: skip
+    spec = load_pipeline(path)
+    target, preparer = Target(spec, database_url), Preparer(spec, database_url)
+    try:
+        assert target.init_tables()[1] == []
+        yield target, preparer
+    finally:
+        failpoints.arm("")
+        target.close()
+        preparer.close()
+
+
+def _written(database_url: str) -> dict[str, int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT v.name, count(*) FROM transactions t JOIN vendors v USING (vendor_id) GROUP BY v.name"
+        ).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
+@pytest.mark.parametrize("max_savepoints", [64, 2])
+def test_a_retry_keeps_out_what_a_failed_commit_already_dead_lettered(
+    database_url: str, find_only: tuple[Target, Preparer], max_savepoints: int
+) -> None:
+    target, preparer = find_only
+    target.writer.max_savepoints = max_savepoints  # 2: the settled rows span several transactions
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "acme")
+    vendors = ["acme", "globex", "acme", "acme", "globex", "acme", "acme", "globex"]
+    window = _records(vendors)
+    lacking = {r.offset for r in window if orjson.loads(r.value or b"")["vendor"] == "globex"}
+    sink = CreatingOnDelivery(database_url, "globex")
+
+    failpoints.arm("before_commit:raise:08006@1")  # the first COMMIT fails once its letters are out
+    with pytest.raises(DatabaseFailure) as failed:
+        target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), sink)
+    assert failed.value.failure is FailureClass.TRANSIENT
+    letters = sink.delivered[0]
+    assert {r.record.offset for r in letters} == lacking
+    assert {r.reason for r in letters} == {RejectReason.UNKNOWN_REFERENCE}
+    assert _written(database_url) == {}  # rolled back; globex is registered now
+    assert len(target.writer.sent) == len(lacking)
+
+    # The consumer retries the window, decoded again. globex exists now, but its events were dead-lettered.
+    result = target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), sink)
+    assert {r.record.offset for r in result.rejections} == lacking
+    assert {r.reason for r in result.rejections} == {RejectReason.UNKNOWN_REFERENCE}
+    assert result.inserted == len(window) - len(lacking)
+    assert result.transactions == (1 if max_savepoints == 64 else 2)  # settled rows take no savepoint
+    assert _written(database_url) == {"acme": len(window) - len(lacking)}
+    assert {r.record.offset for r in sink.delivered[-1]} <= lacking  # sent again at most
+    assert {pid: row.offset for pid, row in target.stored_positions([(TOPIC, 0)]).items()} == {(TOPIC, 0): 8}
+    assert len(target.writer.sent) == 0  # the COMMIT moved past them: forgotten
+
+    # The next windows judge globex afresh: it is known now.
+    later = _records(["globex", "acme"], start=len(window))
+    result = target.write(Batch(later, {(TOPIC, 0): 8}), preparer.prepare(later), sink)
+    assert (result.inserted, result.rejections) == (2, [])
+
+
+def test_a_retry_writes_a_reused_coordinate_with_another_value(
+    database_url: str, find_only: tuple[Target, Preparer]
+) -> None:
+    """A verdict belongs to a message, not to its coordinates: a re-created topic reuses offsets."""
+    target, preparer = find_only
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "acme")
+    sink = CreatingOnDelivery(database_url, "globex")
+    first = _records(["acme", "globex"])
+    failpoints.arm("before_commit:raise:08006@1")
+    with pytest.raises(DatabaseFailure):
+        target.write(Batch(first, {(TOPIC, 0): None}), preparer.prepare(first), sink)
+    other = _records(["acme", "globex"])  # same coordinates, other event ids
+    result = target.write(Batch(other, {(TOPIC, 0): None}), preparer.prepare(other), sink)
+    assert (result.inserted, result.rejections) == (2, [])
+    assert _written(database_url) == {"acme": 1, "globex": 1}

@@ -1,0 +1,108 @@
+"""Verdicts already dead-lettered (pipeline/sent_verdicts.py) and the bisection that writes around them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.bisect import RangeStack
+from pipeline.records import Record, Rejection, RejectReason
+from pipeline.sent_verdicts import SentVerdicts
+
+TOPIC = "t"
+
+
+def _record(partition: int, offset: int, value: bytes = b"v") -> Record:
+    return Record(TOPIC, partition, offset, None, value)
+
+
+def _rejected(record: Record) -> Rejection:
+    return Rejection(record, RejectReason.DB_REJECTED, "check", "CheckViolation", "23514")
+
+
+def test_rows_of_records_already_dead_lettered_are_found_by_coordinates_and_value() -> None:
+    records = [_record(0, 10), _record(0, 11), _record(1, 10), _record(0, 12, b"other")]
+    sent = SentVerdicts()
+    assert sent.of_rows(records, [0, 1, 2, 3]) == {}
+    letters = [_rejected(_record(0, 11)), _rejected(_record(1, 10)), _rejected(_record(0, 12))]
+    sent.remember(letters)
+    # Row numbers index row_records (record 0 was rejected while decoding: no row).
+    assert sent.of_rows(records, [1, 2, 3]) == {0: letters[0], 1: letters[1]}  # offset 12's value differs
+
+
+def test_a_commit_forgets_the_verdicts_it_moved_past_on_its_partitions_only() -> None:
+    sent = SentVerdicts()
+    sent.remember(_rejected(_record(p, o)) for p, o in [(0, 5), (0, 9), (1, 5)])
+    sent.settle({(TOPIC, 0): 9})
+    assert len(sent) == 2
+    assert set(sent.of_rows([_record(0, 9), _record(1, 5), _record(0, 5)], [0, 1, 2])) == {0, 1}
+    sent.settle({(TOPIC, 0): 10, (TOPIC, 1): 6})
+    assert len(sent) == 0
+
+
+def test_the_oldest_verdicts_go_past_the_limit() -> None:
+    sent = SentVerdicts(limit=3)
+    sent.remember(_rejected(_record(0, o)) for o in range(5))
+    assert len(sent) == 3
+    assert set(sent.of_rows([_record(0, o) for o in range(5)], range(5))) == {2, 3, 4}
+
+
+def test_settled_rows_are_pending_alone_in_order() -> None:
+    stack = RangeStack(10, [7, 0, 4])
+    seen = []
+    while (node := stack.next(10)) is not None:
+        seen.append((node.lo, node.hi, node.settled))
+        (stack.reject if node.settled else stack.succeed)(node)
+    assert seen == [(0, 1, True), (1, 4, False), (4, 5, True), (5, 7, False), (7, 8, True), (8, 10, False)]
+    assert stack.resolved == 10
+
+
+@pytest.mark.parametrize("settled", [[10], [-1], [3, 3]])
+def test_a_settled_row_outside_the_rows_or_twice_is_refused(settled: list[int]) -> None:
+    with pytest.raises(ValueError, match="settled row"):
+        RangeStack(10, settled)
+
+
+@given(
+    n=st.integers(1, 300),
+    seed=st.integers(0, 2**32 - 1),
+    budget=st.integers(1, 8),
+    limit_share=st.floats(0.1, 1.0),
+)
+def test_bisection_around_settled_rows_rejects_exactly_them_and_the_bad_ones(
+    n: int, seed: int, budget: int, limit_share: float
+) -> None:
+    """The writer's loop (pipeline/writer.py `_bisect`), transaction after transaction: settled rows cost
+    no attempt, are never tried, and everything else resolves as without them."""
+    rng = random.Random(seed)
+    settled = set(rng.sample(range(n), rng.randrange(n + 1) // 3))
+    bad = set(rng.sample(range(n), rng.randrange(n + 1) // 4)) - settled
+    stack = RangeStack(n, settled)
+    rejected, tried = [], set()
+    limit = max(1, int(n * limit_share))
+    while stack.resolved < n:  # one transaction per pass, each up to its limit and budget
+        left = budget
+        top = min(n, stack.resolved + limit)
+        while (node := stack.next(top)) is not None:
+            if node.settled:
+                rejected.append(node.lo)
+                stack.reject(node)
+                continue
+            if left == 0:
+                break
+            left -= 1
+            span = set(range(node.lo, node.hi))
+            tried |= span
+            if bad & span:
+                if node.size == 1:
+                    rejected.append(node.lo)
+                    stack.reject(node)
+                else:
+                    stack.fail(node)
+            else:
+                stack.succeed(node)
+    assert rejected == sorted(settled | bad)
+    assert not tried & settled
