@@ -174,6 +174,7 @@ def custom_resource_problems(objects: list[Manifest]) -> list[str]:
     ports = container_ports(deployment)
     return [
         *_service_problems(one(objects, "Service"), pod_labels, ports),
+        *_budget_problems(one(objects, "PodDisruptionBudget"), pod_labels),
         *_pod_monitor_problems(one(objects, "PodMonitor"), pod_labels, ports),
         *_rule_problems(one(objects, "PrometheusRule")),
     ]
@@ -188,6 +189,16 @@ def _service_problems(service: Manifest, pod_labels: dict[str, str], ports: dict
         for port in service["spec"]["ports"]
         if port.get("targetPort") not in ports
     ]
+    return problems
+
+
+def _budget_problems(budget: Manifest, pod_labels: dict[str, str]) -> list[str]:
+    spec = budget["spec"]
+    problems = []
+    if not _selects(spec.get("selector", {}).get("matchLabels", {}), pod_labels):
+        problems.append("PodDisruptionBudget: its selector does not select the Deployment's pods")
+    if spec.get("maxUnavailable") != 1 or "minAvailable" in spec:
+        problems.append("PodDisruptionBudget: maxUnavailable must be 1 (one consumer evicted at a time)")
     return problems
 
 

@@ -70,6 +70,9 @@ def test_the_wheel_holds_the_service_and_the_built_in_pipelines_but_no_dev_tools
     names = zipfile.ZipFile(installed.wheel).namelist()
     assert {"pipeline/builtin/invoices.toml", "pipeline/builtin/pageviews.toml", "consumer/cli.py"} <= set(names)
     assert [name for name in names if name.split("/")[0] in {"devstack", "bench", "tests", "pipelines"}] == []
+    licenses = [name for name in names if name.endswith(".dist-info/licenses/LICENSE")]  # PEP 639
+    assert len(licenses) == 1
+    assert zipfile.ZipFile(installed.wheel).read(licenses[0]) == (ROOT / "LICENSE").read_bytes()
 
 
 def test_the_installed_microbatch_knows_its_version_and_runs_init_db_and_check_config(

@@ -80,7 +80,13 @@ def test_the_generator_takes_the_runbook_base_and_keeps_everything_else() -> Non
 
 def test_the_built_in_objects_pass_the_kubernetes_schemas(objects: list[dict[str, Any]]) -> None:
     builtin = [o for o in objects if o["kind"] not in CUSTOM_KINDS]
-    assert sorted(o["kind"] for o in builtin) == ["ConfigMap", "ConfigMap", "Deployment", "Service"]
+    assert sorted(o["kind"] for o in builtin) == [
+        "ConfigMap",
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+    ]
     for version in KUBERNETES_VERSIONS:
         for manifest in builtin:
             kubernetes_validate.validate(manifest, version, strict=True)
@@ -96,8 +102,10 @@ def test_the_custom_resources_and_the_references_between_objects_check_out(objec
     one(wrong, "PodMonitor")["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] = "other"
     one(wrong, "Service")["spec"]["ports"][0]["targetPort"] = "http"
     one(wrong, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["annotations"]["runbook_url"] = "runbook.html"
+    one(wrong, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] = "x"
+    one(wrong, "PodDisruptionBudget")["spec"]["maxUnavailable"] = "100%"
     problems = custom_resource_problems(wrong)
-    assert len(problems) == 3, problems
+    assert len(problems) == 5, problems
 
 
 def test_the_fallback_renderer_reads_the_same_objects_as_kustomize(objects: list[dict[str, Any]]) -> None:
