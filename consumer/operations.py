@@ -27,6 +27,7 @@ from consumer.settings import ConfigError, Settings, load_settings
 from pipeline.errors import DatabaseFailure
 from pipeline.spec_loader import PipelineFileError, load_pipeline
 from pipeline.target import Target
+from pipeline.transform import TransformError, load_transform
 
 
 @dataclass
@@ -128,6 +129,12 @@ def check_config(config_file: Path | None, pipeline_source: str | None) -> list[
         return [*results, CheckResult("pipeline", False, str(exc))]
     results.append(CheckResult("pipeline", True, f"{spec.name!r}: {len(spec.fields)} fields, "
                                                  f"{1 + len(spec.summaries) + len(spec.lookups)} tables"))  # fmt: skip
+    if spec.transform is not None:  # imported as `run` imports it: a hook that does not load stops the consumer
+        try:
+            load_transform(spec.transform, spec.origin)
+            results.append(CheckResult("transform", True, f"{spec.transform} loads"))
+        except TransformError as exc:
+            results.append(CheckResult("transform", False, str(exc)))
     try:
         check_clients(settings, settings.group_id or spec.group, spec.dead_letter_topic)
         admin = check_kafka(settings)

@@ -1,6 +1,6 @@
 """User mistakes only a real broker or database shows, refused in one clear line (exit 2), never a
 traceback: `positions reset --to` an offset outside the partition's log, and a schema version table
-made by hand whose version is not an integer."""
+made by hand whose version is not an integer; check-config names a transform hook that does not load."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from devstack.verify import high_watermarks, stored_positions
+from pipeline.spec_loader import builtin_dir
 from tests.support.consumer_process import run_cli
 from tests.support.services import KafkaService
 from tests.support.user_paths import init_db
@@ -85,3 +86,26 @@ def test_a_schema_version_that_is_not_an_integer_is_one_line_naming_the_table_an
     init_db(service_env, invoice_pipeline)
     checked = run_cli(service_env, "check-config", "--pipeline", str(invoice_pipeline))
     assert "ok   database: reachable; tables and privileges match the pipeline" in checked.stdout, checked.stdout
+
+
+def test_check_config_loads_the_transform_hook_as_run_does(service_env: dict[str, str], tmp_path: Path) -> None:
+    """A hook that does not import is a FAIL line of check-config, not a surprise of `run`."""
+    text = (builtin_dir() / "pageviews.toml").read_text()
+    assert text.count("dead_letter_topic =") == 1
+    pipeline = tmp_path / "pageviews.toml"
+    pipeline.write_text(text.replace("dead_letter_topic =", 'transform = "viewhooks:clean"\ndead_letter_topic ='))
+    checked = run_cli(service_env, "check-config", "--pipeline", str(pipeline))
+    assert checked.returncode == 2 and "Traceback" not in checked.stdout + checked.stderr, checked
+    said = "FAIL transform: transform 'viewhooks:clean': cannot import module 'viewhooks' (ModuleNotFoundError"
+    assert (
+        [line for line in checked.stdout.splitlines() if line.startswith("FAIL transform")]
+        == [line for line in checked.stdout.splitlines() if line.startswith(said)]
+        != []
+    ), checked.stdout
+    # Sizes differ: a bytecode cache written within the same second is checked by size too.
+    (tmp_path / "viewhooks.py").write_text("def another(event):\n    return event\n")
+    checked = run_cli(service_env, "check-config", "--pipeline", str(pipeline))
+    assert "FAIL transform: transform 'viewhooks:clean': viewhooks has no function 'clean'" in checked.stdout
+    (tmp_path / "viewhooks.py").write_text("def clean(event):\n    return event\n")
+    checked = run_cli(service_env, "check-config", "--pipeline", str(pipeline))
+    assert "ok   transform: viewhooks:clean loads" in checked.stdout, checked.stdout
