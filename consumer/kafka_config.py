@@ -29,6 +29,16 @@ NON_NEGOTIABLE: dict[str, tuple[str, str]] = {
         "read_committed",
         "messages of aborted Kafka transactions must never be written",
     ),
+    "enable.gapless.guarantee": (
+        "false",
+        "a dead letter the broker refuses (too large for the topic) is sent again, smaller; with the gapless "
+        "guarantee librdkafka turns that refusal into a fatal error of the dead-letter producer",
+    ),
+}
+# Settings that may not be set at all, with the reason.
+NOT_ALLOWED = {
+    "transactional.id": "the dead-letter producer sends each letter outside any Kafka transaction; a "
+    "transactional producer refuses that",
 }
 # Settings that have their own microbatch setting; setting them in kafka_config is a mistake.
 OWN_SETTING = {
@@ -50,6 +60,8 @@ def check_passthrough(extra: Mapping[str, str]) -> None:
             required, reason = NON_NEGOTIABLE[key]
             if _normal(str(value)) != required:
                 problems.append(f"  kafka_config {key}={value} is refused: it must be {required} ({reason})")
+        elif key in NOT_ALLOWED:
+            problems.append(f"  kafka_config {key} is refused: {NOT_ALLOWED[key]}")
         elif key in OWN_SETTING:
             problems.append(f"  kafka_config {key} is refused: use the {OWN_SETTING[key]} setting instead")
     if problems:

@@ -65,6 +65,8 @@ def test_kafka_config_json_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("enable.auto.offset.store", "true", "must be false"),
         ("partition.assignment.strategy", "range", "must be cooperative-sticky"),
         ("isolation.level", "read_uncommitted", "must be read_committed"),
+        ("enable.gapless.guarantee", "true", "enable.gapless.guarantee=true is refused: it must be false"),
+        ("transactional.id", "mb-1", "transactional.id is refused: the dead-letter producer sends each letter"),
         ("group.id", "other", "use the group_id setting"),
         ("auto.offset.reset", "latest", "use the auto_offset_reset setting"),
     ],
