@@ -103,6 +103,8 @@ def verify(conn: psycopg.Connection[Any], plan: WritePlan) -> list[Mismatch]:
                 problems.append(Mismatch(shape.name, f"no primary key or unique constraint on ({keys})"))
             elif shape.name == plan.spec.raw.table:
                 problems.extend(_nullable_dedupe_key(conn, plan.schema, shape.name, key))
+        if shape.name == plan.spec.raw.table:
+            problems.extend(_nullable_lookup_columns(conn, plan, shape))
         problems.extend(
             Mismatch(
                 shape.name,
@@ -119,24 +121,54 @@ def verify(conn: psycopg.Connection[Any], plan: WritePlan) -> list[Mismatch]:
     return problems
 
 
+def _nullable(conn: psycopg.Connection[Any], schema: str, table: str, columns: list[str]) -> list[str]:
+    """Those of `columns` that the table lets be NULL, in the table's order."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+        "AND a.attname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull ORDER BY a.attnum",
+        (schema, table, columns),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
 def _nullable_dedupe_key(
     conn: psycopg.Connection[Any], schema: str, table: str, key: tuple[str, ...]
 ) -> list[Mismatch]:
     """A nullable column in the raw table's conflict key: NULL never conflicts, so a row with a NULL
     there would be inserted (and counted in every summary) once per delivery."""
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
-        "AND a.attname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull ORDER BY a.attnum",
-        (schema, table, list(key)),
-    ).fetchall()
     return [
         Mismatch(
             table,
-            f"dedupe key column {row[0]} can be NULL, and NULL never conflicts: a duplicate would be written and "
-            f"counted twice (ALTER TABLE {schema}.{table} ALTER COLUMN {row[0]} SET NOT NULL)",
+            f"dedupe key column {column} can be NULL, and NULL never conflicts: a duplicate would be written and "
+            f"counted twice (ALTER TABLE {schema}.{table} ALTER COLUMN {column} SET NOT NULL)",
         )
-        for row in rows
+        for column in _nullable(conn, schema, table, list(key))
+    ]
+
+
+def _nullable_lookup_columns(conn: psycopg.Connection[Any], plan: WritePlan, shape: TableShape) -> list[Mismatch]:
+    """A raw column holding what a lookup found (its id, or a column of its reference row) that may be
+    NULL, where the pipeline never writes NULL. The insert joins the reference tables; if a reference
+    row was deleted while the writer knew its key (pipeline.lookup_cache), only NOT NULL turns the miss
+    into an error that makes the writer look the key up again. Without it the row is written with a
+    NULL there, and counted in every summary under it."""
+    spec, lookups = plan.spec, {lookup.name for lookup in plan.spec.lookups}
+    wanted = [
+        column.name
+        for column in shape.columns
+        if column.not_null and (source := spec.raw.columns[column.name].field) is not None
+        and source.partition(".")[0] in lookups
+    ]  # fmt: skip
+    if not wanted:
+        return []
+    return [
+        Mismatch(
+            shape.name,
+            f"column {column} holds what a lookup found and can be NULL: if a reference row is deleted, rows would "
+            f"be written with a NULL there (ALTER TABLE {plan.schema}.{shape.name} ALTER COLUMN {column} SET NOT NULL)",
+        )
+        for column in _nullable(conn, plan.schema, shape.name, wanted)
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 import psycopg
@@ -13,7 +14,7 @@ from pipeline.errors import DatabaseFailure, FailureClass
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record, Rejection
 from pipeline.rejects import RejectSink
-from pipeline.spec_loader import load_pipeline
+from pipeline.spec_loader import builtin_dir, load_pipeline
 from pipeline.target import Target
 
 TOPIC = "vendor-invoice-lines"
@@ -101,6 +102,45 @@ def test_an_identity_behind_hand_inserted_ids_is_reported_and_stops_instead_of_d
         assert "lookup 'vendor'" in str(caught.value) and "vendors_pkey" in str(caught.value)
         assert sink.delivered == []  # nothing dead-lettered: the events wait for the fix
         assert target.stored_positions([(TOPIC, 0)]) == {}
+    finally:
+        target.close()
+        preparer.close()
+
+
+def test_a_nullable_lookup_column_is_a_mismatch_because_the_cache_relies_on_not_null(
+    database_url: str, tmp_path: Path
+) -> None:
+    """What init-db's NOT NULL guards: without it, a deleted reference row whose key the writer knows
+    makes a row with a NULL id, silently (here no summary is keyed by the id, whose primary key would
+    refuse the NULL). verify names every such column of a hand-made raw table."""
+    text = (builtin_dir() / "vendor-invoices.toml").read_text()
+    path = tmp_path / "raw-only.toml"
+    path.write_text(text[: text.index("[[summaries]]")])
+    spec = load_pipeline(path)
+    target = Target(spec, database_url, lookup_cache_keys=1000)
+    preparer = Preparer(spec, database_url)
+    try:
+        assert target.init_tables()[1] == []
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for column in ("vendor_id", "item_id", "sku"):
+                conn.execute(f"ALTER TABLE transactions ALTER COLUMN {column} DROP NOT NULL")  # type: ignore[arg-type]
+        assert [str(m) for m in target.verify_tables()] == [
+            f"table transactions: column {column} holds what a lookup found and can be NULL: if a reference row is "
+            f"deleted, rows would be written with a NULL there (ALTER TABLE public.transactions ALTER COLUMN "
+            f"{column} SET NOT NULL)"
+            for column in ("vendor_id", "item_id", "sku")
+        ]
+        # The hazard itself: a known key whose reference row is gone.
+        sink = Collecting()
+        first = _records(0, ["A"])
+        target.write(Batch(first, {(TOPIC, 0): None}), preparer.prepare(first), sink)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM items WHERE sku = 'a'")
+        second = _records(1, ["A", "a "])  # two rows: a single one always looks its keys up
+        done = target.write(Batch(second, {(TOPIC, 0): 1}), preparer.prepare(second), sink)
+        assert (done.inserted, sink.delivered) == (2, []), done
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT count(*) FILTER (WHERE item_id IS NULL) FROM transactions").fetchone() == (2,)
     finally:
         target.close()
         preparer.close()
