@@ -13,8 +13,8 @@ The order inside a transaction is the correctness argument; the steps are number
   5. rejected records go to the reject sink, which returns only once they are durably stored
      (the dead-letter topic acknowledged them), before any position moves past them (decoding's
      rejections were sent ahead during the COPY: the sink mostly finds them acknowledged); the
-     database's verdicts among them are final from then on, even if the COMMIT fails
-     (pipeline.sent_verdicts: a retry rejects those rows untried);
+     database's verdicts among them are remembered first and stand even if the delivery or the
+     COMMIT fails (pipeline.sent_verdicts: the retry rejects those rows untried);
   6. COMMIT.
 
 The first statement of a write runs without a SAVEPOINT: clean batches are the common case, and
@@ -117,12 +117,11 @@ class BatchWriter:
         or DatabaseFailure (classified). In every case the open transaction was rolled back, and earlier
         commits were reported through `on_commit`.
         """
-        # Rows a failed attempt already dead-lettered stay rejected (pipeline.sent_verdicts); they are
-        # written around, under savepoints, as a bisection would.
-        settled = self.sent.of_rows(batch.records, decoded.row_records)
+        # Rows an attempt that did not commit may have dead-lettered stay rejected (pipeline.sent_verdicts);
+        # the rows around them are written under savepoints, as a bisection writes them.
+        settled = self.sent.take(batch, decoded.row_records)
         stack = RangeStack(len(decoded.rows), settled)
         run = WriteRun(batch, decoded, dict(batch.from_positions), stack, settled=settled, on_statement=on_statement)
-        run.result.bisected = bool(settled)
         if on_progress is not None:
             run.on_progress = on_progress
         try:
@@ -181,8 +180,9 @@ class BatchWriter:
                 run.on_progress()
             # 5. rejected records are durably stored before the positions move past them.
             fresh = run.rejections_between(start, boundary)
+            # The database's verdicts of this transaction's rows stand from here, whatever fails next.
+            self.sent.remember((r for row, r in run.db_rejections.items() if row >= first_row), run.batch.topic_ids)
             sink.deliver(fresh, run.batch.records[start:boundary])
-            self.sent.remember(run.db_rejections.values())  # final, even if the COMMIT fails
             run.on_progress()
             failpoints.hit("before_commit")
             # 6. COMMIT when the block ends.
@@ -267,16 +267,14 @@ class BatchWriter:
     def _bisect(self, conn: psycopg.Connection[Any], run: WriteRun, limit: int, budget: int) -> None:
         """Resolve ranges left to right until `limit` rows are resolved or the budget is spent."""
         stack = run.stack
-        if not run.result.bisected and not run.copy_per_node:
+        if not run.result.bisected and not run.copy_per_node and not run.settled:
             self._bulk_statement(conn, run, limit)
             return
-        while (node := stack.next(limit)) is not None:
-            if node.settled:  # dead-lettered by an attempt that did not commit: rejected untried
+        while budget > 0 and (node := stack.next(limit)) is not None:
+            if node.settled:  # handed to the dead-letter topic by an attempt that did not commit: untried
                 run.db_rejections[node.lo] = run.settled[node.lo]
                 stack.reject(node)
                 continue
-            if budget == 0:
-                return
             budget -= 1
             run.result.savepoints += 1
             try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
+from psycopg import sql
 import pytest
 
 from pipeline.errors import DatabaseFailure, FailureClass
@@ -123,7 +124,9 @@ def test_a_nullable_lookup_column_is_a_mismatch_because_the_cache_relies_on_not_
         assert target.init_tables()[1] == []
         with psycopg.connect(database_url, autocommit=True) as conn:
             for column in ("vendor_id", "item_id", "sku"):
-                conn.execute(f"ALTER TABLE transactions ALTER COLUMN {column} DROP NOT NULL")  # type: ignore[arg-type]
+                conn.execute(
+                    sql.SQL("ALTER TABLE transactions ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(column))
+                )
         assert [str(m) for m in target.verify_tables()] == [
             f"table transactions: column {column} holds what a lookup found and can be NULL: if a reference row is "
             f"deleted, rows would be written with a NULL there (ALTER TABLE public.transactions ALTER COLUMN "

@@ -15,7 +15,7 @@ from pipeline import failpoints
 from pipeline.errors import DatabaseFailure, FailureClass
 from pipeline.prepare import Preparer
 from pipeline.records import Batch, Record, Rejection, RejectReason
-from pipeline.rejects import RejectSink
+from pipeline.rejects import RejectSink, RejectSinkError
 from pipeline.spec_loader import builtin_dir, load_pipeline
 from pipeline.target import Target
 from tests.support.lookup_runs import register, replace_once
@@ -25,10 +25,11 @@ TOPIC = "vendor-invoice-lines"
 
 class CreatingOnDelivery(RejectSink):
     """Keeps what it is given; the first time a letter is delivered, someone registers the vendors the
-    letters lacked (a reference row appearing between the dead letter and the COMMIT)."""
+    letters lacked (a reference row appearing between the dead letter and the COMMIT). With `then_fail`,
+    that first delivery then fails as if the topic had taken the letters but answered too late."""
 
-    def __init__(self, database_url: str, *vendors: str) -> None:
-        self.database_url, self.vendors = database_url, vendors
+    def __init__(self, database_url: str, *vendors: str, then_fail: bool = False) -> None:
+        self.database_url, self.vendors, self.then_fail = database_url, vendors, then_fail
         self.delivered: list[list[Rejection]] = []
 
     def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
@@ -36,11 +37,13 @@ class CreatingOnDelivery(RejectSink):
         if rejections and len(self.delivered) == 1:
             with psycopg.connect(self.database_url, autocommit=True) as conn:
                 register(conn, *self.vendors)
+            if self.then_fail:
+                raise RejectSinkError("the dead-letter topic did not acknowledge in time")
 
 
-def _records(vendors: Sequence[str], *, start: int = 0) -> list[Record]:
+def _records(vendors: Sequence[str], *, start: int = 0, partition: int = 0) -> list[Record]:
     return [
-        Record(TOPIC, 0, start + n, None, orjson.dumps({
+        Record(TOPIC, partition, start + n, None, orjson.dumps({
             "event_id": str(uuid.uuid4()), "invoice_id": f"i-{n}", "vendor": vendor, "sku": f"sku-{n % 3}",
             "quantity": 1 + n % 4, "unit_price": 2.5, "ts": "2026-01-01T00:00:00Z",
         }))
@@ -132,3 +135,45 @@ def test_a_retry_writes_a_reused_coordinate_with_another_value(
     result = target.write(Batch(other, {(TOPIC, 0): None}), preparer.prepare(other), sink)
     assert (result.inserted, result.rejections) == (2, [])
     assert _written(database_url) == {"acme": 1, "globex": 1}
+
+
+def test_a_delivery_that_fails_after_the_topic_took_the_letters_keeps_their_verdicts(
+    database_url: str, find_only: tuple[Target, Preparer]
+) -> None:
+    target, preparer = find_only
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "acme")
+    sink = CreatingOnDelivery(database_url, "globex", then_fail=True)
+    window = _records(["acme", "globex", "acme"])
+    with pytest.raises(RejectSinkError):
+        target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), sink)
+    result = target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), sink)
+    assert [r.record.offset for r in result.rejections] == [1]
+    assert _written(database_url) == {"acme": 2}
+
+
+def test_verdicts_of_two_partitions_kept_out_across_transactions_are_all_forgotten_once_committed(
+    database_url: str, find_only: tuple[Target, Preparer]
+) -> None:
+    """The retry of a window of two partitions takes several transactions of two savepoints each: every
+    lettered row stays out, and each COMMIT forgets the verdicts it moved past."""
+    target, preparer = find_only
+    target.writer.max_savepoints = 2
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "acme")
+    vendors = ["acme", "globex", "acme", "acme", "globex", "acme"]
+    window = _records(vendors, partition=0) + _records(vendors, partition=1)
+    lacking = {(r.partition, r.offset) for r in window if orjson.loads(r.value or b"")["vendor"] == "globex"}
+    sink = CreatingOnDelivery(database_url, "globex")
+    pids = {(TOPIC, 0): None, (TOPIC, 1): None}
+    failpoints.arm("before_commit:raise:08006@1")
+    with pytest.raises(DatabaseFailure):
+        target.write(Batch(window, dict(pids)), preparer.prepare(window), sink)
+    assert len(target.writer.sent) == len(lacking) == 4
+    result = target.write(Batch(window, dict(pids)), preparer.prepare(window), sink)
+    assert {(r.record.partition, r.record.offset) for r in result.rejections} == lacking
+    assert result.transactions >= 2
+    assert len(target.writer.sent) == 0
+    with psycopg.connect(database_url) as conn:
+        written = {(p, o) for p, o in conn.execute("SELECT kafka_partition, kafka_offset FROM transactions")}
+    assert written == {(r.partition, r.offset) for r in window} - lacking

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.bisect import RangeStack
-from pipeline.records import Record, Rejection, RejectReason
+from pipeline.records import Batch, Record, Rejection, RejectReason
 from pipeline.sent_verdicts import SentVerdicts
 
 TOPIC = "t"
@@ -23,31 +23,42 @@ def _rejected(record: Record) -> Rejection:
     return Rejection(record, RejectReason.DB_REJECTED, "check", "CheckViolation", "23514")
 
 
-def test_rows_of_records_already_dead_lettered_are_found_by_coordinates_and_value() -> None:
+def _batch(records: list[Record], topic_id: str | None = "id-1") -> Batch:
+    pids = {(r.topic, r.partition) for r in records}
+    return Batch(records, dict.fromkeys(pids), topic_ids=dict.fromkeys(pids, topic_id))
+
+
+def test_a_write_takes_the_verdicts_of_its_records_by_coordinates_incarnation_and_value() -> None:
     records = [_record(0, 10), _record(0, 11), _record(1, 10), _record(0, 12, b"other")]
     sent = SentVerdicts()
-    assert sent.of_rows(records, [0, 1, 2, 3]) == {}
+    assert sent.take(_batch(records), [0, 1, 2, 3]) == {}
     letters = [_rejected(_record(0, 11)), _rejected(_record(1, 10)), _rejected(_record(0, 12))]
-    sent.remember(letters)
+    sent.remember(letters, {(TOPIC, 0): "id-1", (TOPIC, 1): "id-1"})
     # Row numbers index row_records (record 0 was rejected while decoding: no row).
-    assert sent.of_rows(records, [1, 2, 3]) == {0: letters[0], 1: letters[1]}  # offset 12's value differs
+    assert sent.take(_batch(records), [1, 2, 3]) == {0: letters[0], 1: letters[1]}  # offset 12's value differs
+    assert len(sent) == 2  # the one that did not match is forgotten
+    assert sent.take(_batch(records, "id-2"), [1, 2, 3]) == {}  # the topic was re-created
+    assert len(sent) == 0
+
+
+def test_a_write_forgets_the_verdicts_of_records_it_does_not_hold() -> None:
+    """A retry writes every record still pending: one it does not hold was committed, or its partition
+    went to another consumer."""
+    sent = SentVerdicts()
+    sent.remember([_rejected(_record(0, 5)), _rejected(_record(1, 5))], {})
+    assert sent.take(_batch([_record(1, 5)], None), [0]) != {}
+    assert len(sent) == 1
 
 
 def test_a_commit_forgets_the_verdicts_it_moved_past_on_its_partitions_only() -> None:
     sent = SentVerdicts()
-    sent.remember(_rejected(_record(p, o)) for p, o in [(0, 5), (0, 9), (1, 5)])
+    sent.remember((_rejected(_record(p, o)) for p, o in [(0, 5), (0, 9), (1, 5)]), {})
     sent.settle({(TOPIC, 0): 9})
     assert len(sent) == 2
-    assert set(sent.of_rows([_record(0, 9), _record(1, 5), _record(0, 5)], [0, 1, 2])) == {0, 1}
+    records = [_record(0, 9), _record(1, 5), _record(0, 5)]
+    assert set(sent.take(_batch(records, None), [0, 1, 2])) == {0, 1}
     sent.settle({(TOPIC, 0): 10, (TOPIC, 1): 6})
     assert len(sent) == 0
-
-
-def test_the_oldest_verdicts_go_past_the_limit() -> None:
-    sent = SentVerdicts(limit=3)
-    sent.remember(_rejected(_record(0, o)) for o in range(5))
-    assert len(sent) == 3
-    assert set(sent.of_rows([_record(0, o) for o in range(5)], range(5))) == {2, 3, 4}
 
 
 def test_settled_rows_are_pending_alone_in_order() -> None:
@@ -86,13 +97,11 @@ def test_bisection_around_settled_rows_rejects_exactly_them_and_the_bad_ones(
     while stack.resolved < n:  # one transaction per pass, each up to its limit and budget
         left = budget
         top = min(n, stack.resolved + limit)
-        while (node := stack.next(top)) is not None:
+        while left > 0 and (node := stack.next(top)) is not None:
             if node.settled:
                 rejected.append(node.lo)
                 stack.reject(node)
                 continue
-            if left == 0:
-                break
             left -= 1
             span = set(range(node.lo, node.hi))
             tried |= span
