@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 import psycopg
-from psycopg import sql
 import pytest
+from psycopg import sql
 
 from pipeline.errors import DatabaseFailure, FailureClass
 from pipeline.prepare import Preparer
