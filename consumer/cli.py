@@ -92,7 +92,7 @@ def _serve(settings: Settings, target: Target, stopping: list[RunLoop], requeste
     except OSError as exc:
         raise StartupError(
             f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror}): "
-            "choose another MICROBATCH_METRICS_PORT"
+            "choose another MICROBATCH_METRICS_PORT, or check MICROBATCH_METRICS_HOST (an address of this host)"
         ) from None
     log.info("serving /metrics, /healthz and /readyz on port %d", server.port)
     describe(telemetry.metrics, target)

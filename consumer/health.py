@@ -6,6 +6,8 @@ reads and writes of immutable values, so no lock is needed.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,8 +78,25 @@ class Health:
         return True, f"ok; topic {missing} does not exist" if missing else "ok"
 
 
+class _IPv4Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """An IPv6 address; `::` serves IPv4 too (dual stack), so a probe may come over either."""
+
+    address_family = socket.AF_INET6
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # a host without dual stack serves IPv6 only
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 class HealthServer:
-    """Serves the three endpoints on 127.0.0.1 or 0.0.0.0:`port`; `port=0` picks a free one."""
+    """Serves the three endpoints on `host`:`port`: an IPv4 address, or an IPv6 one (`::`: every address,
+    IPv4 included, for single-stack IPv6 clusters); `port=0` picks a free one."""
 
     def __init__(self, health: Health, registry: CollectorRegistry, *, host: str = "0.0.0.0", port: int = 9108) -> None:  # noqa: S104 - scraped from other hosts by design
         health_ref, registry_ref = health, registry
@@ -103,8 +122,8 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # scrapes every few seconds would drown the log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        server = _IPv6Server if ":" in host else _IPv4Server
+        self._server = server((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
 
     @property

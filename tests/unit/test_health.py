@@ -128,3 +128,15 @@ def test_every_metric_is_named_in_the_module() -> None:
     names = {metric.name for metric in metrics.registry.collect()}
     assert all(name.startswith("microbatch_") for name in names), names
     assert len(names) >= 20
+
+
+@pytest.mark.parametrize(("host", "reached_at"), [("::1", "[::1]"), ("::", "127.0.0.1"), ("::", "[::1]")])
+def test_an_ipv6_address_serves_and_the_any_address_serves_ipv4_too(host: str, reached_at: str) -> None:
+    """Single-stack IPv6 clusters probe the pod's IPv6 address; `::` still answers IPv4 probes."""
+    telemetry = Telemetry(Metrics(), Health(stall_after_s=60))
+    server = HealthServer(telemetry.health, telemetry.metrics.registry, host=host, port=0).start()
+    try:
+        with urllib.request.urlopen(f"http://{reached_at}:{server.port}/healthz", timeout=5) as response:
+            assert (response.status, response.read()) == (200, b"ok\n")
+    finally:
+        server.stop()
