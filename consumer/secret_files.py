@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.environment import SECRET_FILE_ENV
+from pipeline.bounded_read import read_at_most
 
 # A database URL or a JSON object of client settings is a few hundred bytes. Reading no more than this
 # keeps a path named by mistake (/dev/zero, a log) from being read for ever.
@@ -49,9 +50,8 @@ def read_secret_files(
 
 def _read(var: str, path: Path, error: Callable[[str], Exception]) -> str:
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_BYTES + 1)
-        text = "" if len(data) > MAX_BYTES else data.decode("utf-8")
+        data = read_at_most(path, MAX_BYTES)
+        text = "" if data is None else data.decode("utf-8")
     except FileNotFoundError:
         raise error(f"{var}: the file {path} does not exist") from None
     except IsADirectoryError:
@@ -59,7 +59,7 @@ def _read(var: str, path: Path, error: Callable[[str], Exception]) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise error(f"{var}: the file {path} cannot be read ({reason})") from None
-    if len(data) > MAX_BYTES:
+    if data is None:
         raise error(f"{var}: the file {path} is larger than {MAX_BYTES:,} bytes: not a secret of ours")
     # A Secret written by hand usually ends with a newline; no URL or JSON object ends with one on purpose.
     text = text.strip()

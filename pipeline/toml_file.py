@@ -9,6 +9,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from pipeline.bounded_read import read_at_most
+
 # A pipeline or settings file is a few KB. Reading no more than this keeps a path named by mistake (/dev/zero,
 # a log file, a disk image) from being read for ever or filling the memory; far above any real file.
 MAX_BYTES = 16 * 1024 * 1024
@@ -22,13 +24,12 @@ def read_toml(path: Path) -> dict[str, Any]:
     """The document at `path`. Raises FileNotFoundError when there is no such file, TomlError otherwise
     (also when it holds more than MAX_BYTES)."""
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_BYTES + 1)
+        data = read_at_most(path, MAX_BYTES)
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise TomlError(f"cannot be read: {exc.strerror or exc}") from None
-    if len(data) > MAX_BYTES:
+    if data is None:
         raise TomlError(f"is larger than {MAX_BYTES:,} bytes: not a pipeline or settings file (a few KB)")
     try:
         # Lines end as Path.read_text (universal newlines) ended them: a lone CR too.
