@@ -8,6 +8,8 @@ from pipeline.rejects import RejectSinkError
 class HaltingReject(RejectSinkError):
     """A record was rejected and there is no dead-letter topic: stop rather than skip it."""
 
+    handed_over = False
+
 
 class DeadLetterUnavailable(RejectSinkError):
     """The dead-letter topic did not acknowledge every message: retry, do not move past them."""
@@ -20,3 +22,5 @@ class DeadLetterRefused(RejectSinkError):
 
 class BreakerOpen(RejectSinkError):
     """Too much of the input is being rejected: stop advancing instead of dead-lettering it."""
+
+    handed_over = False  # raised before the letters go to the producer (consumer/reject_sinks.py)

@@ -232,7 +232,7 @@ class Settings(BaseModel):
     metrics_host: str = Field(
         "0.0.0.0",  # noqa: S104 - scraped from other hosts
         description="Address the HTTP server binds to: 0.0.0.0 (every IPv4 address), :: (every address, IPv4 "
-        "and IPv6: single-stack IPv6 clusters), or one address.",
+        "and IPv6: single-stack IPv6 clusters), or one address (an IPv6 one written as such, not a host name).",
     )  # fmt: skip
     health_stall_s: float = Field(
         180.0, gt=0,

@@ -37,4 +37,10 @@ class RejectSink(Protocol):
 
 
 class RejectSinkError(Exception):
-    """The reject sink could not store every rejection; the transaction was rolled back."""
+    """The reject sink could not store every rejection; the transaction was rolled back.
+
+    `handed_over`: whether some of them may have reached their destination all the same (a timeout,
+    a refusal after others were sent); False when the sink refused before handing any over.
+    """
+
+    handed_over = True

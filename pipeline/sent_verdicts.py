@@ -13,6 +13,8 @@ sink again before any position moves past them (the sink does not send a letter 
 acknowledged).
 
 A verdict is remembered before its letter is handed over: once handed over, it may be in the topic.
+It is forgotten again when the sink refused before handing any letter over (the circuit breaker, no
+dead-letter topic): then no letter exists, and the message is judged again when the write is retried.
 The next write takes the verdicts of its own records and forgets the rest: a retry writes every record
 still pending, so a verdict that is not in it belongs to a record that was committed or to a partition
 this consumer no longer owns. Within one process only, and only while its partitions stay: after a
@@ -24,6 +26,7 @@ judges it again, and so does this consumer after `durability = replay` lost a co
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from pipeline.records import Batch, PartitionId, Rejection
 
@@ -60,8 +63,9 @@ class SentVerdicts:
                 continue
             rejection, topic_id = verdict
             if rejection.record.value == record.value and topic_id == topic_ids.get((at[0], at[1])):
-                found[row] = rejection
-                kept[at] = verdict
+                # About this write's own record object: the sink matches rejections to records by identity.
+                found[row] = rejection if rejection.record is record else replace(rejection, record=record)
+                kept[at] = (found[row], topic_id)
         self._sent = kept
         return found
 
@@ -74,6 +78,12 @@ class SentVerdicts:
                 rejection,
                 topic_ids.get((record.topic, record.partition)),
             )
+
+    def forget(self, rejections: Iterable[Rejection]) -> None:
+        """`rejections` were refused before any was handed over: they may be judged again."""
+        for rejection in rejections:
+            record = rejection.record
+            self._sent.pop((record.topic, record.partition, record.offset), None)
 
     def settle(self, positions: Mapping[PartitionId, int]) -> None:
         """A COMMIT stored `positions`: the verdicts of records before them are final (the records are

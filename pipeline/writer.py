@@ -50,7 +50,7 @@ from pipeline.flush_result import FlushResult
 from pipeline.lookup_cache import KnownKeys
 from pipeline.offsets import OffsetsTable
 from pipeline.records import PARTITION_OF, Batch, PartitionId, Rejection, RejectReason
-from pipeline.rejects import RejectSink
+from pipeline.rejects import RejectSink, RejectSinkError
 from pipeline.sent_verdicts import SentVerdicts
 from pipeline.sqlplan import WritePlan
 from pipeline.write_run import WriteRun
@@ -180,9 +180,7 @@ class BatchWriter:
                 run.on_progress()
             # 5. rejected records are durably stored before the positions move past them.
             fresh = run.rejections_between(start, boundary)
-            # The database's verdicts of this transaction's rows stand from here, whatever fails next.
-            self.sent.remember((r for row, r in run.db_rejections.items() if row >= first_row), run.batch.topic_ids)
-            sink.deliver(fresh, run.batch.records[start:boundary])
+            self._deliver(run, sink, fresh, start, boundary)
             run.on_progress()
             failpoints.hit("before_commit")
             # 6. COMMIT when the block ends.
@@ -196,6 +194,20 @@ class BatchWriter:
         run.committed_records = boundary
         self.sent.settle(committed)
         return committed
+
+    def _deliver(self, run: WriteRun, sink: RejectSink, fresh: list[Rejection], start: int, boundary: int) -> None:
+        """Step 5 for the records [start, boundary). The database's verdicts among `fresh` stand from
+        the moment their letters may reach the dead-letter topic, whatever fails next (sent_verdicts);
+        a sink that refused before handing any over (the breaker, no topic) leaves new ones unjudged."""
+        rows = run.decoded.row_records
+        new = [r for row, r in run.db_rejections.items() if start <= rows[row] < boundary and row not in run.settled]
+        self.sent.remember(new, run.batch.topic_ids)
+        try:
+            sink.deliver(fresh, run.batch.records[start:boundary])
+        except RejectSinkError as error:
+            if not error.handed_over:
+                self.sent.forget(new)
+            raise
 
     @contextmanager
     def _begin(

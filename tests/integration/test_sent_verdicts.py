@@ -177,3 +177,64 @@ def test_verdicts_of_two_partitions_kept_out_across_transactions_are_all_forgott
     with psycopg.connect(database_url) as conn:
         written = {(p, o) for p, o in conn.execute("SELECT kafka_partition, kafka_offset FROM transactions")}
     assert written == {(r.partition, r.offset) for r in window} - lacking
+
+
+class NotHandedOver(RejectSinkError):
+    handed_over = False  # as the circuit breaker refuses: before any letter reaches the producer
+
+
+def test_verdicts_a_sink_refused_before_handing_any_over_are_judged_again(
+    database_url: str, find_only: tuple[Target, Preparer]
+) -> None:
+    """No letter exists (the breaker refused them all): once the reference rows are loaded, the retry
+    writes the events instead of keeping them out for ever."""
+    target, preparer = find_only
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "acme")
+    window = _records(["acme", "globex", "acme"])
+
+    class Refusing(RejectSink):
+        def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+            if rejections:
+                raise NotHandedOver("too much of the input is rejected")
+
+    with pytest.raises(NotHandedOver):
+        target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), Refusing())
+    assert len(target.writer.sent) == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "globex")
+    result = target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), Refusing())
+    assert (result.inserted, result.rejections) == (3, [])
+
+
+def test_a_one_row_window_keeps_out_the_row_its_bulk_statement_had_rejected(
+    database_url: str, find_only: tuple[Target, Preparer]
+) -> None:
+    """A single row the database refused in the bulk statement is lettered by the next transaction,
+    which starts past it; when that COMMIT fails, the retry keeps the row out even though the
+    constraint was relaxed meanwhile."""
+    target, preparer = find_only
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "acme")
+        conn.execute("ALTER TABLE transactions ADD CONSTRAINT quantity_below_three CHECK (quantity < 3)")
+
+    class Relaxing(RejectSink):
+        def __init__(self) -> None:
+            self.delivered: list[list[Rejection]] = []
+
+        def deliver(self, rejections: Sequence[Rejection], resolved: Sequence[Record]) -> None:
+            self.delivered.append(list(rejections))
+            if rejections and len(self.delivered) == 1:
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    conn.execute("ALTER TABLE transactions DROP CONSTRAINT quantity_below_three")
+
+    window = _records(["acme", "acme", "acme"])[2:]  # quantity 3
+    sink = Relaxing()
+    failpoints.arm("before_commit:raise:08006@1")
+    with pytest.raises(DatabaseFailure):
+        target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), sink)
+    assert [(r.reason, r.sqlstate) for r in sink.delivered[0]] == [(RejectReason.DB_REJECTED, "23514")]
+    result = target.write(Batch(window, {(TOPIC, 0): None}), preparer.prepare(window), sink)
+    assert (result.inserted, [r.record.offset for r in result.rejections]) == (0, [2])
+    assert result.rejections[0].record is window[0]  # about this write's own record
+    assert _written(database_url) == {}
