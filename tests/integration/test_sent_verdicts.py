@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
 import psycopg
 import pytest
 
+from devstack.verify import read_topic
 from pipeline import failpoints
 from pipeline.errors import DatabaseFailure, FailureClass
 from pipeline.prepare import Preparer
@@ -18,7 +19,10 @@ from pipeline.records import Batch, Record, Rejection, RejectReason
 from pipeline.rejects import RejectSink, RejectSinkError
 from pipeline.spec_loader import builtin_dir, load_pipeline
 from pipeline.target import Target
-from tests.support.lookup_runs import register, replace_once
+from tests.support.consumer_process import ConsumerProcess
+from tests.support.lookup_runs import drained, prepare, produce, register, replace_once, topic_of
+from tests.support.services import KafkaService, wait_until
+from tests.support.vendor_events import LineMaker, transaction_keys, vendor_pipeline
 
 TOPIC = "vendor-invoice-lines"
 
@@ -238,3 +242,48 @@ def test_a_one_row_window_keeps_out_the_row_its_bulk_statement_had_rejected(
     assert (result.inserted, [r.record.offset for r in result.rejections]) == (0, [2])
     assert result.rejections[0].record is window[0]  # about this write's own record
     assert _written(database_url) == {}
+
+
+def test_a_consumer_never_both_writes_and_dead_letters_across_a_failed_commit(
+    kafka: KafkaService, database_url: str, service_env: dict[str, str],
+    consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """End to end, `microbatch run` against real Kafka and PostgreSQL: the first window's letters for an
+    unknown vendor are produced, the vendor is registered while the consumer waits on them (a
+    failpoint), and that window's COMMIT fails. Every event ends up in exactly one place."""
+    pipeline = vendor_pipeline(tmp_path, unique)
+    pipeline.write_text(replace_once(
+        pipeline.read_text(),
+        'id = { column = "vendor_id", type = "bigint" }\ncreate = true',
+        'id = { column = "vendor_id", type = "bigint" }\ncreate = false\non_missing = "dead_letter"',
+    ))  # fmt: skip
+    prepare(service_env, pipeline, kafka, unique, partitions=1)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "acme")
+    maker = LineMaker(seed=401)
+    lines = [maker.line("acme" if n % 2 else "globex", f"sku-{n % 7}") for n in range(400)]  # every window has both
+    produce(kafka, unique, lines, [0] * len(lines))
+    faults = "after_dlq_produce:sleep:6000@1,before_commit:raise:08006@1"
+    consumer = consumer_factory({**service_env, "MICROBATCH_FAILPOINTS": faults}, pipeline)
+    wait_until(lambda: "failpoint after_dlq_produce: sleep" in consumer.output(), timeout=60,
+               what="the first window's letters to be produced")  # fmt: skip
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, "globex")  # while the window that lettered globex's events is still open
+    wait_until(drained(kafka, database_url, unique, partitions=1), timeout=90, what="the consumer to catch up")
+    later = [maker.line("acme" if n % 2 else "globex", f"sku-{n % 7}") for n in range(40)]  # globex is known now
+    produce(kafka, unique, later, [0] * len(later))
+    wait_until(drained(kafka, database_url, unique, partitions=1), timeout=90, what="the later events")
+    assert consumer.terminate() == 0, consumer.output()[-3000:]
+    assert "failpoint before_commit: raise" in consumer.output()
+
+    lettered = {
+        orjson.loads(d.value or b"")["event_id"] for d in read_topic(kafka.bootstrap, f"{topic_of(unique)}.dlq")
+    }
+    written = set(transaction_keys(database_url))
+    assert lettered, "the first window dead-lettered globex's events"
+    assert {line.event_id for line in lines if line.event_id in lettered} <= {
+        line.event_id for line in lines if line.vendor == "globex"
+    }
+    assert not lettered & written  # never both
+    assert lettered | written == {line.event_id for line in lines + later}  # never neither
+    assert {line.event_id for line in later} <= written
