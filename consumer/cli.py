@@ -32,6 +32,7 @@ from consumer.startup import EXIT_GAVE_UP, StartupGaveUp, wait_for_services
 from consumer.telemetry import Telemetry
 from consumer.watchdog import Watchdog
 from pipeline.errors import DatabaseFailure
+from pipeline.prepare import transform_of
 from pipeline.spec_loader import PipelineFileError, load_pipeline
 from pipeline.target import Target
 
@@ -72,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         watchdog.start()
     target = build_target(settings)
     try:
+        transform_of(target.spec)  # a hook that does not load is a mistake to say now, not after the waits
         watchdog.code = _serve(settings, target, stopping, requested=lambda: requested)
         return watchdog.code
     except StartupGaveUp as exc:

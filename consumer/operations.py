@@ -25,9 +25,9 @@ from consumer.kafka_clients import made
 from consumer.kafka_config import check_passthrough
 from consumer.settings import ConfigError, Settings, load_settings
 from pipeline.errors import DatabaseFailure
+from pipeline.prepare import transform_of
 from pipeline.spec_loader import PipelineFileError, load_pipeline
 from pipeline.target import Target
-from pipeline.transform import TransformError, load_transform
 
 
 @dataclass
@@ -131,9 +131,9 @@ def check_config(config_file: Path | None, pipeline_source: str | None) -> list[
                                                  f"{1 + len(spec.summaries) + len(spec.lookups)} tables"))  # fmt: skip
     if spec.transform is not None:  # imported as `run` imports it: a hook that does not load stops the consumer
         try:
-            load_transform(spec.transform, spec.origin)
+            transform_of(spec)
             results.append(CheckResult("transform", True, f"{spec.transform} loads"))
-        except TransformError as exc:
+        except PipelineFileError as exc:
             results.append(CheckResult("transform", False, str(exc)))
     try:
         check_clients(settings, settings.group_id or spec.group, spec.dead_letter_topic)

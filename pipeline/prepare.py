@@ -14,7 +14,17 @@ from pipeline.records import PartitionId, Record
 from pipeline.spec import PipelineSpec
 from pipeline.spec_loader import PipelineFileError
 from pipeline.sqlplan import WritePlan
-from pipeline.transform import TransformError, load_transform
+from pipeline.transform import Transform, TransformError, load_transform
+
+
+def transform_of(spec: PipelineSpec) -> Transform | None:
+    """The pipeline's transform hook, imported (None: it has none); PipelineFileError when it does not load."""
+    if spec.transform is None:
+        return None
+    try:
+        return load_transform(spec.transform, spec.origin)
+    except TransformError as exc:
+        raise PipelineFileError(str(exc)) from None
 
 
 class Preparer:
@@ -24,13 +34,7 @@ class Preparer:
         self, spec: PipelineSpec, database_url: str | None = None, *, max_message_bytes: int = 1_048_576
     ) -> None:
         """`database_url`: where the encoder borrows its adapters (None: the writer encodes, row by row)."""
-        transform = None
-        if spec.transform is not None:
-            try:
-                transform = load_transform(spec.transform, spec.origin)
-            except TransformError as exc:
-                raise PipelineFileError(str(exc)) from None
-        self.decoder = Decoder(spec, max_message_bytes=max_message_bytes, transform=transform)
+        self.decoder = Decoder(spec, max_message_bytes=max_message_bytes, transform=transform_of(spec))
         self.encoder = None if database_url is None else CopyEncoder(database_url, WritePlan(spec).copy_types)
 
     def decode(self, records: Sequence[Record]) -> DecodedBatch:

@@ -1,6 +1,7 @@
 """User mistakes only a real broker or database shows, refused in one clear line (exit 2), never a
 traceback: `positions reset --to` an offset outside the partition's log, and a schema version table
-made by hand whose version is not an integer; check-config names a transform hook that does not load."""
+made by hand whose version is not an integer; check-config names a transform hook that does not load, and
+`run` says so at once."""
 
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ def test_check_config_loads_the_transform_hook_as_run_does(service_env: dict[str
     (tmp_path / "viewhooks.py").write_text("def another(event):\n    return event\n")
     checked = run_cli(service_env, "check-config", "--pipeline", str(pipeline))
     assert "FAIL transform: transform 'viewhooks:clean': viewhooks has no function 'clean'" in checked.stdout
+    # Said at once: this pipeline has no tables, and `run` would otherwise wait for them (past the timeout).
+    _one_line_refusal(run_cli(service_env, "run", "--pipeline", str(pipeline), timeout=60), "no function 'clean'")
     (tmp_path / "viewhooks.py").write_text("def clean(event):\n    return event\n")
     checked = run_cli(service_env, "check-config", "--pipeline", str(pipeline))
     assert "ok   transform: viewhooks:clean loads" in checked.stdout, checked.stdout
