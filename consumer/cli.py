@@ -73,7 +73,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         watchdog.start()
     target = build_target(settings)
     try:
-        transform_of(target.spec)  # a hook that does not load is a mistake to say now, not after the waits
         watchdog.code = _serve(settings, target, stopping, requested=lambda: requested)
         return watchdog.code
     except StartupGaveUp as exc:
@@ -99,6 +98,7 @@ def _serve(settings: Settings, target: Target, stopping: list[RunLoop], requeste
     log.info("serving /metrics, /healthz and /readyz on port %d", server.port)
     describe(telemetry.metrics, target)
     try:
+        transform_of(target.spec)  # a hook that does not load is a mistake to say now, not after the waits
         if wait_for_services(settings, target, health, requested) is None:
             log.info("stopped while waiting for the services at start-up")
             return EXIT_OK

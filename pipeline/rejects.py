@@ -27,7 +27,8 @@ class RejectSink(Protocol):
 
         Called by the writer while PostgreSQL reads a transaction's COPY, when that transaction
         starts at the batch's first record, with the rejections decoding made (`resolved`: every
-        record of the batch). They may
+        record of the batch), never the database's: those are remembered as handed over only in
+        `deliver` (pipeline.sent_verdicts). They may
         end up stored even if that transaction never commits (duplicates are allowed, as in
         `deliver`). Never raises, and never waits for them to be stored: what it cannot start at
         once is left to `deliver`. Runs on the writer thread. This default starts nothing; a sink

@@ -13,14 +13,16 @@ sink again before any position moves past them (the sink does not send a letter 
 acknowledged).
 
 A verdict is remembered before its letter is handed over: once handed over, it may be in the topic.
-It is forgotten again when the sink refused before handing any letter over (the circuit breaker, no
-dead-letter topic): then no letter exists, and the message is judged again when the write is retried.
-The next write takes the verdicts of its own records and forgets the rest: a retry writes every record
-still pending, so a verdict that is not in it belongs to a record that was committed or to a partition
-this consumer no longer owns. Within one process only, and only while its partitions stay: after a
-crash, a rebalance or a shutdown between the letter and the COMMIT, whoever reads the message next
-judges it again, and so does this consumer after `durability = replay` lost a commit (README,
-"Delivery semantics"). Used by the writer's thread only. Pure.
+It is forgotten again when the sink refused before handing any of them over (the circuit breaker, no
+dead-letter topic): then the message is judged again when the write is retried. (Decoding's letters
+may have gone ahead, `RejectSink.send_ahead`, but never the database's.) It is forgotten for good only
+on evidence that it no longer applies: a COMMIT moved past its record, or the record at its
+coordinates is another message (a re-created topic). A partition this consumer lost keeps its verdicts
+(they hold again if it comes back); they are few, and cost a set intersection per write.
+
+Within one process only: after a crash, a rebalance or a shutdown between the letter and the COMMIT,
+another consumer reading the message judges it again, and so does this one after `durability = replay`
+lost a commit (README, "Delivery semantics"). Used by the writer's thread only. Pure.
 """
 
 from __future__ import annotations
@@ -30,68 +32,71 @@ from dataclasses import replace
 
 from pipeline.records import Batch, PartitionId, Rejection
 
-Coordinates = tuple[str, int, int]
 Verdict = tuple[Rejection, str | None]
 """A rejection, and the topic ID of the incarnation its record was read from."""
 
 
 class SentVerdicts:
-    """The database's verdicts handed to the dead-letter topic, by their records' coordinates."""
+    """The database's verdicts handed to the dead-letter topic, by partition and offset."""
 
     def __init__(self) -> None:
-        self._sent: dict[Coordinates, Verdict] = {}
+        self._sent: dict[PartitionId, dict[int, Verdict]] = {}
 
     def __len__(self) -> int:
-        return len(self._sent)
+        return sum(map(len, self._sent.values()))
 
     def take(self, batch: Batch, row_records: Sequence[int]) -> dict[int, Rejection]:
         """The rows (by index; `row_records[row]` is its record's index in `batch.records`) whose record
-        has a verdict here, with it; every other verdict is forgotten. A record matches only at the same
-        coordinates, from the same topic incarnation, with the same value: a re-created topic reuses
-        coordinates."""
+        has a verdict here, with it. A record matches only at the same coordinates, from the same topic
+        incarnation, with the same value; a verdict whose coordinates hold another message, or that the
+        batch starts past, is forgotten."""
         sent = self._sent
-        if not sent:
+        if not sent or not (pids := sent.keys() & batch.to_positions.keys()):
             return {}
         records, topic_ids = batch.records, batch.topic_ids
         found: dict[int, Rejection] = {}
-        kept: dict[Coordinates, Verdict] = {}
         for row, index in enumerate(row_records):
             record = records[index]
-            at = (record.topic, record.partition, record.offset)
-            verdict = sent.get(at)
-            if verdict is None:
+            pid = (record.topic, record.partition)
+            if pid not in pids or (verdict := sent[pid].get(record.offset)) is None:
                 continue
             rejection, topic_id = verdict
-            if rejection.record.value == record.value and topic_id == topic_ids.get((at[0], at[1])):
-                # About this write's own record object: the sink matches rejections to records by identity.
-                found[row] = rejection if rejection.record is record else replace(rejection, record=record)
-                kept[at] = (found[row], topic_id)
-        self._sent = kept
+            if rejection.record.value != record.value or topic_id != topic_ids.get(pid):
+                del sent[pid][record.offset]  # another message at these coordinates
+                continue
+            # About this write's own record object: the sink matches rejections to records by identity.
+            found[row] = rejection if rejection.record is record else replace(rejection, record=record)
+            sent[pid][record.offset] = (found[row], topic_id)
+        self.settle({pid: at for pid in pids if (at := batch.from_positions.get(pid)) is not None})
         return found
 
     def remember(self, rejections: Iterable[Rejection], topic_ids: Mapping[PartitionId, str | None]) -> None:
         """`rejections` are about to be handed to the dead-letter topic."""
-        sent = self._sent
         for rejection in rejections:
             record = rejection.record
-            sent[(record.topic, record.partition, record.offset)] = (
-                rejection,
-                topic_ids.get((record.topic, record.partition)),
-            )
+            pid = (record.topic, record.partition)
+            self._sent.setdefault(pid, {})[record.offset] = (rejection, topic_ids.get(pid))
 
     def forget(self, rejections: Iterable[Rejection]) -> None:
         """`rejections` were refused before any was handed over: they may be judged again."""
         for rejection in rejections:
             record = rejection.record
-            self._sent.pop((record.topic, record.partition, record.offset), None)
+            offsets = self._sent.get((record.topic, record.partition))
+            if offsets is not None:
+                offsets.pop(record.offset, None)
+                if not offsets:
+                    del self._sent[(record.topic, record.partition)]
 
     def settle(self, positions: Mapping[PartitionId, int]) -> None:
-        """A COMMIT stored `positions`: the verdicts of records before them are final (the records are
-        never written again), so they are forgotten."""
-        if not self._sent:
-            return
-        self._sent = {
-            at: verdict
-            for at, verdict in self._sent.items()
-            if (position := positions.get((at[0], at[1]))) is None or at[2] >= position
-        }
+        """`positions` are stored (or a write starts there): the verdicts of records before them are final
+        (the records are never written again), so they are forgotten."""
+        sent = self._sent
+        for pid, position in positions.items():
+            offsets = sent.get(pid)
+            if offsets is None:
+                continue
+            kept = {offset: verdict for offset, verdict in offsets.items() if offset >= position}
+            if kept:
+                sent[pid] = kept
+            else:
+                del sent[pid]

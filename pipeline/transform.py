@@ -3,6 +3,8 @@
 The function receives each decoded event (a dict) in order and returns the event to write (the same
 dict, changed or not), or None to skip it (counted, not written, not dead-lettered). Raising rejects
 the message as `invalid_event`, with the exception's type and message in the dead-letter headers.
+The module is imported once, when `run` starts, before it waits for PostgreSQL and Kafka: importing it
+must not need them.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def load_transform(reference: str, search: Path | None = None) -> Transform:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
+        said = " ".join(str(exc).split())  # the module's own message may span lines: the error is one
         raise TransformError(
-            f"transform {reference!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})"
+            f"transform {reference!r}: cannot import module {module_name!r} ({type(exc).__name__}: {said})"
         ) from None
     function = getattr(module, function_name, None)
     if not callable(function):

@@ -166,6 +166,7 @@ class BatchWriter:
                 if not run.copy_per_node:
                     # 2. COPY once for the whole transaction; the statements select ranges of it. While
                     # PostgreSQL reads it, decoding's rejections start on their way to the sink (step 5).
+                    # Decoding's rejections only: the database's are handed over in step 5 (sent_verdicts).
                     ahead = run.decoded.rejections if start == 0 else []
                     self._copy_bulk(conn, rows, first_row, limit, run.decoded.copy_data,
                                     meanwhile=lambda: sink.send_ahead(ahead, run.batch.records))  # fmt: skip

@@ -107,8 +107,13 @@ def test_check_config_loads_the_transform_hook_as_run_does(service_env: dict[str
     (tmp_path / "viewhooks.py").write_text("def another(event):\n    return event\n")
     checked = run_cli(service_env, "check-config", "--pipeline", str(pipeline))
     assert "FAIL transform: transform 'viewhooks:clean': viewhooks has no function 'clean'" in checked.stdout
-    # Said at once: this pipeline has no tables, and `run` would otherwise wait for them (past the timeout).
-    _one_line_refusal(run_cli(service_env, "run", "--pipeline", str(pipeline), timeout=60), "no function 'clean'")
+    # Said at once (after the probes' server started): this pipeline has no tables, and `run` would otherwise
+    # wait for them, past the timeout.
+    ran = run_cli(service_env, "run", "--pipeline", str(pipeline), timeout=60)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr
+    assert ran.stderr.splitlines()[-1] == (
+        "microbatch: error: transform 'viewhooks:clean': viewhooks has no function 'clean'"
+    ), ran.stderr
     (tmp_path / "viewhooks.py").write_text("def clean(event):\n    return event\n")
     checked = run_cli(service_env, "check-config", "--pipeline", str(pipeline))
     assert "ok   transform: viewhooks:clean loads" in checked.stdout, checked.stdout

@@ -41,13 +41,18 @@ def test_a_write_takes_the_verdicts_of_its_records_by_coordinates_incarnation_an
     assert len(sent) == 0
 
 
-def test_a_write_forgets_the_verdicts_of_records_it_does_not_hold() -> None:
-    """A retry writes every record still pending: one it does not hold was committed, or its partition
-    went to another consumer."""
+def test_a_verdict_is_forgotten_on_evidence_only() -> None:
+    """Kept while its partition is not in a write (lost, or being re-read), and for offsets a write does
+    not reach; forgotten once a write starts past it."""
     sent = SentVerdicts()
-    sent.remember([_rejected(_record(0, 5)), _rejected(_record(1, 5))], {})
-    assert sent.take(_batch([_record(1, 5)], None), [0]) != {}
-    assert len(sent) == 1
+    sent.remember([_rejected(_record(0, 5)), _rejected(_record(0, 7)), _rejected(_record(1, 5))], {})
+    assert set(sent.take(_batch([_record(1, 5)], None), [0])) == {0}
+    assert len(sent) == 3
+    assert sent.take(_batch([_record(0, 5)], None), [0]) != {}  # offset 7 is not in it: kept
+    assert len(sent) == 3
+    later = Batch([_record(0, 8)], {(TOPIC, 0): 6}, topic_ids={(TOPIC, 0): None})
+    assert sent.take(later, [0]) == {}
+    assert len(sent) == 2  # offset 5 is behind the stored position: final
 
 
 def test_a_commit_forgets_the_verdicts_it_moved_past_on_its_partitions_only() -> None:

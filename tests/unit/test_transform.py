@@ -77,3 +77,14 @@ def test_the_pipeline_refuses_to_start_with_a_broken_hook(tmp_path: Path) -> Non
     pipeline.write_text('transform = "nowhere_d4:f"\n' + (builtin_dir() / "invoices.toml").read_text())
     with pytest.raises(PipelineFileError, match="cannot import module 'nowhere_d4'"):
         Preparer(load_pipeline(pipeline))
+
+
+def test_an_import_error_spanning_lines_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "noisyhooks.py").write_text('raise RuntimeError("settings missing:\\n  - API_KEY\\n  - REGION")\n')
+    with pytest.raises(TransformError) as caught:
+        load_transform("noisyhooks:clean", tmp_path)
+    assert str(caught.value) == (
+        "transform 'noisyhooks:clean': cannot import module 'noisyhooks' "
+        "(RuntimeError: settings missing: - API_KEY - REGION)"
+    )
+    sys.modules.pop("noisyhooks", None)
