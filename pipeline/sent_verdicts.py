@@ -17,8 +17,10 @@ It is forgotten again when the sink refused before handing any of them over (the
 dead-letter topic): then the message is judged again when the write is retried. (Decoding's letters
 may have gone ahead, `RejectSink.send_ahead`, but never the database's.) It is forgotten for good only
 on evidence that it no longer applies: a COMMIT moved past its record, or the record at its
-coordinates is another message (a re-created topic). A partition this consumer lost keeps its verdicts
-(they hold again if it comes back); they are few, and cost a set intersection per write.
+coordinates is another message (another value, or another topic ID where both are known: a re-created
+topic). A partition this consumer lost keeps its verdicts (they hold again if it comes back): they are
+few, each holds its record's key and value only (not the consumed message), and they cost a set
+intersection per write.
 
 Within one process only: after a crash, a rebalance or a shutdown between the letter and the COMMIT,
 another consumer reading the message judges it again, and so does this one after `durability = replay`
@@ -61,13 +63,16 @@ class SentVerdicts:
             if pid not in pids or (verdict := sent[pid].get(record.offset)) is None:
                 continue
             rejection, topic_id = verdict
-            if rejection.record.value != record.value or topic_id != topic_ids.get(pid):
-                del sent[pid][record.offset]  # another message at these coordinates
+            now = topic_ids.get(pid)
+            if rejection.record.value != record.value or (topic_id and now and topic_id != now):
+                del sent[pid][record.offset]  # another message at these coordinates (an unknown ID is no proof)
                 continue
             # About this write's own record object: the sink matches rejections to records by identity.
-            found[row] = rejection if rejection.record is record else replace(rejection, record=record)
-            sent[pid][record.offset] = (found[row], topic_id)
+            found[row] = replace(rejection, record=record)
         self.settle({pid: at for pid in pids if (at := batch.from_positions.get(pid)) is not None})
+        for pid in pids & sent.keys():
+            if not sent[pid]:
+                del sent[pid]
         return found
 
     def remember(self, rejections: Iterable[Rejection], topic_ids: Mapping[PartitionId, str | None]) -> None:
@@ -75,7 +80,10 @@ class SentVerdicts:
         for rejection in rejections:
             record = rejection.record
             pid = (record.topic, record.partition)
-            self._sent.setdefault(pid, {})[record.offset] = (rejection, topic_ids.get(pid))
+            # Without the message's headers accessor, which keeps the whole consumed message alive: `take`
+            # hands out the rejection about the next write's own record.
+            kept = replace(rejection, record=record._replace(headers=()))
+            self._sent.setdefault(pid, {})[record.offset] = (kept, topic_ids.get(pid))
 
     def forget(self, rejections: Iterable[Rejection]) -> None:
         """`rejections` were refused before any was handed over: they may be judged again."""

@@ -38,7 +38,7 @@ def test_a_write_takes_the_verdicts_of_its_records_by_coordinates_incarnation_an
     assert sent.take(_batch(records), [1, 2, 3]) == {0: letters[0], 1: letters[1]}  # offset 12's value differs
     assert len(sent) == 2  # the one that did not match is forgotten
     assert sent.take(_batch(records, "id-2"), [1, 2, 3]) == {}  # the topic was re-created
-    assert len(sent) == 0
+    assert len(sent) == 0 and not sent._sent  # no empty partition left behind
 
 
 def test_a_verdict_is_forgotten_on_evidence_only() -> None:
@@ -53,6 +53,28 @@ def test_a_verdict_is_forgotten_on_evidence_only() -> None:
     later = Batch([_record(0, 8)], {(TOPIC, 0): 6}, topic_ids={(TOPIC, 0): None})
     assert sent.take(later, [0]) == {}
     assert len(sent) == 2  # offset 5 is behind the stored position: final
+    again = Batch([_record(0, 5), _record(0, 7)], {(TOPIC, 0): 5}, topic_ids={(TOPIC, 0): None})
+    assert set(sent.take(again, [0, 1])) == {1}  # offset 7 kept, offset 5 gone
+
+
+def test_an_unknown_topic_id_is_no_proof_of_another_message() -> None:
+    sent = SentVerdicts()
+    sent.remember([_rejected(_record(0, 5))], {(TOPIC, 0): None})
+    assert set(sent.take(_batch([_record(0, 5)], "id-1"), [0])) == {0}
+    sent = SentVerdicts()
+    sent.remember([_rejected(_record(0, 5))], {(TOPIC, 0): "id-1"})
+    assert set(sent.take(_batch([_record(0, 5)], None), [0])) == {0}
+
+
+def test_a_kept_verdict_does_not_hold_the_consumed_message_and_is_handed_out_about_the_current_record() -> None:
+    message_headers = lambda: [("h", b"v")]  # noqa: E731 - stands for a consumed message's accessor
+    sent = SentVerdicts()
+    sent.remember([_rejected(_record(0, 5)._replace(headers=message_headers))], {})
+    assert sent._sent[(TOPIC, 0)][5][0].record.headers == ()
+    current = _record(0, 5)
+    (rejection,) = sent.take(_batch([current], None), [0]).values()
+    assert rejection.record is current
+    assert len(sent) == 1
 
 
 def test_a_commit_forgets_the_verdicts_it_moved_past_on_its_partitions_only() -> None:
