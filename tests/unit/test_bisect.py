@@ -7,24 +7,30 @@ import random
 
 import pytest
 
-from pipeline.bisect import RangeStack
+from pipeline.bisect import Node, RangeStack
+
+
+def attempt(stack: RangeStack, node: Node, bad: set[int], rejected: list[int]) -> None:
+    """One statement over `node`, as the writer resolves it: written, split, or its one row rejected."""
+    if bad & set(range(node.lo, node.hi)):
+        if node.size == 1:
+            rejected.append(node.lo)
+            stack.reject(node)
+        else:
+            stack.fail(node)
+    else:
+        stack.succeed(node)
 
 
 def run(n: int, bad: set[int], limit: int | None = None, budget: int = 10**9) -> tuple[list[int], int, int]:
     """Simulate the writer: returns (rejected rows, attempts, resolved prefix)."""
     stack = RangeStack(n)
-    rejected, attempts = [], 0
+    rejected: list[int] = []
+    attempts = 0
     while budget > 0 and (node := stack.next(limit if limit is not None else n)) is not None:
         budget -= 1
         attempts += 1
-        if bad & set(range(node.lo, node.hi)):
-            if node.size == 1:
-                rejected.append(node.lo)
-                stack.reject(node)
-            else:
-                stack.fail(node)
-        else:
-            stack.succeed(node)
+        attempt(stack, node, bad, rejected)
     return rejected, attempts, stack.resolved
 
 

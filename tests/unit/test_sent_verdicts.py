@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pipeline.bisect import RangeStack
 from pipeline.records import Batch, Record, Rejection, RejectReason
 from pipeline.sent_verdicts import SentVerdicts
+from tests.unit.test_bisect import attempt
 
 TOPIC = "t"
 
@@ -130,15 +131,7 @@ def test_bisection_around_settled_rows_rejects_exactly_them_and_the_bad_ones(
                 stack.reject(node)
                 continue
             left -= 1
-            span = set(range(node.lo, node.hi))
-            tried |= span
-            if bad & span:
-                if node.size == 1:
-                    rejected.append(node.lo)
-                    stack.reject(node)
-                else:
-                    stack.fail(node)
-            else:
-                stack.succeed(node)
+            tried |= set(range(node.lo, node.hi))
+            attempt(stack, node, bad, rejected)
     assert rejected == sorted(settled | bad)
     assert not tried & settled
