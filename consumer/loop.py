@@ -59,6 +59,10 @@ UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.UNKNOWN_
 # A missing ACL: no retry mends it, and warning about it at every poll would hide it. The loop ends (what
 # is buffered was never stored, so it is read again) and the command exits 2 with one line.
 NOT_AUTHORIZED = frozenset({KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED})
+# The client could not read the log at the error's offset and skips what it could not read (librdkafka's
+# message set reader: a failed CRC check with check.crcs, a message format or codec it does not know, a
+# decompression that failed), then goes on with the next messages: the partition halts (Seeker.unreadable).
+UNREADABLE = frozenset({KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION, KafkaError._NOT_IMPLEMENTED})
 
 
 class KafkaRefused(Exception):
@@ -185,6 +189,7 @@ class RunLoop:
     def _accept(self, messages: Sequence[Message]) -> None:
         runs, errors = to_runs(messages)
         refused: dict[PartitionId, str] = {}
+        unreadable: dict[PartitionId, tuple[int | None, str]] = {}
         for message, error in errors:
             if error.fatal():
                 raise KafkaException(error)
@@ -196,18 +201,23 @@ class RunLoop:
                 )
             if error.code() in OUT_OF_RANGE and message.topic() is not None:
                 refused[(message.topic() or "", message.partition() or 0)] = error.str()
+            elif error.code() in UNREADABLE and message.topic() is not None and message.partition() is not None:
+                pid = (message.topic() or "", message.partition() or 0)
+                unreadable.setdefault(pid, (message.offset(), error.str()))  # the first: where reading stopped
             else:
                 if error.code() in UNKNOWN_TOPIC:  # deleted, and maybe re-created: check its ID at once
                     self.incarnations.soon()
                 log.warning("kafka: %s", error.str())
-        if refused:  # nothing of a refused partition is kept: it is placed again (its window dropped)
-            runs = [(pid, run) for pid, run in runs if pid not in refused]
+        if refused or unreadable:  # nothing of such a partition is kept: it is placed again (its window dropped)
+            runs = [(pid, run) for pid, run in runs if pid not in refused and pid not in unreadable]
         accepted = self.positions.accept(runs)
         self.telemetry.consumed(accepted, self.window.extend(accepted))
-        if refused:
+        if refused or unreadable:
             self.handover.settle()
             for pid, why in refused.items():
                 self.seeker.out_of_range(pid, why)
+            for pid, (offset, why) in unreadable.items():
+                self.seeker.unreadable(pid, offset, why)
 
     def _shutdown(self) -> int:
         """Write everything buffered within the deadline; EXIT_OK when it all got written. Every wait

@@ -22,6 +22,10 @@ valid, or a decision that is logged, counted and audited. Pure.
 - no stored row: start at the group's Kafka-committed offset when adopt_kafka_offsets is on and
   there is one (audit `adopted_kafka_offset`), else at `auto_offset_reset` (audit `reset`).
 
+Only a stored row without a topic ID is read while the broker cannot say the topic's ID: a row with
+one, or a row to be made, waits for it (placed again later), so that every position this consumer
+stores has an incarnation to check.
+
 A pipeline deduplicated by Kafka coordinates would take the new incarnation's offsets for
 duplicates of the old one's rows (ON CONFLICT DO NOTHING drops them), so for it a re-created topic
 halts, unless its dedupe key includes `{ kafka = "topic_id" }`.
@@ -109,8 +113,11 @@ def place(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:
 def _decide(pid: PartitionId, facts: Facts, rules: Rules) -> Placement:  # noqa: PLR0911, PLR0912 - one return per case
     topic, partition = pid
     stored, live = facts.stored, facts.topic_id
-    if live is None and (rules.needs_topic_id or (stored is not None and stored.topic_id is not None)):
-        return Placement(None)  # the topic's incarnation cannot be checked now: placed again later
+    if live is None and (rules.needs_topic_id or stored is None or stored.topic_id is not None):
+        # The topic's incarnation cannot be checked now: placed again later. A new row is never made
+        # without it either: a position of no known incarnation is never checked again (the watch of
+        # consumer/incarnations.py skips it), so a re-created topic would be read on from the old offset.
+        return Placement(None)
     if stored is None and facts.assigned_at is not None and _in_range(facts.assigned_at, facts):
         # The row vanished while this consumer owned the partition (a restore, a failover that lost
         # commits): never the Kafka commit, nor the end; the log start when the reset policy says so.

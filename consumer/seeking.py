@@ -203,6 +203,30 @@ class Seeker:
         log.log(logging.WARNING if placed else logging.DEBUG, "%s[%d]: %s; placing it again", pid[0], pid[1], message)
         self.forget([pid])
 
+    def unreadable(self, pid: PartitionId, offset: int | None, message: str) -> None:
+        """The Kafka client could not read the log of `pid` at `offset` and skipped it (a corrupt message
+        set, an unknown format or codec: consumer/loop.py's UNREADABLE), so the next records it delivers
+        are past messages never written: halt the partition on its stored position, its buffered records
+        dropped. Each retry places it there again and reads on, so a fault that clears (a corrupted
+        transfer) heals by itself; one in the log itself halts until an operator moves the position.
+        The caller settled the write in flight first. A partition not placed yet reads from a placeholder:
+        nothing of it is accepted, and its placement reads the same log again."""
+        if pid not in self._positions.known():
+            log.debug("%s[%d]: %s (not placed yet: ignored)", pid[0], pid[1], message)
+            return
+        stored = self._positions.stored(pid)
+        at = "" if offset is None or offset < 0 else f" at offset {offset}"
+        reason = (
+            f"{pid[0]}[{pid[1]}]: the Kafka client could not read the log{at} and skipped it ({message}); "
+            f"halted on the stored position {stored}, so that nothing past the skipped messages is written: "
+            f"a fault in transit heals at the next retry; for a damaged log, "
+            f'see "A log the consumer cannot read" in docs/OPERATIONS.md'
+        )
+        self._positions.halt(pid, reason)
+        self._window.drop([pid])
+        self._pending.drop([pid])
+        self._flow.schedule_retry(Failure(Action.HALT, "systemic", reason))
+
     def released(self, pids: Iterable[PartitionId]) -> None:
         """Partitions this consumer no longer owns: what it learnt of their logs no longer applies."""
         for pid in pids:

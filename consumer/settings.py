@@ -134,7 +134,9 @@ class Settings(BaseModel):
     adopt_kafka_offsets: bool = Field(
         False,
         description="A partition without a stored position starts at the group's Kafka-committed offset "
-        "(when moving a group to microbatch) instead of auto_offset_reset.",
+        "(when moving a group to microbatch) instead of auto_offset_reset. Turn it off once every partition "
+        "has a stored position: a first row lost with the last commits (a failover to an asynchronous standby) "
+        "would start at a Kafka commit that outlived the rows it stood for.",
     )  # fmt: skip
 
     # -- database session ----------------------------------------------------------------------

@@ -232,6 +232,10 @@ class BatchWriter:
                 transaction.enter_context(psycopg.Transaction(conn))
                 if not self.synchronous_commit:  # durability = replay: see the module docstring
                     conn.execute("SET LOCAL synchronous_commit = off")
+                # A constraint a hand-made table declares INITIALLY DEFERRED would be checked at COMMIT,
+                # past the bisection: one bad row would fail the window's every retry. Checked at each
+                # statement, it is isolated and dead-lettered like any other.
+                conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 check = self.offsets.compare_and_set(conn, expected, targets, batch.topic_ids, batch.leader_epochs())
             check()
             yield

@@ -99,6 +99,19 @@ def test_a_stored_incarnation_is_not_trusted_blind() -> None:
     assert needed.start is None, "a pipeline that stores the topic ID never reads without it"
 
 
+def test_no_row_is_made_without_the_topic_id() -> None:
+    """A new row without an incarnation would never be checked again: a topic re-created later would be
+    read on from the old offset. Whatever the rules, a partition with no row waits for the topic's ID."""
+    for rules in (Rules(), Rules(auto_offset_reset="latest"), Rules(adopt_kafka_offsets=True)):
+        fresh = place(PID, Facts(None, None, low=0, high=900, kafka_committed=40), rules)
+        assert (fresh.start, fresh.change, fresh.halt) == (None, None, None), rules
+        vanished = place(PID, Facts(None, None, low=0, high=900, assigned_at=300), rules)
+        assert (vanished.start, vanished.change, vanished.halt) == (None, None, None), rules
+    told = place(PID, Facts(None, NEW, low=0, high=900), Rules())
+    assert told.start == 0 and told.topic_id == NEW
+    assert told.change is not None and told.change.new == StoredPosition(0, NEW)
+
+
 def test_a_row_that_vanished_during_the_ownership_is_read_again_from_where_it_started() -> None:
     facts = Facts(None, NEW, low=0, high=9_000, kafka_committed=4_000, assigned_at=1_000)
     placement = place(PID, facts, Rules(auto_offset_reset="latest", adopt_kafka_offsets=True))
