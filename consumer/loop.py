@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient
 
 from consumer import collector
+from consumer.consume_errors import KafkaRefused, before, sort_errors
 from consumer.flow import FlowControl
 from consumer.handover import EXIT_HALTED, Handover
 from consumer.housekeeping import Housekeeping
@@ -43,30 +44,15 @@ from consumer.window import Trigger, Window, WindowPolicy
 from consumer.writer_thread import WriterThread
 from pipeline import failpoints
 from pipeline.prepare import Preparer
-from pipeline.records import PartitionId
 from pipeline.rejects import RejectSink
 from pipeline.target import Target
 
 log = logging.getLogger("microbatch.loop")
 EXIT_OK, EXIT_UNCLEAN = 0, 1
-__all__ = ["EXIT_HALTED", "EXIT_OK", "EXIT_UNCLEAN", "LoopOptions", "RunLoop"]
+__all__ = ["EXIT_HALTED", "EXIT_OK", "EXIT_UNCLEAN", "KafkaRefused", "LoopOptions", "RunLoop"]
 POLL_INTERVAL_S = 0.1
 # Of shutdown_timeout_s, what is kept for leaving the group and closing the clients after the writes.
 CLOSE_BUDGET_S = 3.0
-# The broker refused a fetch position (auto.offset.reset = error): the partition is placed again.
-OUT_OF_RANGE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
-UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.UNKNOWN_TOPIC_ID, KafkaError._UNKNOWN_TOPIC})
-# A missing ACL: no retry mends it, and warning about it at every poll would hide it. The loop ends (what
-# is buffered was never stored, so it is read again) and the command exits 2 with one line.
-NOT_AUTHORIZED = frozenset({KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED})
-# The client could not read the log at the error's offset and skips what it could not read (librdkafka's
-# message set reader: a failed CRC check with check.crcs, a message format or codec it does not know, a
-# decompression that failed), then goes on with the next messages: the partition halts (Seeker.unreadable).
-UNREADABLE = frozenset({KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION, KafkaError._NOT_IMPLEMENTED})
-
-
-class KafkaRefused(Exception):
-    """The broker refused the consumer's principal (a missing ACL); str() says what to grant."""
 
 
 @dataclass
@@ -188,34 +174,24 @@ class RunLoop:
 
     def _accept(self, messages: Sequence[Message]) -> None:
         runs, errors = to_runs(messages)
-        refused: dict[PartitionId, str] = {}
-        unreadable: dict[PartitionId, tuple[int | None, str]] = {}
-        for message, error in errors:
-            if error.fatal():
-                raise KafkaException(error)
-            if error.code() in NOT_AUTHORIZED:
-                where = f" for topic {message.topic()}" if message.topic() else ""
-                raise KafkaRefused(
-                    f"Kafka refused the consumer ({error.str()}{where}): grant its principal READ on the topics "
-                    f"{', '.join(self.options.topics)} and on its group {self.options.group}"
-                )
-            if error.code() in OUT_OF_RANGE and message.topic() is not None:
-                refused[(message.topic() or "", message.partition() or 0)] = error.str()
-            elif error.code() in UNREADABLE and message.topic() is not None and message.partition() is not None:
-                pid = (message.topic() or "", message.partition() or 0)
-                unreadable.setdefault(pid, (message.offset(), error.str()))  # the first: where reading stopped
-            else:
-                if error.code() in UNKNOWN_TOPIC:  # deleted, and maybe re-created: check its ID at once
-                    self.incarnations.soon()
-                log.warning("kafka: %s", error.str())
-        if refused or unreadable:  # nothing of such a partition is kept: it is placed again (its window dropped)
-            runs = [(pid, run) for pid, run in runs if pid not in refused and pid not in unreadable]
+        sorted_errors = sort_errors(errors, self.options.topics, self.options.group)
+        refused, unreadable = sorted_errors.refused, sorted_errors.unreadable
+        if sorted_errors.unknown_topic:  # deleted, and maybe re-created: check its ID at once
+            self.incarnations.soon()
+        if refused:  # nothing of a refused partition is kept: it is placed again (its window dropped)
+            runs = [(pid, run) for pid, run in runs if pid not in refused]
+        if unreadable:  # what was read before the batch that could not be is kept, and written before the halt
+            runs = [(pid, before(run, unreadable[pid][0])) if pid in unreadable else (pid, run) for pid, run in runs]
         accepted = self.positions.accept(runs)
         self.telemetry.consumed(accepted, self.window.extend(accepted))
         if refused or unreadable:
             self.handover.settle()
             for pid, why in refused.items():
                 self.seeker.out_of_range(pid, why)
+            if unreadable:
+                # The halt drops the partition's buffered records: write them first, so that the stored
+                # position reaches the batch that could not be read (an operator skipping it skips it only).
+                self.handover.write_now(self.window, Trigger.HALT)
             for pid, (offset, why) in unreadable.items():
                 self.seeker.unreadable(pid, offset, why)
 

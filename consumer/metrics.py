@@ -78,7 +78,7 @@ class Metrics:
         # (ok; bisected = rows were isolated by bisection; retry = failed, will retry; failed = gave up).
         self.flushes = Counter(
             "microbatch_flushes",
-            "Flush attempts by what closed the window (records, bytes, time, revoke, shutdown) and how it "
+            "Flush attempts by what closed the window (records, bytes, time, revoke, shutdown, halt) and how it "
             "ended (ok; bisected: rows isolated by bisection; retry; failed)",
             ["trigger", "outcome"],
             registry=r,

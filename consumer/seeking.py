@@ -204,21 +204,21 @@ class Seeker:
         self.forget([pid])
 
     def unreadable(self, pid: PartitionId, offset: int | None, message: str) -> None:
-        """The Kafka client could not read the log of `pid` at `offset` and skipped it (a corrupt message
-        set, an unknown format or codec: consumer/loop.py's UNREADABLE), so the next records it delivers
-        are past messages never written: halt the partition on its stored position, its buffered records
-        dropped. Each retry places it there again and reads on, so a fault that clears (a corrupted
-        transfer) heals by itself; one in the log itself halts until an operator moves the position.
-        The caller settled the write in flight first. A partition not placed yet reads from a placeholder:
-        nothing of it is accepted, and its placement reads the same log again."""
+        """The Kafka client could not read a record batch of `pid` at `offset` (consumer/loop.py's
+        UNREADABLE): it may read on past it, and the next records it delivers would be past messages never
+        written. Halt the partition on its stored position, its buffered records dropped; the caller wrote
+        what was read before the batch first, so that position is normally the batch's. Each retry places
+        the partition there again and reads on: a fault that clears (a batch damaged in transit) heals by
+        itself, one in the log itself halts until an operator moves the position. A partition not placed
+        yet reads from a placeholder: nothing of it is accepted, and its placement reads the log again."""
         if pid not in self._positions.known():
             log.debug("%s[%d]: %s (not placed yet: ignored)", pid[0], pid[1], message)
             return
         stored = self._positions.stored(pid)
         at = "" if offset is None or offset < 0 else f" at offset {offset}"
         reason = (
-            f"{pid[0]}[{pid[1]}]: the Kafka client could not read the log{at} and skipped it ({message}); "
-            f"halted on the stored position {stored}, so that nothing past the skipped messages is written: "
+            f"{pid[0]}[{pid[1]}]: the Kafka client could not read the log{at} ({message}); "
+            f"halted on the stored position {stored}, so that nothing past messages never read is written: "
             f"a fault in transit heals at the next retry; for a damaged log, "
             f'see "A log the consumer cannot read" in docs/OPERATIONS.md'
         )

@@ -23,6 +23,7 @@ class Trigger(StrEnum):
     TIME = "time"
     REVOKE = "revoke"
     SHUTDOWN = "shutdown"
+    HALT = "halt"  # a partition halts (consumer/seeking.py: unreadable): what was read before is written first
 
 
 @dataclass(frozen=True)
