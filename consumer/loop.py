@@ -188,9 +188,10 @@ class RunLoop:
             self.handover.settle()
             for pid, why in refused.items():
                 self.seeker.out_of_range(pid, why)
-            if unreadable:
+            if unreadable and not self.flow.waiting:
                 # The halt drops the partition's buffered records: write them first, so that the stored
                 # position reaches the batch that could not be read (an operator skipping it skips it only).
+                # Not while a failed write waits for its retry (its backoff holds): they are read again.
                 self.handover.write_now(self.window, Trigger.HALT)
             for pid, (offset, why) in unreadable.items():
                 self.seeker.unreadable(pid, offset, why)
