@@ -204,7 +204,7 @@ class Seeker:
         self.forget([pid])
 
     def unreadable(self, pid: PartitionId, offset: int | None, message: str) -> None:
-        """The Kafka client could not read a record batch of `pid` at `offset` (consumer/loop.py's
+        """The Kafka client could not read a record batch of `pid` at `offset` (consumer/consume_errors.py's
         UNREADABLE): it may read on past it, and the next records it delivers would be past messages never
         written. Halt the partition on its stored position, its buffered records dropped; the caller wrote
         what was read before the batch first, so that position is normally the batch's. Each retry places
