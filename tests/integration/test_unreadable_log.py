@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 from confluent_kafka import Producer
 
 from consumer.workload import InvoiceWorkload, WorkloadOptions
 from devstack.kafka_server import KafkaServer
-from devstack.verify import caught_up
+from devstack.verify import caught_up, stored_positions
+from tests.integration.test_writer import count
 from tests.support.consumer_process import ConsumerProcess, run_cli
 from tests.support.dead_letters import create_topic
 from tests.support.services import KafkaService, wait_until
@@ -88,23 +88,15 @@ def _damaged(segment: Path, at: int) -> Iterator[Callable[[], None]]:
         repair()
 
 
-def _stored(database_url: str, group: str) -> int | None:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT next_offset FROM microbatch_offsets WHERE consumer_group = %s", (group,)).fetchone()
-    return None if row is None else int(row[0])
-
-
-def _count(database_url: str, sql: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(sql).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
-
-
 def test_a_damaged_batch_halts_the_partition_until_the_log_reads_again(
     broker: KafkaServer, database_url: str, service_env: dict[str, str], invoice_pipeline: Path,
     consumer_factory: Callable[..., ConsumerProcess], unique: str,
 ) -> None:  # fmt: skip
     topic, group = f"invoices-{unique}", f"group-{unique}"
+
+    def stored_at() -> int | None:
+        return stored_positions(database_url, group).get((topic, 0))
+
     config = {**json.loads(service_env["MICROBATCH_KAFKA_CONFIG"]), "check.crcs": "true"}
     env = {**service_env, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "MICROBATCH_MAX_WAIT_MS": "200",
            "MICROBATCH_KAFKA_CONFIG": json.dumps(config), "MICROBATCH_HALTED_RETRY_S": "2"}  # fmt: skip
@@ -124,20 +116,20 @@ def test_a_damaged_batch_halts_the_partition_until_the_log_reads_again(
             return "could not read the log at offset" in consumer.output()
 
         # Either it halts, or it writes on past the batch it skipped (the failure shown, if it ever does).
-        wait_until(lambda: halted() or (_stored(database_url, group) or 0) > base, timeout=90,
+        wait_until(lambda: halted() or (stored_at() or 0) > base, timeout=90,
                    what="the consumer to halt on the damaged batch, or to write past it")  # fmt: skip
-        stored = _stored(database_url, group)
+        stored = stored_at()
         assert stored is None or stored <= base, f"stored position {stored} passed offsets {base}..{last}, never read"
         assert halted()
         # What was read before the damaged batch is written before the halt: an operator who skips the
         # batch (positions reset past it) skips it only.
         assert stored == base
-        assert _count(database_url, "SELECT count(*) FROM transactions") == base
+        assert count(database_url, "SELECT count(*) FROM transactions") == base
         assert f"halted on the stored position {base}," in consumer.output()
         repair()
         wait_until(lambda: caught_up(database_url, group, broker.bootstrap, topic, 1), timeout=90,
                    what="every event written once the batch reads again")  # fmt: skip
-    assert _stored(database_url, group) == EVENTS
-    assert _count(database_url, "SELECT count(*) FROM transactions") == EVENTS
-    assert _count(database_url, "SELECT sum(lines) FROM item_sales_daily") == EVENTS
+    assert stored_at() == EVENTS
+    assert count(database_url, "SELECT count(*) FROM transactions") == EVENTS
+    assert count(database_url, "SELECT sum(lines) FROM item_sales_daily") == EVENTS
     assert consumer.terminate() == 0
