@@ -279,8 +279,15 @@ def dead_letters_by_reason(bootstrap: str, topic: str, timeout: float = 60.0) ->
 
 
 def caught_up(database_url: str, group: str, bootstrap: str, topic: str, partitions: int) -> bool:
-    """True when every non-empty partition's stored position equals its high watermark."""
+    """True when every non-empty partition's stored position equals its high watermark.
+
+    False, not an error, while the broker cannot say where a partition ends: just after a restart or
+    a thaw its metadata may not know the partition yet ("Unknown partition"), and a caller polling
+    this under a deadline should simply ask again.
+    """
     stored = stored_positions(database_url, group)
-    return all(
-        stored.get(pid, 0) == high for pid, high in high_watermarks(bootstrap, topic, partitions).items() if high > 0
-    )
+    try:
+        ends = high_watermarks(bootstrap, topic, partitions)
+    except KafkaException:
+        return False
+    return all(stored.get(pid, 0) == high for pid, high in ends.items() if high > 0)
