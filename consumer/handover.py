@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -34,7 +34,7 @@ from consumer.writer_thread import Outcome, StillWriting, WriterThread
 from pipeline.decode import DecodedBatch
 from pipeline.errors import DatabaseFailure
 from pipeline.prepare import Preparer
-from pipeline.records import Batch, PartitionId, Record, records_bytes
+from pipeline.records import Batch, PartitionId, Record, partition_spans, records_bytes
 
 log = logging.getLogger("microbatch.loop")
 EXIT_HALTED = 3
@@ -81,6 +81,10 @@ class Handover:
         self._advised_at = float("-inf")
         self._submitted: tuple[Batch, int] | None = None  # the write in flight, with its records' bytes
         self.retrying = False  # inside `retry`: paused partitions resume from there only
+        # Asked before each write, with the partitions of its records (all consumed by then): drops and
+        # places again those not read from their topic's current incarnation (IncarnationWatch.confirm).
+        # Set only for pipelines whose rows carry the topic ID; None: nothing asked.
+        self.confirm: Callable[[Iterable[PartitionId]], None] | None = None
 
     def unwritten(self) -> int:
         """Pending records still to write."""
@@ -92,6 +96,7 @@ class Handover:
         decoded = self._preparer.prepare(records, self._positions.topic_ids())  # 1.
         if not self.settle():  # 2.
             return
+        self._confirm()
         if len(unwritten := self._positions.unwritten(self.pending.records)) != len(records):
             records, decoded = unwritten, self._preparer.prepare(unwritten, self._positions.topic_ids())  # (rare)
         trigger, size = self._take(records)
@@ -134,6 +139,7 @@ class Handover:
         self.settle()
         if len(window):
             self.pending.add_window(window, trigger)
+        self._confirm()
         records = self._positions.unwritten(self.pending.records)
         if not records:
             self._take(records)
@@ -146,6 +152,11 @@ class Handover:
             self.pending.give_back(records, trigger)  # nothing was handed over
             raise
         self._conclude(self._writer.wait(), retry=not self.closing)
+
+    def _confirm(self) -> None:
+        """Ask `confirm` about the partitions of the records about to be written (none: nothing asked)."""
+        if self.confirm is not None and (records := self._positions.unwritten(self.pending.records)):
+            self.confirm(partition_spans(records))
 
     def _take(self, records: list[Record]) -> tuple[Trigger, int]:
         """Empty what is pending, of which `records` are written: the trigger, and their bytes (the

@@ -17,6 +17,15 @@ So the topic IDs of the partitions being read are checked:
 - every CHECK_EVERY_S while they are read (`tick`: one DescribeTopics request, answered in the
   background, so that the loop never waits for it), and at the next step after a fetch says the topic
   is unknown. Not while a retry is awaited: the check before resuming comes first.
+- before each write, when the pipeline's rows carry the topic ID (`confirm`, Handover.confirm): the
+  background check leaves up to CHECK_EVERY_S in which librdkafka, which reports nothing when a topic
+  is deleted, reads the re-created topic's messages from the old offsets. Written then, they would be
+  stamped with the old topic ID, and a dedupe key that holds the topic ID would count them again when
+  the new incarnation is read from its start. Asked after the last of the write's records was
+  consumed, an answer that still gives the ID they are read from proves they are of that
+  incarnation; a partition whose topic has another ID now, or none the broker will give, is not
+  written but placed again (its records dropped), so every stored position's ID is the ID of its
+  rows. One DescribeTopics round trip per write, for these pipelines only.
 Each partition still read from another incarnation than its topic's current one is placed again:
 placement starts it over as on assignment (`topic_recreated`, audited). Its records not yet written
 are dropped, to be read again from the new topic. An ID once left behind is never gone back to, so
@@ -27,7 +36,7 @@ Loop thread only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -131,6 +140,29 @@ class IncarnationWatch:
                         "describe it): placing them again once it does", ", ".join(topics))  # fmt: skip
             self._seeker.forget(undescribed)
 
+    def confirm(self, pids: Iterable[PartitionId]) -> None:
+        """Before a write of records of `pids`, all consumed by now (see the module docstring): asks the
+        broker and waits for its answer (LogFacts' timeout). Each partition whose topic has another ID
+        now, or that the broker did not describe, is forgotten (its records dropped) and placed again
+        at the loop's next step; an answer not believed moves nothing (as in `check_now`). Never
+        settles, never seeks (a rebalance callback's write calls it)."""
+        reading = self._positions.incarnations()
+        asked = {pid: reading[pid] for pid in pids if pid in reading}
+        if not asked:
+            return
+        described = self._facts.topic_ids(topic for topic, _ in asked)
+        current = self._current(described)
+        if any(found is None for found in current.values()):
+            self.soon()
+        self._act(moved(asked, asked, current), settle=False, place_now=False)
+        # As before resuming, an answer not believed (an ID left behind: stale metadata) moves nothing.
+        undescribed = sorted(pid for pid in asked if described.get(pid[0]) is None)
+        if undescribed:
+            log.warning("cannot confirm which incarnation of %s the records to write were read from (the broker did "
+                        "not describe it): reading them again once it does",
+                        ", ".join(sorted({topic for topic, _ in undescribed})))  # fmt: skip
+            self._seeker.forget(undescribed, place_now=False)
+
     def _ask(self, now: float) -> None:
         self._asked = self._positions.incarnations()
         topics = sorted({topic for topic, _ in self._asked})
@@ -146,7 +178,9 @@ class IncarnationWatch:
     def _current(self, ids: Mapping[str, str | None]) -> dict[str, str | None]:
         return current_ids(ids, self._left_behind)
 
-    def _act(self, found: Mapping[PartitionId, tuple[str, str]], *, settle: bool = True) -> None:
+    def _act(
+        self, found: Mapping[PartitionId, tuple[str, str]], *, settle: bool = True, place_now: bool = True
+    ) -> None:
         if not found:
             return
         for (topic, partition), (read_from, current) in sorted(found.items()):
@@ -155,7 +189,7 @@ class IncarnationWatch:
                         "placing it again", topic, partition, read_from, current)  # fmt: skip
         if settle:
             self._handover.settle()  # a write in flight is accounted for first, as for a refused fetch position
-        self._seeker.forget(list(found))
+        self._seeker.forget(list(found), place_now=place_now)
 
 
 def _topic_ids(answers: Mapping[str, Future[Any]]) -> dict[str, str | None]:

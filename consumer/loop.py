@@ -112,6 +112,8 @@ class RunLoop:
         self.incarnations = IncarnationWatch(admin, facts, positions=positions, seeker=seeker, handover=self.handover,
                                              flow=flow, clock=clock)  # fmt: skip
         flow.before_resume = self.incarnations.check_now
+        if options.placement.needs_topic_id:  # rows stamped with the topic ID: each write's ID confirmed first
+            self.handover.confirm = self.incarnations.confirm
         self._stopping = False
 
     def stop(self) -> None:

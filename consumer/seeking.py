@@ -180,13 +180,16 @@ class Seeker:
                 log.warning("%s: %s (%s; topic ID %s → %s): starting at %d", where, change.kind, old, old_id,
                             change.new.topic_id, change.new.offset)  # fmt: skip
 
-    def forget(self, pids: Iterable[PartitionId]) -> None:
-        """Distrust these positions: drop their buffered records, pause them, and place them again now."""
+    def forget(self, pids: Iterable[PartitionId], *, place_now: bool = True) -> None:
+        """Distrust these positions: drop their buffered records, pause them, and place them again now
+        (without `place_now`: at the loop's next step, as for any partition whose position is unknown;
+        for a caller that may run inside a rebalance callback)."""
         owned = self._positions.forget(pids)
         self._window.drop(owned)
         self._pending.drop(owned)
         self._flow.pause(owned)
-        self.seek_unknown(now=True)
+        if place_now:
+            self.seek_unknown(now=True)
 
     def out_of_range(self, pid: PartitionId, message: str) -> None:
         """The broker refused the fetch position (auto.offset.reset = error): place the partition again,

@@ -56,6 +56,19 @@ def _settle(kafka: KafkaService, database_url: str, unique: str) -> Callable[[],
     return lambda: caught_up(database_url, f"group-{unique}", kafka.bootstrap, topic, PARTITIONS)
 
 
+def coordinates_pipeline(invoice_pipeline: Path, tmp_path: Path, *, with_topic_id: bool) -> Path:
+    """The invoice pipeline deduplicated by Kafka coordinates, with the topic ID in its raw rows and
+    dedupe key or not, written to `tmp_path`."""
+    key = '["kafka_topic", "kafka_partition", "kafka_offset"' + (', "kafka_topic_id"]' if with_topic_id else "]")
+    text = invoice_pipeline.read_text().replace('dedupe_key = ["event_id"]', f"dedupe_key = {key}")
+    if with_topic_id:
+        offset = 'kafka_offset = { kafka = "offset" }'
+        text = text.replace(offset, offset + '\nkafka_topic_id = { kafka = "topic_id" }')
+    pipeline = tmp_path / "coordinates.toml"
+    pipeline.write_text(text)
+    return pipeline
+
+
 def _env(service_env: dict[str, str], **extra: str) -> dict[str, str]:
     return {**service_env, "MICROBATCH_HALTED_RETRY_S": "1", "MICROBATCH_MAX_WAIT_MS": "200", **extra}
 
@@ -266,15 +279,7 @@ def test_a_pipeline_deduplicated_by_coordinates_halts_on_a_re_created_topic_unle
     consumer_factory: Callable[..., ConsumerProcess], unique: str, tmp_path: Path, with_topic_id: bool,
 ) -> None:  # fmt: skip
     topic, env = f"invoices-{unique}", _env(service_env)
-    key = '["kafka_topic", "kafka_partition", "kafka_offset"' + (', "kafka_topic_id"]' if with_topic_id else "]")
-    text = invoice_pipeline.read_text().replace('dedupe_key = ["event_id"]', f"dedupe_key = {key}")
-    if with_topic_id:
-        text = text.replace(
-            'kafka_offset = { kafka = "offset" }',
-            'kafka_offset = { kafka = "offset" }\nkafka_topic_id = { kafka = "topic_id" }',
-        )
-    pipeline = tmp_path / "coordinates.toml"
-    pipeline.write_text(text)
+    pipeline = coordinates_pipeline(invoice_pipeline, tmp_path, with_topic_id=with_topic_id)
     assert run_cli(env, "init-db", "--pipeline", str(pipeline)).returncode == 0
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     produce_noisy(env, pipeline, first, 1500, seed=8, partitions=PARTITIONS)

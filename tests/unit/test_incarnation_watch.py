@@ -60,8 +60,8 @@ class Loop:
         self.calls.append("settle")
         return True
 
-    def forget(self, pids: list[PartitionId]) -> None:
-        self.calls.append("forget")
+    def forget(self, pids: list[PartitionId], *, place_now: bool = True) -> None:
+        self.calls.append("forget" if place_now else "forget, placed at the next step")
         self.forgotten += pids
 
     def retry_now(self) -> None:
@@ -193,3 +193,36 @@ def test_outside_a_retry_the_check_makes_one_due_and_when_leaving_it_does_nothin
     loop.retrying, loop.deadline = True, 5.0
     watch.check_now()
     assert loop.calls == [] and broker.described == []
+
+
+def test_before_a_write_what_is_still_read_from_its_topic_is_kept_and_written() -> None:
+    watch, _, broker, loop, _ = _watch({"t": "OLD", "u": "U"})
+    watch.confirm([("t", 0), ("u", 0)])
+    assert broker.described == [["t", "u"]], "asked once, after the records were consumed, for their topics only"
+    assert loop.calls == [] and loop.forgotten == []
+
+
+def test_before_a_write_a_re_created_topic_s_partitions_are_dropped_and_placed_at_the_next_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch, positions, broker, loop, _ = _watch({"t": "NEW", "u": "U"})
+    watch.confirm([("t", 1), ("u", 0)])
+    assert broker.described == [["t", "u"]]
+    assert loop.forgotten == [("t", 1)], "only the partitions with records to write, of the re-created topic"
+    assert loop.calls == ["forget, placed at the next step"], "never settles nor seeks: a revoke's write calls it"
+    assert "topic ID changed under the running consumer (OLD → NEW)" in caplog.text
+    positions.sought(("t", 1), 0, 0, topic_id="NEW")
+    broker.ids["t"] = "OLD"  # stale metadata after the move: not believed, and nothing is placed back
+    watch.confirm([("t", 1)])
+    assert loop.forgotten == [("t", 1)]
+
+
+def test_before_a_write_a_topic_the_broker_does_not_describe_is_not_written_but_read_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch, _, broker, loop, _ = _watch({"t": "OLD", "u": None})  # u: deleted, or the broker did not answer
+    watch.confirm([("t", 0), ("u", 0), ("v", 0)])  # v: not owned, nothing asked about it
+    assert loop.forgotten == [("u", 0)]
+    assert "cannot confirm which incarnation of u" in caplog.text
+    watch.tick()
+    assert broker.asked == [["t", "u"]], "the background check runs at once, not an interval later"
