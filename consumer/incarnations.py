@@ -23,7 +23,8 @@ So the topic IDs of the partitions being read are checked:
   stamped with the old topic ID, and a dedupe key that holds the topic ID would count them again when
   the new incarnation is read from its start. Asked after the last of the write's records was
   consumed, an answer that still gives the ID they are read from proves they are of that
-  incarnation; a partition whose topic has another ID now, or none the broker will give, is not
+  incarnation, and so does an answer that the topic does not exist (it was deleted after they were
+  read); a partition whose topic has another ID now, or that the broker did not answer for, is not
   written but placed again (its records dropped), so every stored position's ID is the ID of its
   rows. One DescribeTopics round trip per write, for these pipelines only.
 Each partition still read from another incarnation than its topic's current one is placed again:
@@ -53,6 +54,7 @@ from pipeline.records import PartitionId
 log = logging.getLogger("microbatch.loop")
 CHECK_EVERY_S = 10.0
 REQUEST_TIMEOUT_S = 10.0  # an answer not in by then is given up, and asked for again at the next check
+GONE = "(does not exist)"  # what `confirm` asks LogFacts to answer for a topic the broker does not know
 
 
 def moved(
@@ -142,26 +144,50 @@ class IncarnationWatch:
 
     def confirm(self, pids: Iterable[PartitionId]) -> None:
         """Before a write of records of `pids`, all consumed by now (see the module docstring): asks the
-        broker and waits for its answer (LogFacts' timeout). Each partition whose topic has another ID
-        now, or that the broker did not describe, is forgotten (its records dropped) and placed again
-        at the loop's next step; an answer not believed moves nothing (as in `check_now`). Never
-        settles, never seeks (a rebalance callback's write calls it)."""
+        broker and waits for its answer (LogFacts' timeout).
+        - The ID they are read from, or "the topic does not exist" (deleted after they were read): the
+          records read so far are of that incarnation (`Positions.prove`), and written.
+        - Another ID: only the records proven by an earlier answer are written; the partition's fetch
+          position goes back to where they end, it is paused, and it is placed again once they are
+          written (by the background check, which runs at once, or the check before resuming). With
+          none proven it is forgotten (its records dropped) and placed again at the loop's next step.
+        - No answer: forgotten, and placed again at the loop's next step (placement waits until the
+          topic can be described); its records are read again.
+        - An answer not believed (an ID left behind, as in `check_now`) moves nothing.
+        Never settles, never seeks (a rebalance callback's write calls it)."""
         reading = self._positions.incarnations()
         asked = {pid: reading[pid] for pid in pids if pid in reading}
         if not asked:
             return
-        described = self._facts.topic_ids(topic for topic, _ in asked)
-        current = self._current(described)
+        answered = self._facts.topic_ids((topic for topic, _ in asked), gone=GONE)
+        if gone := sorted(topic for topic, found in answered.items() if found == GONE):
+            log.warning("topic %s does not exist now: writing what was read from it before it was deleted",
+                        ", ".join(gone))  # fmt: skip
+        self._positions.prove(pid for pid, read_from in asked.items() if answered.get(pid[0]) in (read_from, GONE))
+        current = self._current({topic: None if found == GONE else found for topic, found in answered.items()})
         if any(found is None for found in current.values()):
             self.soon()
-        self._act(moved(asked, asked, current), settle=False, place_now=False)
-        # As before resuming, an answer not believed (an ID left behind: stale metadata) moves nothing.
-        undescribed = sorted(pid for pid in asked if described.get(pid[0]) is None)
+        found = moved(asked, asked, current)
+        self._note(found)
+        undescribed = sorted(pid for pid in asked if answered.get(pid[0]) is None)
         if undescribed:
             log.warning("cannot confirm which incarnation of %s the records to write were read from (the broker did "
                         "not describe it): reading them again once it does",
                         ", ".join(sorted({topic for topic, _ in undescribed})))  # fmt: skip
-            self._seeker.forget(undescribed, place_now=False)
+        # Not answered: the topic most likely still exists, and its records are read again from the
+        # stored position once it can be described (a partition cut and paused here would wait for
+        # an answer that shows a move, which may never come).
+        dropped = list(undescribed)
+        for pid in sorted(found):
+            end, stored = self._positions.proven(pid), self._positions.stored(pid)
+            if end is None or (stored is not None and end <= stored):
+                dropped.append(pid)
+                continue
+            self._positions.cut(pid, end)  # the records before `end` are written, then it is placed again
+            self._flow.pause([pid])
+            self.soon()
+        if dropped:
+            self._seeker.forget(dropped, place_now=False)
 
     def _ask(self, now: float) -> None:
         self._asked = self._positions.incarnations()
@@ -178,18 +204,20 @@ class IncarnationWatch:
     def _current(self, ids: Mapping[str, str | None]) -> dict[str, str | None]:
         return current_ids(ids, self._left_behind)
 
-    def _act(
-        self, found: Mapping[PartitionId, tuple[str, str]], *, settle: bool = True, place_now: bool = True
-    ) -> None:
+    def _act(self, found: Mapping[PartitionId, tuple[str, str]], *, settle: bool = True) -> None:
         if not found:
             return
+        self._note(found)
+        if settle:
+            self._handover.settle()  # a write in flight is accounted for first, as for a refused fetch position
+        self._seeker.forget(list(found))
+
+    def _note(self, found: Mapping[PartitionId, tuple[str, str]]) -> None:
+        """Log each partition read from an old incarnation, and never go back to that ID."""
         for (topic, partition), (read_from, current) in sorted(found.items()):
             self._left_behind.setdefault(topic, set()).add(read_from)
             log.warning("%s[%d]: topic ID changed under the running consumer (%s → %s): the topic was re-created; "
                         "placing it again", topic, partition, read_from, current)  # fmt: skip
-        if settle:
-            self._handover.settle()  # a write in flight is accounted for first, as for a refused fetch position
-        self._seeker.forget(list(found), place_now=place_now)
 
 
 def _topic_ids(answers: Mapping[str, Future[Any]]) -> dict[str, str | None]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 
@@ -30,8 +30,9 @@ class LogFacts:
         self._kafka = kafka
         self._timeout_s = timeout_s
 
-    def topic_ids(self, topics: Iterable[str]) -> dict[str, str | None]:
-        """The current topic ID of each topic (its incarnation), None when it cannot be described."""
+    def topic_ids(self, topics: Iterable[str], *, gone: str | None = None) -> dict[str, str | None]:
+        """The current topic ID of each topic (its incarnation), None when it cannot be described;
+        `gone` for a topic the broker says does not exist (by default None too)."""
         wanted = sorted(set(topics))
         if not wanted:
             return {}
@@ -45,6 +46,8 @@ class LogFacts:
             description = _result(future, self._timeout_s)
             if description is not None and description.topic_id is not None:
                 found[topic] = str(description.topic_id)
+            elif description is None and _missing(future):
+                found[topic] = gone
         return found
 
     def bounds(self, pids: Sequence[PartitionId]) -> dict[PartitionId, tuple[int | None, int | None]]:
@@ -79,6 +82,13 @@ class LogFacts:
             log.debug("committed offsets of %s unavailable: %s", list(pids), exc)
             return {}
         return {(tp.topic, tp.partition): int(tp.offset) for tp in found if tp.error is None and tp.offset >= 0}
+
+
+def _missing(future: Future[Any]) -> bool:
+    """True when `future` (done) failed because the broker does not know the topic."""
+    error = future.exception(timeout=0) if future.done() else None
+    code = error.args[0] if isinstance(error, KafkaException) and error.args else None
+    return isinstance(code, KafkaError) and code.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
 
 
 def _result(future: Future[Any], timeout_s: float) -> Any:

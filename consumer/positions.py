@@ -37,6 +37,9 @@ class PartitionPosition:
     assigned_at: int | None = None
     topic_id: str | None = None  # the topic incarnation being read (None: not known)
     halt: str | None = None  # why the partition may not be read (a position gap, a re-created topic)
+    # The fetch position when the broker last said, after they were read, that the records are of the
+    # incarnation `topic_id` (IncarnationWatch.confirm): those below it are, since it was placed.
+    proven: int | None = None
 
 
 class Positions:
@@ -103,7 +106,7 @@ class Positions:
         for pid in pids:
             state = self._owned.get(pid)
             if state is not None:
-                state.stored, state.known, state.fetch = None, False, None
+                state.stored, state.known, state.fetch, state.proven = None, False, None, None
                 owned.append(pid)
         return owned
 
@@ -111,10 +114,31 @@ class Positions:
         """The partition was sought to `fetch` after reading `stored` from PostgreSQL."""
         state = self._owned.get(pid)
         if state is not None:
-            state.stored, state.known, state.fetch, state.halt = stored, True, fetch, None
+            state.stored, state.known, state.fetch, state.halt, state.proven = stored, True, fetch, None, None
             state.topic_id = topic_id or state.topic_id
             if state.assigned_at is None or (fetch is not None and fetch < state.assigned_at):
                 state.assigned_at = fetch
+
+    def prove(self, pids: Iterable[PartitionId]) -> None:
+        """The broker said, after every record accepted so far was read, that the topic of each of
+        `pids` is still the incarnation it is read from: the records below the fetch position are."""
+        for pid in pids:
+            if (state := self._owned.get(pid)) is not None and state.known:
+                state.proven = state.fetch
+
+    def proven(self, pid: PartitionId) -> int | None:
+        """The offset below which the records read since the partition was placed are proven to be of
+        the incarnation it is read from (`prove`); None when nothing is."""
+        state = self._owned.get(pid)
+        return state.proven if state is not None and state.known else None
+
+    def cut(self, pid: PartitionId, end: int) -> None:
+        """Records at or after `end` are not to be written (their incarnation is unknown): the fetch
+        position goes back to `end`, so `unwritten` leaves them out (the partition is paused and placed
+        again once the records before `end` are written)."""
+        state = self._owned.get(pid)
+        if state is not None and state.fetch is not None and end < state.fetch:
+            state.fetch = end
 
     # -- records -------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 
 from consumer.incarnations import CHECK_EVERY_S, REQUEST_TIMEOUT_S, IncarnationWatch
 from consumer.positions import Positions
-from pipeline.records import PartitionId
+from pipeline.records import PartitionId, Record
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Broker:
     answered: bool = True  # False: DescribeTopics requests stay unanswered
     asked: list[list[str]] = field(default_factory=list)
     described: list[list[str]] = field(default_factory=list)
+    deleted: set[str] = field(default_factory=set)  # topics the broker says do not exist
 
     def describe_topics(self, topics: Any, request_timeout: float) -> dict[str, Future[Any]]:
         names = sorted(topics.topic_names)
@@ -40,10 +41,10 @@ class Broker:
                 answers[name].set_result(Description(self.ids.get(name)))
         return answers
 
-    def topic_ids(self, topics: Any) -> dict[str, str | None]:
+    def topic_ids(self, topics: Any, *, gone: str | None = None) -> dict[str, str | None]:
         names = sorted(set(topics))
         self.described.append(names)
-        return {name: self.ids.get(name) for name in names}
+        return {name: gone if name in self.deleted else self.ids.get(name) for name in names}
 
 
 @dataclass
@@ -66,6 +67,9 @@ class Loop:
 
     def retry_now(self) -> None:
         self.calls.append("retry_now")
+
+    def pause(self, pids: list[PartitionId]) -> None:
+        self.calls.append(f"pause {pids}")
 
 
 class Clock:
@@ -202,6 +206,29 @@ def test_before_a_write_what_is_still_read_from_its_topic_is_kept_and_written() 
     assert loop.calls == [] and loop.forgotten == []
 
 
+def test_before_a_write_the_records_an_earlier_answer_proved_are_written_and_only_the_rest_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch, positions, broker, loop, _ = _watch({"t": "OLD", "u": "U"})
+    positions.sought(("t", 0), 10, 50, topic_id="OLD")  # read 10..49 since it was placed at 10
+    watch.confirm([("t", 0), ("t", 1)])
+    assert positions.proven(("t", 0)) == 50 and positions.proven(("t", 1)) == 20
+    positions.sought(("t", 0), 10, 50, topic_id="OLD")
+    assert positions.proven(("t", 0)) is None, "placed again: nothing read since is proven"
+    watch.confirm([("t", 0)])
+    # The write fails (the database is down); the topic is re-created while it waits for its retry.
+    positions.accept([(("t", 0), [Record("t", 0, offset, None, b"{}") for offset in range(50, 80)])])  # 50..79
+    broker.ids["t"] = "NEW"  # ... and 50..79 may be the new topic's, read at the old offsets
+    watch.confirm([("t", 0), ("t", 1)])
+    buffered = [Record("t", 0, offset, None, b"{}") for offset in range(10, 80)]
+    assert [r.offset for r in positions.unwritten(buffered)] == list(range(10, 50)), "only what was proven"
+    assert loop.forgotten == [("t", 1)], "t[1]: nothing read past its stored position was proven"
+    assert loop.calls == ["pause [('t', 0)]", "forget, placed at the next step"]
+    assert "topic ID changed under the running consumer (OLD → NEW)" in caplog.text
+    watch.tick()
+    assert broker.asked == [["t", "u"]], "t[0] is placed again by the background check, once 10..49 are written"
+
+
 def test_before_a_write_a_re_created_topic_s_partitions_are_dropped_and_placed_at_the_next_step(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -226,3 +253,15 @@ def test_before_a_write_a_topic_the_broker_does_not_describe_is_not_written_but_
     assert "cannot confirm which incarnation of u" in caplog.text
     watch.tick()
     assert broker.asked == [["t", "u"]], "the background check runs at once, not an interval later"
+
+
+def test_before_a_write_a_topic_deleted_since_its_records_were_read_is_written_and_watched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch, _, broker, loop, _ = _watch({"t": "OLD", "u": "U"})
+    broker.deleted.add("t")  # read before the deletion: the records are of the incarnation they carry
+    watch.confirm([("t", 0), ("u", 0)])
+    assert loop.forgotten == [] and loop.calls == []
+    assert "topic t does not exist now: writing what was read from it before it was deleted" in caplog.text
+    watch.tick()
+    assert broker.asked == [["t", "u"]], "the background check watches for the topic to come back, at once"
