@@ -23,10 +23,12 @@ So the topic IDs of the partitions being read are checked:
   stamped with the old topic ID, and a dedupe key that holds the topic ID would count them again when
   the new incarnation is read from its start. Asked after the last of the write's records was
   consumed, an answer that still gives the ID they are read from proves they are of that
-  incarnation, and so does an answer that the topic does not exist (it was deleted after they were
-  read); a partition whose topic has another ID now, or that the broker did not answer for, is not
-  written but placed again (its records dropped), so every stored position's ID is the ID of its
-  rows. One DescribeTopics round trip per write, for these pipelines only.
+  incarnation (barring a broker whose metadata lags behind the deletion). A partition whose topic
+  has another ID now, or none, writes only the records an earlier answer proved, and is placed
+  again; one the broker did not answer for is placed again, its records read again. So every
+  stored position's ID is the ID of its rows. The records read after the last proof and before the
+  topic was deleted cannot be told from the new topic's: they are dropped (the broker deleted them).
+  One DescribeTopics round trip per write, for these pipelines only.
 Each partition still read from another incarnation than its topic's current one is placed again:
 placement starts it over as on assignment (`topic_recreated`, audited). Its records not yet written
 are dropped, to be read again from the new topic. An ID once left behind is never gone back to, so
@@ -145,12 +147,13 @@ class IncarnationWatch:
     def confirm(self, pids: Iterable[PartitionId]) -> None:
         """Before a write of records of `pids`, all consumed by now (see the module docstring): asks the
         broker and waits for its answer (LogFacts' timeout).
-        - The ID they are read from, or "the topic does not exist" (deleted after they were read): the
-          records read so far are of that incarnation (`Positions.prove`), and written.
-        - Another ID: only the records proven by an earlier answer are written; the partition's fetch
-          position goes back to where they end, it is paused, and it is placed again once they are
-          written (by the background check, which runs at once, or the check before resuming). With
-          none proven it is forgotten (its records dropped) and placed again at the loop's next step.
+        - The ID they are read from: the records read so far are of that incarnation
+          (`Positions.prove`), and written.
+        - Another ID, or "the topic does not exist": only the records proven by an earlier answer are
+          written; the partition's fetch position goes back to where they end, it is paused, and it is
+          placed again once they are written (by the background check, which runs at once, or the
+          check before resuming; a deleted topic's partition waits, paused, for the topic to come back).
+          With none proven it is forgotten (its records dropped) and placed again at the loop's next step.
         - No answer: forgotten, and placed again at the loop's next step (placement waits until the
           topic can be described); its records are read again.
         - An answer not believed (an ID left behind, as in `check_now`) moves nothing.
@@ -160,15 +163,19 @@ class IncarnationWatch:
         if not asked:
             return
         answered = self._facts.topic_ids((topic for topic, _ in asked), gone=GONE)
-        if gone := sorted(topic for topic, found in answered.items() if found == GONE):
-            log.warning("topic %s does not exist now: writing what was read from it before it was deleted",
-                        ", ".join(gone))  # fmt: skip
-        self._positions.prove(pid for pid, read_from in asked.items() if answered.get(pid[0]) in (read_from, GONE))
         current = self._current({topic: None if found == GONE else found for topic, found in answered.items()})
+        # Only a believed answer proves anything (an ID left behind may come from stale metadata).
+        self._positions.prove(pid for pid, read_from in asked.items() if current.get(pid[0]) == read_from)
         if any(found is None for found in current.values()):
             self.soon()
         found = moved(asked, asked, current)
         self._note(found)
+        # A topic that does not exist now may have been deleted before or after the records were read,
+        # and a broker behind the re-creation answers so too: it proves nothing either.
+        deleted = sorted(pid for pid in asked if answered.get(pid[0]) == GONE)
+        if deleted:
+            log.warning("topic %s does not exist now: writing only what was confirmed read from it before",
+                        ", ".join(sorted({topic for topic, _ in deleted})))  # fmt: skip
         undescribed = sorted(pid for pid in asked if answered.get(pid[0]) is None)
         if undescribed:
             log.warning("cannot confirm which incarnation of %s the records to write were read from (the broker did "
@@ -177,8 +184,11 @@ class IncarnationWatch:
         # Not answered: the topic most likely still exists, and its records are read again from the
         # stored position once it can be described (a partition cut and paused here would wait for
         # an answer that shows a move, which may never come).
+        # Still read from an ID left behind (cut, then resumed before it was placed again): whatever a
+        # broker answers, that incarnation is gone.
+        left = [pid for pid, read_from in asked.items() if read_from in self._left_behind.get(pid[0], ())]
         dropped = list(undescribed)
-        for pid in sorted(found):
+        for pid in sorted(set(found) | set(deleted) | set(left)):
             end, stored = self._positions.proven(pid), self._positions.stored(pid)
             if end is None or (stored is not None and end <= stored):
                 dropped.append(pid)
@@ -208,8 +218,11 @@ class IncarnationWatch:
         if not found:
             return
         self._note(found)
-        if settle:
-            self._handover.settle()  # a write in flight is accounted for first, as for a refused fetch position
+        if settle and not self._handover.settle():
+            # The write in flight failed: its records are pending again, and forgetting the partitions
+            # would drop them (the records a write's check proved, which the broker no longer holds).
+            # The retry writes them, then the check before resuming places the partitions again.
+            return
         self._seeker.forget(list(found))
 
     def _note(self, found: Mapping[PartitionId, tuple[str, str]]) -> None:

@@ -56,10 +56,11 @@ class Loop:
     deadline: float | None = None
     calls: list[str] = field(default_factory=list)
     forgotten: list[PartitionId] = field(default_factory=list)
+    settles: bool = True  # False: the write in flight failed
 
     def settle(self) -> bool:
         self.calls.append("settle")
-        return True
+        return self.settles
 
     def forget(self, pids: list[PartitionId], *, place_now: bool = True) -> None:
         self.calls.append("forget" if place_now else "forget, placed at the next step")
@@ -255,13 +256,46 @@ def test_before_a_write_a_topic_the_broker_does_not_describe_is_not_written_but_
     assert broker.asked == [["t", "u"]], "the background check runs at once, not an interval later"
 
 
-def test_before_a_write_a_topic_deleted_since_its_records_were_read_is_written_and_watched(
+def test_before_a_write_a_deleted_topic_proves_nothing_and_only_what_was_proven_is_written(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    watch, _, broker, loop, _ = _watch({"t": "OLD", "u": "U"})
-    broker.deleted.add("t")  # read before the deletion: the records are of the incarnation they carry
-    watch.confirm([("t", 0), ("u", 0)])
-    assert loop.forgotten == [] and loop.calls == []
-    assert "topic t does not exist now: writing what was read from it before it was deleted" in caplog.text
+    watch, positions, broker, loop, _ = _watch({"t": "OLD", "u": "U"})
+    positions.sought(("t", 0), 10, 50, topic_id="OLD")
+    watch.confirm([("t", 0)])
+    positions.accept([(("t", 0), [Record("t", 0, offset, None, b"{}") for offset in range(50, 60)])])
+    broker.deleted.add("t")  # deleted before or after 50..59 were read: a broker behind a re-creation says so too
+    watch.confirm([("t", 0), ("t", 1), ("u", 0)])
+    assert positions.proven(("t", 0)) == 50, "no proof from an answer that the topic does not exist"
+    buffered = [Record("t", 0, offset, None, b"{}") for offset in range(10, 60)]
+    assert [r.offset for r in positions.unwritten(buffered)] == list(range(10, 50))
+    assert loop.forgotten == [("t", 1)] and loop.calls == ["pause [('t', 0)]", "forget, placed at the next step"]
+    assert "topic t does not exist now: writing only what was confirmed read from it before" in caplog.text
     watch.tick()
     assert broker.asked == [["t", "u"]], "the background check watches for the topic to come back, at once"
+
+
+def test_a_stale_answer_proves_nothing() -> None:
+    watch, positions, broker, _, _ = _watch({"t": "OLD", "u": "U"})
+    positions.sought(("t", 0), 10, 50, topic_id="OLD")
+    watch.confirm([("t", 0)])
+    broker.ids["t"] = "NEW"
+    watch.confirm([("t", 0)])  # cut at 50 and paused; OLD is left behind
+    # Resumed before it was placed again (a retry's resume): librdkafka reads the new topic at 50.
+    positions.accept([(("t", 0), [Record("t", 0, offset, None, b"{}") for offset in range(50, 70)])])
+    broker.ids["t"] = "OLD"  # a broker answering from stale metadata
+    watch.confirm([("t", 0)])
+    assert positions.proven(("t", 0)) == 50, "50..69 are not vouched for by an answer not believed"
+    buffered = [Record("t", 0, offset, None, b"{}") for offset in range(10, 70)]
+    assert [r.offset for r in positions.unwritten(buffered)] == list(range(10, 50)), "an ID left behind is gone"
+
+
+def test_when_the_write_in_flight_fails_the_background_check_leaves_its_records_to_the_retry() -> None:
+    watch, _, _, loop, clock = _watch({"t": "NEW", "u": "U"})
+    loop.settles = False  # the write in flight fails: its records are pending again
+    clock.now += CHECK_EVERY_S
+    watch.tick()
+    watch.tick()
+    assert loop.calls == ["settle"] and loop.forgotten == [], "nothing dropped: the retry writes them first"
+    loop.retrying = True
+    watch.check_now()  # before resuming, once the retry wrote them
+    assert loop.forgotten == [("t", 0), ("t", 1)]
