@@ -24,8 +24,8 @@ So the topic IDs of the partitions being read are checked:
   the new incarnation is read from its start. Asked after the last of the write's records was
   consumed, an answer that still gives the ID they are read from proves they are of that
   incarnation (barring a broker whose metadata lags behind the deletion). A partition whose topic
-  has another ID now, or none, writes only the records an earlier answer proved, and is placed
-  again; one the broker did not answer for is placed again, its records read again. So every
+  has another ID now, or none, or that the broker did not answer for, writes only the records an
+  earlier answer proved, and is placed again once they are written. So every
   stored position's ID is the ID of its rows. The records read after the last proof and before the
   topic was deleted cannot be told from the new topic's: they are dropped (the broker deleted them).
   One DescribeTopics round trip per write, for these pipelines only.
@@ -101,12 +101,16 @@ class IncarnationWatch:
         self._answers: Mapping[str, Future[Any]] | None = None
         self._give_up_at = 0.0
         self._left_behind: dict[str, set[str]] = {}  # topic → the IDs it was re-created from
+        # Partitions `confirm` cut back to their proven records: placed again once those are written,
+        # whatever the broker says by then (librdkafka's own fetch position is past the cut).
+        self._cut: set[PartitionId] = set()
 
     def soon(self) -> None:
         """Check at the next tick (a fetch said a topic is unknown: it may have been deleted)."""
         self._next_check = min(self._next_check, self._clock())
 
     def tick(self) -> None:
+        self._place_cut()
         now = self._clock()
         if self._answers is not None:
             if not all(future.done() for future in self._answers.values()) and now < self._give_up_at:
@@ -126,6 +130,7 @@ class IncarnationWatch:
         topics resume. An answer not believed (an ID the topic was re-created from) is checked again
         at the next tick. Called outside a retry, it makes one due instead. Not when leaving (nothing
         will be fetched)."""
+        self._place_cut()  # before anything resumes: a cut partition must not
         asked = self._positions.incarnations()
         if not asked or self._handover.deadline is not None:
             return
@@ -149,14 +154,11 @@ class IncarnationWatch:
         broker and waits for its answer (LogFacts' timeout).
         - The ID they are read from: the records read so far are of that incarnation
           (`Positions.prove`), and written.
-        - Another ID, or "the topic does not exist": only the records proven by an earlier answer are
-          written; the partition's fetch position goes back to where they end, it is paused, and it is
-          placed again once they are written (by the background check, which runs at once, or the
-          check before resuming; a deleted topic's partition waits, paused, for the topic to come back).
-          With none proven it is forgotten (its records dropped) and placed again at the loop's next step.
-        - No answer: forgotten, and placed again at the loop's next step (placement waits until the
-          topic can be described); its records are read again.
-        - An answer not believed (an ID left behind, as in `check_now`) moves nothing.
+        - Another ID, "the topic does not exist", no answer, or a partition still read from an ID left
+          behind or cut before: only the records proven by an earlier answer are written (`_distrust`),
+          then the partition is placed again (`_place_cut`, at the next tick or before resuming);
+          placement decides where it reads from (it waits for a topic it cannot describe).
+        - An answer not believed (an ID left behind, as in `check_now`) proves nothing.
         Never settles, never seeks (a rebalance callback's write calls it)."""
         reading = self._positions.incarnations()
         asked = {pid: reading[pid] for pid in pids if pid in reading}
@@ -164,8 +166,11 @@ class IncarnationWatch:
             return
         answered = self._facts.topic_ids((topic for topic, _ in asked), gone=GONE)
         current = self._current({topic: None if found == GONE else found for topic, found in answered.items()})
-        # Only a believed answer proves anything (an ID left behind may come from stale metadata).
-        self._positions.prove(pid for pid, read_from in asked.items() if current.get(pid[0]) == read_from)
+        # Only a believed answer proves anything (an ID left behind may come from stale metadata), and
+        # nothing read by a cut partition: librdkafka may have resumed it past the cut.
+        self._positions.prove(
+            pid for pid, read_from in asked.items() if current.get(pid[0]) == read_from and pid not in self._cut
+        )
         if any(found is None for found in current.values()):
             self.soon()
         found = moved(asked, asked, current)
@@ -181,23 +186,43 @@ class IncarnationWatch:
             log.warning("cannot confirm which incarnation of %s the records to write were read from (the broker did "
                         "not describe it): reading them again once it does",
                         ", ".join(sorted({topic for topic, _ in undescribed})))  # fmt: skip
-        # Not answered: the topic most likely still exists, and its records are read again from the
-        # stored position once it can be described (a partition cut and paused here would wait for
-        # an answer that shows a move, which may never come).
-        # Still read from an ID left behind (cut, then resumed before it was placed again): whatever a
-        # broker answers, that incarnation is gone.
+        # Still read from an ID left behind, or cut before: whatever the broker answers now, what was
+        # read since the last proof is not written.
         left = [pid for pid, read_from in asked.items() if read_from in self._left_behind.get(pid[0], ())]
-        dropped = list(undescribed)
-        for pid in sorted(set(found) | set(deleted) | set(left)):
+        self._distrust(set(found) | set(deleted) | set(undescribed) | set(left) | (self._cut & asked.keys()))
+
+    def _distrust(self, pids: set[PartitionId]) -> None:
+        """Of each partition of `pids`, write only the records an earlier answer proved, then place it
+        again: its fetch position goes back to where they end, it is paused, and `_place_cut` forgets
+        it once they are written. With none proven it is forgotten at once (its records dropped) and
+        placed again at the loop's next step."""
+        dropped = []
+        for pid in sorted(pids):
             end, stored = self._positions.proven(pid), self._positions.stored(pid)
             if end is None or (stored is not None and end <= stored):
+                self._cut.discard(pid)
                 dropped.append(pid)
                 continue
-            self._positions.cut(pid, end)  # the records before `end` are written, then it is placed again
+            self._positions.cut(pid, end)
             self._flow.pause([pid])
-            self.soon()
+            self._cut.add(pid)
         if dropped:
             self._seeker.forget(dropped, place_now=False)
+
+    def _place_cut(self) -> None:
+        """Place again each cut partition whose proven records are written (its stored position reached
+        their end). One released, forgotten or placed since (nothing proven any more) is let go."""
+        if not self._cut:
+            return
+        written = []
+        for pid in sorted(self._cut):
+            end, stored = self._positions.proven(pid), self._positions.stored(pid)
+            if end is None or (stored is not None and stored >= end):
+                self._cut.discard(pid)
+                if end is not None:
+                    written.append(pid)
+        if written:  # placed at the loop's next step, which settles a write in flight first
+            self._seeker.forget(written, place_now=False)
 
     def _ask(self, now: float) -> None:
         self._asked = self._positions.incarnations()
@@ -221,7 +246,9 @@ class IncarnationWatch:
         if settle and not self._handover.settle():
             # The write in flight failed: its records are pending again, and forgetting the partitions
             # would drop them (the records a write's check proved, which the broker no longer holds).
-            # The retry writes them, then the check before resuming places the partitions again.
+            # The retry writes them, then the check before resuming places the partitions again; with
+            # no retry (a fence elsewhere), the next tick asks again at once.
+            self.soon()
             return
         self._seeker.forget(list(found))
 

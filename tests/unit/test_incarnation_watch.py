@@ -227,7 +227,14 @@ def test_before_a_write_the_records_an_earlier_answer_proved_are_written_and_onl
     assert loop.calls == ["pause [('t', 0)]", "forget, placed at the next step"]
     assert "topic ID changed under the running consumer (OLD → NEW)" in caplog.text
     watch.tick()
-    assert broker.asked == [["t", "u"]], "t[0] is placed again by the background check, once 10..49 are written"
+    assert loop.forgotten == [("t", 1)], "t[0] waits until 10..49 are written"
+    broker.ids["t"] = "OLD"  # whatever the broker says by then (librdkafka's fetch position is past the cut)
+    watch.confirm([("t", 0)])  # a retry's check: nothing read past the cut is proven or written
+    assert positions.proven(("t", 0)) == 50
+    positions.committed({("t", 0): 50})
+    watch.tick()
+    assert loop.forgotten == [("t", 1), ("t", 0)], "placed again once 10..49 are written"
+    assert loop.calls[-1] == "forget, placed at the next step", "by step 3, which settles a write in flight first"
 
 
 def test_before_a_write_a_re_created_topic_s_partitions_are_dropped_and_placed_at_the_next_step(
@@ -272,6 +279,26 @@ def test_before_a_write_a_deleted_topic_proves_nothing_and_only_what_was_proven_
     assert "topic t does not exist now: writing only what was confirmed read from it before" in caplog.text
     watch.tick()
     assert broker.asked == [["t", "u"]], "the background check watches for the topic to come back, at once"
+    # It was a broker behind the times: the topic is there, unchanged, and a resume (a retry's) let
+    # librdkafka deliver from its own fetch position, past the cut.
+    broker.deleted.clear()
+    positions.accept([(("t", 0), [Record("t", 0, offset, None, b"{}") for offset in range(60, 70)])])
+    watch.confirm([("t", 0)])
+    buffered = [Record("t", 0, offset, None, b"{}") for offset in range(10, 70)]
+    assert [r.offset for r in positions.unwritten(buffered)] == list(range(10, 50)), "no gap from 50 to 60"
+    positions.committed({("t", 0): 50})
+    watch.tick()
+    assert loop.forgotten[-1] == ("t", 0), "placed again (at 50, its stored position) once 10..49 are written"
+
+
+def test_a_retry_the_broker_does_not_answer_writes_what_was_proven_before() -> None:
+    watch, positions, broker, loop, _ = _watch({"t": "OLD", "u": "U"})
+    positions.sought(("t", 0), 10, 50, topic_id="OLD")
+    watch.confirm([("t", 0)])  # then the write fails; at the retry the broker does not answer
+    broker.ids["t"] = None
+    watch.confirm([("t", 0)])
+    buffered = [Record("t", 0, offset, None, b"{}") for offset in range(10, 50)]
+    assert [r.offset for r in positions.unwritten(buffered)] == list(range(10, 50)) and loop.forgotten == []
 
 
 def test_a_stale_answer_proves_nothing() -> None:
