@@ -81,8 +81,9 @@ class Handover:
         self._advised_at = float("-inf")
         self._submitted: tuple[Batch, int] | None = None  # the write in flight, with its records' bytes
         self.retrying = False  # inside `retry`: paused partitions resume from there only
-        # Asked before each write, with the partitions of its records (all consumed by then): drops and
-        # places again those not read from their topic's current incarnation (IncarnationWatch.confirm).
+        # Asked before each write, with the partitions of its records (all consumed by then): of those
+        # it cannot show are read from their topic's current incarnation, it leaves in the write only
+        # what an earlier answer proved, and has them placed again (IncarnationWatch.confirm).
         # Set only for pipelines whose rows carry the topic ID; None: nothing asked.
         self.confirm: Callable[[Iterable[PartitionId]], None] | None = None
 
