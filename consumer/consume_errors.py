@@ -43,6 +43,10 @@ class SortedErrors:
     unreadable: dict[PartitionId, tuple[int | None, str]] = field(default_factory=dict)
     unknown_topic: bool = False  # a topic is unknown: deleted, and maybe re-created
 
+    def any(self) -> bool:
+        """True when a partition is to be placed again or halted."""
+        return bool(self.refused or self.unreadable)
+
 
 def sort_errors(errors: Sequence[tuple[Message, KafkaError]], topics: Sequence[str], group: str) -> SortedErrors:
     """The batch's errors the loop acts on; raises KafkaException for a fatal one and KafkaRefused for a

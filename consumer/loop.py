@@ -37,6 +37,7 @@ from consumer.pending import Pending
 from consumer.placement import Rules
 from consumer.positions import Positions
 from consumer.rebalance import Rebalance
+from consumer.refusals import Refusals
 from consumer.seeking import Seeker
 from consumer.telemetry import Telemetry
 from consumer.topic_watch import TopicWatch
@@ -103,6 +104,7 @@ class RunLoop:
                                  flow=flow, telemetry=telemetry, raw_table=target.spec.raw.table,
                                  clock=clock)  # fmt: skip
         self.seeker, self.writer, self.preparer = seeker, writer, preparer
+        self.refusals = Refusals(positions, window=window, handover=self.handover, seeker=seeker, flow=flow)
         self.rebalance = Rebalance(self.handover, positions=positions, seeker=seeker, window=window, flow=flow,
                                    telemetry=telemetry)  # fmt: skip
         self.housekeeping = Housekeeping(kafka, writer, positions=positions, window=window, pending=pending, flow=flow,
@@ -146,6 +148,7 @@ class RunLoop:
         if self.writer.finished:  # 2.
             self.handover.settle()
         self.handover.apply_commits()
+        self.refusals.act_on_due()  # errors held until the retry wrote what was read before them
         if not self.writer.busy:  # the database may have lost commits since the connection was last opened
             self.seeker.recheck_after_reconnect()
         if self.positions.unknown():  # 3. (a write in flight is accounted for first: its records stay dropped)
@@ -180,23 +183,12 @@ class RunLoop:
         refused, unreadable = sorted_errors.refused, sorted_errors.unreadable
         if sorted_errors.unknown_topic:  # deleted, and maybe re-created: check its ID at once
             self.incarnations.soon()
-        if refused:  # nothing of a refused partition is kept: it is placed again (its window dropped)
-            runs = [(pid, run) for pid, run in runs if pid not in refused]
         if unreadable:  # what was read before the batch that could not be is kept, and written before the halt
             runs = [(pid, before(run, unreadable[pid][0])) if pid in unreadable else (pid, run) for pid, run in runs]
         accepted = self.positions.accept(runs)
         self.telemetry.consumed(accepted, self.window.extend(accepted))
-        if refused or unreadable:
-            self.handover.settle()
-            for pid, why in refused.items():
-                self.seeker.out_of_range(pid, why)
-            if unreadable and not self.flow.waiting:
-                # The halt drops the partition's buffered records: write them first, so that the stored
-                # position reaches the batch that could not be read (an operator skipping it skips it only).
-                # Not while a failed write waits for its retry (its backoff holds): they are read again.
-                self.handover.write_now(self.window, Trigger.HALT)
-            for pid, (offset, why) in unreadable.items():
-                self.seeker.unreadable(pid, offset, why)
+        if refused or unreadable:  # what was read before them is written first (consumer/refusals.py)
+            self.refusals.act(sorted_errors)
 
     def _shutdown(self) -> int:
         """Write everything buffered within the deadline; EXIT_OK when it all got written. Every wait

@@ -78,8 +78,9 @@ class Metrics:
         # (ok; bisected = rows were isolated by bisection; retry = failed, will retry; failed = gave up).
         self.flushes = Counter(
             "microbatch_flushes",
-            "Flush attempts by what closed the window (records, bytes, time, revoke, shutdown, halt) and how it "
-            "ended (ok; bisected: rows isolated by bisection; retry; failed)",
+            "Flush attempts by what closed the window (records, bytes, time, revoke, shutdown, halt: a partition "
+            "about to halt or be placed again) and how it ended (ok; bisected: rows isolated by bisection; retry; "
+            "failed)",
             ["trigger", "outcome"],
             registry=r,
         )

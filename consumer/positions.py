@@ -40,6 +40,9 @@ class PartitionPosition:
     # The fetch position when the broker last said, after they were read, that the records are of the
     # incarnation `topic_id` (IncarnationWatch.confirm): those below it are, since it was placed.
     proven: int | None = None
+    # Set while an error of the partition waits for a failed write's records to be written (`hold`):
+    # the fetch position then, the end of what was read. Nothing more of it is accepted meanwhile.
+    held: int | None = None
 
 
 class Positions:
@@ -69,7 +72,7 @@ class Positions:
         """The partition's position is not valid (placement): nothing of it is read or written."""
         state = self._owned.get(pid)
         if state is not None:
-            state.known, state.fetch, state.halt = False, None, reason
+            state.known, state.fetch, state.halt, state.held = False, None, reason, None
 
     def known(self) -> list[PartitionId]:
         return sorted(pid for pid, state in self._owned.items() if state.known)
@@ -106,7 +109,7 @@ class Positions:
         for pid in pids:
             state = self._owned.get(pid)
             if state is not None:
-                state.stored, state.known, state.fetch, state.proven = None, False, None, None
+                state.stored, state.known, state.fetch, state.proven, state.held = None, False, None, None, None
                 owned.append(pid)
         return owned
 
@@ -115,6 +118,7 @@ class Positions:
         state = self._owned.get(pid)
         if state is not None:
             state.stored, state.known, state.fetch, state.halt, state.proven = stored, True, fetch, None, None
+            state.held = None
             state.topic_id = topic_id or state.topic_id
             if state.assigned_at is None or (fetch is not None and fetch < state.assigned_at):
                 state.assigned_at = fetch
@@ -140,11 +144,27 @@ class Positions:
         if state is not None and state.fetch is not None and end < state.fetch:
             state.fetch = end
 
+    def hold(self, pid: PartitionId) -> int | None:
+        """Stop accepting records of `pid` until it is placed again (`forget`, `sought`, `halt`) or
+        released: an error of it waits until the records read so far are written. Returns the end of
+        those records (the fetch position), or None when its position is not known (nothing held)."""
+        state = self._owned.get(pid)
+        if state is None or not state.known or state.fetch is None:
+            return None
+        state.held = state.fetch
+        return state.held
+
+    def held(self, pid: PartitionId) -> int | None:
+        """The end of the records read before `pid` was held (`hold`); None when it is not held (never
+        was, or was placed again or released since)."""
+        state = self._owned.get(pid)
+        return None if state is None else state.held
+
     # -- records -------------------------------------------------------------------------------------
 
     def accept(self, runs: Sequence[Run]) -> list[Run]:
         """The records of a consume() batch's runs (`pipeline.records.Run`: offsets strictly ascending)
-        that belong in the window, as runs: owned, position known, not a redelivery. Accepting moves
+        that belong in the window, as runs: owned, position known, not held, not a redelivery. Accepting moves
         the fetch position past each accepted record.
 
         Record by record, a record is accepted when its offset is at or after the fetch position, which
@@ -162,7 +182,7 @@ class Positions:
                 continue
             run = consumed
             state = owned.get(pid)
-            if state is None or not state.known:
+            if state is None or not state.known or state.held is not None:
                 continue
             fetch = state.fetch
             if fetch is not None and run[0].offset < fetch:

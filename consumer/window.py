@@ -23,7 +23,7 @@ class Trigger(StrEnum):
     TIME = "time"
     REVOKE = "revoke"
     SHUTDOWN = "shutdown"
-    HALT = "halt"  # a partition halts (consumer/seeking.py: unreadable): what was read before is written first
+    HALT = "halt"  # a partition halts or is placed again (consumer/refusals.py): what was read before, written first
 
 
 @dataclass(frozen=True)
