@@ -65,7 +65,8 @@ class Refusals:
         )
         if not rest.any():
             return
-        if not self._flow.waiting:
+        read = self._window.partitions() | self._handover.pending.partitions()
+        if not self._flow.waiting and read & (rest.refused.keys() | rest.unreadable.keys()):
             self._handover.write_now(self._window, Trigger.HALT)  # if it fails, its retry writes them
         self._apply(self._hold(rest))
 

@@ -181,3 +181,11 @@ def test_a_partition_with_nothing_to_write_or_whose_position_is_not_known_is_act
     loop.pending.drop([A])
     refusals.act(SortedErrors(refused={A: REFUSED}))
     assert loop.calls == ["settle", "out_of_range 0"] and not refusals
+
+
+def test_nothing_is_written_first_for_a_partition_with_nothing_read() -> None:
+    refusals, loop, _, window = _setup(failed_write=False)
+    window.drop([A])  # e.g. not placed yet: a refusal at its placeholder offset
+    refusals.act(SortedErrors(refused={A: REFUSED}))
+    assert loop.calls == ["settle", "out_of_range 0"], "B's window is not cut short for it"
+    assert len(window) == 20
